@@ -1,0 +1,160 @@
+"""Run-directory artifacts: atomic writes, hashing, stage records, safe checkpoints.
+
+Why so careful: runs last hours and get killed. Every file is written under a temporary name in the
+same directory, fsync'ed, then `os.replace`d into place, so a reader sees either the old complete
+file or the new complete file, never half of one. A stage is "done" only when its `stage.json` says
+so, and that file is written last.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .errors import UserError
+
+__all__ = [
+    "atomic_write", "write_json", "read_json", "file_hash", "save_checkpoint", "load_checkpoint",
+    "StageRecord", "read_stage", "write_stage", "safe_join",
+]
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "wb"):
+    """Yield a file object writing to a temp file next to `path`; rename into place on success.
+
+    On any error (including disk full) the temp file is removed and `path` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            raise UserError(f"disk full while writing {path}; nothing was written there — free space "
+                            "and rerun the same command to continue") from None
+        raise
+
+
+def write_bytes_atomic(path: str | Path, write: Callable[[io.BufferedWriter], None]) -> None:
+    with atomic_write(path, "wb") as f:
+        write(f)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    with atomic_write(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
+        f.write("\n")
+
+
+def _json_default(o):
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_json(path: str | Path) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------------
+# checkpoints: plain dicts of tensors and JSON-able values, so `weights_only=True` can load them
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    with atomic_write(path, "wb") as f:
+        torch.save(state, f)
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Load with `weights_only=True`: a checkpoint can never run code on our machine."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - every failure here is the file's fault
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise UserError(f"{path}: refusing to load — it needs arbitrary unpickling ({first[:120]}); "
+                            "only checkpoints of plain tensors/values are accepted") from None
+        raise UserError(f"{path}: not a readable checkpoint ({first[:160]})") from None
+
+
+# ------------------------------------------------------------------------------------------------
+# stage records
+
+class StageRecord(dict):
+    """Contents of a stage's `stage.json`: status, fingerprint, resolved config, input/output hashes."""
+
+    @property
+    def done(self) -> bool:
+        return self.get("status") == "done"
+
+
+def read_stage(stage_dir: str | Path) -> StageRecord | None:
+    p = Path(stage_dir) / "stage.json"
+    if not p.is_file():
+        return None
+    try:
+        return StageRecord(read_json(p))
+    except (json.JSONDecodeError, OSError):
+        return None
+
+
+def write_stage(stage_dir: str | Path, *, status: str, fingerprint: str, config: dict,
+                inputs: dict, outputs: dict | None = None, info: dict | None = None) -> None:
+    stage_dir = Path(stage_dir)
+    rec = {
+        "status": status,
+        "fingerprint": fingerprint,
+        "config": config,
+        "inputs": inputs,
+        "outputs": {k: file_hash(stage_dir / k) for k in (outputs or {})} if outputs else {},
+        "info": info or {},
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    write_json(stage_dir / "stage.json", rec)
+
+
+def reset_dir(path: str | Path) -> None:
+    """Remove a stale stage folder (its fingerprint no longer matches the config)."""
+    path = Path(path)
+    if path.exists():
+        shutil.rmtree(path)
+
+
+def safe_join(root: str | Path, rel: str) -> Path:
+    """Join `rel` under `root`, refusing paths (from configs/manifests) that escape it."""
+    root_r = Path(root).resolve()
+    out = (root_r / rel).resolve()
+    if out != root_r and root_r not in out.parents:
+        raise UserError(f"path '{rel}' escapes its root {root}; refusing to write there")
+    return out

@@ -1,0 +1,213 @@
+"""Command line: parse arguments -> one call into the pipeline/stages. User errors are one line and
+exit code 2; an interrupt says how to resume; an internal error says it is a bug."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+__all__ = ["main", "resolve_config_path", "parse_source_spec"]
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+def resolve_config_path(name: str) -> Path:
+    """A path, or the name of a bundled config (`digits-demo`, `cifar10-4k`, ...)."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    bundled = CONFIG_DIR / (name if name.endswith(".yaml") else f"{name}.yaml")
+    if bundled.is_file():
+        return bundled
+    names = sorted(f.stem for f in CONFIG_DIR.glob("*.yaml"))
+    raise UserError(f"config not found: {name} (a YAML path, or one of: {', '.join(names)})")
+
+
+def parse_source_spec(spec: str):
+    """`kind:root[:split]` -> SourceConfig, e.g. imagefolder:data/test, idx:data/fmnist:test, digits:test."""
+    from .config import SourceConfig, _coerce
+    parts = spec.split(":")
+    kind = parts[0]
+    if kind == "digits":
+        return _coerce({"kind": "digits", "split": parts[1] if len(parts) > 1 else "test"}, SourceConfig, "--data")
+    if len(parts) < 2 or not parts[1]:
+        raise UserError(f"--data '{spec}': expected KIND:PATH[:SPLIT], e.g. imagefolder:cifar10/test")
+    d = {"kind": kind, "root": parts[1]}
+    if len(parts) > 2:
+        d["split"] = parts[2]
+    return _coerce(d, SourceConfig, "--data")
+
+
+def _load(args):
+    from .config import load_config
+    return load_config(resolve_config_path(args.config), args.set)
+
+
+def _ctx(args, cfg):
+    from .stages.common import RunContext
+    return RunContext(cfg, args.run_dir, args.device)
+
+
+def cmd_run(args):
+    from .pipeline import format_table, run
+    cfg = _load(args)
+    summary = run(cfg, args.run_dir, args.device, force=args.force, report=not args.no_report)
+    print(format_table(summary))
+    print(f"\nrun directory: {args.run_dir or cfg.resolved_run_dir()}")
+
+
+def cmd_demo(args):
+    args.config, args.force, args.no_report = "digits-demo", False, False
+    cmd_run(args)
+
+
+def cmd_train(args):
+    from .artifacts import reset_dir
+    from .pipeline import claim_run_dir
+    from .stages.evaluate import evaluate_stage
+    from .stages.train import train_teacher
+    cfg = _load(args)
+    ctx = _ctx(args, cfg)
+    claim_run_dir(ctx, args.force)
+    tdir = ctx.stage_dir(0, "teacher")
+    if args.restart:
+        reset_dir(tdir)
+    elif args.resume and not (tdir / "checkpoint.pt").is_file() and not (tdir / "model.pt").is_file():
+        raise UserError(f"--resume: nothing to resume in {tdir} (no checkpoint.pt); drop --resume to start")
+    train_teacher(ctx)
+    ev = evaluate_stage(ctx, 0, "teacher")
+    print(f"teacher {cfg.model_for_round(0)}: top-1 {100 * ev.record['info']['top1']:.2f}% "
+          f"(ECE {ev.record['info']['ece']:.3f}) -> {tdir / 'model.pt'}")
+
+
+def _stage_cmd(fn_name):
+    def cmd(args):
+        from .pipeline import claim_run_dir
+        from .stages import evaluate as ev_mod, label as label_mod, select as sel_mod, train as train_mod
+        fns = {"label": label_mod.label_pool, "select": sel_mod.select_pseudo_labels,
+               "student": train_mod.train_student, "finetune": train_mod.finetune}
+        cfg = _load(args)
+        ctx = _ctx(args, cfg)
+        claim_run_dir(ctx, args.force)
+        res = fns[fn_name](ctx, args.round)
+        if fn_name in ("student", "finetune"):
+            ev_mod.evaluate_stage(ctx, args.round, fn_name)
+        print(f"{fn_name} round {args.round}: {'already done' if res.skipped else 'done'} -> {res.dir}")
+    return cmd
+
+
+def cmd_evaluate(args):
+    import json
+    from .artifacts import write_json
+    from .config import EvalConfig
+    from .data import create_source
+    from .engine import resolve_device
+    from .stages.common import load_model
+    from .stages.evaluate import evaluate_source, run_robustness
+    if not args.checkpoint or not args.data:
+        raise UserError("evaluate needs --checkpoint MODEL.pt and --data KIND:PATH[:SPLIT]")
+    device = resolve_device(args.device or "auto")
+    model, meta = load_model(args.checkpoint, device)
+    src = create_source(parse_source_spec(args.data), meta["in_chans"], "--data")
+    report = evaluate_source(model, meta, src, args.batch_size, device)
+    if args.robustness:
+        ecfg = EvalConfig(max_images=args.max_images)
+        report["robustness"] = run_robustness(model, meta, src, ecfg, Path(args.checkpoint).parent / "cache", device)
+    out = args.out or str(Path(args.checkpoint).parent / "eval.json")
+    write_json(out, report)
+    brief = {k: report[k] for k in ("num_images", "top1", "top5", "ece")}
+    print(json.dumps(brief, indent=2))
+    print(f"written: {out}")
+
+
+def cmd_report(args):
+    from .report import write_report
+    files = write_report(Path(args.run_dir))
+    print("\n".join(str(f) for f in files))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="noisystudent", description="Noisy Student Training: teacher -> "
+                                "pseudo-labels -> noised, equal-or-larger student, in rounds.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(sp, config=True):
+        if config:
+            sp.add_argument("config", help="YAML config path or bundled name (digits-demo, fashion-mnist-1k, cifar10-4k, ...)")
+            sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                            help="override a config key, e.g. --set student.epochs=5 (repeatable)")
+            sp.add_argument("--force", action="store_true",
+                            help="reuse a run directory that holds a different experiment")
+        sp.add_argument("--run-dir", default=None, help="run directory (default runs/<name>)")
+        sp.add_argument("--device", default=None, help="auto|cpu|cuda|cuda:N (default: config's)")
+
+    sp = sub.add_parser("run", help="the whole loop: teacher -> (label -> select -> student) x rounds")
+    common(sp)
+    sp.add_argument("--no-report", action="store_true", help="skip report.md/html and plots")
+    sp.set_defaults(fn=cmd_run)
+
+    sp = sub.add_parser("demo", help="the full loop on scikit-learn's bundled digits (< 3 min on 2 CPU cores)")
+    common(sp, config=False)
+    sp.set_defaults(fn=cmd_demo, set=[])
+
+    sp = sub.add_parser("train", help="train and evaluate the supervised teacher (round0/teacher)")
+    common(sp)
+    g = sp.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true", help="continue from checkpoint.pt (the default; "
+                   "with this flag it is an error if there is nothing to resume)")
+    g.add_argument("--restart", action="store_true", help="discard round0/teacher and train from scratch")
+    sp.set_defaults(fn=cmd_train)
+
+    for name, text in (("label", "teacher of round K predicts the unlabeled pool"),
+                       ("select", "filter + balance round K's pseudo-labels"),
+                       ("student", "train round K's noised student"),
+                       ("finetune", "fine-tune round K's model at the test resolution")):
+        sp = sub.add_parser(name, help=text)
+        common(sp)
+        sp.add_argument("--round", type=int, default=1, help="round K (default 1)")
+        sp.set_defaults(fn=_stage_cmd(name))
+
+    sp = sub.add_parser("evaluate", help="evaluate a model file on a labeled set")
+    sp.add_argument("--checkpoint", required=False, help="a model.pt written by noisystudent")
+    sp.add_argument("--data", required=False, help="KIND:PATH[:SPLIT], e.g. imagefolder:cifar10/test, digits:test")
+    sp.add_argument("--robustness", action="store_true", help="also corruptions, perturbations and FGSM")
+    sp.add_argument("--max-images", type=int, default=1000, help="robustness subset size")
+    sp.add_argument("--batch-size", type=int, default=256)
+    sp.add_argument("--device", default=None)
+    sp.add_argument("--out", default=None, help="where to write eval.json (default: beside the checkpoint)")
+    sp.set_defaults(fn=cmd_evaluate)
+
+    sp = sub.add_parser("report", help="write report.md/html and plots for a run directory")
+    sp.add_argument("run_dir")
+    sp.set_defaults(fn=cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="noisystudent: %(message)s", stream=sys.stderr)
+    try:
+        from .distributed import maybe_init_distributed
+        maybe_init_distributed()
+        args.fn(args)
+        return 0
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished work is kept; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - last line of defence, keep it to one line for users
+        if os.environ.get("NOISYSTUDENT_DEBUG"):
+            raise
+        print(f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+              "(a bug: rerun with NOISYSTUDENT_DEBUG=1 for the traceback and report it)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

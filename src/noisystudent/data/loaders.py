@@ -1,0 +1,164 @@
+"""Datasets and loaders: labeled, pseudo-labeled (joint batches), and clean eval iteration.
+
+Determinism: every sampler and DataLoader is built per epoch from a generator seeded by
+(seed, epoch, stream). DataLoader workers derive their Python/NumPy/torch seeds from that generator,
+so RandAugment draws are a pure function of (seed, epoch) and a run resumed at an epoch boundary
+replays exactly what an uninterrupted run would have done.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .sources import ArraySource, BadImage, Source
+from .transforms import to_tensor_batch
+
+__all__ = ["LabeledDataset", "PseudoDataset", "EpochSampler", "make_loader", "seed_for",
+           "eval_batches", "collate_skip_bad"]
+
+
+def seed_for(*parts) -> int:
+    """A 63-bit seed from a tuple of ints/strings, stable across processes and Python versions."""
+    import hashlib
+    h = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
+
+
+class LabeledDataset(Dataset):
+    """(image tensor, class index, row) from a labeled source."""
+
+    def __init__(self, source: Source, transform, skip_bad: bool = False):
+        self.source, self.transform, self.skip_bad = source, transform, skip_bad
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, i):
+        try:
+            img = self.source.load(i)
+        except BadImage:
+            if self.skip_bad:
+                return None
+            raise
+        return self.transform(img), int(self.source.labels[i]), i
+
+
+class PseudoDataset(Dataset):
+    """(image tensor, target vector, row) for selected pool rows; `copies` repeats rows (balancing)."""
+
+    def __init__(self, source: Source, rows: np.ndarray, targets: np.ndarray, copies: np.ndarray, transform):
+        self.source, self.transform = source, transform
+        self.rows = np.repeat(np.asarray(rows, dtype=np.int64), copies)
+        self.targets = torch.from_numpy(np.repeat(np.asarray(targets, dtype=np.float32), copies, axis=0))
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        row = int(self.rows[i])
+        try:
+            img = self.source.load(row)
+        except BadImage:
+            return None
+        return self.transform(img), self.targets[i], row
+
+
+def collate_skip_bad(batch):
+    """Default collate, minus items that came back None (undecodable images under `skip`)."""
+    batch = [b for b in batch if b is not None]
+    if not batch:
+        return None
+    return torch.utils.data.default_collate(batch)
+
+
+class EpochSampler(Sampler):
+    """`num_samples` indices from back-to-back seeded permutations of range(n).
+
+    Serves both the plain epoch (num_samples == n) and the "infinite" labeled stream of joint batches
+    (num_samples > n wraps into a fresh permutation). With `rank/world` it yields this rank's
+    interleaved share, the DistributedSampler convention.
+    """
+
+    def __init__(self, n: int, num_samples: int, seed: int, rank: int = 0, world: int = 1):
+        self.n, self.num_samples, self.seed, self.rank, self.world = n, num_samples, seed, rank, world
+
+    def _stream(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed)
+        while True:
+            yield from torch.randperm(self.n, generator=g).tolist()
+
+    def __iter__(self):
+        it = self._stream()
+        total = self.num_samples * self.world
+        for k in range(total):
+            i = next(it)
+            if k % self.world == self.rank:
+                yield i
+
+    def __len__(self):
+        return self.num_samples
+
+
+def make_loader(dataset, batch_size: int, num_samples: int, seed: int, workers: int = 0,
+                rank: int = 0, world: int = 1, pin_memory: bool = False) -> DataLoader:
+    sampler = EpochSampler(len(dataset), num_samples, seed, rank, world)
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      generator=g, drop_last=True, collate_fn=collate_skip_bad,
+                      pin_memory=pin_memory, persistent_workers=False)
+
+
+class _EvalDataset(Dataset):
+    def __init__(self, source: Source, skip_bad: bool):
+        self.source, self.skip_bad = source, skip_bad
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, i):
+        try:
+            return self.source.load(i), i
+        except BadImage:
+            if self.skip_bad:
+                return None
+            raise
+
+
+def _collate_arrays(batch):
+    batch = [b for b in batch if b is not None]
+    if not batch:
+        return None
+    imgs, idx = zip(*batch)
+    return list(imgs), list(idx)
+
+
+def eval_batches(source: Source, batch_size: int, image_size: int, mean, std, *, start: int = 0,
+                 stop: int | None = None, workers: int = 0, skip_bad: bool = False
+                 ) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+    """Yield (normalised NCHW float batch, source row indices) for rows [start, stop), clean.
+
+    In-memory arrays take a vectorised path (slice, convert, resize once per batch); files are
+    decoded by DataLoader workers. Undecodable files are dropped when `skip_bad`, else BadImage.
+    """
+    stop = len(source) if stop is None else min(stop, len(source))
+    if isinstance(source, ArraySource) and isinstance(source.images, np.ndarray):
+        for a in range(start, stop, batch_size):
+            b = min(a + batch_size, stop)
+            yield to_tensor_batch(source.images[a:b], image_size, mean, std), np.arange(a, b)
+        return
+    ds = torch.utils.data.Subset(_EvalDataset(source, skip_bad), range(start, stop))
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        collate_fn=_collate_arrays)
+    for item in loader:
+        if item is None:
+            continue
+        imgs, idx = item
+        # Images of different sizes are resized one by one before stacking.
+        if len({im.shape for im in imgs}) > 1:
+            x = torch.cat([to_tensor_batch(im[None], image_size, mean, std) for im in imgs])
+        else:
+            x = to_tensor_batch(np.stack(imgs), image_size, mean, std)
+        yield x, np.asarray(idx)

@@ -1,0 +1,266 @@
+"""Image sources: each is an indexed list of (image, label or -1, stable sample id).
+
+A source knows its `ids` (relative path for files, `name/index` for arrays), its `labels` (-1 when
+unknown) and its `classes` (sorted names, or None for an unlabeled folder). Images are decoded on
+demand by `load(i)`; `cache()` decodes everything once into uint8 arrays so that training epochs on
+small images are bound by compute, not by JPEG decoding on 2 cores.
+"""
+from __future__ import annotations
+
+import gzip
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from ..errors import UserError
+
+__all__ = [
+    "IMAGE_EXTENSIONS", "BadImage", "Source", "ArraySource", "FileSource", "register_source",
+    "create_source", "draw_per_class", "open_image",
+]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+class BadImage(Exception):
+    """An image file that cannot be decoded (corrupt, truncated, not an image)."""
+
+
+def open_image(path_or_file, in_chans: int, name: str = "") -> np.ndarray:
+    """Decode to uint8 HWC with `in_chans` channels (grayscale/RGB/RGBA/palette are converted)."""
+    try:
+        with Image.open(path_or_file) as im:
+            im = im.convert("L" if in_chans == 1 else "RGB")
+            arr = np.asarray(im, dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, zlib.error) as e:
+        raise BadImage(f"{name or path_or_file}: cannot decode image ({e})") from None
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+@dataclass
+class Source:
+    """Base class. Subclasses fill `ids`, `labels`, `classes` and implement `_load`."""
+    name: str
+    ids: list[str]
+    labels: np.ndarray
+    classes: list[str] | None
+    in_chans: int = 3
+    skipped: list[str] = field(default_factory=list)   # ids dropped as undecodable by cache()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def load(self, i: int) -> np.ndarray:
+        return self._load(i)
+
+    def _load(self, i: int) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def subset(self, indices: Sequence[int]) -> "Source":
+        indices = np.asarray(indices, dtype=np.int64)
+        return _SubsetSource(self.name, [self.ids[i] for i in indices], self.labels[indices],
+                             self.classes, self.in_chans, list(self.skipped), parent=self,
+                             index=indices)
+
+    def cache(self, on_bad: str = "fail", progress: Callable | None = None) -> "ArraySource":
+        """Decode every image once. on_bad='skip' drops undecodable files (their ids are kept in
+        `skipped`); 'fail' raises a one-line UserError naming the file."""
+        images, keep, skipped = [], [], list(self.skipped)
+        it = range(len(self))
+        for i in (progress(it) if progress else it):
+            try:
+                images.append(self.load(i))
+                keep.append(i)
+            except BadImage as e:
+                if on_bad == "fail":
+                    raise UserError(f"{e}; fix or remove the file, or set data.bad_images=skip") from None
+                skipped.append(self.ids[i])
+        if not keep:
+            raise UserError(f"source '{self.name}': no decodable image out of {len(self)}")
+        same = len({im.shape for im in images}) == 1
+        stack = np.stack(images) if same else images
+        return ArraySource(self.name, [self.ids[i] for i in keep], self.labels[np.asarray(keep)],
+                           self.classes, self.in_chans, skipped, images=stack)
+
+
+@dataclass
+class ArraySource(Source):
+    """Images already in memory: uint8 (N,H,W,C) array or a list of HWC arrays."""
+    images: np.ndarray | list | None = None
+
+    def _load(self, i: int) -> np.ndarray:
+        return self.images[i]
+
+    def subset(self, indices: Sequence[int]) -> "ArraySource":
+        # Slicing the array keeps the fast path (vectorised eval batches) available to subsets.
+        indices = np.asarray(indices, dtype=np.int64)
+        images = (self.images[indices] if isinstance(self.images, np.ndarray)
+                  else [self.images[i] for i in indices])
+        return ArraySource(self.name, [self.ids[i] for i in indices], self.labels[indices],
+                           self.classes, self.in_chans, list(self.skipped), images=images)
+
+
+@dataclass
+class FileSource(Source):
+    """Image files under `root`; `ids` are their relative POSIX paths."""
+    root: Path = Path(".")
+
+    def _load(self, i: int) -> np.ndarray:
+        return open_image(self.root / self.ids[i], self.in_chans, name=str(self.root / self.ids[i]))
+
+
+@dataclass
+class _SubsetSource(Source):
+    parent: Source | None = None
+    index: np.ndarray | None = None
+
+    def _load(self, i: int) -> np.ndarray:
+        return self.parent.load(int(self.index[i]))
+
+
+# ------------------------------------------------------------------------------------------------
+# readers, registered by kind (timm-style registry: `create_source(cfg)` looks the kind up)
+
+_READERS: dict[str, Callable] = {}
+
+
+def register_source(kind: str):
+    def deco(fn):
+        _READERS[kind] = fn
+        return fn
+    return deco
+
+
+def _list_images(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+@register_source("imagefolder")
+def read_imagefolder(root: str, split: str, in_chans: int) -> Source:
+    root_p = Path(root)
+    if not root_p.is_dir():
+        raise UserError(f"data root not found: {root_p} (expected <root>/<class>/<image files>)")
+    classes = sorted(d.name for d in root_p.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise UserError(f"{root_p}: no class folders found (expected <root>/<class>/<image files>)")
+    ids, labels = [], []
+    for c, name in enumerate(classes):
+        files = _list_images(root_p / name)
+        if not files:
+            raise UserError(f"{root_p / name}: class folder has no image files "
+                            f"({', '.join(IMAGE_EXTENSIONS)}); remove it or add images")
+        ids += [f"{name}/{f}" for f in files]
+        labels += [c] * len(files)
+    return FileSource(root_p.name, ids, np.asarray(labels, dtype=np.int64), classes, in_chans, root=root_p)
+
+
+@register_source("folder")
+def read_folder(root: str, split: str, in_chans: int) -> Source:
+    root_p = Path(root)
+    if not root_p.is_dir():
+        raise UserError(f"unlabeled folder not found: {root_p}")
+    ids = _list_images(root_p)
+    if not ids:
+        raise UserError(f"{root_p}: no image files found ({', '.join(IMAGE_EXTENSIONS)})")
+    return FileSource(root_p.name, ids, np.full(len(ids), -1, dtype=np.int64), None, in_chans, root=root_p)
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+        zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+        if zero != 0 or dtype_code != 0x08:
+            raise ValueError("bad magic number (not an unsigned-byte IDX file)")
+        shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+        arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+        if arr.size != int(np.prod(shape)):
+            raise ValueError(f"expected {int(np.prod(shape))} values, found {arr.size} (truncated?)")
+        return arr.reshape(shape)
+    except (OSError, EOFError, ValueError, struct.error) as e:
+        raise UserError(f"{path}: not a valid IDX file ({e})") from None
+
+
+def _find(root: Path, stem: str) -> Path:
+    for cand in (root / stem, root / f"{stem}.gz"):
+        if cand.is_file():
+            return cand
+    raise UserError(f"IDX file not found: {root / stem}[.gz]")
+
+
+@register_source("idx")
+def read_idx(root: str, split: str, in_chans: int) -> Source:
+    """MNIST-family IDX files: <root>/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]."""
+    if split not in ("train", "test"):
+        raise UserError(f"idx split '{split}' not allowed; choose 'train' or 'test'")
+    prefix = "train" if split == "train" else "t10k"
+    root_p = Path(root)
+    images = _read_idx(_find(root_p, f"{prefix}-images-idx3-ubyte"))
+    labels = _read_idx(_find(root_p, f"{prefix}-labels-idx1-ubyte")).astype(np.int64)
+    if images.ndim != 3 or len(images) != len(labels):
+        raise UserError(f"{root_p}: {prefix} images {images.shape} and labels {labels.shape} do not match")
+    images = images[..., None]
+    if in_chans == 3:
+        images = np.repeat(images, 3, axis=-1)
+    classes = [str(c) for c in range(int(labels.max()) + 1)]
+    ids = [f"{prefix}/{i}" for i in range(len(images))]
+    return ArraySource(root_p.name, ids, labels, classes, in_chans, images=np.ascontiguousarray(images))
+
+
+@register_source("digits")
+def read_digits(root: str, split: str, in_chans: int) -> Source:
+    """scikit-learn's bundled 8x8 digits (1,797 images): the offline default. A fixed split (seed 0,
+    the dataset's property, not the run's) holds out 297 images as `test`."""
+    from sklearn.datasets import load_digits
+    if split not in ("train", "test"):
+        raise UserError(f"digits split '{split}' not allowed; choose 'train' or 'test'")
+    d = load_digits()
+    images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    order = np.random.default_rng(0).permutation(len(images))
+    idx = np.sort(order[:297] if split == "test" else order[297:])
+    if in_chans == 3:
+        images = np.repeat(images, 3, axis=-1)
+    ids = [f"digits/{i}" for i in idx]
+    return ArraySource("digits", ids, d.target[idx].astype(np.int64), [str(c) for c in range(10)],
+                       in_chans, images=np.ascontiguousarray(images[idx]))
+
+
+def draw_per_class(labels: np.ndarray, per_class: int, seed: int, source: str = "") -> np.ndarray:
+    """Indices of `per_class` images of each class, reproducible for `seed`, sorted ascending."""
+    rng = np.random.default_rng(seed)
+    picks = []
+    for c in np.unique(labels[labels >= 0]):
+        members = np.flatnonzero(labels == c)
+        if len(members) < per_class:
+            raise UserError(f"{source}: class {c} has {len(members)} images, fewer than per_class={per_class}")
+        picks.append(rng.permutation(members)[:per_class])
+    return np.sort(np.concatenate(picks)) if picks else np.zeros(0, dtype=np.int64)
+
+
+def create_source(cfg, in_chans: int, key: str = "data") -> Source:
+    """Build the source described by a `SourceConfig` (kind, root, split, per_class/subset, fraction)."""
+    reader = _READERS.get(cfg.kind)
+    if reader is None:
+        raise UserError(f"config key '{key}.kind': unknown source '{cfg.kind}'; choose one of "
+                        + ", ".join(sorted(_READERS)))
+    src = reader(cfg.root, cfg.split, in_chans)
+    if cfg.per_class is not None:
+        if src.classes is None:
+            raise UserError(f"config key '{key}.per_class': source '{cfg.kind}' has no labels to draw from")
+        drawn = draw_per_class(src.labels, cfg.per_class, cfg.seed, source=key)
+        if cfg.subset == "rest":
+            drawn = np.setdiff1d(np.arange(len(src)), drawn)
+        src = src.subset(drawn)
+    if cfg.fraction < 1.0:
+        keep = np.random.default_rng(cfg.seed + 1).permutation(len(src))[: max(1, round(cfg.fraction * len(src)))]
+        src = src.subset(np.sort(keep))
+    if len(src) == 0:
+        raise UserError(f"config key '{key}': the source selects no images")
+    return src

@@ -1,0 +1,230 @@
+"""One training loop for teacher (labeled only) and student (joint labeled + pseudo-labeled batches).
+
+Read top to bottom: build optimizer/scheduler/EMA -> resume from `checkpoint.pt` if present ->
+for each epoch: seed every RNG from (seed, epoch), draw B labeled + ratio*B pseudo-labeled images
+per step, one forward pass over their concatenation (so BatchNorm sees the joint batch, as in the
+paper), loss = CE(labeled) + w * softCE(pseudo) -> checkpoint atomically at the end of the epoch.
+
+Resuming replays exactly: model/optimizer/EMA state come from the checkpoint, the LR is a pure
+function of the global step, and all randomness (sampling order, RandAugment, dropout, stochastic
+depth) is re-seeded from (seed, epoch) at the start of each epoch.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from tqdm import tqdm
+
+from .artifacts import load_checkpoint, save_checkpoint
+from .data.loaders import make_loader, seed_for
+from .errors import TrainingDiverged
+from .pseudo import joint_loss
+
+__all__ = ["fit", "resolve_device", "autocast_dtype", "seed_everything", "world_info", "FitResult"]
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            rank = int(os.environ.get("LOCAL_RANK", 0))
+            return torch.device("cuda", rank % torch.cuda.device_count())
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """`auto` = bf16 on CUDA GPUs that support it, else fp32. On CPU bf16 is opt-in: on our 2-core
+    AVX-512 box it was not faster for small convnets (see benchmarks/throughput.py)."""
+    if amp == "off":
+        return None
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp == "fp16":
+        return torch.float16
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))
+    torch.manual_seed(seed)
+
+
+def world_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _progress_enabled() -> bool:
+    return os.environ.get("NOISYSTUDENT_PROGRESS", "1") != "0" and sys.stderr.isatty()
+
+
+@dataclass
+class FitResult:
+    model: nn.Module            # the weights to use (EMA when enabled)
+    history: list               # one metrics dict per epoch
+    resumed_from: int           # epochs already done when this call started
+
+
+def _build_optimizer(model, cfg, lr):
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        # Weight decay on norms/biases hurts small-data training; timm does the same split.
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+def fit(model: nn.Module, cfg, *, labeled_ds, out_dir: str | Path, seed: int, meta: dict,
+        pseudo_ds=None, ratio: int = 0, unlabeled_weight: float = 1.0, epochs: int | None = None,
+        lr: float | None = None, workers: int = 0, device: torch.device | None = None,
+        eval_fn: Callable[[nn.Module], dict] | None = None, desc: str = "train") -> FitResult:
+    """Train `model` with TrainConfig `cfg`; checkpoints go to out_dir/checkpoint.pt each epoch.
+
+    `pseudo_ds` switches on joint batches: each step draws `batch_size` labeled and
+    `ratio * batch_size` pseudo-labeled images, and an epoch is one pass over `pseudo_ds` (as the
+    paper counts student epochs over the unlabeled data). Without it an epoch is one pass over the
+    labeled set.
+    """
+    from timm.scheduler import CosineLRScheduler
+    from timm.utils import ModelEmaV3
+
+    out_dir = Path(out_dir)
+    device = device or resolve_device()
+    rank, world = world_info()
+    epochs = cfg.epochs if epochs is None else epochs
+    base_lr = (cfg.lr if lr is None else lr) * world   # linear scaling with the number of ranks
+    B = cfg.batch_size
+    joint = pseudo_ds is not None and len(pseudo_ds) > 0 and ratio > 0
+    per_step = B * ratio * world if joint else B * world
+    steps = max(1, math.ceil((len(pseudo_ds) if joint else len(labeled_ds)) / per_step))
+
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = _build_optimizer(model, cfg, base_lr)
+    scheduler = CosineLRScheduler(optimizer, t_initial=max(1, steps * epochs), lr_min=base_lr * 1e-3,
+                                  warmup_t=int(cfg.warmup_epochs * steps), warmup_lr_init=base_lr * 0.01,
+                                  warmup_prefix=True, t_in_epochs=False)
+    ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema_decay > 0 else None
+    amp_dtype = autocast_dtype(cfg.amp, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=(amp_dtype == torch.float16 and device.type == "cuda"))
+
+    ckpt_path = out_dir / "checkpoint.pt"
+    history, start_epoch = [], 0
+    if ckpt_path.is_file():
+        state = load_checkpoint(ckpt_path, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        history, start_epoch = list(state["history"]), int(state["epoch"])
+    resumed_from = start_epoch
+
+    train_model = model
+    if world > 1:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        train_model = torch.compile(train_model)
+    pin = device.type == "cuda"
+
+    for epoch in range(start_epoch, epochs):
+        model.train()
+        seed_everything(seed_for(seed, epoch, "torch", rank))
+        lab = make_loader(labeled_ds, B, steps * B, seed_for(seed, epoch, "labeled"), workers, rank, world, pin)
+        pse = (make_loader(pseudo_ds, B * ratio, steps * B * ratio, seed_for(seed, epoch, "pseudo"),
+                           workers, rank, world, pin) if joint else None)
+        batches = zip(lab, pse) if joint else ((b, None) for b in lab)
+        t0, n_img, sums = time.perf_counter(), 0, {"loss": 0.0, "loss_labeled": 0.0, "loss_pseudo": 0.0}
+        bar = tqdm(batches, total=steps, desc=f"{desc} {epoch + 1}/{epochs}", leave=False,
+                   disable=not (_progress_enabled() and rank == 0))
+        for i, (lb, pb) in enumerate(bar):
+            global_step = epoch * steps + i
+            scheduler.step_update(global_step)
+            if lb is None:       # every image of the batch was undecodable (skip policy)
+                continue
+            xl, yl, _ = lb
+            xs, ts = [xl], None
+            if pb is not None:
+                xs.append(pb[0])
+                ts = pb[1].to(device, non_blocking=pin)
+            x = torch.cat(xs).to(device, non_blocking=pin)
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yl = yl.to(device, non_blocking=pin)
+            ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+            with ctx:
+                logits = train_model(x)
+            if ts is None:       # supervised step: no pseudo rows
+                ts = logits.new_zeros((0, logits.shape[1]), dtype=torch.float32)
+            loss, parts = joint_loss(logits.float(), len(yl), yl, ts, unlabeled_weight, cfg.label_smoothing)
+            if not torch.isfinite(loss):
+                last = f"{ckpt_path} (epoch {start_epoch if ckpt_path.is_file() else 0})"
+                raise TrainingDiverged(
+                    f"{desc}: loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; the last good "
+                    f"checkpoint is kept at {last} — lower the learning rate or enable grad_clip, then rerun")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            if ema is not None:
+                ema.update(model, step=global_step)
+            n_img += len(x)
+            sums["loss"] += loss.item()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        elapsed = time.perf_counter() - t0
+        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
+               "images_per_s": n_img * world / max(elapsed, 1e-9), "epoch_s": elapsed, "steps": steps}
+        row.update({k: v / steps for k, v in sums.items()})
+        eval_model = ema.module if ema is not None else model
+        if eval_fn is not None and rank == 0:
+            row.update(eval_fn(eval_model))
+        history.append(row)
+        if rank == 0:
+            save_checkpoint(ckpt_path, {
+                "format": "noisystudent/checkpoint/1", "epoch": epoch + 1, "history": history,
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None,
+                "scaler": scaler.state_dict() if scaler.is_enabled() else None, "meta": meta})
+            _write_metrics(out_dir / "metrics.jsonl", history)
+        if world > 1:
+            dist.barrier()
+    final = ema.module if ema is not None else model
+    return FitResult(final, history, resumed_from)
+
+
+def _write_metrics(path: Path, history: list) -> None:
+    """Rewrite metrics.jsonl whole (atomically) from the checkpoint's history, so it never
+    disagrees with the checkpoint after a kill."""
+    import json
+    from .artifacts import atomic_write
+    with atomic_write(path, "w") as f:
+        for row in history:
+            f.write(json.dumps(row, sort_keys=True) + "\n")

@@ -1,0 +1,143 @@
+"""The loop: teacher -> (label -> select -> noised student) x rounds, with optional fine-tune and
+evaluation of every model. This is the only place that sequences stages; each stage reads and
+writes files only, so any prefix of the run can be reused and a rerun resumes where it stopped.
+
+    runs/NAME/
+      config.yaml                     resolved config of the latest invocation
+      round0/teacher/                 model.pt, metrics.jsonl, stage.json
+      round0/eval_teacher/            eval.json (+ robustness.json)
+      roundK/labels/                  part-00000.parquet ... (teacher predictions on the pool)
+      roundK/selection/               selection.parquet, selection.json
+      roundK/student/                 model.pt, metrics.jsonl      (round K+1's teacher)
+      roundK/eval_student/            eval.json (+ robustness.json)
+      roundK/finetune/, eval_finetune/  when finetune.enabled
+      summary.json, report.md, report.html, plots/
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import yaml
+
+from .artifacts import atomic_write, read_json, write_json
+from .config import Config, config_to_dict
+from .errors import UserError
+from .stages.common import RunContext
+from .stages.evaluate import evaluate_stage
+from .stages.label import label_pool
+from .stages.select import select_pseudo_labels
+from .stages.train import finetune, train_student, train_teacher
+
+__all__ = ["run", "build_summary", "format_table", "claim_run_dir"]
+
+log = logging.getLogger("noisystudent")
+
+# Keys that define *which experiment* a run directory holds. Changing any other key invalidates only
+# the stages that depend on it; changing these means a different experiment -> a different folder.
+IDENTITY_KEYS = ("labeled", "test", "in_chans")
+
+
+def claim_run_dir(ctx: RunContext, force: bool = False) -> None:
+    """Refuse to mix two experiments in one folder; record the resolved config."""
+    path = ctx.run_dir / "config.yaml"
+    new = config_to_dict(ctx.cfg)
+    if path.is_file() and not force:
+        try:
+            old = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError:
+            old = {}
+        for key in IDENTITY_KEYS:
+            if old.get("data", {}).get(key) != new["data"][key]:
+                raise UserError(f"{ctx.run_dir} holds a run with a different data.{key}; use another --run-dir "
+                                "(or --force to reuse the folder, redoing what changed)")
+    if ctx.rank == 0:
+        ctx.run_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path, "w") as f:
+            yaml.safe_dump(new, f, sort_keys=False)
+
+
+def run(cfg: Config, run_dir: str | Path | None = None, device: str | None = None, force: bool = False,
+        report: bool = True) -> dict:
+    """Run (or resume) the whole Noisy Student loop described by `cfg`; returns the summary."""
+    ctx = RunContext(cfg, run_dir, device)
+    claim_run_dir(ctx, force)
+    ft = cfg.finetune.enabled
+    train_teacher(ctx)
+    evaluate_stage(ctx, 0, "teacher")
+    if ft:
+        finetune(ctx, 0)
+        evaluate_stage(ctx, 0, "finetune")
+    for k in range(1, cfg.rounds + 1):
+        label_pool(ctx, k)
+        select_pseudo_labels(ctx, k)
+        train_student(ctx, k)
+        evaluate_stage(ctx, k, "student")
+        if k == 1 and cfg.ablation_no_noise:
+            train_student(ctx, k, no_noise=True)
+            evaluate_stage(ctx, k, "student_nonoise")
+        if ft:
+            finetune(ctx, k)
+            evaluate_stage(ctx, k, "finetune")
+    summary = build_summary(ctx)
+    if ctx.rank == 0:
+        write_json(ctx.run_dir / "summary.json", summary)
+        if report:
+            from .report import write_report
+            write_report(ctx.run_dir)
+    return summary
+
+
+def _read(path: Path):
+    return read_json(path) if path.is_file() else None
+
+
+def build_summary(ctx: RunContext) -> dict:
+    """Deterministic digest of a run (accuracies, selection stats, robustness); no timings, so an
+    interrupted-and-resumed run has exactly the summary of an uninterrupted one."""
+    cfg, rd = ctx.cfg, ctx.run_dir
+    rows, selection = [], []
+    for k in range(0, cfg.rounds + 1):
+        for which in ("teacher", "student", "student_nonoise", "finetune"):
+            ev = _read(rd / f"round{k}" / f"eval_{which}" / "eval.json")
+            if ev is None:
+                continue
+            st = _read(rd / f"round{k}" / which / "stage.json") or {}
+            row = {"round": k, "which": which, "model": ev["model"], "image_size": ev["image_size"],
+                   "params": st.get("info", {}).get("params"), "top1": ev["top1"], "top5": ev["top5"],
+                   "ece": ev["ece"], "extra": {n: e["top1"] for n, e in ev.get("extra", {}).items()}}
+            rob = _read(rd / f"round{k}" / f"eval_{which}" / "robustness.json")
+            if rob is not None:
+                row["robustness"] = rob
+            rows.append(row)
+        sel = _read(rd / f"round{k}" / "selection" / "selection.json")
+        if sel is not None:
+            selection.append({"round": k, "selected_unique": sum(sel["counts_selected_unique"]),
+                              "selected_with_copies": sum(sel["counts_selected_with_copies"]),
+                              "pseudo_label_accuracy": sel.get("pseudo_label_accuracy")})
+    base = next((r.get("robustness") for r in rows if r["which"] == "teacher"), None)
+    if base is not None:
+        from .robustness import compare_to_baseline
+        for r in rows:
+            if "robustness" in r:
+                r["robustness_vs_teacher"] = compare_to_baseline(r["robustness"], base)
+                r["robustness"] = {k2: r["robustness"][k2] for k2 in
+                                   ("clean_accuracy", "mean_corruption_error_unnormalized", "fgsm", "flip_rate")
+                                   if k2 in r["robustness"]}
+    return {"name": cfg.name, "classes": list(ctx.classes), "rounds": cfg.rounds, "models": rows,
+            "selection": selection}
+
+
+def format_table(summary: dict) -> str:
+    """The results table printed at the end of `run`/`demo`."""
+    lines = [f"{'round':>5}  {'model':<16} {'role':<16} {'px':>3} {'top1':>7} {'ece':>6}",
+             "-" * 60]
+    for r in summary["models"]:
+        lines.append(f"{r['round']:>5}  {r['model']:<16} {r['which']:<16} {r['image_size']:>3} "
+                     f"{100 * r['top1']:>6.2f}% {r['ece']:>6.3f}")
+    for s in summary["selection"]:
+        a = ((s.get("pseudo_label_accuracy") or {}).get("after") or {}).get("overall")
+        extra = f", pseudo-label accuracy {100 * a:.1f}%" if isinstance(a, (int, float)) else ""
+        lines.append(f"round {s['round']}: {s['selected_unique']} pool images selected "
+                     f"({s['selected_with_copies']} with copies){extra}")
+    return "\n".join(lines)

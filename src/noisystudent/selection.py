@@ -1,0 +1,380 @@
+"""Choose the pseudo-labeled training set from the label stage's Parquet shards, streaming.
+
+The label stage writes `part-00000.parquet, part-00001.parquet, ...` with one row per pool image:
+sample_id, probs (fixed_size_list<float16>[C]), pred, confidence, true_label (-1 = unknown),
+teacher. `select_from_labels` applies the paper's filtering and balancing to them without ever
+holding every probability vector in memory:
+
+  pass 1  reads only the scalar columns (pred, confidence, true_label, teacher) batch by batch and
+          accumulates per-class counts and 0.01-wide confidence histograms. From these it derives
+          each class's target K_c and a per-class threshold that the class's top K_c clear
+          (`thresholds_from_histograms`).
+  pass 2  reads again, probs included, and keeps only rows at or above their class threshold:
+          about sum(K_c) rows plus at most one boundary bin per class. `balance` then picks
+          exactly K_c rows per class from those.
+
+The per-class thresholds are a memory bound, not a change of rule: the result is exactly what
+"threshold everything, then balance in memory" gives, whatever the batch size and however the rows
+are split into shards (rows are always taken in shard order, then row order).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from noisystudent.errors import UserError
+from noisystudent.pseudo import (
+    auto_per_class,
+    balance,
+    class_histograms,
+    confidence_mask,
+    make_targets,
+    thresholds_from_histograms,
+)
+
+__all__ = ["LabelDirError", "Selection", "list_label_shards", "select_from_labels"]
+
+_SHARD_NAME = re.compile(r"^part-(\d+)\.parquet$")
+_SCALAR_COLUMNS = ["pred", "confidence", "true_label"]
+# Rows kept between passes are cast to this layout, so shards written with e.g. int64 ids or
+# large_string ids still concatenate into one table.
+_KEPT_TYPES = {
+    "sample_id": pa.string(),
+    "pred": pa.int32(),
+    "confidence": pa.float32(),
+    "true_label": pa.int32(),
+}
+
+
+class LabelDirError(UserError, ValueError):
+    """The label directory is missing, empty, or holds shards that do not match the schema.
+
+    A ValueError (what callers of this module test for) that is also a UserError, so the CLI
+    shows its one-line message instead of a traceback.
+    """
+
+
+@dataclass
+class Selection:
+    """The chosen pseudo-labeled rows and a JSON-serialisable account of how they were chosen.
+
+    table columns: sample_id string, target fixed_size_list<float32>[C], copies int32 (how many
+    times the row appears in an epoch), pred int32, confidence float32, true_label int32; rows in
+    pool order (shard order, then row order).
+    """
+
+    table: pa.Table
+    report: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# Shards
+# --------------------------------------------------------------------------------------------
+
+
+def list_label_shards(label_dir: str | Path) -> list[Path]:
+    """`part-NNNNN.parquet` files of `label_dir`, ordered by their number (not by name, so
+    part-100000 comes after part-99999). Other files are ignored."""
+    label_dir = Path(label_dir)
+    if not label_dir.is_dir():
+        raise LabelDirError(f"label directory {label_dir} does not exist; run the label stage first")
+    numbered = []
+    for path in label_dir.iterdir():
+        match = _SHARD_NAME.match(path.name)
+        if match:
+            numbered.append((int(match.group(1)), path))
+    if not numbered:
+        raise LabelDirError(
+            f"label directory {label_dir} holds no part-*.parquet shards; run the label stage first"
+        )
+    return [path for _, path in sorted(numbered)]
+
+
+def _check_schema(path: Path, num_classes: int) -> None:
+    schema = pq.read_schema(path)
+    missing = [name for name in ["sample_id", "probs", *_SCALAR_COLUMNS] if name not in schema.names]
+    if missing:
+        raise LabelDirError(f"{path} lacks column(s) {missing}; it was not written by the label stage")
+    probs = schema.field("probs").type
+    if not (pa.types.is_fixed_size_list(probs) and pa.types.is_floating(probs.value_type)):
+        raise LabelDirError(f"{path}: probs must be fixed_size_list<float16>[C], got {probs}")
+    if probs.list_size != num_classes:
+        raise LabelDirError(
+            f"{path}: probs has {probs.list_size} classes but num_classes={num_classes}; "
+            "the labels come from a teacher for a different dataset"
+        )
+
+
+def _numpy(column: pa.Array | pa.ChunkedArray, dtype) -> np.ndarray:
+    """A writable copy (Arrow buffers are read-only, and torch.from_numpy warns on those)."""
+    return np.array(column.to_numpy(zero_copy_only=False), dtype=dtype)
+
+
+def _column(batch: pa.RecordBatch, name: str, dtype, path: Path) -> np.ndarray:
+    column = batch.column(name)
+    if column.null_count:
+        raise LabelDirError(f"{path}: column {name} has null values")
+    return _numpy(column, dtype)
+
+
+def _scalars(batch: pa.RecordBatch, num_classes: int, path: Path) -> tuple[torch.Tensor, ...]:
+    """(pred int64, confidence float32, true_label int64) of a batch, validated."""
+    pred = torch.from_numpy(_column(batch, "pred", np.int64, path))
+    confidence = torch.from_numpy(_column(batch, "confidence", np.float32, path))
+    true_label = torch.from_numpy(_column(batch, "true_label", np.int64, path))
+    if pred.numel() and (int(pred.min()) < 0 or int(pred.max()) >= num_classes):
+        raise LabelDirError(f"{path}: pred outside [0, {num_classes})")
+    if not bool(torch.isfinite(confidence).all()) or bool((confidence < 0).any()):
+        raise LabelDirError(f"{path}: confidence has negative or non-finite values")
+    return pred, confidence, true_label
+
+
+# --------------------------------------------------------------------------------------------
+# Pass 1: counts and histograms from the scalar columns
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _PoolStats:
+    rows: int
+    counts_before: torch.Tensor  # per predicted class, all rows
+    counts_after_threshold: torch.Tensor  # per predicted class, confidence >= threshold
+    histograms: torch.Tensor  # (C, 100) confidence histograms, all rows
+    known: torch.Tensor  # per predicted class, rows whose true label is known
+    correct: torch.Tensor  # per predicted class, known rows whose pred == true label
+    teachers: list[str]
+
+
+def _scan_pool(shards: list[Path], num_classes: int, threshold: float, batch_rows: int) -> _PoolStats:
+    rows = 0
+    counts_before = torch.zeros(num_classes, dtype=torch.long)
+    counts_after = torch.zeros(num_classes, dtype=torch.long)
+    histograms = torch.zeros(num_classes, 100, dtype=torch.long)
+    known = torch.zeros(num_classes, dtype=torch.long)
+    correct = torch.zeros(num_classes, dtype=torch.long)
+    teachers: set[str] = set()
+    for path in shards:
+        parquet = pq.ParquetFile(path)
+        has_teacher = "teacher" in parquet.schema_arrow.names
+        columns = _SCALAR_COLUMNS + (["teacher"] if has_teacher else [])
+        for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
+            pred, confidence, true_label = _scalars(batch, num_classes, path)
+            rows += pred.numel()
+            counts_before += torch.bincount(pred, minlength=num_classes)
+            passing = confidence_mask(confidence, threshold)
+            counts_after += torch.bincount(pred[passing], minlength=num_classes)
+            histograms += class_histograms(pred, confidence, num_classes)
+            is_known = true_label >= 0
+            known += torch.bincount(pred[is_known], minlength=num_classes)
+            correct += torch.bincount(pred[is_known & (pred == true_label)], minlength=num_classes)
+            if has_teacher:
+                teachers.update(t for t in pc.unique(batch.column("teacher")).to_pylist() if t is not None)
+    return _PoolStats(rows, counts_before, counts_after, histograms, known, correct, sorted(teachers))
+
+
+# --------------------------------------------------------------------------------------------
+# Pass 2: rows that can still make their class's top K
+# --------------------------------------------------------------------------------------------
+
+
+def _collect_candidates(
+    shards: list[Path], num_classes: int, thresholds: torch.Tensor, batch_rows: int, expected_rows: int
+) -> pa.Table:
+    """Rows with confidence >= the threshold of their predicted class, in pool order."""
+    kept_schema = pa.schema(
+        [
+            ("sample_id", _KEPT_TYPES["sample_id"]),
+            # float16 is what the label stage stores; holding kept rows at that width halves
+            # the memory of float32 (the widening to float32 targets happens per selected row).
+            ("probs", pa.list_(pa.float16(), num_classes)),
+            *[(name, _KEPT_TYPES[name]) for name in _SCALAR_COLUMNS],
+        ]
+    )
+    kept: list[pa.RecordBatch] = []
+    rows = 0
+    for path in shards:
+        parquet = pq.ParquetFile(path)
+        for batch in parquet.iter_batches(batch_size=batch_rows, columns=kept_schema.names):
+            pred, confidence, _ = _scalars(batch, num_classes, path)
+            rows += pred.numel()
+            # The same float32 comparison the histogram bins use, so every row the histograms
+            # counted at or above a class threshold is kept here.
+            keep = confidence >= thresholds[pred]
+            if not bool(keep.any()):
+                continue
+            batch = batch.filter(pa.array(keep.numpy()))
+            columns = [batch.column(name).cast(kept_schema.field(name).type) for name in kept_schema.names]
+            kept.append(pa.RecordBatch.from_arrays(columns, schema=kept_schema))
+    if rows != expected_rows:
+        raise LabelDirError(
+            f"the label shards changed during selection ({expected_rows} rows, then {rows}); rerun it"
+        )
+    return pa.Table.from_batches(kept, schema=kept_schema)
+
+
+# --------------------------------------------------------------------------------------------
+# Selection
+# --------------------------------------------------------------------------------------------
+
+
+def _class_targets(
+    per_class: str | int | Sequence[int] | None,
+    num_classes: int,
+    labeled_class_counts: Sequence[int] | torch.Tensor | None,
+    pool_size: int,
+) -> torch.Tensor | None:
+    """K_c per class, or None for "no balancing"."""
+    if per_class is None:
+        return None
+    if isinstance(per_class, str):
+        if per_class != "auto":
+            raise ValueError(f'per_class must be "auto", an int, a per-class list or None, got {per_class!r}')
+        if labeled_class_counts is None:
+            raise ValueError('per_class="auto" needs labeled_class_counts (images per labeled class)')
+        if len(labeled_class_counts) != num_classes:
+            raise ValueError(
+                f"labeled_class_counts has {len(labeled_class_counts)} entries, expected {num_classes}"
+            )
+        return auto_per_class(labeled_class_counts, pool_size)
+    if isinstance(per_class, bool):  # bool is an int subclass; True almost surely means a mistake
+        raise ValueError(f"per_class must be an int, not {per_class!r}")
+    if isinstance(per_class, int):
+        targets = torch.full((num_classes,), per_class, dtype=torch.long)
+    else:
+        targets = torch.as_tensor(per_class, dtype=torch.long)
+        if targets.shape != (num_classes,):
+            raise ValueError(f"per_class has {targets.numel()} entries, expected {num_classes}")
+    if (targets < 0).any():
+        raise ValueError("per_class must be >= 0")
+    return targets
+
+
+def _accuracy(correct: torch.Tensor, known: torch.Tensor) -> dict:
+    """Overall and per-predicted-class accuracy (None where no row has a known label)."""
+    total = int(known.sum())
+    return {
+        "overall": int(correct.sum()) / total if total else None,
+        "per_class": [int(c) / int(k) if int(k) else None for c, k in zip(correct, known)],
+    }
+
+
+def _targets_column(probs: pa.Array, pred: torch.Tensor, num_classes: int, soft: bool) -> pa.Array:
+    flat = probs.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+    probs_tensor = torch.from_numpy(flat.reshape(-1, num_classes))
+    targets = make_targets(probs_tensor, soft, pred=pred)
+    return pa.FixedSizeListArray.from_arrays(pa.array(targets.reshape(-1).numpy()), num_classes)
+
+
+def select_from_labels(
+    label_dir: str | Path,
+    *,
+    num_classes: int,
+    threshold: float = 0.3,
+    per_class: str | int | Sequence[int] | None = "auto",
+    labeled_class_counts: Sequence[int] | torch.Tensor | None = None,
+    soft: bool = True,
+    seed: int = 0,
+    batch_rows: int = 65536,
+) -> Selection:
+    """Filter and balance the teacher's pseudo-labels in `label_dir` into a training set.
+
+    threshold     global confidence threshold (paper: 0.3); rows below it are never used.
+    per_class     "auto": K_c = auto_per_class(labeled_class_counts, pool_size) where pool_size is
+                  the number of rows that pass `threshold` - the confident pool takes the labeled
+                  set's class proportions. int: the same K for every class. sequence: K_c per
+                  class. None: no balancing, every row above threshold once.
+    soft          soft targets (probabilities) or hard one-hot targets of `pred`.
+    seed          seeds the generator that picks which duplicated rows get an extra copy.
+    batch_rows    rows per streamed batch; changes memory use only, never the result.
+
+    Raises LabelDirError (a ValueError) for a missing/empty directory or mismatched shards.
+    """
+    if batch_rows < 1:
+        raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    shards = list_label_shards(label_dir)
+    for path in shards:
+        _check_schema(path, num_classes)
+
+    stats = _scan_pool(shards, num_classes, threshold, batch_rows)
+    confident_pool = int(stats.counts_after_threshold.sum())
+    targets = _class_targets(per_class, num_classes, labeled_class_counts, confident_pool)
+    if targets is None:
+        thresholds = torch.full((num_classes,), threshold, dtype=torch.float32)
+    else:
+        thresholds = thresholds_from_histograms(stats.histograms, targets, threshold)
+
+    candidates = _collect_candidates(shards, num_classes, thresholds, batch_rows, stats.rows)
+    pred = torch.from_numpy(_numpy(candidates.column("pred"), np.int64))
+    if targets is None:
+        indices = torch.arange(candidates.num_rows)
+        copies = torch.ones(candidates.num_rows, dtype=torch.long)
+    else:
+        confidence = torch.from_numpy(_numpy(candidates.column("confidence"), np.float32))
+        generator = torch.Generator().manual_seed(seed)
+        indices, copies = balance(pred, confidence, targets, generator)
+
+    chosen = candidates.take(pa.array(indices.numpy()))
+    chosen_pred = pred[indices]
+    target = _targets_column(chosen.column("probs").combine_chunks(), chosen_pred, num_classes, soft)
+    table = pa.table(
+        {
+            "sample_id": chosen.column("sample_id").combine_chunks(),
+            "target": target,
+            "copies": pa.array(copies.numpy().astype(np.int32)),
+            "pred": chosen.column("pred").combine_chunks(),
+            "confidence": chosen.column("confidence").combine_chunks(),
+            "true_label": chosen.column("true_label").combine_chunks(),
+        }
+    )
+
+    selected_unique = torch.bincount(chosen_pred, minlength=num_classes)
+    selected_copies = torch.bincount(chosen_pred, weights=copies.double(), minlength=num_classes).long()
+    wanted = targets if targets is not None else torch.ones(num_classes, dtype=torch.long)
+    report = {
+        "rows": stats.rows,
+        "num_classes": num_classes,
+        "threshold": float(threshold),
+        "per_class_mode": "none" if targets is None else ("auto" if per_class == "auto" else "fixed"),
+        "per_class_target": None if targets is None else targets.tolist(),
+        # Rounded for reading only: the float32 value actually compared is e.g. 0.2899999916.
+        "per_class_thresholds": [round(float(t), 6) for t in thresholds],
+        "counts_before": stats.counts_before.tolist(),
+        "counts_after_threshold": stats.counts_after_threshold.tolist(),
+        "counts_selected_unique": selected_unique.tolist(),
+        "counts_selected_with_copies": selected_copies.tolist(),
+        "selected_unique": int(selected_unique.sum()),
+        "selected_with_copies": int(selected_copies.sum()),
+        # Classes that wanted rows but had none above the threshold: the student sees no pseudo-
+        # labels for them, which the caller should surface.
+        "empty_classes": [
+            c for c in range(num_classes) if wanted[c] > 0 and stats.counts_after_threshold[c] == 0
+        ],
+        "soft": soft,
+        "seed": int(seed),
+        "teachers": stats.teachers,
+    }
+    if int(stats.known.sum()) > 0:
+        # After selection every row counts as often as the student will see it (its copies).
+        true_label = torch.from_numpy(_numpy(chosen.column("true_label"), np.int64))
+        weight = (copies * (true_label >= 0)).double()
+        known_after = torch.bincount(chosen_pred, weights=weight, minlength=num_classes)
+        is_correct = weight * (chosen_pred == true_label)
+        correct_after = torch.bincount(chosen_pred, weights=is_correct, minlength=num_classes)
+        report["pseudo_label_accuracy"] = {
+            # "Per class" means per *predicted* class: the precision of the labels the student
+            # is taught for that class.
+            "before": _accuracy(stats.correct, stats.known),
+            "after": _accuracy(correct_after, known_after),
+        }
+    return Selection(table=table, report=report)

@@ -1,0 +1,108 @@
+"""The `evaluate` stage: clean accuracy/calibration on the test set, extra test sets (optionally
+covering a subset of the classes, ImageNet-A style), and robustness (corruptions, perturbations,
+FGSM) when enabled."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..artifacts import write_json
+from ..config import SourceConfig, config_to_dict
+from ..data import Source, create_source, eval_batches
+from ..errors import UserError
+from ..metrics import classification_report
+from .common import RunContext, StageResult, load_model, run_stage
+
+__all__ = ["predict_logits", "evaluate_source", "evaluate_stage", "robustness_images", "run_robustness"]
+
+
+@torch.no_grad()
+def predict_logits(model, source: Source, image_size: int, mean, std, batch_size: int = 256,
+                   device="cpu", workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    model.eval()
+    out, labels = [], []
+    for x, idx in eval_batches(source, batch_size, image_size, mean, std, workers=workers):
+        out.append(model(x.to(device)).float().cpu())
+        labels.append(torch.from_numpy(source.labels[idx]))
+    return torch.cat(out), torch.cat(labels)
+
+
+def evaluate_source(model, meta: dict, source: Source, batch_size: int = 256, device="cpu",
+                    workers: int = 0, key: str = "test") -> dict:
+    """Classification report of `model` on a labeled source. A source whose classes are a subset of
+    the model's is scored on those classes only (logits restricted, as the ImageNet-A protocol)."""
+    classes = list(meta["classes"])
+    if source.classes is None:
+        raise UserError(f"{key}: an evaluation set needs labels (use kind imagefolder, idx or digits)")
+    unknown = [c for c in source.classes if c not in classes]
+    if unknown:
+        raise UserError(f"{key}: classes {unknown[:5]} are not among the model's {len(classes)} classes")
+    logits, labels = predict_logits(model, source, meta["image_size"], meta["mean"], meta["std"],
+                                    batch_size, device, workers)
+    if source.classes != classes:
+        cols = torch.tensor([classes.index(c) for c in source.classes])
+        logits = logits[:, cols]
+    return classification_report(logits, labels, list(source.classes))
+
+
+def robustness_images(source: Source, image_size: int, max_images: int, seed: int = 0):
+    """A deterministic subset of the test set as uint8 NHWC at the model's resolution, so every
+    model of a run is attacked/corrupted on the very same images."""
+    n = len(source)
+    idx = np.arange(n) if not max_images or max_images >= n else \
+        np.sort(np.random.default_rng(seed).permutation(n)[:max_images])
+    imgs = []
+    for i in idx:
+        a = source.load(int(i))
+        if a.shape[0] != image_size or a.shape[1] != image_size:
+            from PIL import Image
+            im = Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a).resize((image_size, image_size),
+                                                                                Image.BILINEAR)
+            a = np.asarray(im)
+            a = a[:, :, None] if a.ndim == 2 else a
+        imgs.append(a)
+    return np.stack(imgs), source.labels[idx]
+
+
+def run_robustness(model, meta: dict, source: Source, ecfg, cache_dir, device, seed: int = 0) -> dict:
+    from ..robustness import CORRUPTIONS, evaluate_robustness
+    corruptions = list(CORRUPTIONS) if "all" in ecfg.corruptions else list(ecfg.corruptions)
+    unknown = [c for c in corruptions if c not in CORRUPTIONS]
+    if unknown:
+        raise UserError(f"config key 'evaluate.corruptions': unknown {unknown}; allowed: all, {', '.join(CORRUPTIONS)}")
+    images, labels = robustness_images(source, meta["image_size"], ecfg.max_images, seed)
+    return evaluate_robustness(model, images, labels, mean=meta["mean"], std=meta["std"],
+                               corruptions=corruptions, severities=tuple(ecfg.severities),
+                               fgsm_eps=tuple(ecfg.fgsm_eps), perturbations=tuple(ecfg.perturbations),
+                               seed=seed, cache_dir=cache_dir, device=device, batch_size=ecfg.batch_size,
+                               progress=False)
+
+
+def evaluate_stage(ctx: RunContext, k: int, which: str) -> StageResult:
+    """Evaluate round k's `which` model (teacher, student, student_nonoise, finetune)."""
+    cfg, ecfg = ctx.cfg, ctx.cfg.evaluate
+    mdir = ctx.stage_dir(k, which)
+    config = {"evaluate": config_to_dict(ecfg), "test": config_to_dict(cfg.data.test),
+              "extra_test": [config_to_dict(s) for s in cfg.data.extra_test]}
+
+    def body(d):
+        model, meta = load_model(mdir / "model.pt", ctx.device, expect_classes=ctx.classes)
+        report = evaluate_source(model, meta, ctx.test, ecfg.batch_size, ctx.device, cfg.data.workers)
+        report["extra"] = {}
+        for i, sc in enumerate(cfg.data.extra_test):
+            sc: SourceConfig
+            src = create_source(sc, cfg.data.in_chans, f"data.extra_test[{i}]")
+            name = sc.name or f"{sc.kind}:{sc.root}"
+            rep = evaluate_source(model, meta, src, ecfg.batch_size, ctx.device, cfg.data.workers, name)
+            report["extra"][name] = {k2: rep[k2] for k2 in ("num_images", "top1", "top5", "ece", "classes")}
+        report.update(model=meta["model_name"], role=meta["role"], image_size=meta["image_size"], round=k)
+        outputs = ["eval.json"]
+        if ecfg.robustness:
+            rob = run_robustness(model, meta, ctx.test, ecfg, ctx.run_dir / "cache" / "robustness",
+                                 ctx.device, seed=cfg.seed)
+            write_json(d / "robustness.json", rob)
+            outputs.append("robustness.json")
+        write_json(d / "eval.json", report)
+        return outputs, {"top1": report["top1"], "ece": report["ece"]}
+
+    return run_stage(ctx, ctx.stage_dir(k, f"eval_{which}"), config, {"model": mdir}, body)

@@ -1,0 +1,119 @@
+"""The `label` stage: the un-noised teacher predicts the unlabeled pool into Parquet shards.
+
+Un-noised means: EMA weights, eval mode (no dropout, no stochastic depth, BatchNorm running stats)
+and clean eval preprocessing. Shard s holds pool rows [s*shard_size, (s+1)*shard_size); each shard
+is written atomically and skipped when it exists, so a killed labeling run redoes at most one shard
+per rank; ranks take shards s = rank, rank+world, ... so their union is the single-process output.
+Memory is one batch plus one shard's rows, whatever the pool size.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm import tqdm
+
+from ..artifacts import atomic_write, file_hash
+from ..config import config_to_dict
+from ..data import eval_batches
+from ..engine import _progress_enabled
+from ..pseudo import probs_from_logits
+from .common import RunContext, StageResult, load_model, run_stage
+from .train import teacher_dir
+
+__all__ = ["label_pool", "predict_shard", "shard_schema"]
+
+
+def shard_schema(num_classes: int) -> pa.Schema:
+    return pa.schema([
+        ("sample_id", pa.string()),
+        ("probs", pa.list_(pa.float16(), num_classes)),
+        ("pred", pa.int32()),
+        ("confidence", pa.float32()),
+        ("true_label", pa.int32()),
+        ("teacher", pa.string()),
+    ])
+
+
+def _set_noise(model: torch.nn.Module, on: bool) -> None:
+    """Eval mode, except dropout/stochastic depth when `on` (the paper's noised-teacher ablation)."""
+    model.eval()
+    if on:
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout) or type(m).__name__ == "DropPath":
+                m.train()
+
+
+@torch.no_grad()
+def predict_shard(model, source, start: int, stop: int, *, image_size: int, mean, std, temperature: float,
+                  flip_tta: bool, batch_size: int, device, workers: int = 0, skip_bad: bool = True,
+                  teacher_hash: str = "", hide_labels: bool = True) -> pa.Table:
+    ids, probs_l, idx_l = [], [], []
+    for x, idx in eval_batches(source, batch_size, image_size, mean, std, start=start, stop=stop,
+                               workers=workers, skip_bad=skip_bad):
+        x = x.to(device)
+        p = probs_from_logits(model(x).float(), temperature)
+        if flip_tta:
+            p = 0.5 * (p + probs_from_logits(model(x.flip(-1)).float(), temperature))
+        probs_l.append(p.cpu())
+        idx_l.append(idx)
+    C = model.num_classes if hasattr(model, "num_classes") else None
+    if probs_l:
+        probs = torch.cat(probs_l)
+        rows = np.concatenate(idx_l)
+    else:
+        probs, rows = torch.zeros(0, C or 0), np.zeros(0, dtype=np.int64)
+    conf, pred = probs.max(1)
+    true = source.labels[rows] if len(rows) else np.zeros(0, dtype=np.int64)
+    C = probs.shape[1]
+    flat = pa.array(probs.to(torch.float16).numpy().reshape(-1), type=pa.float16())
+    return pa.table({
+        "sample_id": pa.array([source.ids[i] for i in rows], pa.string()),
+        "probs": pa.FixedSizeListArray.from_arrays(flat, C),
+        "pred": pa.array(pred.numpy().astype(np.int32)),
+        "confidence": pa.array(conf.numpy().astype(np.float32)),
+        # Kept for reports only (pseudo-label accuracy when the pool is a labeled set with labels hidden).
+        "true_label": pa.array(true.astype(np.int32)),
+        "teacher": pa.array([teacher_hash] * len(rows), pa.string()),
+    }, schema=shard_schema(C))
+
+
+def label_pool(ctx: RunContext, k: int) -> StageResult:
+    cfg, lc = ctx.cfg, ctx.cfg.label
+    tdir = teacher_dir(ctx, k)
+    config = {"label": config_to_dict(lc), "pool": config_to_dict(cfg.data.unlabeled),
+              "image_size": cfg.data.image_size, "mean": ctx.mean, "std": ctx.std}
+
+    def body(d):
+        model, meta = load_model(tdir / "model.pt", ctx.device, expect_classes=ctx.classes,
+                                 drop_rate=meta_noise(tdir, "drop_rate") if lc.noised_teacher else 0.0,
+                                 drop_path_rate=meta_noise(tdir, "drop_path_rate") if lc.noised_teacher else 0.0)
+        _set_noise(model, lc.noised_teacher)
+        pool = ctx.pool
+        thash = file_hash(tdir / "model.pt")
+        n_shards = max(1, -(-len(pool) // lc.shard_size))
+        mine = [s for s in range(n_shards) if s % ctx.world == ctx.rank]
+        todo = [s for s in mine if not (d / f"part-{s:05d}.parquet").is_file()]
+        bar = tqdm(todo, desc=f"label r{k}", disable=not (_progress_enabled() and ctx.rank == 0), leave=False)
+        for s in bar:
+            table = predict_shard(model, pool, s * lc.shard_size, (s + 1) * lc.shard_size,
+                                  image_size=meta["image_size"], mean=meta["mean"], std=meta["std"],
+                                  temperature=lc.temperature, flip_tta=lc.flip_tta, batch_size=lc.batch_size,
+                                  device=ctx.device, workers=cfg.data.workers,
+                                  skip_bad=ctx.policy("unlabeled") == "skip", teacher_hash=thash)
+            with atomic_write(d / f"part-{s:05d}.parquet") as f:
+                pq.write_table(table, f)
+        if ctx.world > 1:
+            torch.distributed.barrier()     # every rank's shards are in place before counting
+        files = [f"part-{s:05d}.parquet" for s in range(n_shards)]
+        rows = sum(pq.ParquetFile(d / f).metadata.num_rows for f in files) if ctx.rank == 0 else 0
+        return files, {"pool_size": len(pool), "rows": rows, "skipped_images": len(pool) - rows,
+                       "shards": n_shards, "teacher": thash, "teacher_dir": str(tdir.relative_to(ctx.run_dir))}
+
+    return run_stage(ctx, ctx.stage_dir(k, "labels"), config, {"teacher": tdir}, body)
+
+
+def meta_noise(tdir, key: str) -> float:
+    from ..artifacts import load_checkpoint
+    return float(load_checkpoint(tdir / "model.pt")["meta"].get(key, 0.0))

@@ -1,0 +1,36 @@
+"""The `select` stage: filter low-confidence pseudo-labels and balance classes (pure logic lives in
+`selection.py`/`pseudo.py`; this only reads the labels folder and writes the selection)."""
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+
+from ..artifacts import atomic_write, write_json
+from ..config import config_to_dict
+from ..data import seed_for
+from ..selection import select_from_labels
+from .common import RunContext, StageResult, class_counts, run_stage
+
+__all__ = ["select_pseudo_labels"]
+
+
+def select_pseudo_labels(ctx: RunContext, k: int) -> StageResult:
+    cfg = ctx.cfg
+    label_dir = ctx.stage_dir(k, "labels")
+    config = {"select": config_to_dict(cfg.select), "soft": cfg.student.soft, "seed": cfg.seed,
+              "labeled_counts": class_counts(ctx.labeled.labels, len(ctx.classes))}
+
+    def body(d):
+        per_class = None if cfg.select.per_class == "none" else cfg.select.per_class
+        sel = select_from_labels(label_dir, num_classes=len(ctx.classes), threshold=cfg.select.threshold,
+                                 per_class=per_class, labeled_class_counts=config["labeled_counts"],
+                                 soft=cfg.student.soft, seed=seed_for(cfg.seed, "select", k))
+        report = dict(sel.report, classes=list(ctx.classes))
+        if ctx.rank == 0:
+            with atomic_write(d / "selection.parquet") as f:
+                pq.write_table(sel.table, f)
+            write_json(d / "selection.json", report)
+        return ["selection.parquet", "selection.json"], {
+            "selected_unique": sel.table.num_rows, "selected_with_copies": int(sum(report["counts_selected_with_copies"])),
+            "pseudo_label_accuracy": report.get("pseudo_label_accuracy")}
+
+    return run_stage(ctx, ctx.stage_dir(k, "selection"), config, {"labels": label_dir}, body)
