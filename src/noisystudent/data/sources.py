@@ -80,11 +80,11 @@ class Source:
                 if on_bad == "fail":
                     raise UserError(f"{e}; fix or remove the file, or set data.bad_images=skip") from None
                 skipped.append(self.ids[i])
-        if not keep:
+        if not keep and len(self):
             raise UserError(f"source '{self.name}': no decodable image out of {len(self)}")
-        same = len({im.shape for im in images}) == 1
+        same = len({im.shape for im in images}) <= 1 and images
         stack = np.stack(images) if same else images
-        return ArraySource(self.name, [self.ids[i] for i in keep], self.labels[np.asarray(keep)],
+        return ArraySource(self.name, [self.ids[i] for i in keep], self.labels[np.asarray(keep, dtype=np.int64)],
                            self.classes, self.in_chans, skipped, images=stack)
 
 

@@ -6,18 +6,21 @@ Each is a thin adapter: read upstream files -> build datasets/model -> `engine.f
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import numpy as np
 import pyarrow.parquet as pq
 
 from ..config import NoiseConfig, TrainConfig, config_to_dict
 from ..data import LabeledDataset, PseudoDataset, create_train_transform, seed_for
-from ..engine import fit
+from ..engine import fit, seed_everything
 from ..errors import UserError
 from timm.utils.model import unfreeze
 
 from ..models import count_params, create_model, freeze_stages
 from .common import RunContext, StageResult, load_model, run_stage, save_model
+
+log = logging.getLogger("noisystudent")
 
 __all__ = ["train_teacher", "train_student", "finetune", "teacher_dir", "model_dir"]
 
@@ -54,6 +57,7 @@ def train_teacher(ctx: RunContext) -> StageResult:
     config = {"train": config_to_dict(t), "model": name, "seed": cfg.seed, "data": _data_identity(ctx)}
 
     def body(d):
+        seed_everything(seed_for(cfg.seed, "init", "teacher"))     # weight init is part of the seed
         model = create_model(name, len(ctx.classes), cfg.data.in_chans, t.noise.drop_rate, t.noise.drop_path_rate)
         ds = LabeledDataset(ctx.labeled, create_train_transform(cfg.data, t.noise),
                             skip_bad=ctx.policy("labeled") == "skip")
@@ -80,7 +84,7 @@ def _pseudo_dataset(ctx: RunContext, sel_path, transform) -> tuple[PseudoDataset
         raise UserError(f"{sel_path}: {len(missing)} selected ids are not in the unlabeled pool "
                         f"(e.g. {missing[0]}); the pool changed since labeling — rerun `noisystudent run`")
     sub = pool.subset([id2row[s] for s in ids])
-    if ctx.cfg.data.cache:
+    if ctx.cfg.data.cache and hasattr(sub, "root") and len(sub):
         sub = sub.cache(on_bad="skip")      # decoded once; undecodable rows drop out here
         keep = {sid: i for i, sid in enumerate(ids)}
         pos = np.asarray([keep[s] for s in sub.ids], dtype=np.int64)
@@ -101,6 +105,7 @@ def train_student(ctx: RunContext, k: int, no_noise: bool = False) -> StageResul
               "data": _data_identity(ctx)}
 
     def body(d):
+        seed_everything(seed_for(cfg.seed, "init", "student", k, no_noise))
         model = create_model(name, len(ctx.classes), cfg.data.in_chans, s.noise.drop_rate, s.noise.drop_path_rate)
         if s.init_from_teacher:
             teacher, _ = load_model(teacher_dir(ctx, k) / "model.pt", expect_classes=ctx.classes)
@@ -111,6 +116,10 @@ def train_student(ctx: RunContext, k: int, no_noise: bool = False) -> StageResul
         noise_tf = create_train_transform(cfg.data, s.noise)
         lab = LabeledDataset(ctx.labeled, noise_tf, skip_bad=ctx.policy("labeled") == "skip")
         pseudo, n_pseudo = _pseudo_dataset(ctx, inputs["selection"] / "selection.parquet", noise_tf)
+        if n_pseudo == 0:
+            log.warning("round %d: no pool image passed select.threshold=%s; the student trains on the "
+                        "labeled images only (lower the threshold or train the teacher longer)",
+                        k, cfg.select.threshold)
         meta = ctx.model_meta(name, cfg.data.image_size, s.noise, "student")
         meta["round"] = k
         res = fit(model, s, labeled_ds=lab, pseudo_ds=pseudo, ratio=s.ratio, unlabeled_weight=s.unlabeled_weight,

@@ -1,0 +1,39 @@
+"""Shared fixtures: a tiny digits config that runs the whole loop in seconds."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+os.environ.setdefault("NOISYSTUDENT_PROGRESS", "0")
+
+TINY = [
+    "rounds=2", "models=[ns_cnn_s, ns_cnn_s, ns_cnn_m]",
+    "data.labeled.per_class=8", "data.unlabeled.per_class=8", "data.unlabeled.fraction=0.25",
+    "teacher.epochs=8", "teacher.batch_size=16",
+    "student.epochs=4", "student.batch_size=8", "student.ratio=3",
+    "label.shard_size=128", "evaluate.batch_size=128",
+]
+
+
+@pytest.fixture
+def tiny_overrides():
+    return list(TINY)
+
+
+@pytest.fixture
+def tiny_cfg():
+    from noisystudent.config import load_config
+    return load_config(ROOT / "configs" / "digits-demo.yaml", TINY)
+
+
+def cli(*args, env=None, timeout=300):
+    """Run the CLI in a subprocess (as a user would) and return the CompletedProcess."""
+    import subprocess
+    e = dict(os.environ, NOISYSTUDENT_PROGRESS="0", **(env or {}))
+    return subprocess.run([sys.executable, "-m", "noisystudent", *args], capture_output=True, text=True,
+                          env=e, timeout=timeout, cwd=ROOT)

@@ -1,0 +1,59 @@
+import pytest
+
+from noisystudent.config import Config, config_hash, load_config
+from noisystudent.errors import UserError
+
+
+def test_defaults_and_yaml_and_overrides(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("name: x\nteacher:\n  epochs: 7\nstudent:\n  noise: {drop_path_rate: 0.3}\n")
+    cfg = load_config(p, ["teacher.lr=0.2", "select.per_class=50", "models=[a, b]", "data.hflip=true"])
+    assert cfg.name == "x" and cfg.teacher.epochs == 7 and cfg.teacher.lr == 0.2
+    assert cfg.student.noise.drop_path_rate == 0.3 and cfg.student.noise.randaugment is True
+    assert cfg.select.per_class == 50 and cfg.models == ["a", "b"] and cfg.data.hflip is True
+    assert cfg.model_for_round(0) == "a" and cfg.model_for_round(5) == "b"
+
+
+def test_student_noise_defaults_match_paper():
+    cfg = Config()
+    assert cfg.student.noise.drop_path_rate == 0.2      # survival 0.8 at the last layer
+    assert cfg.select.threshold == 0.3 and cfg.student.soft is True and cfg.student.ratio == 3
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("teacher.epoch=3", "unknown config key 'teacher.epoch' (did you mean 'teacher.epochs'?)"),
+    ("nosuch=1", "unknown config key 'nosuch'"),
+    ("teacher.epochs=abc", "config key 'teacher.epochs': expected an integer, got 'abc'"),
+    ("teacher.optimizer=lamb", "config key 'teacher.optimizer': 'lamb' is not allowed; choose one of 'sgd', 'adamw'"),
+    ("data.hflip=3", "config key 'data.hflip': expected true or false"),
+    ("select.threshold=1.5", "config key 'select.threshold': must be in [0, 1)"),
+    ("select.per_class=many", "config key 'select.per_class'"),
+    ("data.labeled.kind=zip", "config key 'data.labeled.kind': 'zip' is not allowed"),
+    ("student.ratio=0", "config key 'student.ratio': must be >= 1"),
+    ("teacher", "--set expects key=value"),
+])
+def test_bad_values_name_the_key(override, fragment):
+    with pytest.raises(UserError) as e:
+        load_config(None, [override])
+    assert fragment in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(UserError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1,\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_config(bad)
+    lst = tmp_path / "list.yaml"
+    lst.write_text("- 1\n- 2\n")
+    with pytest.raises(UserError, match="top level must be a mapping"):
+        load_config(lst)
+
+
+def test_config_hash_changes_with_content():
+    a, b = Config(), Config()
+    assert config_hash(a) == config_hash(b)
+    b.student.epochs += 1
+    assert config_hash(a) != config_hash(b)

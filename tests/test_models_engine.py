@@ -1,0 +1,148 @@
+import numpy as np
+import pytest
+import torch
+
+from noisystudent.config import NoiseConfig, SourceConfig, TrainConfig
+from noisystudent.data import LabeledDataset, PseudoDataset, create_source, create_train_transform, make_loader
+from noisystudent.engine import fit
+from noisystudent.errors import UserError
+from noisystudent.models import count_params, create_model, freeze_stages
+from noisystudent.artifacts import load_checkpoint
+
+
+@pytest.mark.parametrize("name", ["ns_cnn_s", "ns_cnn_m", "ns_wrn_28_2", "resnet18"])
+def test_create_model_shapes(name):
+    m = create_model(name, num_classes=7, in_chans=1, drop_rate=0.1, drop_path_rate=0.2).eval()
+    assert m(torch.randn(2, 1, 28, 28)).shape == (2, 7)
+
+
+def test_small_models_grow():
+    sizes = [count_params(create_model(n, 10)) for n in ("ns_cnn_s", "ns_cnn_m", "ns_cnn_l")]
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1] / 10
+
+
+def test_stochastic_depth_last_block_survival():
+    m = create_model("ns_cnn_m", 10, drop_path_rate=0.2)
+    rates = [b.drop_path.drop_prob for s in m.stages for b in s if hasattr(b.drop_path, "drop_prob")]
+    assert rates[-1] == pytest.approx(0.2) and rates == sorted(rates)
+
+
+def test_unknown_model_lists_close_matches():
+    with pytest.raises(UserError, match="unknown model 'resnet1800'; did you mean: resnet18"):
+        create_model("resnet1800", 10)
+
+
+def test_freeze_stages_really_freezes():
+    m = create_model("ns_cnn_m", 10)
+    frozen = freeze_stages(m, 1)
+    assert "stem" in frozen and any(f.startswith("stages.0") for f in frozen)
+    assert not any(f.startswith("stages.1") for f in frozen)
+    bn = m.stages[0][0].bn1
+    before = bn.running_mean.clone()
+    m.train()
+    out = m(torch.randn(8, 3, 16, 16) * 3 + 1)
+    out.sum().backward()
+    assert m.stem.weight.grad is None and not m.stem.weight.requires_grad
+    assert torch.equal(bn.running_mean, before)                      # frozen BN stats unchanged
+    assert m.stages[1][0].conv1.weight.grad is not None             # later stages still train
+    assert not torch.equal(m.stages[1][0].bn1.running_mean, torch.zeros_like(m.stages[1][0].bn1.running_mean))
+
+
+def _digits(per_class=6):
+    return create_source(SourceConfig(kind="digits", per_class=per_class), 1)
+
+
+def _tf(noise=None):
+    from noisystudent.config import DataConfig
+    return create_train_transform(DataConfig(), noise)
+
+
+def _cfg(**kw):
+    base = dict(epochs=3, batch_size=16, lr=0.05, warmup_epochs=0.0, noise=NoiseConfig(False, drop_rate=0.0, drop_path_rate=0.0))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_training_lowers_the_loss(tmp_path):
+    ds = LabeledDataset(_digits(10), _tf())
+    res = fit(create_model("ns_cnn_s", 10, 1), _cfg(epochs=6), labeled_ds=ds, out_dir=tmp_path, seed=0, meta={})
+    losses = [h["loss"] for h in res.history]
+    assert losses[-1] < losses[0] * 0.8
+    assert {"lr", "images_per_s", "epoch", "loss_labeled"} <= set(res.history[0])
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 6
+
+
+def test_checkpoint_round_trip_and_exact_resume(tmp_path):
+    ds = LabeledDataset(_digits(), _tf(NoiseConfig(randaugment=True)))
+    cfg = _cfg(ema_decay=0.9, noise=NoiseConfig(randaugment=True, drop_rate=0.3, drop_path_rate=0.2))
+
+    def model():
+        torch.manual_seed(1)
+        return create_model("ns_cnn_s", 10, 1, 0.3, 0.2)
+    ref = fit(model(), cfg, labeled_ds=ds, out_dir=tmp_path / "a", seed=5, meta={"k": 1}).model.state_dict()
+
+    class Killed(Exception):
+        pass
+
+    def die_in_epoch_2(m):
+        if len(calls) == 1:
+            raise Killed()          # dies during epoch 2, before its checkpoint is written
+        calls.append(1)
+        return {}
+    calls = []
+    with pytest.raises(Killed):
+        fit(model(), cfg, labeled_ds=ds, out_dir=tmp_path / "b", seed=5, meta={}, eval_fn=die_in_epoch_2)
+    ck = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    assert ck["epoch"] == 1 and ck["ema"] is not None and ck["optimizer"]["state"]
+    res = fit(model(), cfg, labeled_ds=ds, out_dir=tmp_path / "b", seed=5, meta={})
+    assert res.resumed_from == 1 and len(res.history) == 3
+    for k, v in ref.items():
+        assert torch.equal(v, res.model.state_dict()[k]), k
+
+
+def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(tmp_path):
+    from noisystudent.errors import TrainingDiverged
+    ds = LabeledDataset(_digits(), _tf())
+    cfg = _cfg(epochs=2, lr=1e12)
+    with pytest.raises(TrainingDiverged, match="loss became .* the last good checkpoint is kept"):
+        fit(create_model("ns_cnn_s", 10, 1), cfg, labeled_ds=ds, out_dir=tmp_path, seed=0, meta={})
+
+
+def test_joint_batches_have_the_configured_ratio():
+    lab = LabeledDataset(_digits(), _tf())
+    pool = create_source(SourceConfig(kind="digits", per_class=6, subset="rest", fraction=0.1), 1)
+    targets = np.eye(10, dtype=np.float32)[np.zeros(len(pool), int)]
+    pse = PseudoDataset(pool, np.arange(len(pool)), targets, np.ones(len(pool), int), _tf())
+    B, ratio, steps = 4, 3, 5
+    lab_l = make_loader(lab, B, steps * B, seed=1)
+    pse_l = make_loader(pse, B * ratio, steps * B * ratio, seed=2)
+    pairs = list(zip(lab_l, pse_l))
+    assert len(pairs) == steps
+    for (xl, yl, _), (xu, tu, _) in pairs:
+        assert len(xl) == B and len(xu) == ratio * B and tu.shape == (ratio * B, 10)
+
+
+def test_noise_switches_change_model_and_transform():
+    x = torch.randn(4, 1, 8, 8)
+    noisy = create_model("ns_cnn_m", 10, 1, drop_rate=0.5, drop_path_rate=0.5).train()
+    torch.manual_seed(0)
+    a = noisy(x)
+    torch.manual_seed(1)
+    b = noisy(x)
+    assert not torch.allclose(a, b)                     # dropout / stochastic depth active in train mode
+    clean = create_model("ns_cnn_m", 10, 1).train()
+    clean.load_state_dict(noisy.state_dict())
+    torch.manual_seed(0)
+    c = clean(x)
+    torch.manual_seed(1)
+    assert torch.allclose(c, clean(x))                  # no noise: same output whatever the seed
+    img = (np.arange(64, dtype=np.uint8).reshape(8, 8, 1) * 3)
+    ra = _tf(NoiseConfig(randaugment=True, ra_magnitude=15))
+    plain = create_train_transform(__import__("noisystudent.config", fromlist=["DataConfig"]).DataConfig(crop_padding=0), None)
+    assert ra.ra is not None and plain.ra is None
+    outs = set()
+    for s in range(8):
+        __import__("random").seed(s)
+        outs.add(ra(img).numpy().tobytes())
+    assert len(outs) > 1
+    assert torch.equal(plain(img), plain(img))

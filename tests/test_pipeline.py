@@ -1,0 +1,112 @@
+"""End-to-end: the whole loop on tiny digits, as a user runs it (CLI subprocesses)."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import ROOT, TINY, cli
+
+STAGES = ["round0/teacher", "round0/eval_teacher", "round1/labels", "round1/selection", "round1/student",
+          "round1/eval_student", "round2/labels", "round2/selection", "round2/student", "round2/eval_student"]
+
+
+def _sets(extra=()):
+    out = ["--no-report"]
+    for o in [*TINY, *extra]:
+        out += ["--set", o]
+    return out
+
+
+def _summary(run_dir):
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("ref") / "run"
+    r = cli("run", "digits-demo", "--run-dir", str(run_dir), *_sets())
+    assert r.returncode == 0, r.stderr
+    return run_dir, r
+
+
+def test_run_writes_every_artifact(reference_run):
+    run_dir, r = reference_run
+    for s in STAGES:
+        rec = json.loads((run_dir / s / "stage.json").read_text())
+        assert rec["status"] == "done" and rec["fingerprint"], s
+    for s in ("round0/teacher", "round1/student", "round2/student"):
+        assert (run_dir / s / "model.pt").is_file() and (run_dir / s / "metrics.jsonl").is_file()
+        assert not (run_dir / s / "checkpoint.pt").exists()          # resume state removed when done
+    shards = sorted((run_dir / "round1/labels").glob("part-*.parquet"))
+    table = pq.read_table(shards)
+    assert set(table.column_names) >= {"sample_id", "probs", "pred", "confidence", "teacher"}
+    assert len(table) == 355 and len(set(table.column("sample_id").to_pylist())) == 355
+    sel = json.loads((run_dir / "round1/selection/selection.json").read_text())
+    assert sel["threshold"] == 0.3 and sum(sel["counts_selected_with_copies"]) > 0
+    s = _summary(run_dir)
+    assert [m["which"] for m in s["models"]] == ["teacher", "student", "student"]
+    assert [m["model"] for m in s["models"]] == ["ns_cnn_s", "ns_cnn_s", "ns_cnn_m"]
+    assert "teacher" in r.stdout and "student" in r.stdout and "%" in r.stdout   # the results table
+    assert (run_dir / "config.yaml").is_file()
+
+
+def test_rerun_skips_everything(reference_run, tmp_path):
+    run_dir, _ = reference_run
+    before = {s: (run_dir / s / "stage.json").read_text() for s in STAGES}
+    t = time.time()
+    r = cli("run", "digits-demo", "--run-dir", str(run_dir), *_sets())
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("done, skipping") == len(STAGES)
+    assert before == {s: (run_dir / s / "stage.json").read_text() for s in STAGES}
+    assert time.time() - t < 30
+
+
+def test_changed_stage_config_invalidates_it_and_later_stages(reference_run, tmp_path):
+    import shutil
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference_run[0], run_dir)
+    r = cli("run", "digits-demo", "--run-dir", str(run_dir), *_sets(["select.threshold=0.5"]))
+    assert r.returncode == 0, r.stderr
+    assert "round1/selection: config or inputs changed" in r.stderr
+    for s in STAGES[:3]:
+        assert f"{s}: done, skipping" in r.stderr
+    for s in STAGES[3:]:
+        assert f"{s}: done, skipping" not in r.stderr, s
+    sel = json.loads((run_dir / "round1/selection/selection.json").read_text())
+    assert sel["threshold"] == 0.5
+
+
+def test_kill_during_student_then_resume_gives_identical_summary(reference_run, tmp_path):
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "noisystudent", "run", "digits-demo", "--run-dir", str(run_dir), *_sets(["student.epochs=6"])]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**__import__("os").environ, "NOISYSTUDENT_PROGRESS": "0"})
+    ckpt = run_dir / "round1/student/checkpoint.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert ckpt.exists(), "student never checkpointed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "summary.json").exists()
+    r = cli("run", "digits-demo", "--run-dir", str(run_dir), *_sets(["student.epochs=6"]))
+    assert r.returncode == 0, r.stderr
+    assert "round0/teacher: done, skipping" in r.stderr
+    hist = [json.loads(line) for line in (run_dir / "round1/student/metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in hist] == [1, 2, 3, 4, 5, 6]
+    # an uninterrupted run with the same seed
+    ref = tmp_path / "ref"
+    r2 = cli("run", "digits-demo", "--run-dir", str(ref), *_sets(["student.epochs=6"]))
+    assert r2.returncode == 0, r2.stderr
+    assert _summary(run_dir) == _summary(ref)
+
+
+def test_other_experiment_in_same_run_dir_is_refused(reference_run):
+    run_dir, _ = reference_run
+    r = cli("run", "digits-demo", "--run-dir", str(run_dir), *_sets(["data.labeled.per_class=9"]))
+    assert r.returncode == 2
+    assert "holds a run with a different data.labeled" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,126 @@
+import gzip
+import struct
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from noisystudent.config import SourceConfig
+from noisystudent.data import BadImage, create_source, draw_per_class
+from noisystudent.errors import UserError
+
+
+def _imagefolder(root, classes=("cat", "dog"), n=3, size=6, mode="RGB"):
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            arr = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+            Image.fromarray(arr).convert(mode).save(root / c / f"{i}.png")
+    return root
+
+
+def test_imagefolder_ids_labels_classes(tmp_path):
+    root = _imagefolder(tmp_path / "train")
+    (root / "cat" / "notes.txt").write_text("not an image")   # ignored: not an image extension
+    src = create_source(SourceConfig(kind="imagefolder", root=str(root)), 3)
+    assert src.classes == ["cat", "dog"]
+    assert src.ids == ["cat/0.png", "cat/1.png", "cat/2.png", "dog/0.png", "dog/1.png", "dog/2.png"]
+    assert src.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    img = src.load(4)
+    assert img.shape == (6, 6, 3) and img.dtype == np.uint8
+    assert np.array_equal(img, np.asarray(Image.open(root / "dog" / "1.png")))
+
+
+def test_grayscale_rgb_mix_is_converted(tmp_path):
+    root = _imagefolder(tmp_path / "t", n=1)
+    Image.fromarray(np.zeros((6, 6), np.uint8)).save(root / "cat" / "gray.png")
+    src = create_source(SourceConfig(kind="imagefolder", root=str(root)), 3)
+    assert {src.load(i).shape for i in range(len(src))} == {(6, 6, 3)}
+    src1 = create_source(SourceConfig(kind="imagefolder", root=str(root)), 1)
+    assert {src1.load(i).shape for i in range(len(src1))} == {(6, 6, 1)}
+
+
+def test_folder_source_is_unlabeled(tmp_path):
+    root = _imagefolder(tmp_path / "pool")
+    src = create_source(SourceConfig(kind="folder", root=str(root)), 3)
+    assert src.classes is None and (src.labels == -1).all() and len(src) == 6
+    assert src.ids[0] == "cat/0.png"
+
+
+def test_empty_and_missing_folders(tmp_path):
+    with pytest.raises(UserError, match="data root not found"):
+        create_source(SourceConfig(kind="imagefolder", root=str(tmp_path / "nope")), 3)
+    (tmp_path / "e" / "cls").mkdir(parents=True)
+    with pytest.raises(UserError, match="class folder has no image files"):
+        create_source(SourceConfig(kind="imagefolder", root=str(tmp_path / "e")), 3)
+    (tmp_path / "f").mkdir()
+    with pytest.raises(UserError, match="no image files found"):
+        create_source(SourceConfig(kind="folder", root=str(tmp_path / "f")), 3)
+
+
+def test_corrupt_image_policy(tmp_path):
+    root = _imagefolder(tmp_path / "c")
+    (root / "dog" / "9.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    src = create_source(SourceConfig(kind="imagefolder", root=str(root)), 3)
+    with pytest.raises(BadImage):
+        src.load(src.ids.index("dog/9.png"))
+    with pytest.raises(UserError, match="dog/9.png: cannot decode image"):
+        src.cache(on_bad="fail")
+    cached = src.cache(on_bad="skip")
+    assert len(cached) == 6 and cached.skipped == ["dog/9.png"]
+
+
+def _write_idx(path, arr, gz=True):
+    header = struct.pack(">HBB", 0, 8, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    data = header + arr.astype(np.uint8).tobytes()
+    (gzip.open if gz else open)(path, "wb").write(data)
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_source(tmp_path, gz):
+    imgs = np.arange(4 * 5 * 5, dtype=np.uint8).reshape(4, 5, 5)
+    suffix = ".gz" if gz else ""
+    _write_idx(tmp_path / f"t10k-images-idx3-ubyte{suffix}", imgs, gz)
+    _write_idx(tmp_path / f"t10k-labels-idx1-ubyte{suffix}", np.array([0, 1, 2, 1]), gz)
+    src = create_source(SourceConfig(kind="idx", root=str(tmp_path), split="test"), 1)
+    assert len(src) == 4 and src.labels.tolist() == [0, 1, 2, 1] and src.classes == ["0", "1", "2"]
+    assert src.ids[2] == "t10k/2" and np.array_equal(src.load(2)[..., 0], imgs[2])
+    with pytest.raises(UserError, match="IDX file not found"):
+        create_source(SourceConfig(kind="idx", root=str(tmp_path), split="train"), 1)
+
+
+def test_idx_truncated(tmp_path):
+    _write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((4, 5, 5)), gz=False)
+    data = (tmp_path / "train-images-idx3-ubyte").read_bytes()
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(data[:-7])
+    _write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(4), gz=False)
+    with pytest.raises(UserError, match="not a valid IDX file"):
+        create_source(SourceConfig(kind="idx", root=str(tmp_path)), 1)
+
+
+def test_digits_split_and_labeled_subset_reproducible():
+    train = create_source(SourceConfig(kind="digits", split="train"), 1)
+    test = create_source(SourceConfig(kind="digits", split="test"), 1)
+    assert len(train) == 1500 and len(test) == 297 and not set(train.ids) & set(test.ids)
+    a = create_source(SourceConfig(kind="digits", per_class=5, seed=3), 1)
+    b = create_source(SourceConfig(kind="digits", per_class=5, seed=3), 1)
+    c = create_source(SourceConfig(kind="digits", per_class=5, seed=4), 1)
+    rest = create_source(SourceConfig(kind="digits", per_class=5, seed=3, subset="rest"), 1)
+    assert a.ids == b.ids and a.ids != c.ids
+    assert np.bincount(a.labels).tolist() == [5] * 10
+    assert not set(a.ids) & set(rest.ids) and len(a) + len(rest) == 1500
+    half = create_source(SourceConfig(kind="digits", per_class=5, seed=3, subset="rest", fraction=0.5), 1)
+    assert len(half) == 725 and set(half.ids) <= set(rest.ids)
+
+
+def test_draw_per_class_too_few():
+    with pytest.raises(UserError, match="fewer than per_class=3"):
+        draw_per_class(np.array([0, 0, 1]), 3, 0)
+
+
+def test_unknown_source_kind_lists_allowed():
+    cfg = SourceConfig(kind="digits")
+    cfg.kind = "zip"
+    with pytest.raises(UserError, match="unknown source 'zip'; choose one of .*digits"):
+        create_source(cfg, 1)
