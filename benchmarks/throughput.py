@@ -1,0 +1,188 @@
+"""Throughput: our training/labeling vs a bare loop on the same model and batch, and vs the machine.
+
+    python benchmarks/throughput.py [--model ns_wrn_28_2] [--steps 30] [--amp off,bf16] [--workers 0,1]
+
+Measures, on CIFAR-10 at 32 px (extracted from ../shared/data if needed; synthetic images if not):
+  * bare train step: forward + backward + SGD on tensors already in memory
+  * `engine.fit` teacher epoch (labeled batches, un-noised and with RandAugment)
+  * `engine.fit` student epoch (joint batches, ratio 3, RandAugment + dropout + stochastic depth)
+  * bare inference vs the `label` stage's `predict_shard`
+  * model FLOPs (torch's FlopCounterMode) x images/s as a fraction of a measured matmul peak
+Prints one table and writes docs/benchmarks/throughput.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+os.environ.setdefault("NOISYSTUDENT_PROGRESS", "0")
+
+from noisystudent.config import DataConfig, NoiseConfig, SourceConfig, TrainConfig  # noqa: E402
+from noisystudent.data import (ArraySource, LabeledDataset, PseudoDataset, create_source,  # noqa: E402
+                               create_train_transform)
+from noisystudent.engine import autocast_dtype, fit  # noqa: E402
+from noisystudent.models import create_model  # noqa: E402
+from noisystudent.stages.label import predict_shard  # noqa: E402
+
+MEAN, STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
+
+
+def cifar_images(n: int) -> ArraySource:
+    root = ROOT / "data" / "cifar10"
+    tar = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+    if not (root / "train").is_dir() and tar.is_file():
+        root.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["tar", "xzf", str(tar), "-C", str(root)], check=True)
+    if (root / "train").is_dir():
+        src = create_source(SourceConfig(kind="imagefolder", root=str(root / "train"), per_class=n // 10), 3)
+        return src.cache()
+    rng = np.random.default_rng(0)
+    return ArraySource("synthetic", [str(i) for i in range(n)], rng.integers(0, 10, n),
+                       [str(c) for c in range(10)], 3, images=rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8))
+
+
+def matmul_peak(dtype, n=2048, reps=10) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n ** 3 * reps / (time.perf_counter() - t)
+
+
+def model_flops(model, size=32) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+    model.eval()
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        model(torch.randn(1, 3, size, size))
+    return float(fc.get_total_flops())
+
+
+def bare_train(name, batch, steps, amp, drop=(0.0, 0.0)) -> float:
+    torch.manual_seed(0)
+    m = create_model(name, 10, 3, *drop).train()
+    opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
+    x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+    dtype = autocast_dtype(amp, torch.device("cpu"))
+
+    def step():
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            loss = torch.nn.functional.cross_entropy(m(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    for _ in range(3):
+        step()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return batch * steps / (time.perf_counter() - t)
+
+
+@torch.no_grad()
+def bare_infer(name, batch, steps) -> float:
+    m = create_model(name, 10, 3).eval()
+    x = torch.randn(batch, 3, 32, 32)
+    m(x)
+    t = time.perf_counter()
+    for _ in range(steps):
+        m(x)
+    return batch * steps / (time.perf_counter() - t)
+
+
+def ours_train(name, src, batch, steps, amp, workers, noise: NoiseConfig, ratio=0) -> float:
+    data = DataConfig(image_size=32, in_chans=3, mean=MEAN, std=STD, crop_padding=4, hflip=True, workers=workers)
+    tf = create_train_transform(data, noise)
+    cfg = TrainConfig(model=name, epochs=2, batch_size=batch, lr=0.01, warmup_epochs=0, amp=amp, noise=noise)
+    m = create_model(name, 10, 3, noise.drop_rate, noise.drop_path_rate)
+    lab = LabeledDataset(src.subset(np.arange(min(len(src), steps * batch))), tf)
+    pse = None
+    if ratio:
+        n = steps * batch * ratio
+        idx = np.arange(n) % len(src)
+        pse = PseudoDataset(src.subset(idx), np.arange(n), np.full((n, 10), 0.1, np.float32), np.ones(n, int), tf)
+    with tempfile.TemporaryDirectory() as d:
+        res = fit(m, cfg, labeled_ds=lab, pseudo_ds=pse, ratio=ratio, out_dir=d, seed=0, meta={})
+    return res.history[-1]["images_per_s"]       # epoch 2: warm (allocator, thread pool, workers)
+
+
+def ours_label(name, src, batch) -> float:
+    m = create_model(name, 10, 3).eval()
+    predict_shard(m, src, 0, batch, image_size=32, mean=MEAN, std=STD, temperature=1.0, flip_tta=False,
+                  batch_size=batch, device="cpu")
+    t = time.perf_counter()
+    predict_shard(m, src, 0, len(src), image_size=32, mean=MEAN, std=STD, temperature=1.0, flip_tta=False,
+                  batch_size=batch, device="cpu")
+    return len(src) / (time.perf_counter() - t)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="ns_wrn_28_2")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--amp", default="off,bf16")
+    ap.add_argument("--workers", default="0,1")
+    ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks"))
+    args = ap.parse_args()
+    B, S = args.batch, args.steps
+    src = cifar_images(max(1000, B * S * 3))
+    flops = model_flops(create_model(args.model, 10, 3))
+    peaks = {"off": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    rows = []
+
+    def add(what, amp, workers, ours, bare, mult):
+        rows.append({"what": what, "amp": amp, "workers": workers, "ours_img_s": ours, "bare_img_s": bare,
+                     "ratio": ours / bare, "flops_frac": ours * flops * mult / peaks[amp]})
+        r = rows[-1]
+        print(f"{what:<34} {amp:>4} w={workers}  ours {ours:8.1f}/s  bare {bare:8.1f}/s  "
+              f"{100 * r['ratio']:5.1f}%  peak {100 * r['flops_frac']:5.1f}%", flush=True)
+
+    bare_train(args.model, B, 5, "off")      # warm-up: thread pool, allocator, lazy inits
+    noise = NoiseConfig(randaugment=True, drop_rate=0.3, drop_path_rate=0.2)
+    clean = NoiseConfig(randaugment=False, drop_rate=0.0, drop_path_rate=0.0)
+    for amp in args.amp.split(","):
+        bare = bare_train(args.model, B, S, amp)
+        bare_noisy = bare_train(args.model, B * 4, max(3, S // 4), amp, (0.3, 0.2))
+        for w in [int(x) for x in args.workers.split(",")]:
+            add("teacher train (crop+flip)", amp, w, ours_train(args.model, src, B, S, amp, w, clean), bare, 3)
+            add("teacher train (+RandAugment)", amp, w,
+                ours_train(args.model, src, B, S, amp, w, NoiseConfig(True, drop_rate=0.0, drop_path_rate=0.0)), bare, 3)
+            add("student joint (ratio 3, all noise)", amp, w,
+                ours_train(args.model, src, B, max(3, S // 4), amp, w, noise, ratio=3), bare_noisy, 3)
+    bi = bare_infer(args.model, 256, 8)
+    add("label (predict_shard)", "off", 0, ours_label(args.model, src.subset(np.arange(min(2048, len(src)))), 256), bi, 1)
+
+    meta = {"model": args.model, "model_gflops_per_image_fwd": flops / 1e9, "batch": B,
+            "matmul_peak_gflops": {k: v / 1e9 for k, v in peaks.items()}, "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "throughput.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    lines = [f"# Throughput ({args.model}, CIFAR-10 32 px, batch {B}, {meta['cores']} CPU cores, torch {torch.__version__})",
+             "", f"Model: {flops / 1e9:.3f} GFLOP/image forward (training counted as 3x). Measured matmul peak: "
+             f"fp32 {peaks['off'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s.", "",
+             "| what | amp | workers | ours img/s | bare img/s | ours/bare | FLOP/s vs peak |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['what']} | {r['amp']} | {r['workers']} | {r['ours_img_s']:.1f} | {r['bare_img_s']:.1f} | "
+                     f"{100 * r['ratio']:.1f}% | {100 * r['flops_frac']:.1f}% |")
+    lines += ["", "Command: `python benchmarks/throughput.py " + " ".join(sys.argv[1:]) + "`"]
+    (out / "throughput.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
