@@ -12,7 +12,7 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 os.environ.setdefault("NOISYSTUDENT_PROGRESS", "0")
 
 TINY = [
-    "rounds=2", "models=[ns_cnn_s, ns_cnn_s, ns_cnn_m]",
+    "rounds=2", "ablation_no_noise=false", "models=[ns_cnn_s, ns_cnn_s, ns_cnn_m]",
     "data.labeled.per_class=8", "data.unlabeled.per_class=8", "data.unlabeled.fraction=0.25",
     "teacher.epochs=8", "teacher.batch_size=16",
     "student.epochs=4", "student.batch_size=8", "student.ratio=3",
@@ -37,3 +37,15 @@ def cli(*args, env=None, timeout=300):
     e = dict(os.environ, NOISYSTUDENT_PROGRESS="0", **(env or {}))
     return subprocess.run([sys.executable, "-m", "noisystudent", *args], capture_output=True, text=True,
                           env=e, timeout=timeout, cwd=ROOT)
+
+
+# Lines tests want shown after the run (e.g. the fault suite's kill points per stage), printed in
+# pytest's terminal summary so they are visible without -s.
+REPORT_LINES: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    if REPORT_LINES:
+        terminalreporter.section("noisystudent report")
+        for line in REPORT_LINES:
+            terminalreporter.write_line(line)

@@ -104,8 +104,11 @@ def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(tmp_path):
     from noisystudent.errors import TrainingDiverged
     ds = LabeledDataset(_digits(), _tf())
     cfg = _cfg(epochs=2, lr=1e12)
-    with pytest.raises(TrainingDiverged, match="loss became .* the last good checkpoint is kept"):
+    # It diverges within epoch 1, so there is no checkpoint to keep, and the message must not claim one
+    # (tests/test_bad_inputs.py covers divergence after a good epoch: that checkpoint is kept).
+    with pytest.raises(TrainingDiverged, match="loss became .* no epoch had finished, so there is no checkpoint"):
         fit(create_model("ns_cnn_s", 10, 1), cfg, labeled_ds=ds, out_dir=tmp_path, seed=0, meta={})
+    assert not (tmp_path / "checkpoint.pt").exists()
 
 
 def test_joint_batches_have_the_configured_ratio():

@@ -14,8 +14,8 @@ STAGES = ["round0/teacher", "round0/eval_teacher", "round1/labels", "round1/sele
           "round1/eval_student", "round2/labels", "round2/selection", "round2/student", "round2/eval_student"]
 
 
-def _sets(extra=()):
-    out = ["--no-report"]
+def _sets(extra=(), report=False):
+    out = [] if report else ["--no-report"]
     for o in [*TINY, *extra]:
         out += ["--set", o]
     return out
@@ -28,7 +28,7 @@ def _summary(run_dir):
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("ref") / "run"
-    r = cli("run", "digits-demo", "--run-dir", str(run_dir), *_sets())
+    r = cli("run", "digits-demo", "--run-dir", str(run_dir), *_sets(report=True))
     assert r.returncode == 0, r.stderr
     return run_dir, r
 
@@ -52,6 +52,8 @@ def test_run_writes_every_artifact(reference_run):
     assert [m["model"] for m in s["models"]] == ["ns_cnn_s", "ns_cnn_s", "ns_cnn_m"]
     assert "teacher" in r.stdout and "student" in r.stdout and "%" in r.stdout   # the results table
     assert (run_dir / "config.yaml").is_file()
+    for f in ("report.md", "report.html", "plots/accuracy.png", "plots/confidence.png", "plots/selection.png"):
+        assert (run_dir / f).is_file(), f
 
 
 def test_rerun_skips_everything(reference_run, tmp_path):

@@ -25,8 +25,17 @@ from .errors import UserError
 
 __all__ = [
     "atomic_write", "write_json", "read_json", "file_hash", "save_checkpoint", "load_checkpoint",
-    "StageRecord", "read_stage", "write_stage", "safe_join",
+    "StageRecord", "read_stage", "write_stage", "safe_join", "remove_stale_temps",
 ]
+
+
+def _read_umask() -> int:
+    old = os.umask(0)
+    os.umask(old)
+    return old
+
+
+_UMASK = _read_umask()
 
 
 @contextlib.contextmanager
@@ -43,14 +52,31 @@ def atomic_write(path: str | Path, mode: str = "wb"):
             yield f
             f.flush()
             os.fsync(f.fileno())
+        # mkstemp creates 0600 files; give artifacts the usual permissions so reports can be shared.
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise UserError(f"disk full while writing {path}; nothing was written there — free space "
                             "and rerun the same command to continue") from None
         raise
+
+
+def remove_stale_temps(root: str | Path) -> int:
+    """Delete the temp files that killed processes left under `root` (`.NAME.XXXX.tmp` from
+    `atomic_write`, `NAME.XXXX.tmp` from the robustness cache); returns how many. SIGKILL and power
+    loss skip every cleanup handler, so the next run sweeps them. Call it only while no other process
+    is writing under `root` (the start of a run, before any stage)."""
+    n = 0
+    root = Path(root)
+    if root.is_dir():
+        for p in root.rglob("*.tmp"):
+            if p.is_file() and not p.is_symlink():
+                p.unlink(missing_ok=True)
+                n += 1
+    return n
 
 
 def write_bytes_atomic(path: str | Path, write: Callable[[io.BufferedWriter], None]) -> None:
@@ -88,9 +114,33 @@ def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
 # ------------------------------------------------------------------------------------------------
 # checkpoints: plain dicts of tensors and JSON-able values, so `weights_only=True` can load them
 
+class _WriteErrorRecorder:
+    """A write-only view of a file that remembers the first OSError its `write` raised: torch.save
+    turns such an error (e.g. disk full) into an opaque RuntimeError ("unexpected pos ...")."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, b):
+        try:
+            return self.f.write(b)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self):
+        self.f.flush()
+
+
 def save_checkpoint(path: str | Path, state: dict) -> None:
     with atomic_write(path, "wb") as f:
-        torch.save(state, f)
+        w = _WriteErrorRecorder(f)
+        try:
+            torch.save(state, w)
+        except RuntimeError:
+            if w.error is not None:     # the real cause, so atomic_write can say "disk full"
+                raise w.error from None
+            raise
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:

@@ -56,6 +56,9 @@ def cmd_run(args):
     from .pipeline import format_table, run
     cfg = _load(args)
     summary = run(cfg, args.run_dir, args.device, force=args.force, report=not args.no_report)
+    from .distributed import is_main_process
+    if not is_main_process():
+        return
     print(format_table(summary))
     print(f"\nrun directory: {args.run_dir or cfg.resolved_run_dir()}")
 
@@ -113,7 +116,8 @@ def cmd_evaluate(args):
     device = resolve_device(args.device or "auto")
     model, meta = load_model(args.checkpoint, device)
     src = create_source(parse_source_spec(args.data), meta["in_chans"], "--data")
-    report = evaluate_source(model, meta, src, args.batch_size, device)
+    report = evaluate_source(model, meta, src, args.batch_size, device, image_size=args.image_size)
+    report["image_size"] = args.image_size or meta["image_size"]
     if args.robustness:
         ecfg = EvalConfig(max_images=args.max_images)
         report["robustness"] = run_robustness(model, meta, src, ecfg, Path(args.checkpoint).parent / "cache", device)
@@ -176,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data", required=False, help="KIND:PATH[:SPLIT], e.g. imagefolder:cifar10/test, digits:test")
     sp.add_argument("--robustness", action="store_true", help="also corruptions, perturbations and FGSM")
     sp.add_argument("--max-images", type=int, default=1000, help="robustness subset size")
+    sp.add_argument("--image-size", type=int, default=None,
+                    help="evaluate at this resolution instead of the model's training one")
     sp.add_argument("--batch-size", type=int, default=256)
     sp.add_argument("--device", default=None)
     sp.add_argument("--out", default=None, help="where to write eval.json (default: beside the checkpoint)")
@@ -187,6 +193,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line(e: BaseException) -> str:
+    """A UserError's message is one line — except when a DataLoader worker raised it: the main
+    process re-raises it with the worker's traceback as the message, whose last line is the original
+    `module.Class: message`."""
+    msg = str(e).strip()
+    if "\n" not in msg:
+        return msg
+    last = [ln for ln in msg.splitlines() if ln.strip()][-1].strip()
+    head, sep, rest = last.partition(": ")
+    return rest if sep and head.rsplit(".", 1)[-1] == type(e).__name__ else last
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="noisystudent: %(message)s", stream=sys.stderr)
@@ -196,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         args.fn(args)
         return 0
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished work is kept; rerun the same command to resume", file=sys.stderr)

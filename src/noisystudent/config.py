@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -96,6 +97,10 @@ class StudentConfig(TrainConfig):
     unlabeled_weight: float = 1.0       # loss = CE(labeled) + w * softCE(pseudo)
     soft: bool = True                   # soft targets (probabilities) or hard (one-hot argmax)
     init_from_teacher: bool = False
+    # joint (the paper): labeled + pseudo in every batch. two_step (ablation): pseudo-labeled only,
+    # then `two_step_epochs` on the labeled set.
+    mode: Literal["joint", "two_step"] = "joint"
+    two_step_epochs: int = 10
     noise: NoiseConfig = field(default_factory=NoiseConfig)
 
 
@@ -174,6 +179,9 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+_FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _coerce(value: Any, tp, key: str):
     """Check/convert `value` to annotation `tp`, or raise UserError naming `key`."""
     origin = typing.get_origin(tp)
@@ -211,6 +219,9 @@ def _coerce(value: Any, tp, key: str):
         raise UserError(f"config key '{key}': expected an integer, got {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        # YAML 1.1 reads `1e-3` (no dot) as a string; a learning rate is usually written that way
+        if isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
             return float(value)
         raise UserError(f"config key '{key}': expected a number, got {value!r}")
     if tp is str:

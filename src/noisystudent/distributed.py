@@ -5,7 +5,9 @@ else (DDP wrapping, per-rank samplers, rank-0-only writes, sharded labeling) liv
 """
 from __future__ import annotations
 
+import logging
 import os
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -20,7 +22,13 @@ def maybe_init_distributed() -> bool:
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    dist.init_process_group(backend=backend)
+    # Rank-0-only stages (select, evaluate with robustness) keep the other ranks at a barrier for as
+    # long as they take; the default timeouts (10 min NCCL, 30 min gloo) would kill a healthy run.
+    # A crashed rank does not need the timeout: torchrun stops the whole group when one exits.
+    minutes = float(os.environ.get("NOISYSTUDENT_DIST_TIMEOUT_MIN", "180"))
+    dist.init_process_group(backend=backend, timeout=timedelta(minutes=minutes))
+    if dist.get_rank() != 0:        # one copy of the progress log, from rank 0
+        logging.getLogger("noisystudent").setLevel(logging.WARNING)
     return True
 
 

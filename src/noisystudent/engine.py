@@ -12,6 +12,7 @@ depth) is re-seeded from (seed, epoch) at the start of each epoch.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import random
@@ -34,13 +35,15 @@ from .pseudo import joint_loss
 
 __all__ = ["fit", "resolve_device", "autocast_dtype", "seed_everything", "world_info", "FitResult"]
 
+log = logging.getLogger("noisystudent")
+
 
 def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            rank = int(os.environ.get("LOCAL_RANK", 0))
-            return torch.device("cuda", rank % torch.cuda.device_count())
+    if name == "auto" and not torch.cuda.is_available():
         return torch.device("cpu")
+    if name in ("auto", "cuda") and torch.cuda.is_available():   # under torchrun: GPU LOCAL_RANK
+        rank = int(os.environ.get("LOCAL_RANK", 0))
+        return torch.device("cuda", rank % torch.cuda.device_count())
     return torch.device(name)
 
 
@@ -140,12 +143,15 @@ def fit(model: nn.Module, cfg, *, labeled_ds, out_dir: str | Path, seed: int, me
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         history, start_epoch = list(state["history"]), int(state["epoch"])
+        log.info("%s: resuming from %s after epoch %d of %d", desc, ckpt_path, start_epoch, epochs)
     resumed_from = start_epoch
 
     train_model = model
     if world > 1:
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
+        if ema is not None:      # DDP synced the model from rank 0; the EMA copy was taken before
+            _broadcast_(ema.module.state_dict().values())
     if cfg.compile:
         train_model = torch.compile(train_model)
     pin = device.type == "cuda"
@@ -153,7 +159,9 @@ def fit(model: nn.Module, cfg, *, labeled_ds, out_dir: str | Path, seed: int, me
     for epoch in range(start_epoch, epochs):
         model.train()
         seed_everything(seed_for(seed, epoch, "torch", rank))
-        lab = make_loader(labeled_ds, B, steps * B, seed_for(seed, epoch, "labeled"), workers, rank, world, pin)
+        # labeled_ds=None: pseudo-labeled batches only (phase 1 of the two-step ablation)
+        lab = (make_loader(labeled_ds, B, steps * B, seed_for(seed, epoch, "labeled"), workers, rank, world, pin)
+               if labeled_ds is not None else [()] * steps)
         pse = (make_loader(pseudo_ds, B * ratio, steps * B * ratio, seed_for(seed, epoch, "pseudo"),
                            workers, rank, world, pin) if joint else None)
         batches = zip(lab, pse) if joint else ((b, None) for b in lab)
@@ -163,9 +171,13 @@ def fit(model: nn.Module, cfg, *, labeled_ds, out_dir: str | Path, seed: int, me
         for i, (lb, pb) in enumerate(bar):
             global_step = epoch * steps + i
             scheduler.step_update(global_step)
-            if lb is None:       # every image of the batch was undecodable (skip policy)
+            # every image of a batch was undecodable (skip policy)
+            skip = lb is None or (joint and pb is None)
+            if world > 1:        # all ranks skip together, or DDP's all-reduce would hang
+                skip = _any_rank(skip, device)
+            if skip:
                 continue
-            xl, yl, _ = lb
+            xl, yl = (lb[0], lb[1]) if lb else (torch.zeros(0, *pb[0].shape[1:]), torch.zeros(0, dtype=torch.long))
             xs, ts = [xl], None
             if pb is not None:
                 xs.append(pb[0])
@@ -180,11 +192,12 @@ def fit(model: nn.Module, cfg, *, labeled_ds, out_dir: str | Path, seed: int, me
             if ts is None:       # supervised step: no pseudo rows
                 ts = logits.new_zeros((0, logits.shape[1]), dtype=torch.float32)
             loss, parts = joint_loss(logits.float(), len(yl), yl, ts, unlabeled_weight, cfg.label_smoothing)
-            if not torch.isfinite(loss):
-                last = f"{ckpt_path} (epoch {start_epoch if ckpt_path.is_file() else 0})"
-                raise TrainingDiverged(
-                    f"{desc}: loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; the last good "
-                    f"checkpoint is kept at {last} — lower the learning rate or enable grad_clip, then rerun")
+            diverged = not torch.isfinite(loss)
+            if world > 1:        # all ranks stop together (one rank raising alone hangs the others)
+                diverged = _any_rank(diverged, device)
+            if diverged:
+                raise TrainingDiverged(f"{desc}: loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; "
+                                       f"{_last_good(ckpt_path, epoch)}")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if cfg.grad_clip > 0:
@@ -200,6 +213,24 @@ def fit(model: nn.Module, cfg, *, labeled_ds, out_dir: str | Path, seed: int, me
                 sums[k] = sums.get(k, 0.0) + float(v)
             bar.set_postfix(loss=f"{loss.item():.3f}")
         elapsed = time.perf_counter() - t0
+        if world > 1:
+            # DDP keeps parameters equal, but each rank's last forward updated its own BatchNorm
+            # statistics: take rank 0's (the ones checkpointed), so every rank holds the saved state
+            # and a resumed run continues exactly like an uninterrupted one on all ranks.
+            _broadcast_(model.buffers())
+            if ema is not None:
+                _broadcast_(ema.module.buffers())
+            # metrics are the mean over ranks (rank 0 writes them)
+            keys = sorted(sums)
+            t = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=device)
+            dist.all_reduce(t)
+            sums = {k: float(v) / world for k, v in zip(keys, t.tolist())}
+        # The loss of every step was finite, yet the last update(s) may have pushed weights or BatchNorm
+        # statistics to inf/NaN: never checkpoint those over the last good state. (After the broadcast
+        # above, so every rank sees the same state and they all stop together.)
+        if not all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point()):
+            raise TrainingDiverged(f"{desc}: weights became NaN/inf during epoch {epoch + 1}; "
+                                   f"{_last_good(ckpt_path, epoch)}")
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
                "images_per_s": n_img * world / max(elapsed, 1e-9), "epoch_s": elapsed, "steps": steps}
         row.update({k: v / steps for k, v in sums.items()})
@@ -218,6 +249,26 @@ def fit(model: nn.Module, cfg, *, labeled_ds, out_dir: str | Path, seed: int, me
             dist.barrier()
     final = ema.module if ema is not None else model
     return FitResult(final, history, resumed_from)
+
+
+def _last_good(ckpt_path: Path, epochs_done: int) -> str:
+    """The end of a divergence message: what is kept on disk and what to do."""
+    kept = (f"the last good checkpoint is kept at {ckpt_path} (end of epoch {epochs_done})"
+            if epochs_done > 0 and ckpt_path.is_file() else "no epoch had finished, so there is no checkpoint")
+    return (f"{kept} — lower the learning rate or enable grad_clip, then rerun (a changed config "
+            "restarts this stage from scratch)")
+
+
+def _broadcast_(tensors) -> None:
+    """Overwrite each tensor in place with rank 0's value."""
+    for t in tensors:
+        dist.broadcast(t.data, 0)
+
+
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
 
 
 def _write_metrics(path: Path, history: list) -> None:

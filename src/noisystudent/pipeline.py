@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from .artifacts import atomic_write, read_json, write_json
+from .artifacts import atomic_write, read_json, remove_stale_temps, write_json
 from .config import Config, config_to_dict
 from .errors import UserError
 from .stages.common import RunContext
@@ -29,7 +29,7 @@ from .stages.label import label_pool
 from .stages.select import select_pseudo_labels
 from .stages.train import finetune, train_student, train_teacher
 
-__all__ = ["run", "build_summary", "format_table", "claim_run_dir"]
+__all__ = ["run", "build_summary", "format_table", "claim_run_dir", "check_inputs"]
 
 log = logging.getLogger("noisystudent")
 
@@ -38,8 +38,27 @@ log = logging.getLogger("noisystudent")
 IDENTITY_KEYS = ("labeled", "test", "in_chans")
 
 
+def check_inputs(ctx: RunContext) -> None:
+    """Find bad input before anything is written: every model name, the labeled and test sets (decoded
+    now when data.cache, so a corrupt file or a class missing from the test set is reported before
+    hours of training, not after) and the unlabeled pool's listing."""
+    from .models import check_model_name
+    cfg = ctx.cfg
+    for k in range(cfg.rounds + 1):
+        try:
+            check_model_name(cfg.model_for_round(k))
+        except UserError as e:
+            key = (f"models[{min(k, len(cfg.models) - 1)}]" if cfg.models
+                   else "teacher.model" if k == 0 else "student.model")
+            raise UserError(f"config key '{key}': {e}") from None
+    ctx.labeled, ctx.test       # noqa: B018 - built (and cached) for their checks
+    if cfg.rounds > 0:
+        ctx.pool                # noqa: B018
+
+
 def claim_run_dir(ctx: RunContext, force: bool = False) -> None:
-    """Refuse to mix two experiments in one folder; record the resolved config."""
+    """Refuse to mix two experiments in one folder; check the inputs; sweep what a killed run left
+    (temp files); record the resolved config. Nothing is written before the checks pass."""
     path = ctx.run_dir / "config.yaml"
     new = config_to_dict(ctx.cfg)
     if path.is_file() and not force:
@@ -51,10 +70,16 @@ def claim_run_dir(ctx: RunContext, force: bool = False) -> None:
             if old.get("data", {}).get(key) != new["data"][key]:
                 raise UserError(f"{ctx.run_dir} holds a run with a different data.{key}; use another --run-dir "
                                 "(or --force to reuse the folder, redoing what changed)")
+    check_inputs(ctx)
     if ctx.rank == 0:
         ctx.run_dir.mkdir(parents=True, exist_ok=True)
+        if n := remove_stale_temps(ctx.run_dir):
+            log.info("removed %d temp file(s) an interrupted run left behind", n)
         with atomic_write(path, "w") as f:
             yaml.safe_dump(new, f, sort_keys=False)
+    if ctx.world > 1:       # under torchrun: no rank writes while rank 0 sweeps temp files
+        import torch.distributed as dist
+        dist.barrier()
 
 
 def run(cfg: Config, run_dir: str | Path | None = None, device: str | None = None, force: bool = False,
@@ -115,12 +140,17 @@ def build_summary(ctx: RunContext) -> dict:
             selection.append({"round": k, "selected_unique": sum(sel["counts_selected_unique"]),
                               "selected_with_copies": sum(sel["counts_selected_with_copies"]),
                               "pseudo_label_accuracy": sel.get("pseudo_label_accuracy")})
-    base = next((r.get("robustness") for r in rows if r["which"] == "teacher"), None)
-    if base is not None:
+    # Baselines: the round-0 models (teacher first, then its fine-tune). A model is compared with the
+    # one scored on the very same images — a fine-tuned model is evaluated at its own resolution, so
+    # it is compared with the fine-tuned teacher, not with the teacher at the training resolution.
+    bases = [r["robustness"] for r in rows if r["round"] == 0 and "robustness" in r]
+    if bases:
         from .robustness import compare_to_baseline
         for r in rows:
             if "robustness" in r:
-                r["robustness_vs_teacher"] = compare_to_baseline(r["robustness"], base)
+                base = next((b for b in bases if b.get("data_sha256") == r["robustness"].get("data_sha256")), None)
+                if base is not None:
+                    r["robustness_vs_teacher"] = compare_to_baseline(r["robustness"], base)
                 r["robustness"] = {k2: r["robustness"][k2] for k2 in
                                    ("clean_accuracy", "mean_corruption_error_unnormalized", "fgsm", "flip_rate")
                                    if k2 in r["robustness"]}

@@ -3,11 +3,12 @@ from .loaders import (EpochSampler, LabeledDataset, PseudoDataset, collate_skip_
                       make_loader, seed_for)
 from .sources import (IMAGE_EXTENSIONS, ArraySource, BadImage, FileSource, Source, create_source,
                       draw_per_class, open_image, register_source)
+from .streaming import ManifestSource, TarSource   # registers the `tar` and `manifest` kinds
 from .transforms import TrainTransform, create_train_transform, default_mean_std, to_tensor_batch
 
 __all__ = [
     "EpochSampler", "LabeledDataset", "PseudoDataset", "collate_skip_bad", "eval_batches", "make_loader",
     "seed_for", "IMAGE_EXTENSIONS", "ArraySource", "BadImage", "FileSource", "Source", "create_source",
     "draw_per_class", "open_image", "register_source", "TrainTransform", "create_train_transform",
-    "default_mean_std", "to_tensor_batch",
+    "default_mean_std", "to_tensor_batch", "ManifestSource", "TarSource",
 ]

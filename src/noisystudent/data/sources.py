@@ -27,14 +27,28 @@ __all__ = [
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
-class BadImage(Exception):
-    """An image file that cannot be decoded (corrupt, truncated, not an image)."""
+class BadImage(UserError):
+    """An image file that cannot be decoded (corrupt, truncated, not an image).
+
+    Code that may skip such files catches it (data.bad_images=skip); anywhere else it is a UserError,
+    so under `fail` the user sees one line naming the file and the way out.
+    """
+
+    def __str__(self) -> str:
+        msg = super().__str__()
+        return msg if "data.bad_images" in msg else f"{msg}; fix or remove the file, or set data.bad_images=skip"
 
 
 def open_image(path_or_file, in_chans: int, name: str = "") -> np.ndarray:
     """Decode to uint8 HWC with `in_chans` channels (grayscale/RGB/RGBA/palette are converted)."""
     try:
         with Image.open(path_or_file) as im:
+            if im.mode.startswith("I;16") or im.mode == "I":
+                # 16-bit grayscale: PIL's convert() clips to 255 (a nearly white image); scale instead.
+                a = np.asarray(im, dtype=np.float64)
+                if im.mode != "I" or a.max() > 255:
+                    a = a / 257.0
+                im = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))
             im = im.convert("L" if in_chans == 1 else "RGB")
             arr = np.asarray(im, dtype=np.uint8)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, zlib.error) as e:
@@ -78,7 +92,7 @@ class Source:
                 keep.append(i)
             except BadImage as e:
                 if on_bad == "fail":
-                    raise UserError(f"{e}; fix or remove the file, or set data.bad_images=skip") from None
+                    raise UserError(str(e)) from None
                 skipped.append(self.ids[i])
         if not keep and len(self):
             raise UserError(f"source '{self.name}': no decodable image out of {len(self)}")
@@ -137,8 +151,11 @@ def register_source(kind: str):
 
 
 def _list_images(root: Path) -> list[str]:
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    """Image files under `root` by extension. Hidden files and folders are not data: macOS `._x.png`
+    resource forks, `.ipynb_checkpoints/`, `.DS_Store`; other non-image files are ignored too."""
+    rels = (p.relative_to(root).as_posix() for p in root.rglob("*")
+            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(r for r in rels if not any(part.startswith(".") for part in r.split("/")))
 
 
 @register_source("imagefolder")
@@ -183,7 +200,7 @@ def _read_idx(path: Path) -> np.ndarray:
         arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
         if arr.size != int(np.prod(shape)):
             raise ValueError(f"expected {int(np.prod(shape))} values, found {arr.size} (truncated?)")
-        return arr.reshape(shape)
+        return arr.reshape(shape).copy()   # writable: torch.from_numpy warns on read-only buffers
     except (OSError, EOFError, ValueError, struct.error) as e:
         raise UserError(f"{path}: not a valid IDX file ({e})") from None
 

@@ -9,16 +9,21 @@ import torch.nn as nn
 from ..errors import UserError
 from . import small  # noqa: F401  (registers ns_* models in timm's registry)
 
-__all__ = ["create_model", "freeze_stages", "count_params", "stage_groups"]
+__all__ = ["create_model", "check_model_name", "freeze_stages", "count_params", "stage_groups"]
+
+
+def check_model_name(name: str) -> None:
+    """UserError (with close matches) unless `name` is a timm model or one of our `ns_*` CNNs."""
+    if not isinstance(name, str) or not timm.is_model(name):
+        close = difflib.get_close_matches(str(name), timm.list_models(), n=5, cutoff=0.5)
+        hint = f"; did you mean: {', '.join(close)}" if close else "; see timm.list_models()"
+        raise UserError(f"unknown model '{name}'{hint}")
 
 
 def create_model(name: str, num_classes: int, in_chans: int = 3, drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, pretrained: bool = False) -> nn.Module:
     """Any timm model name (or our `ns_*` small CNNs) with the paper's noise knobs."""
-    if not timm.is_model(name):
-        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.5)
-        hint = f"; did you mean: {', '.join(close)}" if close else "; see timm.list_models()"
-        raise UserError(f"unknown model '{name}'{hint}")
+    check_model_name(name)
     kwargs = dict(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate)
     if drop_path_rate > 0:
         kwargs["drop_path_rate"] = drop_path_rate

@@ -20,7 +20,7 @@ import torch
 from ..artifacts import (file_hash, load_checkpoint, read_stage, reset_dir, save_checkpoint,
                          write_stage)
 from ..config import Config, config_hash, config_to_dict
-from ..data import Source, create_source, default_mean_std
+from ..data import ArraySource, Source, create_source, default_mean_std
 from ..engine import resolve_device, world_info
 from ..errors import UserError
 from ..models import create_model
@@ -78,7 +78,7 @@ class RunContext:
         return self.labeled.classes
 
     def _maybe_cache(self, src: Source, role: str) -> Source:
-        if not self.cfg.data.cache or not hasattr(src, "root"):
+        if not self.cfg.data.cache or isinstance(src, ArraySource):
             return src
         return src.cache(on_bad=self.policy(role))
 
@@ -101,11 +101,13 @@ class StageResult:
 
 def run_stage(ctx: RunContext, stage_dir: Path, config: dict, inputs: dict[str, Path],
               body: Callable[[Path], tuple[list[str], dict]], label: str = "",
-              cleanup: tuple | list = ()) -> StageResult:
+              cleanup: tuple | list = (), rank0_only: bool = False) -> StageResult:
     """Run `body(stage_dir) -> (output files, info)` unless it is already done for this fingerprint.
 
     `inputs` maps names to upstream stage folders (which must be done). The record of each
     (fingerprint + output hashes) goes into ours, so the chain of hashes covers all inputs.
+    Under torchrun rank 0 decides skip/redo for all ranks, and only rank 0 writes the record;
+    `rank0_only` stages (select, evaluate) run `body` on rank 0 while the others wait.
     """
     label = label or str(stage_dir.relative_to(ctx.run_dir))
     upstream = {}
@@ -116,20 +118,21 @@ def run_stage(ctx: RunContext, stage_dir: Path, config: dict, inputs: dict[str, 
                             "(run `noisystudent run CONFIG`, which runs stages in order)")
         upstream[name] = {"fingerprint": rec["fingerprint"], "outputs": rec["outputs"]}
     fp = config_hash({"config": config, "inputs": upstream})
-    rec = read_stage(stage_dir)
-    if rec is not None and rec.get("fingerprint") == fp and rec.done:
-        intact = all((stage_dir / f).is_file() and file_hash(stage_dir / f) == h
-                     for f, h in rec["outputs"].items())
-        if intact:
-            log.info("%s: done, skipping", label)
-            return StageResult(stage_dir, rec, True)
-        log.warning("%s: outputs changed on disk since they were written; redoing the stage", label)
-        rec = None
-    if stage_dir.exists() and (rec is None or rec.get("fingerprint") != fp):
-        if rec is not None:
-            log.warning("%s: config or inputs changed since it ran; redoing it and every stage after it", label)
-        if ctx.rank == 0:
-            reset_dir(stage_dir)
+    action = _decide(stage_dir, fp, label) if ctx.rank == 0 else None
+    if ctx.world > 1:
+        # Every rank must take the same branch: a rank that skipped while another redoes the stage
+        # would leave the other waiting at a barrier.
+        box = [action]
+        torch.distributed.broadcast_object_list(box, src=0)
+        action = box[0]
+    if action == "skip":
+        log.info("%s: done, skipping", label)
+        if ctx.rank == 0:       # resume state a kill right after "done" left behind
+            for f in cleanup:
+                (stage_dir / f).unlink(missing_ok=True)
+        return StageResult(stage_dir, read_stage(stage_dir), True)
+    if action == "reset" and ctx.rank == 0:
+        reset_dir(stage_dir)
     if ctx.world > 1:
         torch.distributed.barrier()
     if ctx.rank == 0:
@@ -138,7 +141,7 @@ def run_stage(ctx: RunContext, stage_dir: Path, config: dict, inputs: dict[str, 
     if ctx.world > 1:
         torch.distributed.barrier()
     log.info("%s: running", label)
-    outputs, info = body(stage_dir)
+    outputs, info = body(stage_dir) if ctx.rank == 0 or not rank0_only else ([], {})
     if ctx.world > 1:
         torch.distributed.barrier()
     if ctx.rank == 0:
@@ -151,6 +154,24 @@ def run_stage(ctx: RunContext, stage_dir: Path, config: dict, inputs: dict[str, 
     if ctx.world > 1:
         torch.distributed.barrier()
     return StageResult(stage_dir, read_stage(stage_dir), False)
+
+
+def _decide(stage_dir: Path, fp: str, label: str) -> str:
+    """'skip' (done, outputs intact), 'reset' (stale folder: clear it) or 'resume' (keep what a
+    killed run of this very stage left: checkpoints, finished label shards)."""
+    rec = read_stage(stage_dir)
+    if rec is not None and rec.get("fingerprint") == fp and rec.done:
+        intact = all((stage_dir / f).is_file() and file_hash(stage_dir / f) == h
+                     for f, h in rec["outputs"].items())
+        if intact:
+            return "skip"
+        log.warning("%s: outputs changed on disk since they were written; redoing the stage", label)
+        return "reset"
+    if stage_dir.exists() and (rec is None or rec.get("fingerprint") != fp):
+        if rec is not None:
+            log.warning("%s: config or inputs changed since it ran; redoing it and every stage after it", label)
+        return "reset"
+    return "resume"
 
 
 # ------------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ def predict_logits(model, source: Source, image_size: int, mean, std, batch_size
 
 
 def evaluate_source(model, meta: dict, source: Source, batch_size: int = 256, device="cpu",
-                    workers: int = 0, key: str = "test") -> dict:
+                    workers: int = 0, key: str = "test", image_size: int | None = None) -> dict:
     """Classification report of `model` on a labeled source. A source whose classes are a subset of
     the model's is scored on those classes only (logits restricted, as the ImageNet-A protocol)."""
     classes = list(meta["classes"])
@@ -37,7 +37,7 @@ def evaluate_source(model, meta: dict, source: Source, batch_size: int = 256, de
     unknown = [c for c in source.classes if c not in classes]
     if unknown:
         raise UserError(f"{key}: classes {unknown[:5]} are not among the model's {len(classes)} classes")
-    logits, labels = predict_logits(model, source, meta["image_size"], meta["mean"], meta["std"],
+    logits, labels = predict_logits(model, source, image_size or meta["image_size"], meta["mean"], meta["std"],
                                     batch_size, device, workers)
     if source.classes != classes:
         cols = torch.tensor([classes.index(c) for c in source.classes])
@@ -105,4 +105,4 @@ def evaluate_stage(ctx: RunContext, k: int, which: str) -> StageResult:
         write_json(d / "eval.json", report)
         return outputs, {"top1": report["top1"], "ece": report["ece"]}
 
-    return run_stage(ctx, ctx.stage_dir(k, f"eval_{which}"), config, {"model": mdir}, body)
+    return run_stage(ctx, ctx.stage_dir(k, f"eval_{which}"), config, {"model": mdir}, body, rank0_only=True)

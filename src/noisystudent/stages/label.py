@@ -8,6 +8,8 @@ Memory is one batch plus one shard's rows, whatever the pool size.
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -21,6 +23,8 @@ from ..engine import _progress_enabled
 from ..pseudo import probs_from_logits
 from .common import RunContext, StageResult, load_model, run_stage
 from .train import teacher_dir
+
+log = logging.getLogger("noisystudent")
 
 __all__ = ["label_pool", "predict_shard", "shard_schema"]
 
@@ -65,7 +69,7 @@ def predict_shard(model, source, start: int, stop: int, *, image_size: int, mean
     else:
         probs, rows = torch.zeros(0, C or 0), np.zeros(0, dtype=np.int64)
     conf, pred = probs.max(1)
-    true = source.labels[rows] if len(rows) else np.zeros(0, dtype=np.int64)
+    true = source.labels[rows] if len(rows) and not hide_labels else np.full(len(rows), -1, dtype=np.int64)
     C = probs.shape[1]
     flat = pa.array(probs.to(torch.float16).numpy().reshape(-1), type=pa.float16())
     return pa.table({
@@ -92,6 +96,8 @@ def label_pool(ctx: RunContext, k: int) -> StageResult:
         _set_noise(model, lc.noised_teacher)
         pool = ctx.pool
         thash = file_hash(tdir / "model.pt")
+        u, l = cfg.data.unlabeled, cfg.data.labeled
+        same_dataset = (u.kind, u.root) == (l.kind, l.root) and pool.classes == ctx.classes
         n_shards = max(1, -(-len(pool) // lc.shard_size))
         mine = [s for s in range(n_shards) if s % ctx.world == ctx.rank]
         todo = [s for s in mine if not (d / f"part-{s:05d}.parquet").is_file()]
@@ -101,13 +107,19 @@ def label_pool(ctx: RunContext, k: int) -> StageResult:
                                   image_size=meta["image_size"], mean=meta["mean"], std=meta["std"],
                                   temperature=lc.temperature, flip_tta=lc.flip_tta, batch_size=lc.batch_size,
                                   device=ctx.device, workers=cfg.data.workers,
-                                  skip_bad=ctx.policy("unlabeled") == "skip", teacher_hash=thash)
+                                  skip_bad=ctx.policy("unlabeled") == "skip", teacher_hash=thash,
+                                  # true labels of a pool drawn from the labeled set (benchmarks) are
+                                  # recorded for reports; an out-of-domain pool's labels mean nothing here
+                                  hide_labels=not same_dataset)
             with atomic_write(d / f"part-{s:05d}.parquet") as f:
                 pq.write_table(table, f)
         if ctx.world > 1:
             torch.distributed.barrier()     # every rank's shards are in place before counting
         files = [f"part-{s:05d}.parquet" for s in range(n_shards)]
         rows = sum(pq.ParquetFile(d / f).metadata.num_rows for f in files) if ctx.rank == 0 else 0
+        if ctx.rank == 0 and rows < len(pool):
+            log.warning("round %d: skipped %d undecodable pool image(s) of %d (data.bad_images=skip); "
+                        "the count is in %s", k, len(pool) - rows, len(pool), d / "stage.json")
         return files, {"pool_size": len(pool), "rows": rows, "skipped_images": len(pool) - rows,
                        "shards": n_shards, "teacher": thash, "teacher_dir": str(tdir.relative_to(ctx.run_dir))}
 

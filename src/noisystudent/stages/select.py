@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow.parquet as pq
 
-from ..artifacts import atomic_write, write_json
+from ..artifacts import atomic_write, read_stage, write_json
 from ..config import config_to_dict
 from ..data import seed_for
 from ..selection import select_from_labels
@@ -24,7 +24,9 @@ def select_pseudo_labels(ctx: RunContext, k: int) -> StageResult:
         sel = select_from_labels(label_dir, num_classes=len(ctx.classes), threshold=cfg.select.threshold,
                                  per_class=per_class, labeled_class_counts=config["labeled_counts"],
                                  soft=cfg.student.soft, seed=seed_for(cfg.seed, "select", k))
-        report = dict(sel.report, classes=list(ctx.classes))
+        # undecodable pool images the label stage skipped (data.bad_images=skip), reported here too
+        skipped = (read_stage(label_dir) or {}).get("info", {}).get("skipped_images", 0)
+        report = dict(sel.report, classes=list(ctx.classes), pool_skipped_images=skipped)
         if ctx.rank == 0:
             with atomic_write(d / "selection.parquet") as f:
                 pq.write_table(sel.table, f)
@@ -33,4 +35,4 @@ def select_pseudo_labels(ctx: RunContext, k: int) -> StageResult:
             "selected_unique": sel.table.num_rows, "selected_with_copies": int(sum(report["counts_selected_with_copies"])),
             "pseudo_label_accuracy": report.get("pseudo_label_accuracy")}
 
-    return run_stage(ctx, ctx.stage_dir(k, "selection"), config, {"labels": label_dir}, body)
+    return run_stage(ctx, ctx.stage_dir(k, "selection"), config, {"labels": label_dir}, body, rank0_only=True)

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from ..config import NoiseConfig, TrainConfig, config_to_dict
-from ..data import LabeledDataset, PseudoDataset, create_train_transform, seed_for
+from ..data import ArraySource, LabeledDataset, PseudoDataset, create_train_transform, seed_for
 from ..engine import fit, seed_everything
 from ..errors import UserError
 from timm.utils.model import unfreeze
@@ -84,7 +84,7 @@ def _pseudo_dataset(ctx: RunContext, sel_path, transform) -> tuple[PseudoDataset
         raise UserError(f"{sel_path}: {len(missing)} selected ids are not in the unlabeled pool "
                         f"(e.g. {missing[0]}); the pool changed since labeling — rerun `noisystudent run`")
     sub = pool.subset([id2row[s] for s in ids])
-    if ctx.cfg.data.cache and hasattr(sub, "root") and len(sub):
+    if ctx.cfg.data.cache and not isinstance(sub, ArraySource) and len(sub):
         sub = sub.cache(on_bad="skip")      # decoded once; undecodable rows drop out here
         keep = {sid: i for i, sid in enumerate(ids)}
         pos = np.asarray([keep[s] for s in sub.ids], dtype=np.int64)
@@ -122,16 +122,23 @@ def train_student(ctx: RunContext, k: int, no_noise: bool = False) -> StageResul
                         k, cfg.select.threshold)
         meta = ctx.model_meta(name, cfg.data.image_size, s.noise, "student")
         meta["round"] = k
-        res = fit(model, s, labeled_ds=lab, pseudo_ds=pseudo, ratio=s.ratio, unlabeled_weight=s.unlabeled_weight,
-                  out_dir=d, seed=seed_for(cfg.seed, "student", k, no_noise), meta=meta,
-                  workers=cfg.data.workers, device=ctx.device, desc=f"student r{k}")
+        two_step = s.mode == "two_step" and n_pseudo > 0
+        res = fit(model, s, labeled_ds=None if two_step else lab, pseudo_ds=pseudo, ratio=s.ratio,
+                  unlabeled_weight=s.unlabeled_weight, out_dir=d, seed=seed_for(cfg.seed, "student", k, no_noise),
+                  meta=meta, workers=cfg.data.workers, device=ctx.device, desc=f"student r{k}" + (" (no noise)" if no_noise else ""))
+        history = res.history
+        if two_step:     # phase 2 of the ablation: fine-tune the pseudo-label-trained model on labeled data
+            res = fit(res.model, dataclasses.replace(s, epochs=s.two_step_epochs), labeled_ds=lab, out_dir=d / "phase2",
+                      seed=seed_for(cfg.seed, "student2", k), meta=meta, workers=cfg.data.workers,
+                      device=ctx.device, desc=f"student r{k} phase 2")
+            history = history + res.history
         if ctx.rank == 0:
             save_model(d / "model.pt", res.model, meta)
-        info = _summary(res.history, res.model)
+        info = _summary(history, res.model)
         info.update(pseudo_images=n_pseudo, labeled_images=len(lab), no_noise=no_noise)
         return ["model.pt"], info
 
-    return run_stage(ctx, sdir, config, inputs, body, cleanup=["checkpoint.pt"])
+    return run_stage(ctx, sdir, config, inputs, body, cleanup=["checkpoint.pt", "phase2/checkpoint.pt"])
 
 
 def finetune(ctx: RunContext, k: int) -> StageResult:

@@ -1,0 +1,120 @@
+"""report.md / report.html / plots/*.png from a tiny finished run, with and without robustness results."""
+import json
+
+import pytest
+from PIL import Image
+
+from conftest import ROOT
+from noisystudent.errors import UserError
+
+# Two rounds, the no-noise ablation and fine-tuning: every optional kind of model appears. A low
+# threshold so an undertrained teacher still selects pseudo-labels. About 2 s on 2 CPU cores.
+OVERRIDES = ["rounds=2", "models=[ns_cnn_s]", "data.labeled.per_class=5", "data.unlabeled.per_class=5",
+             "data.unlabeled.fraction=0.1", "teacher.epochs=2", "teacher.batch_size=16", "student.epochs=1",
+             "student.batch_size=16", "student.ratio=2", "select.threshold=0.05", "evaluate.batch_size=128",
+             "ablation_no_noise=true", "finetune.enabled=true", "finetune.epochs=1"]
+BASE_PLOTS = {"accuracy", "per_class_delta", "confidence", "selection", "training_curves"}
+ROBUSTNESS_PLOTS = {"robustness_corruptions", "robustness_fgsm"}
+CORRUPTIONS = ("gaussian_noise", "defocus_blur", "fog")
+
+
+def _fake_robustness(clean: float, slope: float) -> dict:
+    """Shaped like `noisystudent.robustness.evaluate_robustness` output."""
+    acc = {c: {str(s): max(0.0, clean - slope * s * (i + 1)) for s in range(1, 6)} for i, c in enumerate(CORRUPTIONS)}
+    errors = {c: [1.0 - acc[c][str(s)] for s in range(1, 6)] for c in CORRUPTIONS}
+    return {"num_images": 60, "clean_accuracy": clean, "corruptions": acc, "corruption_error": errors,
+            "mean_corruption_error_unnormalized": sum(sum(e) / 5 for e in errors.values()) / len(errors),
+            "fgsm": {"0.00392": clean * 0.8, "0.00784": clean * 0.6, "0.01569": clean * 0.3},
+            "flip_rate": {"translate": 0.02 + slope, "brightness": 0.01 + slope}}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    import torch
+    from noisystudent.config import load_config
+    from noisystudent.pipeline import run
+    d = tmp_path_factory.mktemp("report") / "run"
+    # One thread: these models are tiny, and on a busy shared CPU extra threads only spin (5x slower).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run(load_config(ROOT / "configs" / "digits-demo.yaml", OVERRIDES), run_dir=d, report=False)
+        yield d
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check_written(run_dir, files, plots):
+    if files is not None:
+        assert set(files) == {run_dir / "report.md", run_dir / "report.html",
+                              *(run_dir / "plots" / f"{p}.png" for p in plots)}
+    assert {p.stem for p in (run_dir / "plots").glob("*.png")} == plots      # nothing stale left over
+    assert not [p for p in run_dir.rglob("*.tmp")]                           # atomic writes cleaned up
+    for p in plots:
+        with Image.open(run_dir / "plots" / f"{p}.png") as im:
+            im.verify()
+            assert im.format == "PNG" and im.size[0] > 300
+        assert (run_dir / "plots" / f"{p}.png").stat().st_size < 400_000
+    md, page = (run_dir / "report.md").read_text(), (run_dir / "report.html").read_text()
+    for p in plots:
+        assert f"(plots/{p}.png)" in md and f'src="plots/{p}.png"' in page
+    return md, page
+
+
+def test_report_without_then_with_robustness(run_dir):
+    from noisystudent.config import load_config
+    from noisystudent.pipeline import run
+    from noisystudent.report import write_report
+
+    # 1) no robustness files: no robustness section, no robustness plots
+    files = write_report(run_dir)
+    md, page = _check_written(run_dir, files, BASE_PLOTS)
+    assert "Robustness" not in md and "mCE" not in page
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert {m["which"] for m in summary["models"]} == {"teacher", "student", "student_nonoise", "finetune"}
+    assert md.startswith(f"# Noisy Student report: {summary['name']}")
+    # The results table: one row per evaluated model, with summary.json's accuracies.
+    for m in summary["models"]:
+        row = next(line for line in md.splitlines() if line.startswith(f"| {m['round']} | {m['model']} | ")
+                   and f" | {_role(m['which'])} | " in line)
+        assert f"| {100 * m['top1']:.2f}% | {100 * m['top5']:.2f}% | {m['ece']:.4f} |" in row
+        assert f"<td>{100 * m['top1']:.2f}%</td>" in page
+    sel = summary["selection"][0]
+    assert f"| {sel['selected_unique']} | {sel['selected_with_copies']} |" in md
+    assert "round1/student" in md and "train time" in md                    # timings table
+
+    # 2) robustness results for the teacher and each student; the summary is rebuilt by rerunning
+    #    (every stage is skipped), which adds mCE/mFR relative to the teacher.
+    for (k, which), (clean, slope) in {(0, "teacher"): (0.5, 0.08), (1, "student"): (0.55, 0.05),
+                                       (2, "student"): (0.6, 0.04), (1, "student_nonoise"): (0.52, 0.07)}.items():
+        (run_dir / f"round{k}" / f"eval_{which}" / "robustness.json").write_text(
+            json.dumps(_fake_robustness(clean, slope)))
+    run(load_config(ROOT / "configs" / "digits-demo.yaml", OVERRIDES), run_dir=run_dir, report=False)
+    files = write_report(run_dir)
+    md, page = _check_written(run_dir, files, BASE_PLOTS | ROBUSTNESS_PLOTS)
+    assert "## Robustness" in md and "<h2>Robustness</h2>" in page
+    rob_rows = [line for line in md.split("## Robustness")[1].split("##")[0].splitlines()
+                if line.startswith("| ") and "%" in line]
+    assert len(rob_rows) == 4                                                # teacher + 3 students
+    assert rob_rows[0].startswith("| 0 | ns_cnn_s | teacher | 50.00% |") and "| 100.0% |" in rob_rows[0]
+    assert "FGSM ε=1/255" in md and "FGSM ε=4/255" in md
+
+    # 3) robustness gone again (e.g. re-evaluated without it): its stale plots go too. This time
+    #    the pipeline itself writes the report at the end of the run.
+    for f in run_dir.glob("round*/eval_*/robustness.json"):
+        f.unlink()
+    run(load_config(ROOT / "configs" / "digits-demo.yaml", OVERRIDES), run_dir=run_dir, report=True)
+    md, _ = _check_written(run_dir, None, BASE_PLOTS)
+    assert "Robustness" not in md
+
+
+def _role(which):
+    from noisystudent.report import ROLE_LABEL
+    return ROLE_LABEL[which]
+
+
+def test_missing_summary_is_a_user_error(tmp_path):
+    from noisystudent.report import write_report
+    with pytest.raises(UserError, match="noisystudent run"):
+        write_report(tmp_path)
+    assert not (tmp_path / "report.md").exists()
