@@ -63,7 +63,6 @@ import hashlib
 import math
 import os
 import sys
-import tempfile
 import types
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -295,19 +294,11 @@ def _load_cached(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
 
 
 def _save_atomic(path: Path, arr: np.ndarray) -> None:
-    # A temp file in the same directory + os.replace: readers never see a half-written file,
-    # and concurrent writers of the same key just replace each other's identical result.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, arr)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    # Readers never see a half-written file; concurrent writers of the same key just replace each
+    # other's identical result.
+    from ..artifacts import atomic_write
+    with atomic_write(path) as f:
+        np.save(f, arr)
 
 
 def corrupt_dataset(

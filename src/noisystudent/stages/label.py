@@ -53,7 +53,7 @@ def _set_noise(model: torch.nn.Module, on: bool) -> None:
 def predict_shard(model, source, start: int, stop: int, *, image_size: int, mean, std, temperature: float,
                   flip_tta: bool, batch_size: int, device, workers: int = 0, skip_bad: bool = True,
                   teacher_hash: str = "", hide_labels: bool = True) -> pa.Table:
-    ids, probs_l, idx_l = [], [], []
+    probs_l, idx_l = [], []
     for x, idx in eval_batches(source, batch_size, image_size, mean, std, start=start, stop=stop,
                                workers=workers, skip_bad=skip_bad):
         x = x.to(device)

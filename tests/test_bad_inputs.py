@@ -1,0 +1,562 @@
+"""Bad input gets one clear line (exit code != 0, no traceback) and leaves no partial artifact.
+
+Most cases run the CLI in a subprocess, as a user meets them, on tiny generated image folders
+(3 classes, 8x8 PNGs) with a tiny YAML config. Disk-full, divergence after a good epoch and
+`safe_join` are checked in-process, where the fault can be injected.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pathlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from conftest import cli
+
+from noisystudent.errors import UserError
+
+CLASSES = ["cat", "dog", "fox"]
+THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+# ------------------------------------------------------------------------------------------------
+# fixtures: image folders and a config
+
+def _img(c: int, seed: int, mode: str = "RGB") -> Image.Image:
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 60, (8, 8, 3)).astype(np.uint8)
+    a[:, :, c] += 150                       # the class is the dominant channel
+    im = Image.fromarray(a)
+    return im if mode == "RGB" else im.convert(mode)
+
+
+def make_data(root: Path, *, train: int = 6, test: int = 3, pool: int = 12, test_classes=CLASSES) -> Path:
+    for split, n, classes in (("train", train, CLASSES), ("test", test, test_classes)):
+        for c, name in enumerate(CLASSES):
+            if name not in classes:
+                continue
+            d = root / split / name
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                _img(c, 100 * c + i + (0 if split == "train" else 50)).save(d / f"{i}.png")
+    (root / "pool").mkdir(parents=True, exist_ok=True)
+    for i in range(pool):
+        _img(i % 3, 1000 + i).save(root / "pool" / f"{i:03d}.png")
+    return root
+
+
+def write_cfg(path: Path, data: Path, **sections) -> Path:
+    """configs/digits-demo.yaml's shape, on image folders: 3-channel 8x8, one round, a few epochs."""
+    cfg = {
+        "name": "tiny-folders", "seed": 0, "rounds": 1, "models": ["ns_cnn_s", "ns_cnn_s"],
+        "data": {"labeled": {"kind": "imagefolder", "root": str(data / "train")},
+                 "unlabeled": {"kind": "folder", "root": str(data / "pool")},
+                 "test": {"kind": "imagefolder", "root": str(data / "test")},
+                 "image_size": 8, "in_chans": 3, "crop_padding": 1},
+        "teacher": {"epochs": 2, "batch_size": 6, "lr": 0.05},
+        "student": {"epochs": 1, "batch_size": 4, "ratio": 2, "lr": 0.05},
+        "label": {"shard_size": 8},
+        "select": {"threshold": 0.0},
+    }
+    for key, value in sections.items():       # e.g. data__bad_images="skip"
+        node, parts = cfg, key.split("__")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def truncate(p: Path) -> None:
+    """Keep the first half of an image file (a copy cut short by a full disk or a killed download)."""
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 2])
+
+
+@pytest.fixture
+def data(tmp_path):
+    return make_data(tmp_path / "data")
+
+
+def run(cfg: Path, run_dir: Path, *sets: str):
+    args = ["run", str(cfg), "--run-dir", str(run_dir), "--no-report"]
+    for s in sets:
+        args += ["--set", s]
+    return cli(*args, env=THREADS)
+
+
+def assert_one_line_error(r, fragment: str) -> str:
+    """Exit code != 0, exactly one `error:` line holding `fragment`, and no traceback."""
+    assert r.returncode != 0, r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1, r.stderr
+    assert fragment in errors[0], errors[0]
+    assert "Traceback" not in r.stderr and '  File "' not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == errors[0]       # the last thing said
+    return errors[0]
+
+
+def assert_no_partial(run_dir: Path) -> None:
+    """No temp file, no summary, and every stage marked done has its outputs intact."""
+    if not run_dir.exists():
+        return
+    assert sorted(run_dir.rglob("*.tmp")) == []
+    assert not (run_dir / "summary.json").exists()
+    for rec_path in run_dir.glob("round*/*/stage.json"):
+        rec = json.loads(rec_path.read_text())
+        if rec["status"] == "done":
+            assert all((rec_path.parent / f).is_file() for f in rec["outputs"]), rec_path
+
+
+def stage_info(run_dir: Path, rel: str) -> dict:
+    return json.loads((run_dir / rel / "stage.json").read_text())
+
+
+# ------------------------------------------------------------------------------------------------
+# image files
+
+def test_corrupt_pool_images_are_skipped_and_counted(data, tmp_path):
+    truncate(data / "pool" / "003.png")
+    (data / "pool" / "007.png").write_bytes(b"this is not a PNG")
+    r = run(write_cfg(tmp_path / "c.yaml", data), tmp_path / "run")
+    assert r.returncode == 0, r.stderr
+    assert "skipped 2 undecodable pool image(s) of 12" in r.stderr
+    info = stage_info(tmp_path / "run", "round1/labels")["info"]
+    assert info["skipped_images"] == 2 and info["rows"] == 10
+    sel = json.loads((tmp_path / "run" / "round1/selection/selection.json").read_text())
+    assert sel["pool_skipped_images"] == 2
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_corrupt_labeled_or_test_image_fails_before_anything_is_written(data, tmp_path, split):
+    truncate(data / split / "dog" / "1.png")
+    r = run(write_cfg(tmp_path / "c.yaml", data), tmp_path / "run")
+    line = assert_one_line_error(r, f"{data / split / 'dog' / '1.png'}: cannot decode image")
+    assert "set data.bad_images=skip" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_corrupt_labeled_image_with_skip_policy_trains_on_the_rest(data, tmp_path):
+    (data / "train" / "dog" / "1.png").write_bytes(b"\x89PNG garbage")
+    r = run(write_cfg(tmp_path / "c.yaml", data, data__bad_images="skip"), tmp_path / "run")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "run" / "summary.json").is_file()
+
+
+def test_corrupt_pool_image_with_fail_policy_stops_with_one_line(data, tmp_path):
+    truncate(data / "pool" / "005.png")
+    run_dir = tmp_path / "run"
+    r = run(write_cfg(tmp_path / "c.yaml", data, data__bad_images="fail"), run_dir)
+    assert_one_line_error(r, f"{data / 'pool' / '005.png'}: cannot decode image")
+    assert r.returncode == 2
+    assert_no_partial(run_dir)
+    assert stage_info(run_dir, "round0/teacher")["status"] == "done"     # finished work is kept
+    assert stage_info(run_dir, "round1/labels")["status"] == "running"
+
+
+def test_non_image_files_are_ignored(data, tmp_path):
+    for d in (data / "train" / "cat", data / "test" / "fox", data / "pool"):
+        (d / "notes.txt").write_text("not an image")
+        (d / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+        (d / "._0.png").write_bytes(b"\0\5\26\7 AppleDouble resource fork")    # macOS tar junk
+        (d / ".ipynb_checkpoints").mkdir()
+        (d / ".ipynb_checkpoints" / "x.png").write_bytes(b"junk")
+    (data / "train" / "README.md").write_text("a file next to the class folders")
+    # `fail`: any of those files, if read, would stop the run
+    r = run(write_cfg(tmp_path / "c.yaml", data, data__bad_images="fail"), tmp_path / "run")
+    assert r.returncode == 0, r.stderr
+    info = stage_info(tmp_path / "run", "round1/labels")["info"]
+    assert info["pool_size"] == 12 and info["skipped_images"] == 0
+
+
+def _save_mode(im: Image.Image, mode: str, path: Path) -> None:
+    if mode == "I;16":      # 16-bit grayscale PNG
+        Image.fromarray(np.asarray(im.convert("L")).astype(np.uint16) * 257).save(path)
+    else:
+        im.convert(mode).save(path)
+
+
+def test_sixteen_bit_grayscale_is_scaled_not_clipped(tmp_path):
+    from noisystudent.data import open_image
+    a = np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000           # 0 .. 63000
+    Image.fromarray(a).save(tmp_path / "g16.png")
+    for chans in (1, 3):
+        out = open_image(tmp_path / "g16.png", chans)
+        assert out.shape == (8, 8, chans) and out.dtype == np.uint8
+        np.testing.assert_array_equal(out[:, :, 0], np.rint(a / 257.0).astype(np.uint8))
+
+
+def test_grayscale_rgb_and_palette_images_mix(data, tmp_path):
+    for i, mode in enumerate(["L", "RGBA", "P", "LA", "1", "I;16"]):
+        for split in ("train", "test"):
+            _save_mode(_img(1, 7 + i), mode, data / split / "dog" / f"m{i}.png")
+        _save_mode(_img(2, 70 + i), mode, data / "pool" / f"m{i}.png")
+    for chans in (3, 1):
+        run_dir = tmp_path / f"run{chans}"
+        r = run(write_cfg(tmp_path / f"c{chans}.yaml", data, data__in_chans=chans), run_dir)
+        assert r.returncode == 0, r.stderr
+        assert stage_info(run_dir, "round1/labels")["info"]["skipped_images"] == 0
+
+
+@pytest.mark.parametrize("case, fragment", [
+    ("empty_class", "class folder has no image files"),
+    ("no_classes", "no class folders found"),
+    ("empty_pool", "no image files found"),
+    ("only_junk_class", "class folder has no image files"),
+])
+def test_empty_folders(data, tmp_path, case, fragment):
+    if case == "empty_class":
+        (data / "train" / "emu").mkdir()
+    elif case == "no_classes":
+        for d in (data / "train").iterdir():
+            for f in d.iterdir():
+                f.unlink()
+            d.rmdir()
+    elif case == "empty_pool":
+        for f in (data / "pool").iterdir():
+            f.unlink()
+    else:
+        (data / "train" / "emu").mkdir()
+        (data / "train" / "emu" / "readme.txt").write_text("images go here")
+    r = run(write_cfg(tmp_path / "c.yaml", data), tmp_path / "run")
+    assert_one_line_error(r, fragment)
+    assert not (tmp_path / "run").exists()
+
+
+def test_labeled_class_missing_from_test_set(tmp_path):
+    data = make_data(tmp_path / "data", test_classes=["cat", "dog"])
+    r = run(write_cfg(tmp_path / "c.yaml", data), tmp_path / "run")
+    assert_one_line_error(r, "class lists differ between data.labeled and data.test: ['fox'] missing from data.test")
+    assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# configuration
+
+@pytest.mark.parametrize("sets, fragment", [
+    (["teacher.epoch=3"], "unknown config key 'teacher.epoch' (did you mean 'teacher.epochs'?)"),
+    (["augment.magnitude=3"], "unknown config key 'augment'"),
+    (["teacher.epochs=ten"], "config key 'teacher.epochs': expected an integer, got 'ten'"),
+    (["student.soft=maybe"], "config key 'student.soft': expected true or false, got 'maybe'"),
+    (["data.bad_images=ignore"], "config key 'data.bad_images': 'ignore' is not allowed; choose one of 'auto', 'skip', 'fail'"),
+    (["select.threshold=1.5"], "config key 'select.threshold': must be in [0, 1)"),
+    (["models=[ns_cnn_s, resnet_999]"], "config key 'models[1]': unknown model 'resnet_999'"),
+    (["models=[]", "teacher.model=ns_cnn_xl"], "config key 'teacher.model': unknown model 'ns_cnn_xl'; did you mean"),
+])
+def test_bad_config_values(data, tmp_path, sets, fragment):
+    r = run(write_cfg(tmp_path / "c.yaml", data), tmp_path / "run", *sets)
+    assert_one_line_error(r, fragment)
+    assert r.returncode == 2
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_key_in_yaml_file(data, tmp_path):
+    cfg = write_cfg(tmp_path / "c.yaml", data)
+    cfg.write_text(cfg.read_text() + "studnet: {epochs: 3}\n")
+    r = run(cfg, tmp_path / "run")
+    assert_one_line_error(r, "unknown config key 'studnet' (did you mean 'student'?)")
+
+
+# ------------------------------------------------------------------------------------------------
+# run directories and checkpoints (one finished tiny run, shared)
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    base = tmp_path_factory.mktemp("finished")
+    data = make_data(base / "data")
+    cfg = write_cfg(base / "c.yaml", data)
+    run_dir = base / "run"
+    r = run(cfg, run_dir)
+    assert r.returncode == 0, r.stderr
+    return base, data, cfg, run_dir
+
+
+def _snapshot(run_dir: Path) -> dict:
+    return {str(p.relative_to(run_dir)): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+def test_run_directory_of_another_experiment_is_refused_untouched(finished, tmp_path):
+    base, data, cfg, run_dir = finished
+    other = make_data(tmp_path / "other")
+    before = _snapshot(run_dir)
+    r = run(write_cfg(tmp_path / "other.yaml", other), run_dir)
+    assert_one_line_error(r, f"{run_dir} holds a run with a different data.labeled; use another --run-dir")
+    r = cli("run", "digits-demo", "--run-dir", str(run_dir), "--no-report", "--set", "rounds=0", env=THREADS)
+    assert_one_line_error(r, "holds a run with a different data.labeled")
+    assert _snapshot(run_dir) == before
+
+
+def test_evaluate_checkpoint_with_other_class_count(finished):
+    base, data, cfg, run_dir = finished
+    model = run_dir / "round0/teacher/model.pt"
+    r = cli("evaluate", "--checkpoint", str(model), "--data", "digits:test", "--out", str(base / "e.json"), env=THREADS)
+    assert_one_line_error(r, "classes ['0', '1', '2', '3', '4'] are not among the model's 3 classes")
+    assert not (base / "e.json").exists()
+
+
+def test_evaluate_checkpoint_of_another_architecture(finished, tmp_path):
+    base, data, cfg, run_dir = finished
+    state = torch.load(run_dir / "round0/teacher/model.pt", weights_only=True)
+    state["meta"]["model_name"] = "ns_cnn_m"           # says ns_cnn_m, holds ns_cnn_s weights
+    torch.save(state, tmp_path / "model.pt")
+    r = cli("evaluate", "--checkpoint", str(tmp_path / "model.pt"), "--data", f"imagefolder:{data / 'test'}",
+            env=THREADS)
+    assert_one_line_error(r, f"{tmp_path / 'model.pt'}: weights do not fit ns_cnn_m")
+    assert not (tmp_path / "eval.json").exists()
+
+
+class Payload:
+    """Unpickling this runs code: `Path(marker).touch()`."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return pathlib.Path.touch, (pathlib.Path(self.marker),)
+
+
+def test_checkpoint_needing_arbitrary_unpickling_is_refused(finished, tmp_path):
+    base, data, cfg, run_dir = finished
+    marker = tmp_path / "code-ran"
+    state = torch.load(run_dir / "round0/teacher/model.pt", weights_only=True)
+    state["meta"]["extra"] = Payload(marker)
+    torch.save(state, tmp_path / "evil.pt")
+    r = cli("evaluate", "--checkpoint", str(tmp_path / "evil.pt"), "--data", f"imagefolder:{data / 'test'}",
+            env=THREADS)
+    assert_one_line_error(r, f"{tmp_path / 'evil.pt'}: refusing to load — it needs arbitrary unpickling")
+    assert "only checkpoints of plain tensors/values are accepted" in r.stderr
+    assert not marker.exists()                       # the payload never ran
+    # the same loader reads resume checkpoints (checkpoint.pt) inside a run
+    from noisystudent.artifacts import load_checkpoint
+    with pytest.raises(UserError, match="refusing to load"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not marker.exists()
+
+
+def test_truncated_checkpoint_is_one_line(finished, tmp_path):
+    base, data, cfg, run_dir = finished
+    blob = (run_dir / "round0/teacher/model.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(blob[: len(blob) // 2])
+    r = cli("evaluate", "--checkpoint", str(tmp_path / "cut.pt"), "--data", f"imagefolder:{data / 'test'}",
+            env=THREADS)
+    assert_one_line_error(r, f"{tmp_path / 'cut.pt'}: not a readable checkpoint")
+
+
+# ------------------------------------------------------------------------------------------------
+# divergence
+
+def test_nan_loss_from_huge_lr_stops_with_one_line(data, tmp_path):
+    run_dir = tmp_path / "run"
+    r = run(write_cfg(tmp_path / "c.yaml", data), run_dir, "teacher.lr=1e30")
+    line = assert_one_line_error(r, "teacher: loss became ")
+    assert " at epoch 1, step " in line and "no epoch had finished, so there is no checkpoint" in line
+    assert "lower the learning rate or enable grad_clip" in line
+    assert r.returncode == 2
+    assert_no_partial(run_dir)
+    assert stage_info(run_dir, "round0/teacher")["status"] == "running"
+    assert not (run_dir / "round0/teacher/model.pt").exists()
+
+
+def _tiny_fit_setup():
+    from noisystudent.config import TrainConfig
+    from noisystudent.data import LabeledDataset, create_source, create_train_transform
+    from noisystudent.config import DataConfig, SourceConfig
+    src = create_source(SourceConfig(kind="digits", per_class=4), 1)
+    tf = create_train_transform(DataConfig(), None)
+    return LabeledDataset(src, tf), TrainConfig(epochs=3, batch_size=8, lr=0.01, warmup_epochs=0)
+
+
+@pytest.mark.parametrize("how", ["loss", "weights"])
+def test_divergence_after_a_good_epoch_keeps_its_checkpoint(tmp_path, monkeypatch, how):
+    """Epoch 1 is fine; in epoch 2 the loss becomes NaN, or (loss still finite) a BatchNorm statistic
+    does. The run stops with one line naming the kept checkpoint, which is epoch 1's, intact."""
+    import noisystudent.engine as engine
+    from noisystudent.artifacts import load_checkpoint
+    from noisystudent.errors import TrainingDiverged
+    from noisystudent.models import create_model
+    ds, cfg = _tiny_fit_setup()
+    model = create_model("ns_cnn_s", 10, 1)
+    calls = {"n": 0}
+    steps = len(ds) // cfg.batch_size
+    assert steps >= 3
+    if how == "loss":
+        real = engine.joint_loss
+
+        def poisoned(logits, *a, **k):
+            calls["n"] += 1
+            loss, parts = real(logits, *a, **k)
+            return (loss * float("nan") if calls["n"] == steps + 2 else loss), parts    # epoch 2, step 2
+
+        monkeypatch.setattr(engine, "joint_loss", poisoned)
+    else:
+        bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+        def poison_stats(m, inputs):                         # before the forward of epoch 2, step 2
+            calls["n"] += 1
+            if calls["n"] == steps + 2:
+                m.running_mean.fill_(float("inf"))           # train mode uses batch stats: loss stays finite
+        bn.register_forward_pre_hook(poison_stats)
+    with pytest.raises(TrainingDiverged) as e:
+        engine.fit(model, cfg, labeled_ds=ds, out_dir=tmp_path, seed=0, meta={}, desc="teacher")
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert ("loss became nan at epoch 2" if how == "loss" else "weights became NaN/inf during epoch 2") in msg
+    assert f"the last good checkpoint is kept at {tmp_path / 'checkpoint.pt'} (end of epoch 1)" in msg
+    ck = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert ck["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
+    assert sorted(tmp_path.glob("*.tmp")) == [] and sorted(tmp_path.glob(".*.tmp")) == []
+
+
+# ------------------------------------------------------------------------------------------------
+# disk full
+
+def _enospc(*a, **k):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def _assert_untouched(path: Path, before: bytes) -> None:
+    assert path.read_bytes() == before
+    assert [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")] == []
+
+
+@pytest.mark.parametrize("where", ["fsync", "write"])
+def test_disk_full_while_writing_keeps_the_previous_file(tmp_path, monkeypatch, where):
+    import noisystudent.artifacts as artifacts
+    target = tmp_path / "stage.json"
+    artifacts.write_json(target, {"status": "done"})
+    before = target.read_bytes()
+    if where == "fsync":
+        monkeypatch.setattr(artifacts.os, "fsync", _enospc)
+    else:
+        real_fdopen = os.fdopen
+
+        class Full:
+            def __init__(self, f):
+                self.f = f
+
+            def write(self, b):
+                _enospc()
+
+            def __getattr__(self, name):
+                return getattr(self.f, name)
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                self.f.close()
+
+        monkeypatch.setattr(artifacts.os, "fdopen", lambda *a, **k: Full(real_fdopen(*a, **k)))
+    with pytest.raises(UserError) as e:
+        artifacts.write_json(target, {"status": "running", "pad": "x" * 100_000})
+    assert str(e.value) == (f"disk full while writing {target}; nothing was written there — free space "
+                            "and rerun the same command to continue")
+    _assert_untouched(target, before)
+
+
+def test_disk_full_while_caching_corrupted_images(tmp_path, monkeypatch):
+    import noisystudent.robustness.corruptions as corruptions
+    images = np.random.default_rng(0).integers(0, 255, (4, 8, 8, 3)).astype(np.uint8)
+    monkeypatch.setattr(corruptions.os, "fsync", _enospc)
+    with pytest.raises(UserError, match="disk full while writing .*gaussian_noise-s1-.*[.]npy; nothing was written"):
+        corruptions.corrupt_dataset(images, "gaussian_noise", 1, 0, tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_disk_full_while_saving_a_checkpoint(tmp_path, monkeypatch):
+    """torch.save turns a failing write into an opaque RuntimeError; the user must still read 'disk full'."""
+    import io
+    import noisystudent.artifacts as artifacts
+    ck = tmp_path / "checkpoint.pt"
+    artifacts.save_checkpoint(ck, {"epoch": 1, "w": torch.zeros(3)})
+    before = ck.read_bytes()
+    real_fdopen = os.fdopen
+
+    class FullAfter(io.RawIOBase):      # the disk fills up 64 KiB into the file
+        def __init__(self, f):
+            self.f, self.n = f, 0
+
+        def writable(self):
+            return True
+
+        def write(self, b):
+            self.n += len(b)
+            if self.n > 65536:
+                _enospc()
+            return self.f.write(b)
+
+        def fileno(self):
+            return self.f.fileno()
+
+        def close(self):
+            self.f.close()
+            super().close()
+
+    monkeypatch.setattr(artifacts.os, "fdopen", lambda *a, **k: FullAfter(real_fdopen(*a, **k)))
+    with pytest.raises(UserError, match=f"disk full while writing {ck}; nothing was written there"):
+        artifacts.save_checkpoint(ck, {"epoch": 2, "w": torch.zeros(100_000)})
+    _assert_untouched(ck, before)
+    assert artifacts.load_checkpoint(ck)["epoch"] == 1
+
+
+def test_disk_full_during_a_run_is_one_line_and_the_rerun_continues(data, tmp_path, monkeypatch, capsys):
+    """Through the CLI entry point (in-process, so the fault can be injected): the disk fills up when
+    the teacher's first checkpoint is written. One line, exit 2, nothing half-written; after space is
+    freed the same command finishes."""
+    import noisystudent.artifacts as artifacts
+    from noisystudent.cli import main
+    cfg = write_cfg(tmp_path / "c.yaml", data)
+    run_dir = tmp_path / "run"
+    real_replace = os.replace
+
+    def full_at_checkpoint(src, dst, *a, **k):
+        if Path(dst).name == "checkpoint.pt":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(src, dst, *a, **k)
+
+    monkeypatch.setattr(artifacts.os, "replace", full_at_checkpoint)
+    argv = ["run", str(cfg), "--run-dir", str(run_dir), "--no-report"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert lines == [f"error: disk full while writing {run_dir / 'round0/teacher/checkpoint.pt'}; nothing was "
+                     "written there — free space and rerun the same command to continue"]
+    assert "Traceback" not in err
+    assert_no_partial(run_dir)
+    assert not (run_dir / "round0/teacher/checkpoint.pt").exists()
+    monkeypatch.setattr(artifacts.os, "replace", real_replace)
+    assert main(argv) == 0, capsys.readouterr().err
+    assert (run_dir / "summary.json").is_file()
+
+
+# ------------------------------------------------------------------------------------------------
+# paths
+
+@pytest.mark.parametrize("rel", ["../outside.json", "a/../../outside.json", "/etc/passwd", "a/b/../../../x"])
+def test_safe_join_refuses_paths_escaping_the_root(tmp_path, rel):
+    from noisystudent.artifacts import safe_join
+    root = tmp_path / "root"
+    root.mkdir()
+    with pytest.raises(UserError, match=r"path '.*' escapes its root .*; refusing to write there"):
+        safe_join(root, rel)
+
+
+def test_safe_join_follows_symlinks_and_allows_paths_inside(tmp_path):
+    from noisystudent.artifacts import safe_join
+    root = tmp_path / "root"
+    (root / "a").mkdir(parents=True)
+    (root / "link").symlink_to(tmp_path)                     # a link inside pointing outside
+    with pytest.raises(UserError, match="escapes its root"):
+        safe_join(root, "link/stolen.json")
+    assert safe_join(root, "a/b/../c.json") == (root / "a" / "c.json").resolve()
+    assert safe_join(root, "a") == (root / "a").resolve()
