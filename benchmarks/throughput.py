@@ -36,6 +36,7 @@ from noisystudent.engine import autocast_dtype, fit  # noqa: E402
 from noisystudent.models import create_model  # noqa: E402
 from noisystudent.stages.label import predict_shard  # noqa: E402
 
+DEVICE = torch.device("cpu")
 MEAN, STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
 
 
@@ -53,12 +54,20 @@ def cifar_images(n: int) -> ArraySource:
                        [str(c) for c in range(10)], 3, images=rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8))
 
 
+def sync():
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def matmul_peak(dtype, n=2048, reps=10) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    n = 8192 if DEVICE.type == "cuda" else n
+    a, b = torch.randn(n, n, dtype=dtype, device=DEVICE), torch.randn(n, n, dtype=dtype, device=DEVICE)
     a @ b
+    sync()
     t = time.perf_counter()
     for _ in range(reps):
         a @ b
+    sync()
     return 2 * n ** 3 * reps / (time.perf_counter() - t)
 
 
@@ -72,33 +81,37 @@ def model_flops(model, size=32) -> float:
 
 def bare_train(name, batch, steps, amp, drop=(0.0, 0.0)) -> float:
     torch.manual_seed(0)
-    m = create_model(name, 10, 3, *drop).train()
+    m = create_model(name, 10, 3, *drop).to(DEVICE).train()
     opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
-    x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
-    dtype = autocast_dtype(amp, torch.device("cpu"))
+    x, y = torch.randn(batch, 3, 32, 32, device=DEVICE), torch.randint(0, 10, (batch,), device=DEVICE)
+    dtype = autocast_dtype(amp, DEVICE)
 
     def step():
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+        with torch.autocast(DEVICE.type, dtype=dtype, enabled=dtype is not None):
             loss = torch.nn.functional.cross_entropy(m(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     for _ in range(3):
         step()
+    sync()
     t = time.perf_counter()
     for _ in range(steps):
         step()
+    sync()
     return batch * steps / (time.perf_counter() - t)
 
 
 @torch.no_grad()
 def bare_infer(name, batch, steps) -> float:
-    m = create_model(name, 10, 3).eval()
-    x = torch.randn(batch, 3, 32, 32)
+    m = create_model(name, 10, 3).to(DEVICE).eval()
+    x = torch.randn(batch, 3, 32, 32, device=DEVICE)
     m(x)
+    sync()
     t = time.perf_counter()
     for _ in range(steps):
         m(x)
+    sync()
     return batch * steps / (time.perf_counter() - t)
 
 
@@ -114,17 +127,18 @@ def ours_train(name, src, batch, steps, amp, workers, noise: NoiseConfig, ratio=
         idx = np.arange(n) % len(src)
         pse = PseudoDataset(src.subset(idx), np.arange(n), np.full((n, 10), 0.1, np.float32), np.ones(n, int), tf)
     with tempfile.TemporaryDirectory() as d:
-        res = fit(m, cfg, labeled_ds=lab, pseudo_ds=pse, ratio=ratio, out_dir=d, seed=0, meta={})
+        res = fit(m, cfg, labeled_ds=lab, pseudo_ds=pse, ratio=ratio, out_dir=d, seed=0, meta={},
+                  workers=workers, device=DEVICE)
     return res.history[-1]["images_per_s"]       # epoch 2: warm (allocator, thread pool, workers)
 
 
 def ours_label(name, src, batch) -> float:
-    m = create_model(name, 10, 3).eval()
+    m = create_model(name, 10, 3).to(DEVICE).eval()
     predict_shard(m, src, 0, batch, image_size=32, mean=MEAN, std=STD, temperature=1.0, flip_tta=False,
-                  batch_size=batch, device="cpu")
+                  batch_size=batch, device=DEVICE)
     t = time.perf_counter()
     predict_shard(m, src, 0, len(src), image_size=32, mean=MEAN, std=STD, temperature=1.0, flip_tta=False,
-                  batch_size=batch, device="cpu")
+                  batch_size=batch, device=DEVICE)
     return len(src) / (time.perf_counter() - t)
 
 
@@ -136,7 +150,10 @@ def main():
     ap.add_argument("--amp", default="off,bf16")
     ap.add_argument("--workers", default="0,1")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks"))
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     B, S = args.batch, args.steps
     src = cifar_images(max(1000, B * S * 3))
     flops = model_flops(create_model(args.model, 10, 3))

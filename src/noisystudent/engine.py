@@ -48,8 +48,9 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """`auto` = bf16 on CUDA GPUs that support it, else fp32. On CPU bf16 is opt-in: on our 2-core
-    AVX-512 box it was not faster for small convnets (see benchmarks/throughput.py)."""
+    """`auto` = bf16 on CUDA GPUs that support it, else fp32. On CPU bf16 is opt-in (`amp: bf16`):
+    it pays only on CPUs with native bf16 (AVX512-BF16/AMX) — there it trained WRN-28-2 1.8x faster
+    (docs/benchmarks/throughput.md) — and it changes results, so it is never switched on silently."""
     if amp == "off":
         return None
     if amp == "bf16":
