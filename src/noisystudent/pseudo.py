@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "per_class_targets",
     "probs_from_logits",
     "make_targets",
     "confidence_mask",
@@ -125,8 +126,8 @@ def auto_per_class(labeled_class_counts: Sequence[int] | torch.Tensor, pool_size
     return (2 * pool_size * counts + total) // (2 * total)
 
 
-def _per_class_tensor(per_class: int | Sequence[int] | torch.Tensor, num_classes: int) -> torch.Tensor:
-    """An int applies to every class; a sequence/tensor gives one target per class."""
+def per_class_targets(per_class: int | Sequence[int] | torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per-class targets K_c: an int applies to every class; a sequence/tensor gives one per class."""
     if isinstance(per_class, int):
         targets = torch.full((num_classes,), per_class, dtype=torch.long)
     else:
@@ -169,7 +170,7 @@ def balance(
         num_classes = int(pred.max()) + 1 if pred.numel() else 0
     else:
         num_classes = len(per_class)
-    targets = _per_class_tensor(per_class, num_classes)
+    targets = per_class_targets(per_class, num_classes)
     if pred.numel() and (int(pred.min()) < 0 or int(pred.max()) >= num_classes):
         raise ValueError(f"pred values must lie in [0, {num_classes})")
     confidence = confidence.float()
@@ -251,7 +252,7 @@ def thresholds_from_histograms(
     rows >= floor, larger by at most the rows in one boundary bin.
     """
     num_classes, bins = hist.shape
-    targets = _per_class_tensor(per_class, num_classes)
+    targets = per_class_targets(per_class, num_classes)
     edges = _bin_edges(bins)
     # tail[c, b] = rows of class c with confidence >= edges[b] (reverse cumulative sum).
     tail = hist.flip(1).cumsum(1).flip(1)

@@ -38,6 +38,7 @@ from noisystudent.pseudo import (
     class_histograms,
     confidence_mask,
     make_targets,
+    per_class_targets,
     thresholds_from_histograms,
 )
 
@@ -247,15 +248,7 @@ def _class_targets(
         return auto_per_class(labeled_class_counts, pool_size)
     if isinstance(per_class, bool):  # bool is an int subclass; True almost surely means a mistake
         raise ValueError(f"per_class must be an int, not {per_class!r}")
-    if isinstance(per_class, int):
-        targets = torch.full((num_classes,), per_class, dtype=torch.long)
-    else:
-        targets = torch.as_tensor(per_class, dtype=torch.long)
-        if targets.shape != (num_classes,):
-            raise ValueError(f"per_class has {targets.numel()} entries, expected {num_classes}")
-    if (targets < 0).any():
-        raise ValueError("per_class must be >= 0")
-    return targets
+    return per_class_targets(per_class, num_classes)
 
 
 def _accuracy(correct: torch.Tensor, known: torch.Tensor) -> dict:

@@ -183,8 +183,9 @@ def save_model(path: Path, model: torch.nn.Module, meta: dict) -> None:
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu", *, expect_classes: list | None = None,
-               drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> tuple[torch.nn.Module, dict]:
-    """Rebuild the architecture named in the file and load its weights (strictly)."""
+               noised: bool = False) -> tuple[torch.nn.Module, dict]:
+    """Rebuild the architecture named in the file and load its weights (strictly). `noised` builds it
+    with the dropout/stochastic-depth rates it was trained with (the noised-teacher ablation)."""
     state = load_checkpoint(path)
     if not isinstance(state, dict) or "meta" not in state or "model" not in state:
         raise UserError(f"{path}: not a noisystudent model file (no 'meta'/'model' entries)")
@@ -192,7 +193,8 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", *, expect_c
     if expect_classes is not None and list(meta["classes"]) != list(expect_classes):
         raise UserError(f"{path}: trained for {meta['num_classes']} classes {meta['classes'][:5]}..., "
                         f"but the data has {len(expect_classes)} classes {list(expect_classes)[:5]}...")
-    model = create_model(meta["model_name"], meta["num_classes"], meta["in_chans"], drop_rate, drop_path_rate)
+    rates = (meta.get("drop_rate", 0.0), meta.get("drop_path_rate", 0.0)) if noised else (0.0, 0.0)
+    model = create_model(meta["model_name"], meta["num_classes"], meta["in_chans"], *rates)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:

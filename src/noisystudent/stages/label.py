@@ -91,8 +91,7 @@ def label_pool(ctx: RunContext, k: int) -> StageResult:
 
     def body(d):
         model, meta = load_model(tdir / "model.pt", ctx.device, expect_classes=ctx.classes,
-                                 drop_rate=meta_noise(tdir, "drop_rate") if lc.noised_teacher else 0.0,
-                                 drop_path_rate=meta_noise(tdir, "drop_path_rate") if lc.noised_teacher else 0.0)
+                                 noised=lc.noised_teacher)
         _set_noise(model, lc.noised_teacher)
         pool = ctx.pool
         thash = file_hash(tdir / "model.pt")
@@ -125,7 +124,3 @@ def label_pool(ctx: RunContext, k: int) -> StageResult:
 
     return run_stage(ctx, ctx.stage_dir(k, "labels"), config, {"teacher": tdir}, body)
 
-
-def meta_noise(tdir, key: str) -> float:
-    from ..artifacts import load_checkpoint
-    return float(load_checkpoint(tdir / "model.pt")["meta"].get(key, 0.0))
