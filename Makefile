@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all setup clean bench-fmnist bench-throughput
+.PHONY: demo test test-all setup clean bench-fmnist bench-cifar bench-throughput gpu-check
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,8 +26,14 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -m ''
 
-bench-fmnist: $(STAMP)
+bench-fmnist: $(STAMP)        # every ablation, < 20 min on 2 cores
 	$(BIN)/python benchmarks/accuracy.py fashion-mnist-1k
+
+bench-cifar: $(STAMP)         # the 2-hour CIFAR-10-4000 recipe
+	$(BIN)/python benchmarks/accuracy.py cifar10-4k --ablations none
+
+gpu-check: $(STAMP)           # on a GPU machine, < 5 min
+	bash benchmarks/gpu_check.sh
 
 bench-throughput: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py

@@ -185,11 +185,12 @@ def main():
     meta = {"model": args.model, "model_gflops_per_image_fwd": flops / 1e9, "batch": B,
             "matmul_peak_gflops": {k: v / 1e9 for k, v in peaks.items()}, "torch": torch.__version__,
             "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
+            "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
+            "device": (torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else f"{os.cpu_count()} CPU cores")}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "throughput.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    lines = [f"# Throughput ({args.model}, CIFAR-10 32 px, batch {B}, {meta['cores']} CPU cores, torch {torch.__version__})",
+    lines = [f"# Throughput ({args.model}, CIFAR-10 32 px, batch {B}, {meta['device']}, torch {torch.__version__})",
              "", f"Model: {flops / 1e9:.3f} GFLOP/image forward (training counted as 3x). Measured matmul peak: "
              f"fp32 {peaks['off'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s.", "",
              "| what | amp | workers | ours img/s | bare img/s | ours/bare | FLOP/s vs peak |", "|---|---|---|---|---|---|---|"]

@@ -294,6 +294,32 @@ def test_run_directory_of_another_experiment_is_refused_untouched(finished, tmp_
     assert _snapshot(run_dir) == before
 
 
+def test_second_command_on_a_busy_run_directory_is_refused_untouched(finished, tmp_path):
+    """While one process holds the run directory, another is refused before it writes or sweeps
+    anything (a live run's temp file is not stale); once the holder dies by SIGKILL the lock is gone."""
+    import signal
+    import subprocess
+    import sys
+    base, data, cfg, run_dir = finished
+    live_temp = run_dir / "round0" / ".model.pt.live.tmp"      # as if the holder were mid-write
+    live_temp.write_bytes(b"partial")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from noisystudent.artifacts import "
+                               f"lock_run_dir; lock_run_dir({str(run_dir)!r}); print('locked', flush=True); "
+                               "time.sleep(600)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = _snapshot(run_dir)
+        r = run(cfg, run_dir)
+        assert_one_line_error(r, f"{run_dir} is in use by another noisystudent command (pid {holder.pid})")
+        assert _snapshot(run_dir) == before
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    r = run(cfg, run_dir)
+    assert r.returncode == 0, r.stderr
+    assert not live_temp.exists()          # now it is stale, and the next run sweeps it
+
+
 def test_evaluate_checkpoint_with_other_class_count(finished):
     base, data, cfg, run_dir = finished
     model = run_dir / "round0/teacher/model.pt"

@@ -31,12 +31,27 @@ def test_student_noise_defaults_match_paper():
     ("data.labeled.kind=zip", "config key 'data.labeled.kind': 'zip' is not allowed"),
     ("student.ratio=0", "config key 'student.ratio': must be >= 1"),
     ("teacher", "--set expects key=value"),
+    # list entries are checked element by element, naming the element
+    ("evaluate.severities=[1, two]", "config key 'evaluate.severities[1]': expected an integer, got 'two'"),
+    ("evaluate.severities=[1, 9]", "config key 'evaluate.severities': each must be in 1..5"),
+    ("evaluate.fgsm_eps=[0.01, 8]", "config key 'evaluate.fgsm_eps': each must be in [0, 1)"),
+    ("evaluate.corruptions=[fog, 3]", "config key 'evaluate.corruptions[1]': expected a string, got 3"),
+    ("models=[ns_cnn_s, [x]]", "config key 'models[1]': expected a string"),
+    ("data.mean=[0.5, x]", "config key 'data.mean[1]': expected a number, got 'x'"),
+    ("data.std=[0.5, 0.5]", "config key 'data.std': needs one value per channel (data.in_chans=1), got 2"),
+    ("data.std=[0]", "config key 'data.std': every value must be > 0"),
 ])
 def test_bad_values_name_the_key(override, fragment):
     with pytest.raises(UserError) as e:
         load_config(None, [override])
     assert fragment in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_list_elements_are_coerced():
+    cfg = load_config(None, ["evaluate.fgsm_eps=[0, 1e-2]", "data.mean=[1]", "evaluate.severities=[5]"])
+    assert cfg.evaluate.fgsm_eps == [0.0, 0.01] and all(type(e) is float for e in cfg.evaluate.fgsm_eps)
+    assert cfg.data.mean == [1.0] and type(cfg.data.mean[0]) is float and cfg.evaluate.severities == [5]
 
 
 def test_missing_and_invalid_files(tmp_path):

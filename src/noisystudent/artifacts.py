@@ -26,6 +26,7 @@ from .errors import UserError
 __all__ = [
     "atomic_write", "write_json", "read_json", "file_hash", "save_checkpoint", "load_checkpoint",
     "StageRecord", "read_stage", "write_stage", "safe_join", "remove_stale_temps",
+    "lock_run_dir",
 ]
 
 
@@ -77,6 +78,39 @@ def remove_stale_temps(root: str | Path) -> int:
                 p.unlink(missing_ok=True)
                 n += 1
     return n
+
+
+_HELD_LOCKS: dict[str, Any] = {}      # run dir -> open lock file, held until the process exits
+
+
+def lock_run_dir(root: str | Path) -> None:
+    """Take an exclusive advisory lock on `root/.lock` for the rest of this process, so two commands
+    cannot write one run directory at once (the second would also sweep the first's temp files).
+    Re-entrant within a process; the OS drops the lock when the process dies, even by SIGKILL, so a
+    killed run never leaves a stale lock. A no-op where `fcntl` is missing (Windows)."""
+    try:
+        import fcntl
+    except ImportError:         # pragma: no cover - Windows
+        return
+    root = Path(root)
+    key = str(root.resolve())
+    if key in _HELD_LOCKS:
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    f = open(root / ".lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise UserError(f"{root} is in use by another noisystudent command ({holder}); wait for it to finish "
+                        "or use another --run-dir") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}\n")
+    f.flush()
+    _HELD_LOCKS[key] = f
 
 
 def write_bytes_atomic(path: str | Path, write: Callable[[io.BufferedWriter], None]) -> None:

@@ -38,7 +38,7 @@ class SourceConfig:
     fraction: float = 1.0               # keep this fraction of the result (pool-size ablations)
     seed: int = 0
     hide_labels: bool = False           # the pool: labels are never used for training (kept for reports)
-    classes: Optional[list] = None      # extra test sets covering a subset of classes (by name)
+    classes: Optional[list[str]] = None      # extra test sets covering a subset of classes (by name)
     name: str = ""                      # display name for extra test sets
 
 
@@ -51,8 +51,8 @@ class DataConfig:
     extra_test: list = field(default_factory=list)   # list of SourceConfig dicts (ImageNet-A/-R style)
     image_size: int = 8                 # training resolution (square)
     in_chans: int = 1
-    mean: Optional[list] = None         # None: 0.5 per channel
-    std: Optional[list] = None
+    mean: Optional[list[float]] = None         # None: 0.5 per channel
+    std: Optional[list[float]] = None
     crop_padding: int = 1               # random crop with this padding (0 = off), a standard CIFAR aug
     hflip: bool = False                 # digits are not mirror-symmetric; CIFAR is
     workers: int = 0                    # DataLoader worker processes (0 = in the main process)
@@ -133,10 +133,10 @@ class FinetuneConfig:
 class EvalConfig:
     batch_size: int = 256
     robustness: bool = False
-    corruptions: list = field(default_factory=lambda: ["all"])
-    severities: list = field(default_factory=lambda: [1, 2, 3, 4, 5])
-    fgsm_eps: list = field(default_factory=lambda: [1 / 255, 2 / 255, 4 / 255, 8 / 255])
-    perturbations: list = field(default_factory=lambda: ["translate", "gaussian_noise", "brightness"])
+    corruptions: list[str] = field(default_factory=lambda: ["all"])
+    severities: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    fgsm_eps: list[float] = field(default_factory=lambda: [1 / 255, 2 / 255, 4 / 255, 8 / 255])
+    perturbations: list[str] = field(default_factory=lambda: ["translate", "gaussian_noise", "brightness"])
     max_images: int = 1000              # robustness subset size (0 = all)
 
 
@@ -147,7 +147,7 @@ class Config:
     seed: int = 0
     device: str = "auto"                # auto|cpu|cuda|cuda:N
     rounds: int = 1
-    models: list = field(default_factory=list)   # [teacher, student1, ...]; last repeats
+    models: list[str] = field(default_factory=list)   # [teacher, student1, ...]; last repeats
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TrainConfig = field(default_factory=TrainConfig)
     label: LabelConfig = field(default_factory=LabelConfig)
@@ -202,6 +202,8 @@ def _coerce(value: Any, tp, key: str):
                 return _coerce(value, arg, key)
             except UserError as e:
                 errors.append(e)
+        if len(errors) == 1:            # Optional[X]: X's own message names the element at fault
+            raise errors[0]
         raise UserError(f"config key '{key}': {value!r} is not a valid {_type_name(tp)}")
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
@@ -228,10 +230,12 @@ def _coerce(value: Any, tp, key: str):
         if isinstance(value, str):
             return value
         raise UserError(f"config key '{key}': expected a string, got {value!r}")
-    if tp is list:
-        if isinstance(value, list):
-            return value
-        raise UserError(f"config key '{key}': expected a list, got {value!r}")
+    if tp is list or origin is list:
+        if not isinstance(value, list):
+            raise UserError(f"config key '{key}': expected a list, got {value!r}")
+        (item,) = typing.get_args(tp) or (None,)
+        # each element is checked like a key of its own: 'evaluate.severities[2]: expected an integer'
+        return value if item is None else [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     return value
 
 
@@ -272,6 +276,16 @@ def _validate(cfg: Config) -> None:
         need(0.0 <= t.noise.drop_path_rate < 1.0, f"{sec}.noise.drop_path_rate", "must be in [0, 1)")
         need(0 <= t.noise.ra_magnitude <= 30, f"{sec}.noise.ra_magnitude", "must be in [0, 30]")
     need(cfg.student.ratio >= 1, "student.ratio", "must be >= 1")
+    for key in ("mean", "std"):
+        v = getattr(cfg.data, key)
+        if v is not None:
+            need(len(v) == cfg.data.in_chans, f"data.{key}", f"needs one value per channel "
+                 f"(data.in_chans={cfg.data.in_chans}), got {len(v)}")
+    if cfg.data.std is not None:
+        need(all(x > 0 for x in cfg.data.std), "data.std", "every value must be > 0")
+    need(all(1 <= s <= 5 for s in cfg.evaluate.severities), "evaluate.severities", "each must be in 1..5")
+    need(all(0 <= e < 1 for e in cfg.evaluate.fgsm_eps), "evaluate.fgsm_eps",
+         "each must be in [0, 1) (pixel scale; 8/255 = 0.0314)")
     for name in ("labeled", "unlabeled", "test"):
         s: SourceConfig = getattr(cfg.data, name)
         need(0.0 < s.fraction <= 1.0, f"data.{name}.fraction", "must be in (0, 1]")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from .artifacts import atomic_write, read_json, remove_stale_temps, write_json
+from .artifacts import atomic_write, lock_run_dir, read_json, remove_stale_temps, write_json
 from .config import Config, config_to_dict
 from .errors import UserError
 from .stages.common import RunContext
@@ -72,7 +72,7 @@ def claim_run_dir(ctx: RunContext, force: bool = False) -> None:
                                 "(or --force to reuse the folder, redoing what changed)")
     check_inputs(ctx)
     if ctx.rank == 0:
-        ctx.run_dir.mkdir(parents=True, exist_ok=True)
+        lock_run_dir(ctx.run_dir)     # before the sweep: a live run's temp files are not stale
         if n := remove_stale_temps(ctx.run_dir):
             log.info("removed %d temp file(s) an interrupted run left behind", n)
         with atomic_write(path, "w") as f:
