@@ -49,6 +49,15 @@ def test_train_then_evaluate_checkpoint(tmp_path):
     # a stage whose inputs are missing says which
     r = cli("student", "digits-demo", "--run-dir", str(run_dir), "--round", "1", *sets)
     assert r.returncode == 2 and "needs round1/selection to be finished first" in r.stderr
+    # a plain rerun skips the finished teacher; --restart trains it again from scratch
+    model = run_dir / "round0/teacher/model.pt"
+    before = (model.stat().st_ino, model.stat().st_mtime_ns)
+    assert cli("train", "digits-demo", "--run-dir", str(run_dir), *sets).returncode == 0
+    assert (model.stat().st_ino, model.stat().st_mtime_ns) == before
+    r = cli("train", "digits-demo", "--run-dir", str(run_dir), "--restart", *sets)
+    assert r.returncode == 0, r.stderr
+    assert (model.stat().st_ino, model.stat().st_mtime_ns) != before
+    assert len((run_dir / "round0/teacher/metrics.jsonl").read_text().splitlines()) == 8   # epochs, not 16
 
 
 def test_finetune_runs_at_the_new_resolution(tmp_path):

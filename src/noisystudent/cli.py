@@ -78,7 +78,11 @@ def cmd_train(args):
     claim_run_dir(ctx, args.force)
     tdir = ctx.stage_dir(0, "teacher")
     if args.restart:
-        reset_dir(tdir)
+        if ctx.rank == 0:           # one rank deletes; the others wait, so none sees a half-removed folder
+            reset_dir(tdir)
+        if ctx.world > 1:
+            import torch.distributed as dist
+            dist.barrier()
     elif args.resume and not (tdir / "checkpoint.pt").is_file() and not (tdir / "model.pt").is_file():
         raise UserError(f"--resume: nothing to resume in {tdir} (no checkpoint.pt); drop --resume to start")
     train_teacher(ctx)
