@@ -138,7 +138,7 @@ def write_tables(out: Path, name: str, rows: list, total_s: float, argv: list):
     lines = [f"# {name}: accuracy table", "",
              f"`{meta['command']}` — {meta['cores']} CPU cores, torch {meta['torch']}, {meta['date']}, "
              f"total {total_s / 60:.1f} min", "",
-             "| row | round | model | role | test top-1 | seeds | stage wall s | images seen |", "|---|---|---|---|---|---|---|---|"]
+             "| row | round | model | role | test top-1 | seeds | train s | images seen |", "|---|---|---|---|---|---|---|---|"]
     for (row, rnd, which), rs in groups.items():
         acc = [r["top1"] for r in rs]
         std = f" ± {100 * np.std(acc):.2f}" if len(acc) > 1 else ""
@@ -147,7 +147,10 @@ def write_tables(out: Path, name: str, rows: list, total_s: float, argv: list):
         lines.append(f"| {row} | {rnd} | {rs[0]['model']} | {which} | {100 * np.mean(acc):.2f}%{std} | {len(rs)} | "
                      f"{train_s:.0f} | {int(seen) if seen else ''} |" if train_s is not None else
                      f"| {row} | {rnd} | {rs[0]['model']} | {which} | {100 * np.mean(acc):.2f}%{std} | {len(rs)} | | |")
-    lines += ["", "Ablation rows: " + "; ".join(f"`{k}` = {v[0]}" for k, v in ABLATIONS.items())]
+    present = [k for k in ABLATIONS if any(r["row"] == k for r in rows)]
+    lines += ["", "`train s`: the stage's training time; images seen: labeled + pseudo-labeled images drawn."]
+    if present:
+        lines += ["", "Ablation rows: " + "; ".join(f"`{k}` = {ABLATIONS[k][0]}" for k in present)]
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -212,10 +212,11 @@ def _one_line(e: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="noisystudent: %(message)s", stream=sys.stderr)
+    from .distributed import maybe_init_distributed, shutdown_distributed
     try:
-        from .distributed import maybe_init_distributed
         maybe_init_distributed()
         args.fn(args)
+        shutdown_distributed()
         return 0
     except UserError as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)
@@ -229,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
               "(a bug: rerun with NOISYSTUDENT_DEBUG=1 for the traceback and report it)", file=sys.stderr)
         return 1
+    finally:
+        shutdown_distributed(barrier=False)     # no-op when not distributed or already left
 
 
 if __name__ == "__main__":

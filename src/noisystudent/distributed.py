@@ -12,7 +12,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-__all__ = ["maybe_init_distributed", "is_main_process"]
+__all__ = ["maybe_init_distributed", "shutdown_distributed", "is_main_process"]
 
 
 def maybe_init_distributed() -> bool:
@@ -30,6 +30,20 @@ def maybe_init_distributed() -> bool:
     if dist.get_rank() != 0:        # one copy of the progress log, from rank 0
         logging.getLogger("noisystudent").setLevel(logging.WARNING)
     return True
+
+
+def shutdown_distributed(barrier: bool = True) -> None:
+    """Leave the process group before the interpreter exits. Without it a rank that finishes first
+    can tear down while gloo's threads still run, and dies with 'terminate called without an active
+    exception' (SIGABRT), failing a run whose work is all done. `barrier` only on success: a failing
+    rank must not wait for the others."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        if barrier:
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
 
 
 def is_main_process() -> bool:
