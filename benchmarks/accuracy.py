@@ -26,6 +26,7 @@ os.environ.setdefault("NOISYSTUDENT_PROGRESS", "0")
 
 from noisystudent.cli import resolve_config_path  # noqa: E402
 from noisystudent.config import load_config  # noqa: E402
+from noisystudent.errors import UserError  # noqa: E402
 from noisystudent.pipeline import run  # noqa: E402
 
 # name -> (description, overrides). Overrides apply on top of the config with rounds=1.
@@ -36,7 +37,8 @@ ABLATIONS = {
     "no_dropout_sd": ("no dropout / stochastic depth (RandAugment kept)",
                       ["student.noise.drop_rate=0.0", "student.noise.drop_path_rate=0.0"]),
     "hard_labels": ("hard pseudo-labels", ["student.soft=false"]),
-    "ratio_1": ("unlabeled:labeled batch ratio 1 (vs 3)", ["student.ratio=1"]),
+    "ratio_1": ("unlabeled:labeled batch ratio 1", ["student.ratio=1"]),
+    "ratio_3": ("unlabeled:labeled batch ratio 3 (the paper's)", ["student.ratio=3"]),
     "init_from_teacher": ("student initialised from the teacher (same size)",
                           ["student.init_from_teacher=true", "models=[{t}, {t}]"]),
     "same_size": ("student the same size as the teacher", ["models=[{t}, {t}]"]),
@@ -64,6 +66,30 @@ def _expand(overrides, cfg):
             continue
         out.append(o.format(t=t, s=s, f25=round(frac * 0.25, 4), f50=round(frac * 0.5, 4)))
     return out
+
+
+ABLATION_BASE = ["rounds=1", "ablation_no_noise=false"]
+
+
+def plan_ablations(path, base_over, names):
+    """(name, description, overrides) for every requested ablation that changes something.
+
+    An ablation that the config already is (e.g. `ratio_1` when the config's ratio is 1) would
+    only repeat the baseline's student, so it is skipped rather than run and reported twice.
+    """
+    base_cfg = load_config(path, base_over)
+    reference = load_config(path, [*base_over, *ABLATION_BASE])
+    plan = []
+    for name in names:
+        if name not in ABLATIONS:
+            raise SystemExit(f"error: unknown ablation {name!r}; allowed: {', '.join(ABLATIONS)}")
+        desc, over = ABLATIONS[name]
+        over = _expand(over, base_cfg)
+        if over is None or load_config(path, [*base_over, *ABLATION_BASE, *over]) == reference:
+            print(f"skip {name}: not applicable to / already the baseline of {Path(path).stem}", flush=True)
+            continue
+        plan.append((name, desc, [*ABLATION_BASE, *over]))
+    return plan
 
 
 def _row(name, desc, summary, run_dir, wall):
@@ -106,17 +132,13 @@ def main():
     for seed in [int(s) for s in args.seeds.split(",")]:
         base_over = [*args.set, f"seed={seed}"]
         base_dir = Path(args.runs) / f"{Path(path).stem}-s{seed}" / "baseline"
+        plan = plan_ablations(path, base_over, names)     # before any training: bad names fail fast
         summary, wall = run_one(path, base_over, base_dir)
         rows += [dict(r, seed=seed) for r in _row("baseline", "config as written", summary, base_dir, wall)]
         print(json.dumps(rows[-1]), flush=True)
-        base_cfg = load_config(path, base_over)
-        for name in names:
-            desc, over = ABLATIONS[name]
-            over = _expand(over, base_cfg)
-            if over is None:
-                continue
+        for name, desc, over in plan:
             d = Path(args.runs) / f"{Path(path).stem}-s{seed}" / name
-            summary, wall = run_one(path, [*base_over, "rounds=1", "ablation_no_noise=false", *over], d, base_dir)
+            summary, wall = run_one(path, [*base_over, *over], d, base_dir)
             rows += [dict(r, seed=seed) for r in _row(name, desc, summary, d, wall) if r["which"] != "teacher"]
             print(json.dumps(rows[-1]), flush=True)
     write_tables(Path(args.out), Path(path).stem, rows, time.perf_counter() - t_all, sys.argv[1:])
@@ -156,4 +178,7 @@ def write_tables(out: Path, name: str, rows: list, total_s: float, argv: list):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as e:      # bad config / override / data: one line, non-zero exit
+        raise SystemExit(f"error: {e}") from None

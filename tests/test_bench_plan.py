@@ -1,0 +1,43 @@
+"""benchmarks/accuracy.py plans its ablations from the config: no-ops and bad names never run."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def accuracy():
+    spec = importlib.util.spec_from_file_location("bench_accuracy", ROOT / "benchmarks" / "accuracy.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _names(plan):
+    return [name for name, _, _ in plan]
+
+
+def test_ablation_equal_to_the_baseline_is_skipped(accuracy):
+    cfg = ROOT / "configs" / "fashion-mnist-1k.yaml"
+    plan3 = accuracy.plan_ablations(cfg, ["student.ratio=3"], ["ratio_1", "ratio_3", "no_noise"])
+    plan1 = accuracy.plan_ablations(cfg, ["student.ratio=1"], ["ratio_1", "ratio_3", "no_noise"])
+    assert _names(plan3) == ["ratio_1", "no_noise"]
+    assert _names(plan1) == ["ratio_3", "no_noise"]
+    # every planned ablation is one round on top of the caller's overrides
+    name, _, over = plan1[0]
+    assert over[:2] == ["rounds=1", "ablation_no_noise=false"] and over[-1] == "student.ratio=3"
+
+
+def test_ood_rows_only_for_digits_and_unknown_names_fail(accuracy):
+    cfg = ROOT / "configs" / "fashion-mnist-1k.yaml"
+    assert _names(accuracy.plan_ablations(cfg, [], ["ood_soft", "ood_hard"])) == []
+    with pytest.raises(SystemExit, match="unknown ablation 'nonoise'.*no_noise"):
+        accuracy.plan_ablations(cfg, [], ["nonoise"])
+
+
+def test_ood_rows_planned_for_digits(accuracy):
+    plan = accuracy.plan_ablations(ROOT / "configs" / "digits-demo.yaml", [], ["ood_soft", "ood_hard"])
+    assert _names(plan) == ["ood_soft", "ood_hard"]
+    assert "data.unlabeled.kind=idx" in plan[0][2] and plan[0][2][-1] == "student.soft=true"
