@@ -85,8 +85,11 @@ def plan_ablations(path, base_over, names):
             raise SystemExit(f"error: unknown ablation {name!r}; allowed: {', '.join(ABLATIONS)}")
         desc, over = ABLATIONS[name]
         over = _expand(over, base_cfg)
-        if over is None or load_config(path, [*base_over, *ABLATION_BASE, *over]) == reference:
-            print(f"skip {name}: not applicable to / already the baseline of {Path(path).stem}", flush=True)
+        if over is None:
+            print(f"skip {name}: does not apply to {Path(path).stem}", flush=True)
+            continue
+        if load_config(path, [*base_over, *ABLATION_BASE, *over]) == reference:
+            print(f"skip {name}: {Path(path).stem} already is this (same config as the baseline)", flush=True)
             continue
         plan.append((name, desc, [*ABLATION_BASE, *over]))
     return plan

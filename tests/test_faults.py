@@ -185,7 +185,8 @@ def test_kill_anywhere_in_stage_then_resume(name, reference, tmp_path):
             # stage over from nothing and aim again, rather than failing on timing luck.
             resets += 1
             fresh()
-            landed.clear(), snapshots.clear(), logs.clear()
+            for seen in (landed, snapshots, logs):
+                seen.clear()
             targets += sorted(rng.uniform(0, U) for _ in range(n_kills))
             continue
         assert not (run_dir / "summary.json").exists() or _status(stage) == "done"
