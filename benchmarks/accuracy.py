@@ -1,13 +1,17 @@
-"""Accuracy benchmark: a config end to end, then the paper's ablations as config switches.
+"""Accuracy benchmark: a config end to end over seeds, its round-1 variants, and the paper's ablations.
 
-    python benchmarks/accuracy.py fashion-mnist-1k [--ablations all|none|a,b,...] [--seeds 0,1]
-                                  [--set key=value ...] [--out docs/benchmarks]
+    python benchmarks/accuracy.py fashion-mnist-1k [--seeds 0,1,2] [--ablations all|none|a,b,...]
+                                  [--variants no_noise,supervised] [--set key=value ...] [--out docs/benchmarks]
 
-Row "baseline" is the config as written (teacher, the noised student of every round and, with
-`ablation_no_noise: true`, the round-1 student without noise). Every ablation is one round with a
-switch flipped; it reuses the baseline's teacher (and labels/selection when they are unchanged):
-the run directory's fingerprints decide what can be reused, so nothing stale is.
-Writes docs/benchmarks/<config>.json and .md with the machine and versions.
+Per seed (`seed=N`: weight init, augmentation AND the labeled draw — sources inherit the run's seed):
+  * "baseline": the config as written, plus the round-1 variants (`--variants`, default the no-noise
+    student and the compute-matched supervised baseline), trained beside the noisy student on the same
+    selection for the same number of optimizer steps (see noisystudent.variants);
+  * every ablation: one round with a switch flipped, in its own run directory seeded with the
+    baseline's teacher (fingerprints decide what is really reused), its student held to the baseline
+    student's step count (`student.steps`), so every row costs the same compute.
+Prints val and test accuracy as mean ± std over seeds and writes docs/benchmarks/<config>.{md,json}.
+Choose recipes on the val column; the test column is for the chosen setting's report.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,15 +33,14 @@ from noisystudent.cli import resolve_config_path  # noqa: E402
 from noisystudent.config import load_config  # noqa: E402
 from noisystudent.errors import UserError  # noqa: E402
 from noisystudent.pipeline import run  # noqa: E402
+from noisystudent.variants import VARIANTS  # noqa: E402
 
-# name -> (description, overrides). Overrides apply on top of the config with rounds=1.
+# name -> (description, overrides). Overrides apply on top of the config with rounds=1; "@variant:X"
+# rows are not separate runs but round-1 variants of the baseline run.
 ABLATIONS = {
-    "no_noise": ("student without any noise", ["student.noise.randaugment=false", "student.noise.drop_rate=0.0",
-                                               "student.noise.drop_path_rate=0.0"]),
-    "no_randaugment": ("no RandAugment (dropout + SD kept)", ["student.noise.randaugment=false"]),
-    "no_dropout_sd": ("no dropout / stochastic depth (RandAugment kept)",
-                      ["student.noise.drop_rate=0.0", "student.noise.drop_path_rate=0.0"]),
+    **{name: (desc, [f"@variant:{name}"]) for name, (desc, _) in VARIANTS.items()},
     "hard_labels": ("hard pseudo-labels", ["student.soft=false"]),
+    "noised_teacher": ("the teacher labels the pool with its dropout/stochastic depth on", ["label.noised_teacher=true"]),
     "ratio_1": ("unlabeled:labeled batch ratio 1", ["student.ratio=1"]),
     "ratio_3": ("unlabeled:labeled batch ratio 3 (the paper's)", ["student.ratio=3"]),
     "init_from_teacher": ("student initialised from the teacher (same size)",
@@ -45,13 +49,11 @@ ABLATIONS = {
     "larger_teacher": ("teacher as large as the student", ["models=[{s}, {s}]"]),
     "pool_25": ("25% of the unlabeled pool", ["data.unlabeled.fraction={f25}"]),
     "pool_50": ("50% of the unlabeled pool", ["data.unlabeled.fraction={f50}"]),
-    "two_step": ("two-step: pseudo-labels first, then fine-tune on labeled", ["student.mode=two_step"]),
     "ood_soft": ("out-of-domain pool (Fashion-MNIST images for digits), soft labels", ["@ood", "student.soft=true"]),
     "ood_hard": ("out-of-domain pool (Fashion-MNIST images for digits), hard labels", ["@ood", "student.soft=false"]),
 }
-OOD_POOL = ["data.unlabeled.kind=idx", "data.unlabeled.root=../shared/data/fashion-mnist",
-            "data.unlabeled.split=train", "data.unlabeled.per_class=null", "data.unlabeled.subset=draw",
-            "data.unlabeled.fraction=0.025"]
+OOD_POOL = ["data.unlabeled={kind: idx, root: ../shared/data/fashion-mnist, split: train, fraction: 0.025}"]
+ABLATION_BASE = ["rounds=1", "ablation_no_noise=false", "variants=[]"]
 
 
 def _expand(overrides, cfg):
@@ -68,14 +70,12 @@ def _expand(overrides, cfg):
     return out
 
 
-ABLATION_BASE = ["rounds=1", "ablation_no_noise=false"]
-
-
 def plan_ablations(path, base_over, names):
     """(name, description, overrides) for every requested ablation that changes something.
 
     An ablation that the config already is (e.g. `ratio_1` when the config's ratio is 1) would
     only repeat the baseline's student, so it is skipped rather than run and reported twice.
+    Variant rows (overrides "@variant:X") are planned as-is: they run inside the baseline.
     """
     base_cfg = load_config(path, base_over)
     reference = load_config(path, [*base_over, *ABLATION_BASE])
@@ -84,6 +84,9 @@ def plan_ablations(path, base_over, names):
         if name not in ABLATIONS:
             raise SystemExit(f"error: unknown ablation {name!r}; allowed: {', '.join(ABLATIONS)}")
         desc, over = ABLATIONS[name]
+        if over[0].startswith("@variant:"):
+            plan.append((name, desc, over))
+            continue
         over = _expand(over, base_cfg)
         if over is None:
             print(f"skip {name}: does not apply to {Path(path).stem}", flush=True)
@@ -95,21 +98,24 @@ def plan_ablations(path, base_over, names):
     return plan
 
 
-def _row(name, desc, summary, run_dir, wall):
+def _rows(name, summary, run_dir, wall, keep=lambda m: True):
     def info(stage):
         p = run_dir / stage / "stage.json"
         return json.loads(p.read_text()).get("info", {}) if p.is_file() else {}
     rows = []
     for m in summary["models"]:
+        if not keep(m):
+            continue
         st = info(f"round{m['round']}/{m['which']}")
-        rows.append({"row": name, "description": desc, "round": m["round"], "which": m["which"],
-                     "model": m["model"], "top1": m["top1"], "wall_s": wall if m["which"] != "teacher" else None,
-                     "train_s": st.get("train_s"), "images_seen": st.get("images_seen")})
+        rows.append({"row": name if m["which"] in ("teacher", "student") or name != "baseline" else m["which"],
+                     "round": m["round"], "which": m["which"], "model": m["model"], "top1": m["top1"],
+                     "val_top1": m.get("val_top1"), "steps": st.get("steps"), "train_s": st.get("train_s"),
+                     "images_seen": st.get("images_seen"), "wall_s": wall})
     return rows
 
 
-def run_one(base_cfg_path, overrides, run_dir, reuse_from=None):
-    cfg = load_config(base_cfg_path, overrides)
+def run_one(path, overrides, run_dir, reuse_from=None):
+    cfg = load_config(path, overrides)
     if reuse_from is not None and not run_dir.exists():
         # Seed with the baseline's round0/round1 inputs; fingerprints decide what is really reused.
         for sub in ("round0", "round1/labels", "round1/selection"):
@@ -120,62 +126,98 @@ def run_one(base_cfg_path, overrides, run_dir, reuse_from=None):
     return summary, time.perf_counter() - t
 
 
+def student_steps(run_dir: Path) -> int | None:
+    p = run_dir / "round1" / "student" / "stage.json"
+    return json.loads(p.read_text()).get("info", {}).get("steps") if p.is_file() else None
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("config")
-    ap.add_argument("--ablations", default="all")
-    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--ablations", default="none")
+    ap.add_argument("--variants", default="no_noise,supervised",
+                    help="round-1 variants trained inside the baseline run ('' for none)")
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds, or a count: '3' = 0,1,2")
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--runs", default=str(ROOT / "runs" / "bench"))
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks"))
+    ap.add_argument("--name", default="", help="table name (default: the config's)")
     args = ap.parse_args()
     path = resolve_config_path(args.config)
+    seeds = list(range(int(args.seeds))) if "," not in args.seeds and int(args.seeds) > 1 else \
+        [int(s) for s in args.seeds.split(",")]
     names = [] if args.ablations == "none" else (list(ABLATIONS) if args.ablations == "all" else args.ablations.split(","))
+    variants = [v for v in args.variants.split(",") if v]
     rows, t_all = [], time.perf_counter()
-    for seed in [int(s) for s in args.seeds.split(",")]:
+    for seed in seeds:
         base_over = [*args.set, f"seed={seed}"]
-        base_dir = Path(args.runs) / f"{Path(path).stem}-s{seed}" / "baseline"
         plan = plan_ablations(path, base_over, names)     # before any training: bad names fail fast
-        summary, wall = run_one(path, base_over, base_dir)
-        rows += [dict(r, seed=seed) for r in _row("baseline", "config as written", summary, base_dir, wall)]
-        print(json.dumps(rows[-1]), flush=True)
+        in_run = list(dict.fromkeys([*variants, *(o[0].split(":", 1)[1] for _, _, o in plan
+                                                  if o[0].startswith("@variant:"))]))
+        base_dir = Path(args.runs) / f"{Path(path).stem}-s{seed}" / "baseline"
+        summary, wall = run_one(path, [*base_over, f"variants=[{', '.join(in_run)}]"], base_dir)
+        rows += [dict(r, seed=seed) for r in _rows("baseline", summary, base_dir, wall)]
+        steps = student_steps(base_dir)
         for name, desc, over in plan:
+            if over[0].startswith("@variant:"):
+                continue
             d = Path(args.runs) / f"{Path(path).stem}-s{seed}" / name
-            summary, wall = run_one(path, [*base_over, *over], d, base_dir)
-            rows += [dict(r, seed=seed) for r in _row(name, desc, summary, d, wall) if r["which"] != "teacher"]
+            summary, wall = run_one(path, [*base_over, *over, f"student.steps={steps}"], d, base_dir)
+            rows += [dict(r, seed=seed) for r in _rows(name, summary, d, wall, lambda m: m["which"] != "teacher")]
             print(json.dumps(rows[-1]), flush=True)
-    write_tables(Path(args.out), Path(path).stem, rows, time.perf_counter() - t_all, sys.argv[1:])
+    write_tables(Path(args.out), args.name or Path(path).stem, rows, time.perf_counter() - t_all, sys.argv[1:])
+
+
+def machine() -> dict:
+    import torch
+    from noisystudent.engine import cpu_has_native_bf16
+    try:
+        flags = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        model = next((l.split(":", 1)[1].strip() for l in flags.splitlines() if l.startswith("Model name")), "")
+    except OSError:
+        flags, model = "", ""
+    return {"cpu": model or platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "avx512_bf16": "avx512_bf16" in flags, "native_bf16": cpu_has_native_bf16(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "torch": torch.__version__, "python": platform.python_version()}
+
+
+def _ms(values):
+    import numpy as np
+    v = [x for x in values if x is not None]
+    if not v:
+        return "—"
+    return f"{100 * np.mean(v):.2f}" + (f" ± {100 * np.std(v, ddof=1):.2f}" if len(v) > 1 else "")
 
 
 def write_tables(out: Path, name: str, rows: list, total_s: float, argv: list):
-    import numpy as np
-    import torch
     out.mkdir(parents=True, exist_ok=True)
     meta = {"config": name, "command": "python benchmarks/accuracy.py " + " ".join(argv), "total_s": total_s,
-            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version(),
-            "date": time.strftime("%Y-%m-%d")}
+            "date": time.strftime("%Y-%m-%d"), **machine()}
     (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    # mean over seeds per (row, round, which)
-    groups = {}
+    groups: dict = {}
     for r in rows:
         groups.setdefault((r["row"], r["round"], r["which"]), []).append(r)
     lines = [f"# {name}: accuracy table", "",
-             f"`{meta['command']}` — {meta['cores']} CPU cores, torch {meta['torch']}, {meta['date']}, "
-             f"total {total_s / 60:.1f} min", "",
-             "| row | round | model | role | test top-1 | seeds | train s | images seen |", "|---|---|---|---|---|---|---|---|"]
+             f"`{meta['command']}`", "",
+             f"{meta['cpu']}, {meta['cores']} cores (AVX512-BF16: {meta['avx512_bf16']}, native bf16: "
+             f"{meta['native_bf16']}), GPU: {meta['gpu']}, torch {meta['torch']}, {meta['date']}, "
+             f"total wall {total_s / 60:.1f} min", "",
+             "| row | round | model | role | val top-1 (%) | test top-1 (%) | seeds | steps | train s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for (row, rnd, which), rs in groups.items():
-        acc = [r["top1"] for r in rs]
-        std = f" ± {100 * np.std(acc):.2f}" if len(acc) > 1 else ""
-        train_s = rs[0].get("train_s")
-        seen = rs[0].get("images_seen")
-        lines.append(f"| {row} | {rnd} | {rs[0]['model']} | {which} | {100 * np.mean(acc):.2f}%{std} | {len(rs)} | "
-                     f"{train_s:.0f} | {int(seen) if seen else ''} |" if train_s is not None else
-                     f"| {row} | {rnd} | {rs[0]['model']} | {which} | {100 * np.mean(acc):.2f}%{std} | {len(rs)} | | |")
-    present = [k for k in ABLATIONS if any(r["row"] == k for r in rows)]
-    lines += ["", "`train s`: the stage's training time; images seen: labeled + pseudo-labeled images drawn."]
+        train_s = [r["train_s"] for r in rs if r.get("train_s") is not None]
+        lines.append(f"| {row} | {rnd} | {rs[0]['model']} | {which} | {_ms([r['val_top1'] for r in rs])} | "
+                     f"{_ms([r['top1'] for r in rs])} | {len(rs)} | {rs[0].get('steps') or ''} | "
+                     f"{sum(train_s) / len(train_s):.0f} |" if train_s else
+                     f"| {row} | {rnd} | {rs[0]['model']} | {which} | {_ms([r['val_top1'] for r in rs])} | "
+                     f"{_ms([r['top1'] for r in rs])} | {len(rs)} | | |")
+    lines += ["", "mean ± sample std over seeds; a seed changes the labeled draw, the initialisation and the "
+              "augmentation. `steps`: optimizer steps (every student row of a seed trains the same count); "
+              "`train s`: mean training time of the stage."]
+    present = [k for k in ABLATIONS if any(r["row"] == k or r["which"].endswith(k) for r in rows)]
     if present:
-        lines += ["", "Ablation rows: " + "; ".join(f"`{k}` = {ABLATIONS[k][0]}" for k in present)]
+        lines += ["", "Rows: " + "; ".join(f"`{k}` = {ABLATIONS[k][0]}" for k in present)]
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -12,8 +12,10 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 os.environ.setdefault("NOISYSTUDENT_PROGRESS", "0")
 
 TINY = [
-    "rounds=2", "ablation_no_noise=false", "models=[ns_cnn_s, ns_cnn_s, ns_cnn_m]",
-    "data.labeled.per_class=8", "data.unlabeled.per_class=8", "data.unlabeled.fraction=0.25",
+    "rounds=2", "ablation_no_noise=false", "variants=[]", "models=[ns_cnn_s, ns_cnn_s, ns_cnn_m]",
+    "data.labeled.per_class=8", "data.unlabeled.fraction=0.25",
+    # lengths in epochs (the bundled config counts steps): epoch boundaries are what resume tests kill at
+    "teacher.steps=0", "teacher.warmup_steps=null", "student.steps=0", "student.warmup_steps=null",
     "teacher.epochs=8", "teacher.batch_size=16",
     "student.epochs=4", "student.batch_size=8", "student.ratio=3",
     "label.shard_size=128", "evaluate.batch_size=128",

@@ -25,9 +25,10 @@ def test_ablation_equal_to_the_baseline_is_skipped(accuracy):
     plan1 = accuracy.plan_ablations(cfg, ["student.ratio=1"], ["ratio_1", "ratio_3", "no_noise"])
     assert _names(plan3) == ["ratio_1", "no_noise"]
     assert _names(plan1) == ["ratio_3", "no_noise"]
-    # every planned ablation is one round on top of the caller's overrides
+    # every planned ablation is one round on top of the caller's overrides; variants run in the baseline
     name, _, over = plan1[0]
-    assert over[:2] == ["rounds=1", "ablation_no_noise=false"] and over[-1] == "student.ratio=3"
+    assert over[:3] == ["rounds=1", "ablation_no_noise=false", "variants=[]"] and over[-1] == "student.ratio=3"
+    assert plan1[1][2] == ["@variant:no_noise"]
 
 
 def test_ood_rows_only_for_digits_and_unknown_names_fail(accuracy):
@@ -40,4 +41,4 @@ def test_ood_rows_only_for_digits_and_unknown_names_fail(accuracy):
 def test_ood_rows_planned_for_digits(accuracy):
     plan = accuracy.plan_ablations(ROOT / "configs" / "digits-demo.yaml", [], ["ood_soft", "ood_hard"])
     assert _names(plan) == ["ood_soft", "ood_hard"]
-    assert "data.unlabeled.kind=idx" in plan[0][2] and plan[0][2][-1] == "student.soft=true"
+    assert any("kind: idx" in o for o in plan[0][2]) and plan[0][2][-1] == "student.soft=true"

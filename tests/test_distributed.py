@@ -31,7 +31,8 @@ from _ddp_fit_hashes import state_hash  # noqa: E402
 CONFIG = ROOT / "configs" / "digits-demo.yaml"
 SETS = [
     "rounds=1", "models=[ns_cnn_s, ns_cnn_s]",
-    "data.labeled.per_class=8", "data.unlabeled.per_class=8", "data.unlabeled.fraction=0.25",
+    "data.labeled.per_class=8", "data.unlabeled.fraction=0.25", "variants=[]",
+    "teacher.steps=0", "teacher.warmup_steps=null", "student.steps=0", "student.warmup_steps=null",
     "teacher.epochs=4", "teacher.batch_size=16", "teacher.ema_decay=0.9",
     "student.epochs=2", "student.batch_size=8", "student.ema_decay=0.9",
     "label.shard_size=64", "evaluate.batch_size=128", "select.threshold=0.1",

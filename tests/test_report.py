@@ -9,7 +9,8 @@ from noisystudent.errors import UserError
 
 # Two rounds, the no-noise ablation and fine-tuning: every optional kind of model appears. A low
 # threshold so an undertrained teacher still selects pseudo-labels. About 2 s on 2 CPU cores.
-OVERRIDES = ["rounds=2", "models=[ns_cnn_s]", "data.labeled.per_class=5", "data.unlabeled.per_class=5",
+OVERRIDES = ["rounds=2", "models=[ns_cnn_s]", "data.labeled.per_class=5", "variants=[]",
+             "teacher.steps=0", "teacher.warmup_steps=null", "student.steps=0", "student.warmup_steps=null",
              "data.unlabeled.fraction=0.1", "teacher.epochs=2", "teacher.batch_size=16", "student.epochs=1",
              "student.batch_size=16", "student.ratio=2", "select.threshold=0.05", "evaluate.batch_size=128",
              "ablation_no_noise=true", "finetune.enabled=true", "finetune.epochs=1"]

@@ -36,8 +36,10 @@ class SourceConfig:
     per_class: Optional[int] = None     # draw N labeled images per class with `seed`...
     subset: Literal["draw", "rest"] = "draw"   # ...and keep the draw, or everything else (the pool)
     fraction: float = 1.0               # keep this fraction of the result (pool-size ablations)
-    seed: int = 0
-    hide_labels: bool = False           # the pool: labels are never used for training (kept for reports)
+    seed: Optional[int] = None          # None: the run's `seed` (so --set seed=N also redraws the labels)
+    # other data sections whose images are removed from this one first (same source, by stable id):
+    # e.g. the pool `exclude: [labeled, val]`, or a validation set carved out of the labeled images
+    exclude: list[str] = field(default_factory=list)
     classes: Optional[list[str]] = None      # extra test sets covering a subset of classes (by name)
     name: str = ""                      # display name for extra test sets
 
@@ -46,8 +48,10 @@ class SourceConfig:
 class DataConfig:
     labeled: SourceConfig = field(default_factory=lambda: SourceConfig(kind="digits", per_class=20))
     unlabeled: SourceConfig = field(
-        default_factory=lambda: SourceConfig(kind="digits", per_class=20, subset="rest", hide_labels=True))
+        default_factory=lambda: SourceConfig(kind="digits", per_class=20, subset="rest"))
     test: SourceConfig = field(default_factory=lambda: SourceConfig(kind="digits", split="test"))
+    # validation images: recipe choices are made on these, test is reported once (None = no val set)
+    val: Optional[SourceConfig] = None
     extra_test: list = field(default_factory=list)   # list of SourceConfig dicts (ImageNet-A/-R style)
     image_size: int = 8                 # training resolution (square)
     in_chans: int = 1
@@ -64,9 +68,13 @@ class DataConfig:
 class NoiseConfig:
     """The student's noise (the paper's essence). Each switch can be turned off for ablations."""
     randaugment: bool = True
-    ra_magnitude: int = 9               # timm rand_augment_transform 'rand-m{M}-n{N}-mstd{std}'
+    ra_magnitude: int = 9               # timm 'rand-m{M}-n{N}-p{prob}-mstd{std}-mmax30'; > 10 means more
     ra_layers: int = 2
-    ra_mstd: float = 0.5
+    ra_prob: float = 1.0                # probability of applying each chosen op (official: 1)
+    ra_mstd: float = 0.0                # std of the magnitude's Gaussian jitter (official: 0, fixed)
+    ra_translate: float = 0.125         # largest shift at magnitude 10, as a fraction of the image size
+                                        # (official small-image recipe: size/8; its ImageNet one: 0.45)
+    cutout: float = 0.5                 # Cutout square side as a fraction of the image size (0 = off)
     drop_rate: float = 0.2              # dropout before the classifier
     drop_path_rate: float = 0.2         # stochastic depth: survival 0.8 at the last block
 
@@ -75,19 +83,21 @@ class NoiseConfig:
 class TrainConfig:
     model: str = "ns_cnn_s"
     epochs: int = 30
+    steps: int = 0                      # optimizer steps in all; > 0 overrides `epochs` (recipes that transfer)
     batch_size: int = 64
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = 0.05                    # for batch_size; scaled linearly by the total batch
     weight_decay: float = 5e-4
     momentum: float = 0.9
     warmup_epochs: float = 1.0
+    warmup_steps: Optional[int] = None  # overrides warmup_epochs when set
     label_smoothing: float = 0.0
-    ema_decay: float = 0.0              # 0 = off; e.g. 0.999 (timm ModelEmaV3)
+    ema_decay: float = 0.0              # 0 = off; capped at 1 - 10/steps (engine.effective_ema_decay)
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     channels_last: bool = False
     compile: bool = False
     grad_clip: float = 0.0
-    noise: NoiseConfig = field(default_factory=lambda: NoiseConfig(randaugment=False, drop_rate=0.0,
+    noise: NoiseConfig = field(default_factory=lambda: NoiseConfig(randaugment=False, cutout=0.0, drop_rate=0.0,
                                                                    drop_path_rate=0.0))
 
 
@@ -95,11 +105,16 @@ class TrainConfig:
 class StudentConfig(TrainConfig):
     ratio: int = 3                      # pseudo-labeled images per labeled image in each batch
     unlabeled_weight: float = 1.0       # loss = CE(labeled) + w * softCE(pseudo)
+    # mean: CE_l + w*CE_u, each a mean over its rows. per_image (official code): CE_l + w*ratio*CE_u,
+    # i.e. every image of the joint batch weighs the same
+    loss_weighting: Literal["mean", "per_image"] = "per_image"
+    label_smoothing: float = 0.1        # on the labeled rows (official code); the teacher's default is 0
     soft: bool = True                   # soft targets (probabilities) or hard (one-hot argmax)
     init_from_teacher: bool = False
     # joint (the paper): labeled + pseudo in every batch. two_step (ablation): pseudo-labeled only,
-    # then `two_step_epochs` on the labeled set.
-    mode: Literal["joint", "two_step"] = "joint"
+    # then `two_step_epochs` on the labeled set. supervised (the compute-matched baseline): the
+    # labeled images only, batches of batch_size x (1 + ratio), for the joint student's step count.
+    mode: Literal["joint", "two_step", "supervised"] = "joint"
     two_step_epochs: int = 10
     noise: NoiseConfig = field(default_factory=NoiseConfig)
 
@@ -155,7 +170,10 @@ class Config:
     student: StudentConfig = field(default_factory=StudentConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
-    ablation_no_noise: bool = False     # also train a no-noise student in round 1 for comparison
+    # extra round-1 students trained beside the noisy one, each one switch flipped (variants.VARIANTS):
+    # no_noise, no_randaugment, no_dropout_sd, hard_labels, supervised (compute-matched baseline), ...
+    variants: list[str] = field(default_factory=list)
+    ablation_no_noise: bool = False     # shorthand for adding `no_noise` to variants
 
     def model_for_round(self, k: int) -> str:
         """Model name of round k's teacher (k=0) or student (k>=1), from the `models` schedule."""
@@ -187,6 +205,8 @@ def _coerce(value: Any, tp, key: str):
     origin = typing.get_origin(tp)
     if origin is Literal:
         allowed = typing.get_args(tp)
+        if isinstance(value, bool) and ("off" if value is False else "on") in allowed:
+            value = "off" if value is False else "on"     # YAML 1.1 reads a bare off/on as a boolean
         if value not in allowed:
             raise UserError(f"config key '{key}': {value!r} is not allowed; choose one of "
                             + ", ".join(repr(a) for a in allowed))
@@ -275,6 +295,12 @@ def _validate(cfg: Config) -> None:
         need(0.0 <= t.noise.drop_rate < 1.0, f"{sec}.noise.drop_rate", "must be in [0, 1)")
         need(0.0 <= t.noise.drop_path_rate < 1.0, f"{sec}.noise.drop_path_rate", "must be in [0, 1)")
         need(0 <= t.noise.ra_magnitude <= 30, f"{sec}.noise.ra_magnitude", "must be in [0, 30]")
+        need(0.0 <= t.noise.ra_prob <= 1.0, f"{sec}.noise.ra_prob", "must be in [0, 1]")
+        need(0.0 <= t.noise.ra_mstd <= 100.0, f"{sec}.noise.ra_mstd", "must be in [0, 100]")
+        need(0.0 <= t.noise.ra_translate <= 1.0, f"{sec}.noise.ra_translate", "must be in [0, 1] (a fraction of the size)")
+        need(0.0 <= t.noise.cutout < 1.0, f"{sec}.noise.cutout", "must be in [0, 1) (a fraction of the size)")
+        need(t.steps >= 0, f"{sec}.steps", "must be >= 0 (0 = use epochs)")
+        need(t.warmup_steps is None or t.warmup_steps >= 0, f"{sec}.warmup_steps", "must be >= 0")
     need(cfg.student.ratio >= 1, "student.ratio", "must be >= 1")
     for key in ("mean", "std"):
         v = getattr(cfg.data, key)
@@ -286,8 +312,13 @@ def _validate(cfg: Config) -> None:
     need(all(1 <= s <= 5 for s in cfg.evaluate.severities), "evaluate.severities", "each must be in 1..5")
     need(all(0 <= e < 1 for e in cfg.evaluate.fgsm_eps), "evaluate.fgsm_eps",
          "each must be in [0, 1) (pixel scale; 8/255 = 0.0314)")
-    for name in ("labeled", "unlabeled", "test"):
+    _check_excludes(cfg.data)
+    need(cfg.data.val is None or cfg.data.val.kind != "folder", "data.val.kind",
+         "a validation set needs labels (imagefolder, idx, digits, ...), not 'folder'")
+    for name in ("labeled", "unlabeled", "test", "val"):
         s: SourceConfig = getattr(cfg.data, name)
+        if s is None:
+            continue
         need(0.0 < s.fraction <= 1.0, f"data.{name}.fraction", "must be in (0, 1]")
         if s.per_class is not None:
             need(s.per_class > 0, f"data.{name}.per_class", "must be > 0")
@@ -295,11 +326,46 @@ def _validate(cfg: Config) -> None:
             need(bool(s.root), f"data.{name}.root", f"is required for kind '{s.kind}'")
 
 
+SECTIONS = ("labeled", "val", "unlabeled", "test")
+
+
+def _check_excludes(d: DataConfig) -> None:
+    """`exclude` names other data sections, and following the names never comes back (no cycle)."""
+    def excl(name):
+        s = getattr(d, name)
+        return s.exclude if s is not None else []
+    for name in SECTIONS:
+        for i, other in enumerate(excl(name)):
+            if other not in SECTIONS or other == name:
+                raise UserError(f"config key 'data.{name}.exclude[{i}]': {other!r} is not another data section; "
+                                f"choose from {', '.join(n for n in SECTIONS if n != name)}")
+            if getattr(d, other) is None:
+                raise UserError(f"config key 'data.{name}.exclude[{i}]': data.{other} is not set")
+    for start in SECTIONS:
+        seen, todo = set(), list(excl(start))
+        while todo:
+            n = todo.pop()
+            if n == start:
+                raise UserError(f"config key 'data.{start}.exclude': the exclusions lead back to data.{start} (a cycle)")
+            if n not in seen:
+                seen.add(n)
+                todo.extend(excl(n))
+
+
 def config_from_dict(data: dict | None) -> Config:
     cfg = _from_dict(Config, data or {})
     cfg.data.extra_test = [_coerce(s, SourceConfig, f"data.extra_test[{i}]")
                            for i, s in enumerate(cfg.data.extra_test)]
+    # Sources without their own seed take the run's, so `--set seed=N` redraws the labeled set (and
+    # its complement, the pool, consistently) as well as the initialisation and augmentation.
+    for s in [cfg.data.labeled, cfg.data.unlabeled, cfg.data.test, cfg.data.val, *cfg.data.extra_test]:
+        if s is not None and s.seed is None:
+            s.seed = cfg.seed
     _validate(cfg)
+    from .variants import check_variants
+    check_variants(cfg.variants)
+    if cfg.ablation_no_noise and "no_noise" not in cfg.variants:
+        cfg.variants = ["no_noise", *cfg.variants]
     return cfg
 
 

@@ -33,7 +33,8 @@ from .data.loaders import make_loader, seed_for
 from .errors import TrainingDiverged
 from .pseudo import joint_loss
 
-__all__ = ["fit", "resolve_device", "autocast_dtype", "seed_everything", "world_info", "FitResult"]
+__all__ = ["fit", "resolve_device", "autocast_dtype", "cpu_has_native_bf16", "seed_everything", "world_info",
+           "FitResult", "plan_steps", "effective_ema_decay", "ema_decay_at", "create_scheduler"]
 
 log = logging.getLogger("noisystudent")
 
@@ -47,19 +48,37 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_native_bf16() -> bool:
+    """True on CPUs whose oneDNN kernels run bf16 natively (AVX512-BF16 / AMX). Elsewhere bf16
+    autocast is emulated and measured 13-19x slower than fp32 (issue 14)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+_warned_bf16 = False
+
+
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """`auto` = bf16 on CUDA GPUs that support it, else fp32. On CPU bf16 is opt-in (`amp: bf16`):
-    it pays only on CPUs with native bf16 (AVX512-BF16/AMX) — there it trained WRN-28-2 1.8x faster
-    (docs/benchmarks/throughput.md) — and it changes results, so it is never switched on silently."""
+    """`auto` = bf16 where it is native (CUDA with bf16, or a CPU with AVX512-BF16/AMX), else fp32.
+    A forced `bf16` on a CPU without native support runs (it is what was asked) with one warning."""
+    global _warned_bf16
     if amp == "off":
         return None
-    if amp == "bf16":
-        return torch.bfloat16
     if amp == "fp16":
         return torch.float16
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    if device.type == "cuda":
+        native = torch.cuda.is_bf16_supported()
+    else:
+        native = device.type == "cpu" and cpu_has_native_bf16()
+    if amp == "bf16":
+        if not native and not _warned_bf16:
+            _warned_bf16 = True
+            log.warning("amp=bf16 on a %s without native bf16: expect it to run many times slower than "
+                        "fp32 (use amp: auto)", device.type.upper())
         return torch.bfloat16
-    return None
+    return torch.bfloat16 if native else None
 
 
 def seed_everything(seed: int) -> None:
@@ -76,6 +95,44 @@ def world_info() -> tuple[int, int]:
 
 def _progress_enabled() -> bool:
     return os.environ.get("NOISYSTUDENT_PROGRESS", "1") != "0" and sys.stderr.isatty()
+
+
+def plan_steps(cfg, steps_per_epoch: int, steps: int | None = None) -> tuple[int, int]:
+    """(total optimizer steps, warmup steps). `steps` (explicit) > `cfg.steps` > epochs x steps/epoch.
+
+    Counting in steps makes a recipe transfer across labeled-set sizes: 30 epochs of a 100-image set
+    are 60 steps at batch 64 (too few to fit anything), 30 epochs of 60,000 images are 28,000."""
+    total = steps if steps else (cfg.steps if cfg.steps > 0 else cfg.epochs * steps_per_epoch)
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(cfg.warmup_epochs * steps_per_epoch)
+    return max(0, int(total)), max(0, min(int(warmup), max(0, int(total) - 1)))
+
+
+def create_scheduler(optimizer, base_lr: float, total: int, warmup: int, lr_min_ratio: float = 1e-3):
+    """timm's cosine with a linear warmup prefix, sized so the LAST step (index total-1) is at lr_min.
+
+    With `warmup_prefix=True` timm starts the cosine after the warmup and reaches lr_min when
+    t - warmup == t_initial; so t_initial = total - warmup - 1. (t_initial = total, as before,
+    ended training at 2-7% of the peak LR instead of annealing to the end.)"""
+    from timm.scheduler import CosineLRScheduler
+    return CosineLRScheduler(optimizer, t_initial=max(1, total - warmup - 1), lr_min=base_lr * lr_min_ratio,
+                             warmup_t=warmup, warmup_lr_init=base_lr * 0.01, warmup_prefix=True,
+                             t_in_epochs=False)
+
+
+def effective_ema_decay(decay: float, total_steps: int) -> float:
+    """The EMA decay actually used: the configured one, capped so that the EMA's time constant
+    1/(1-decay) is at most a tenth of the run (decay <= 1 - 10/total_steps). A 0.999 EMA averages
+    over ~1,000 steps: in a 600-step run it would still hold mostly early, untrained weights."""
+    if decay <= 0 or total_steps <= 0:
+        return 0.0
+    return float(min(decay, max(0.0, 1.0 - 10.0 / total_steps)))
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+    """Decay for update number `step` (0-based): min(decay, (1+step)/(10+step)), the ramp of
+    tf.train.ExponentialMovingAverage(num_updates=step) that the official code uses, so the EMA
+    follows the fast-moving early weights closely and settles at `decay`."""
+    return float(min(decay, (1.0 + step) / (10.0 + step)))
 
 
 @dataclass
@@ -99,37 +156,40 @@ def _build_optimizer(model, cfg, lr):
 
 
 def fit(model: nn.Module, cfg, *, labeled_ds, out_dir: str | Path, seed: int, meta: dict,
-        pseudo_ds=None, ratio: int = 0, unlabeled_weight: float = 1.0, epochs: int | None = None,
-        lr: float | None = None, workers: int = 0, device: torch.device | None = None,
-        eval_fn: Callable[[nn.Module], dict] | None = None, desc: str = "train") -> FitResult:
+        pseudo_ds=None, ratio: int = 0, unlabeled_weight: float = 1.0, steps: int | None = None,
+        batch_size: int | None = None, lr: float | None = None, workers: int = 0,
+        device: torch.device | None = None, eval_fn: Callable[[nn.Module], dict] | None = None,
+        desc: str = "train") -> FitResult:
     """Train `model` with TrainConfig `cfg`; checkpoints go to out_dir/checkpoint.pt each epoch.
 
     `pseudo_ds` switches on joint batches: each step draws `batch_size` labeled and
     `ratio * batch_size` pseudo-labeled images, and an epoch is one pass over `pseudo_ds` (as the
     paper counts student epochs over the unlabeled data). Without it an epoch is one pass over the
-    labeled set.
+    labeled set. The run lasts `steps` optimizer steps when given (else `cfg.steps`, else
+    `cfg.epochs` epochs); the last epoch is cut short so the total is exact.
     """
-    from timm.scheduler import CosineLRScheduler
     from timm.utils import ModelEmaV3
 
     out_dir = Path(out_dir)
     device = device or resolve_device()
     rank, world = world_info()
-    epochs = cfg.epochs if epochs is None else epochs
     base_lr = (cfg.lr if lr is None else lr) * world   # linear scaling with the number of ranks
-    B = cfg.batch_size
+    B = batch_size or cfg.batch_size
     joint = pseudo_ds is not None and len(pseudo_ds) > 0 and ratio > 0
     per_step = B * ratio * world if joint else B * world
-    steps = max(1, math.ceil((len(pseudo_ds) if joint else len(labeled_ds)) / per_step))
+    per_epoch = max(1, math.ceil((len(pseudo_ds) if joint else len(labeled_ds)) / per_step))
+    total, warmup = plan_steps(cfg, per_epoch, steps)
+    epochs = math.ceil(total / per_epoch)
 
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = _build_optimizer(model, cfg, base_lr)
-    scheduler = CosineLRScheduler(optimizer, t_initial=max(1, steps * epochs), lr_min=base_lr * 1e-3,
-                                  warmup_t=int(cfg.warmup_epochs * steps), warmup_lr_init=base_lr * 0.01,
-                                  warmup_prefix=True, t_in_epochs=False)
-    ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema_decay > 0 else None
+    scheduler = create_scheduler(optimizer, base_lr, total, warmup)
+    ema_decay = effective_ema_decay(cfg.ema_decay, total)
+    ema = ModelEmaV3(model, decay=ema_decay) if ema_decay > 0 else None
+    if ema is not None and ema_decay < cfg.ema_decay and rank == 0:
+        log.info("%s: EMA decay %.4f (ema_decay=%s capped to 1 - 10/%d steps)", desc, ema_decay, cfg.ema_decay, total)
     amp_dtype = autocast_dtype(cfg.amp, device)
     scaler = torch.amp.GradScaler("cuda", enabled=(amp_dtype == torch.float16 and device.type == "cuda"))
 
@@ -158,6 +218,7 @@ def fit(model: nn.Module, cfg, *, labeled_ds, out_dir: str | Path, seed: int, me
     pin = device.type == "cuda"
 
     for epoch in range(start_epoch, epochs):
+        steps = min(per_epoch, total - epoch * per_epoch)     # the last epoch may be cut short
         model.train()
         seed_everything(seed_for(seed, epoch, "torch", rank))
         # labeled_ds=None: pseudo-labeled batches only (phase 1 of the two-step ablation)
@@ -170,7 +231,7 @@ def fit(model: nn.Module, cfg, *, labeled_ds, out_dir: str | Path, seed: int, me
         bar = tqdm(batches, total=steps, desc=f"{desc} {epoch + 1}/{epochs}", leave=False,
                    disable=not (_progress_enabled() and rank == 0))
         for i, (lb, pb) in enumerate(bar):
-            global_step = epoch * steps + i
+            global_step = epoch * per_epoch + i
             scheduler.step_update(global_step)
             # every image of a batch was undecodable (skip policy)
             skip = lb is None or (joint and pb is None)
@@ -207,7 +268,8 @@ def fit(model: nn.Module, cfg, *, labeled_ds, out_dir: str | Path, seed: int, me
             scaler.step(optimizer)
             scaler.update()
             if ema is not None:
-                ema.update(model, step=global_step)
+                ema.decay = ema_decay_at(global_step, ema_decay)
+                ema.update(model)
             n_img += len(x)
             sums["loss"] += loss.item()
             for k, v in parts.items():
@@ -232,7 +294,8 @@ def fit(model: nn.Module, cfg, *, labeled_ds, out_dir: str | Path, seed: int, me
         if not all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point()):
             raise TrainingDiverged(f"{desc}: weights became NaN/inf during epoch {epoch + 1}; "
                                    f"{_last_good(ckpt_path, epoch)}")
-        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
+        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "ema_decay": ema_decay,
+               "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
                "images_per_s": n_img * world / max(elapsed, 1e-9), "epoch_s": elapsed, "steps": steps}
         row.update({k: v / steps for k, v in sums.items()})
         eval_model = ema.module if ema is not None else model

@@ -28,6 +28,7 @@ from .stages.evaluate import evaluate_stage
 from .stages.label import label_pool
 from .stages.select import select_pseudo_labels
 from .stages.train import finetune, train_student, train_teacher
+from .variants import variant_stage
 
 __all__ = ["run", "build_summary", "format_table", "claim_run_dir", "check_inputs"]
 
@@ -51,9 +52,10 @@ def check_inputs(ctx: RunContext) -> None:
             key = (f"models[{min(k, len(cfg.models) - 1)}]" if cfg.models
                    else "teacher.model" if k == 0 else "student.model")
             raise UserError(f"config key '{key}': {e}") from None
-    ctx.labeled, ctx.test       # noqa: B018 - built (and cached) for their checks
+    ctx.labeled, ctx.test, ctx.val       # noqa: B018 - built (and cached) for their checks
     if cfg.rounds > 0:
         ctx.pool                # noqa: B018
+    ctx.check_disjoint()
 
 
 def claim_run_dir(ctx: RunContext, force: bool = False) -> None:
@@ -98,9 +100,9 @@ def run(cfg: Config, run_dir: str | Path | None = None, device: str | None = Non
         select_pseudo_labels(ctx, k)
         train_student(ctx, k)
         evaluate_stage(ctx, k, "student")
-        if k == 1 and cfg.ablation_no_noise:
-            train_student(ctx, k, no_noise=True)
-            evaluate_stage(ctx, k, "student_nonoise")
+        for v in (cfg.variants if k == 1 else []):
+            train_student(ctx, k, variant=v)
+            evaluate_stage(ctx, k, variant_stage(v))
         if ft:
             finetune(ctx, k)
             evaluate_stage(ctx, k, "finetune")
@@ -123,14 +125,15 @@ def build_summary(ctx: RunContext) -> dict:
     cfg, rd = ctx.cfg, ctx.run_dir
     rows, selection = [], []
     for k in range(0, cfg.rounds + 1):
-        for which in ("teacher", "student", "student_nonoise", "finetune"):
+        for which in ("teacher", "student", *(variant_stage(v) for v in cfg.variants), "finetune"):
             ev = _read(rd / f"round{k}" / f"eval_{which}" / "eval.json")
             if ev is None:
                 continue
             st = _read(rd / f"round{k}" / which / "stage.json") or {}
             row = {"round": k, "which": which, "model": ev["model"], "image_size": ev["image_size"],
                    "params": st.get("info", {}).get("params"), "top1": ev["top1"], "top5": ev["top5"],
-                   "ece": ev["ece"], "extra": {n: e["top1"] for n, e in ev.get("extra", {}).items()}}
+                   "ece": ev["ece"], "val_top1": (ev.get("val") or {}).get("top1"),
+                   "extra": {n: e["top1"] for n, e in ev.get("extra", {}).items()}}
             rob = _read(rd / f"round{k}" / f"eval_{which}" / "robustness.json")
             if rob is not None:
                 row["robustness"] = rob
@@ -160,11 +163,12 @@ def build_summary(ctx: RunContext) -> dict:
 
 def format_table(summary: dict) -> str:
     """The results table printed at the end of `run`/`demo`."""
-    lines = [f"{'round':>5}  {'model':<16} {'role':<16} {'px':>3} {'top1':>7} {'ece':>6}",
-             "-" * 60]
+    lines = [f"{'round':>5}  {'model':<16} {'role':<20} {'px':>3} {'val':>7} {'test':>7} {'ece':>6}",
+             "-" * 70]
     for r in summary["models"]:
-        lines.append(f"{r['round']:>5}  {r['model']:<16} {r['which']:<16} {r['image_size']:>3} "
-                     f"{100 * r['top1']:>6.2f}% {r['ece']:>6.3f}")
+        val = f"{100 * r['val_top1']:>6.2f}%" if r.get("val_top1") is not None else f"{'—':>7}"
+        lines.append(f"{r['round']:>5}  {r['model']:<16} {r['which']:<20} {r['image_size']:>3} "
+                     f"{val} {100 * r['top1']:>6.2f}% {r['ece']:>6.3f}")
     for s in summary["selection"]:
         a = ((s.get("pseudo_label_accuracy") or {}).get("after") or {}).get("overall")
         extra = f", pseudo-label accuracy {100 * a:.1f}%" if isinstance(a, (int, float)) else ""

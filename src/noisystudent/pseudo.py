@@ -44,6 +44,7 @@ __all__ = [
     "thresholds_from_histograms",
     "soft_cross_entropy",
     "joint_loss",
+    "pseudo_weight",
 ]
 
 
@@ -319,3 +320,18 @@ def joint_loss(
 
     loss = loss_labeled + unlabeled_weight * loss_pseudo
     return loss, {"loss_labeled": loss_labeled.detach(), "loss_pseudo": loss_pseudo.detach()}
+
+
+def pseudo_weight(weighting: str, unlabeled_weight: float, ratio: int) -> float:
+    """The factor on the pseudo-label term of `joint_loss`.
+
+    "mean":      CE_l + w * CE_u, each a mean over its own rows: the two halves weigh the same
+                 whatever the batch ratio.
+    "per_image": CE_l + w * ratio * CE_u, the official code's loss (both means over B labeled
+                 rows' worth): with w=1 every image of the joint batch weighs the same.
+    """
+    if weighting == "mean":
+        return float(unlabeled_weight)
+    if weighting == "per_image":
+        return float(unlabeled_weight) * ratio
+    raise ValueError(f"unknown loss weighting {weighting!r}; allowed: mean, per_image")

@@ -261,22 +261,26 @@ def draw_per_class(labels: np.ndarray, per_class: int, seed: int, source: str = 
     return np.sort(np.concatenate(picks)) if picks else np.zeros(0, dtype=np.int64)
 
 
-def create_source(cfg, in_chans: int, key: str = "data") -> Source:
-    """Build the source described by a `SourceConfig` (kind, root, split, per_class/subset, fraction)."""
+def create_source(cfg, in_chans: int, key: str = "data", exclude_ids: set | None = None) -> Source:
+    """Build the source described by a `SourceConfig`: read, drop `exclude_ids` (the images of the
+    sections named in `exclude`), draw per_class (or keep the rest), keep a fraction."""
     reader = _READERS.get(cfg.kind)
     if reader is None:
         raise UserError(f"config key '{key}.kind': unknown source '{cfg.kind}'; choose one of "
                         + ", ".join(sorted(_READERS)))
+    seed = cfg.seed or 0
     src = reader(cfg.root, cfg.split, in_chans)
+    if exclude_ids:
+        src = src.subset([i for i, sid in enumerate(src.ids) if sid not in exclude_ids])
     if cfg.per_class is not None:
         if src.classes is None:
             raise UserError(f"config key '{key}.per_class': source '{cfg.kind}' has no labels to draw from")
-        drawn = draw_per_class(src.labels, cfg.per_class, cfg.seed, source=key)
+        drawn = draw_per_class(src.labels, cfg.per_class, seed, source=key)
         if cfg.subset == "rest":
             drawn = np.setdiff1d(np.arange(len(src)), drawn)
         src = src.subset(drawn)
     if cfg.fraction < 1.0:
-        keep = np.random.default_rng(cfg.seed + 1).permutation(len(src))[: max(1, round(cfg.fraction * len(src)))]
+        keep = np.random.default_rng(seed + 1).permutation(len(src))[: max(1, round(cfg.fraction * len(src)))]
         src = src.subset(np.sort(keep))
     if len(src) == 0:
         raise UserError(f"config key '{key}': the source selects no images")

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision import transforms as T
 
-__all__ = ["TrainTransform", "to_tensor_batch", "default_mean_std", "create_train_transform"]
+__all__ = ["TrainTransform", "to_tensor_batch", "default_mean_std", "create_train_transform", "randaugment_spec",
+           "cutout_"]
 
 
 def default_mean_std(in_chans: int, mean=None, std=None):
@@ -21,26 +22,50 @@ def default_mean_std(in_chans: int, mean=None, std=None):
     return mean, std
 
 
-class TrainTransform:
-    """uint8 HWC array -> normalised CHW float tensor, with optional crop/flip/RandAugment.
+def randaugment_spec(magnitude: int, layers: int, prob: float, mstd: float) -> str:
+    """timm's RandAugment config string. `mmax` lifts timm's default clamp of magnitudes to 10,
+    so `ra_magnitude: 27` is 27 (without it timm silently applies 10)."""
+    return f"rand-m{magnitude}-n{layers}-p{prob:g}-mstd{mstd:g}-mmax{max(10, magnitude)}"
 
-    RandAugment runs on RGB even for grayscale data (some of timm's ops fill with an RGB colour),
-    and the result is converted back, so the noise is the same op set for both.
+
+def cutout_(x: torch.Tensor, frac: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Cutout (DeVries & Taylor 2017), in place on a normalised CHW tensor: a square of side
+    round(frac * size) centred at a uniformly drawn pixel (clipped at the border) is set to 0, the
+    dataset mean after normalisation. The official small-image recipe uses frac 0.5."""
+    h, w = x.shape[-2:]
+    side = int(round(frac * min(h, w)))
+    if side <= 0:
+        return x
+    cy = int(torch.randint(h, (1,), generator=generator))
+    cx = int(torch.randint(w, (1,), generator=generator))
+    y0, y1 = max(0, cy - side // 2), min(h, cy - side // 2 + side)
+    x0, x1 = max(0, cx - side // 2), min(w, cx - side // 2 + side)
+    x[..., y0:y1, x0:x1] = 0.0
+    return x
+
+
+class TrainTransform:
+    """uint8 HWC array -> normalised CHW float tensor, with optional crop/flip/RandAugment/Cutout.
+
+    RandAugment is timm's, with its geometry scaled to the image: the largest shift at magnitude
+    10 is `ra_translate` x size (timm's RandAugment shifts by `translate_pct` and ignores
+    `translate_const`), and fills use the dataset mean. It runs on RGB even for grayscale data
+    (some of timm's ops fill with an RGB colour), and the result is converted back.
     """
 
     def __init__(self, image_size: int, in_chans: int, mean, std, *, crop_padding: int = 0,
                  hflip: bool = False, randaugment: bool = False, ra_magnitude: int = 9,
-                 ra_layers: int = 2, ra_mstd: float = 0.5):
-        self.image_size, self.in_chans = image_size, in_chans
+                 ra_layers: int = 2, ra_prob: float = 1.0, ra_mstd: float = 0.0, ra_translate: float = 0.125,
+                 cutout: float = 0.0):
+        self.image_size, self.in_chans, self.cutout = image_size, in_chans, cutout
         self.crop = T.RandomCrop(image_size, padding=crop_padding, padding_mode="reflect") if crop_padding else None
         self.flip = T.RandomHorizontalFlip() if hflip else None
         self.ra = None
         if randaugment:
             from timm.data.auto_augment import rand_augment_transform
             fill = tuple(int(round(255 * m)) for m in (mean * 3 if len(mean) == 1 else mean))
-            hparams = {"translate_const": max(1, int(image_size * 0.45)), "img_mean": fill}
-            spec = f"rand-m{ra_magnitude}-n{ra_layers}-mstd{ra_mstd}"
-            self.ra = rand_augment_transform(spec, hparams)
+            hparams = {"translate_pct": ra_translate, "img_mean": fill}
+            self.ra = rand_augment_transform(randaugment_spec(ra_magnitude, ra_layers, ra_prob, ra_mstd), hparams)
         self.normalize = T.Normalize(mean, std)
         self.to_tensor = T.ToTensor()
 
@@ -57,18 +82,21 @@ class TrainTransform:
             im = self.ra(im.convert("RGB") if gray else im)
             if gray:
                 im = im.convert("L")
-        return self.normalize(self.to_tensor(im))
+        x = self.normalize(self.to_tensor(im))
+        return cutout_(x, self.cutout) if self.cutout > 0 else x
 
 
 def create_train_transform(data_cfg, noise_cfg=None, image_size: int | None = None) -> TrainTransform:
     """Build from config; `noise_cfg=None` gives the un-noised (crop/flip only) training transform."""
     mean, std = default_mean_std(data_cfg.in_chans, data_cfg.mean, data_cfg.std)
     ra = bool(noise_cfg and noise_cfg.randaugment)
+    kw = {}
+    if ra:
+        kw = dict(ra_magnitude=noise_cfg.ra_magnitude, ra_layers=noise_cfg.ra_layers, ra_prob=noise_cfg.ra_prob,
+                  ra_mstd=noise_cfg.ra_mstd, ra_translate=noise_cfg.ra_translate)
     return TrainTransform(image_size or data_cfg.image_size, data_cfg.in_chans, mean, std,
                           crop_padding=data_cfg.crop_padding, hflip=data_cfg.hflip, randaugment=ra,
-                          ra_magnitude=noise_cfg.ra_magnitude if ra else 9,
-                          ra_layers=noise_cfg.ra_layers if ra else 2,
-                          ra_mstd=noise_cfg.ra_mstd if ra else 0.5)
+                          cutout=noise_cfg.cutout if noise_cfg else 0.0, **kw)
 
 
 def to_tensor_batch(images: np.ndarray, image_size: int, mean, std) -> torch.Tensor:

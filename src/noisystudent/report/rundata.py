@@ -17,8 +17,12 @@ __all__ = ["RunData", "load_optional", "read_jsonl", "is_num", "pct", "fmt_param
 log = logging.getLogger("noisystudent")
 
 DPI = 110
-ROLES = ("teacher", "student", "student_nonoise", "finetune")
+ROLES = ("teacher", "student", "student_nonoise", "student_no_randaugment", "student_no_dropout_sd",
+         "student_supervised", "student_two_step", "finetune")
 ROLE_LABEL = {"teacher": "teacher", "student": "noisy student", "student_nonoise": "student (no noise)",
+              "student_no_randaugment": "student (no RandAugment/Cutout)",
+              "student_no_dropout_sd": "student (no dropout/SD)",
+              "student_supervised": "supervised, compute-matched", "student_two_step": "student (two-step)",
               "finetune": "fine-tuned"}
 MAX_BAR_CLASSES = 50      # beyond this, per-class bar charts show the extremes / lines instead
 STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.spines.top": False, "axes.spines.right": False}

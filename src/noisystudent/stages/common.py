@@ -54,9 +54,22 @@ class RunContext:
         p = self.cfg.data.bad_images
         return ("skip" if role == "unlabeled" else "fail") if p == "auto" else p
 
+    def _source_config(self, section: str):
+        return getattr(self.cfg.data, "unlabeled" if section == "pool" else section)
+
+    def _build(self, section: str) -> Source:
+        """Create a data section's source, first removing the images of the sections it `exclude`s
+        (config validation has ruled out cycles)."""
+        sc = self._source_config(section)
+        excluded: set = set()
+        for other in sc.exclude:
+            excluded.update(getattr(self, "pool" if other == "unlabeled" else other).ids)
+        key = f"data.{'unlabeled' if section == 'pool' else section}"
+        return create_source(sc, self.cfg.data.in_chans, key, exclude_ids=excluded)
+
     @functools.cached_property
     def labeled(self) -> Source:
-        src = create_source(self.cfg.data.labeled, self.cfg.data.in_chans, "data.labeled")
+        src = self._build("labeled")
         if src.classes is None:
             raise UserError("config key 'data.labeled': the labeled source has no classes "
                             "(use kind imagefolder, idx or digits)")
@@ -64,14 +77,40 @@ class RunContext:
 
     @functools.cached_property
     def test(self) -> Source:
-        src = create_source(self.cfg.data.test, self.cfg.data.in_chans, "data.test")
+        src = self._build("test")
         _check_classes(self.labeled, src, "data.labeled", "data.test")
+        return self._maybe_cache(src, "test")
+
+    @functools.cached_property
+    def val(self) -> Source | None:
+        """Validation images (data.val), or None. Recipe choices are made on these, never on test."""
+        if self.cfg.data.val is None:
+            return None
+        src = self._build("val")
+        _check_classes(self.labeled, src, "data.labeled", "data.val")
         return self._maybe_cache(src, "test")
 
     @functools.cached_property
     def pool(self) -> Source:
         """The unlabeled pool. Not cached whole: labeling reads it once, streaming."""
-        return create_source(self.cfg.data.unlabeled, self.cfg.data.in_chans, "data.unlabeled")
+        return self._build("pool")
+
+    def check_disjoint(self) -> None:
+        """Labeled, validation, pool and test images drawn from the same source must not overlap (by
+        stable id): a labeled image in the pool, or a validation image in training, inflates results."""
+        d = self.cfg.data
+        named = [("labeled", self.labeled), ("val", self.val), ("unlabeled", self.pool if self.cfg.rounds > 0 else None),
+                 ("test", self.test)]
+        named = [(n, src, getattr(d, n)) for n, src in named if src is not None]
+        for i, (a, sa, ca) in enumerate(named):
+            for b, sb, cb in named[i + 1:]:
+                if (ca.kind, ca.root, ca.split) != (cb.kind, cb.root, cb.split):
+                    continue
+                shared = set(sa.ids).intersection(sb.ids)
+                if shared:
+                    raise UserError(f"data.{a} and data.{b} share {len(shared)} image(s) of the same source "
+                                    f"(e.g. {sorted(shared)[0]!r}); add `exclude: [{a}]` to data.{b} (or draw "
+                                    f"both with the same seed and subset: rest)")
 
     @property
     def classes(self) -> list[str]:

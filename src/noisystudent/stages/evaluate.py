@@ -83,12 +83,16 @@ def evaluate_stage(ctx: RunContext, k: int, which: str) -> StageResult:
     cfg, ecfg = ctx.cfg, ctx.cfg.evaluate
     mdir = ctx.stage_dir(k, which)
     config = {"evaluate": config_to_dict(ecfg), "test": config_to_dict(cfg.data.test),
+              "val": config_to_dict(cfg.data.val) if cfg.data.val is not None else None,
               "extra_test": [config_to_dict(s) for s in cfg.data.extra_test]}
 
     def body(d):
         model, meta = load_model(mdir / "model.pt", ctx.device, expect_classes=ctx.classes)
         report = evaluate_source(model, meta, ctx.test, ecfg.batch_size, ctx.device, cfg.data.workers)
         report["extra"] = {}
+        if ctx.val is not None:
+            rep = evaluate_source(model, meta, ctx.val, ecfg.batch_size, ctx.device, cfg.data.workers, "val")
+            report["val"] = {k2: rep[k2] for k2 in ("num_images", "top1", "top5", "ece")}
         for i, sc in enumerate(cfg.data.extra_test):
             sc: SourceConfig
             src = create_source(sc, cfg.data.in_chans, f"data.extra_test[{i}]")
@@ -103,6 +107,7 @@ def evaluate_stage(ctx: RunContext, k: int, which: str) -> StageResult:
             write_json(d / "robustness.json", rob)
             outputs.append("robustness.json")
         write_json(d / "eval.json", report)
-        return outputs, {"top1": report["top1"], "ece": report["ece"]}
+        return outputs, {"top1": report["top1"], "ece": report["ece"],
+                         "val_top1": report.get("val", {}).get("top1")}
 
     return run_stage(ctx, ctx.stage_dir(k, f"eval_{which}"), config, {"model": mdir}, body, rank0_only=True)

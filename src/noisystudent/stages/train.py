@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 
 import numpy as np
 import pyarrow.parquet as pq
 
-from ..config import NoiseConfig, TrainConfig, config_to_dict
+from ..config import NoiseConfig, StudentConfig, TrainConfig, config_to_dict
 from ..data import ArraySource, LabeledDataset, PseudoDataset, create_train_transform, seed_for
-from ..engine import fit, seed_everything
+from ..engine import fit, plan_steps, seed_everything
+from ..pseudo import pseudo_weight
+from ..variants import variant_config, variant_stage
 from ..errors import UserError
 from timm.utils.model import unfreeze
 
@@ -24,7 +27,8 @@ log = logging.getLogger("noisystudent")
 
 __all__ = ["train_teacher", "train_student", "finetune", "teacher_dir", "model_dir"]
 
-NO_NOISE = NoiseConfig(randaugment=False, drop_rate=0.0, drop_path_rate=0.0)
+NO_NOISE = NoiseConfig(randaugment=False, cutout=0.0, drop_rate=0.0, drop_path_rate=0.0)
+MIN_STEPS, MIN_PASSES = 500, 20     # warn_short_schedule's thresholds
 
 
 def teacher_dir(ctx: RunContext, k: int):
@@ -45,7 +49,7 @@ def _data_identity(ctx: RunContext) -> dict:
 
 def _summary(history: list, model) -> dict:
     last = history[-1] if history else {}
-    return {"params": count_params(model), "epochs": len(history),
+    return {"params": count_params(model), "epochs": len(history), "steps": sum(h.get("steps", 0) for h in history),
             "final_loss": last.get("loss"), "images_per_s": last.get("images_per_s"),
             "train_s": sum(h.get("epoch_s", 0.0) for h in history),
             "images_seen": sum(h.get("images_per_s", 0) * h.get("epoch_s", 0) for h in history)}
@@ -62,6 +66,8 @@ def train_teacher(ctx: RunContext) -> StageResult:
         ds = LabeledDataset(ctx.labeled, create_train_transform(cfg.data, t.noise),
                             skip_bad=ctx.policy("labeled") == "skip")
         meta = ctx.model_meta(name, cfg.data.image_size, t.noise, "teacher")
+        warn_short_schedule("teacher", plan_steps(t, math.ceil(len(ds) / (t.batch_size * ctx.world)))[0],
+                            len(ds), t.batch_size)
         res = fit(model, t, labeled_ds=ds, out_dir=d, seed=seed_for(cfg.seed, "teacher"), meta=meta,
                   workers=cfg.data.workers, device=ctx.device, desc="teacher")
         if ctx.rank == 0:
@@ -92,20 +98,29 @@ def _pseudo_dataset(ctx: RunContext, sel_path, transform) -> tuple[PseudoDataset
     return PseudoDataset(sub, np.arange(len(sub)), targets, copies, transform), int(copies.sum())
 
 
-def train_student(ctx: RunContext, k: int, no_noise: bool = False) -> StageResult:
-    """Round k's student, from scratch (or from the teacher), on labeled + selected pseudo-labels."""
+def joint_plan(s: StudentConfig, n_pseudo: int, n_labeled: int, world: int = 1) -> tuple[int, int]:
+    """(total steps, warmup steps) of round k's joint student; every variant trains exactly as long."""
+    per_step = s.batch_size * (s.ratio if n_pseudo > 0 else 1) * world
+    per_epoch = max(1, math.ceil((n_pseudo if n_pseudo > 0 else n_labeled) / per_step))
+    return plan_steps(s, per_epoch)
+
+
+def train_student(ctx: RunContext, k: int, variant: str | None = None) -> StageResult:
+    """Round k's student, from scratch (or from the teacher), on labeled + selected pseudo-labels;
+    `variant` (variants.VARIANTS) trains the same student with one switch flipped, same steps."""
     cfg = ctx.cfg
-    s = dataclasses.replace(cfg.student, noise=NO_NOISE) if no_noise else cfg.student
+    s = variant_config(cfg.student, variant) if variant else cfg.student
     name = cfg.model_for_round(k)
-    sdir = ctx.stage_dir(k, "student_nonoise" if no_noise else "student")
+    sdir = ctx.stage_dir(k, variant_stage(variant) if variant else "student")
     inputs = {"selection": ctx.stage_dir(k, "selection")}
     if s.init_from_teacher:
         inputs["teacher"] = teacher_dir(ctx, k)
     config = {"train": config_to_dict(s), "model": name, "seed": cfg.seed, "round": k,
-              "data": _data_identity(ctx)}
+              "data": _data_identity(ctx), "variant": variant}
+    tag = f"student r{k}" + (f" ({variant})" if variant else "")
 
     def body(d):
-        seed_everything(seed_for(cfg.seed, "init", "student", k, no_noise))
+        seed_everything(seed_for(cfg.seed, "init", "student", k, variant))
         model = create_model(name, len(ctx.classes), cfg.data.in_chans, s.noise.drop_rate, s.noise.drop_path_rate)
         if s.init_from_teacher:
             teacher, _ = load_model(teacher_dir(ctx, k) / "model.pt", expect_classes=ctx.classes)
@@ -120,25 +135,50 @@ def train_student(ctx: RunContext, k: int, no_noise: bool = False) -> StageResul
             log.warning("round %d: no pool image passed select.threshold=%s; the student trains on the "
                         "labeled images only (lower the threshold or train the teacher longer)",
                         k, cfg.select.threshold)
+        total, warmup = joint_plan(cfg.student, n_pseudo, len(lab), ctx.world)
+        warn_short_schedule(tag, total, len(lab), s.batch_size)
+        s_run = dataclasses.replace(s, steps=total, warmup_steps=warmup)
         meta = ctx.model_meta(name, cfg.data.image_size, s.noise, "student")
-        meta["round"] = k
-        two_step = s.mode == "two_step" and n_pseudo > 0
-        res = fit(model, s, labeled_ds=None if two_step else lab, pseudo_ds=pseudo, ratio=s.ratio,
-                  unlabeled_weight=s.unlabeled_weight, out_dir=d, seed=seed_for(cfg.seed, "student", k, no_noise),
-                  meta=meta, workers=cfg.data.workers, device=ctx.device, desc=f"student r{k}" + (" (no noise)" if no_noise else ""))
-        history = res.history
-        if two_step:     # phase 2 of the ablation: fine-tune the pseudo-label-trained model on labeled data
-            res = fit(res.model, dataclasses.replace(s, epochs=s.two_step_epochs), labeled_ds=lab, out_dir=d / "phase2",
-                      seed=seed_for(cfg.seed, "student2", k), meta=meta, workers=cfg.data.workers,
-                      device=ctx.device, desc=f"student r{k} phase 2")
+        meta.update(round=k, variant=variant)
+        common = dict(out_dir=d, meta=meta, workers=cfg.data.workers, device=ctx.device)
+        seed = seed_for(cfg.seed, "student", k, variant)
+        w = pseudo_weight(s.loss_weighting, s.unlabeled_weight, s.ratio)
+        if s.mode == "supervised" or n_pseudo == 0:
+            res = fit(model, s_run, labeled_ds=lab, batch_size=s.batch_size * (1 + s.ratio), seed=seed,
+                      desc=tag, **common)
+            history = res.history
+        elif s.mode == "two_step":     # pseudo-labels only, then the labeled images; same total steps
+            p2 = min(total - 1, s.two_step_epochs * math.ceil(len(lab) / s.batch_size))
+            res = fit(model, dataclasses.replace(s_run, steps=total - p2), labeled_ds=None, pseudo_ds=pseudo,
+                      ratio=s.ratio, unlabeled_weight=w, seed=seed, desc=tag, **common)
+            history = res.history
+            res = fit(res.model, dataclasses.replace(s_run, steps=p2, warmup_steps=min(warmup, p2 // 10)),
+                      labeled_ds=lab, seed=seed_for(cfg.seed, "student2", k), desc=f"{tag} phase 2",
+                      **dict(common, out_dir=d / "phase2"))
             history = history + res.history
+        else:
+            res = fit(model, s_run, labeled_ds=lab, pseudo_ds=pseudo, ratio=s.ratio, unlabeled_weight=w,
+                      seed=seed, desc=tag, **common)
+            history = res.history
         if ctx.rank == 0:
             save_model(d / "model.pt", res.model, meta)
         info = _summary(history, res.model)
-        info.update(pseudo_images=n_pseudo, labeled_images=len(lab), no_noise=no_noise)
+        info.update(pseudo_images=n_pseudo, labeled_images=len(lab), variant=variant, steps=total)
         return ["model.pt"], info
 
     return run_stage(ctx, sdir, config, inputs, body, cleanup=["checkpoint.pt", "phase2/checkpoint.pt"])
+
+
+def warn_short_schedule(tag: str, steps: int, n_labeled: int, batch_size: int) -> None:
+    """Warn when a stage has too few optimizer steps to fit its labeled set: fewer than
+    MIN_STEPS in all, or fewer than MIN_PASSES passes over the labeled images. Recipes counted in
+    epochs break here first: 30 epochs of a 100-image set at batch 64 are 60 steps."""
+    passes = steps * batch_size / max(1, n_labeled)
+    if steps < MIN_STEPS or passes < MIN_PASSES:
+        log.warning("%s: only %d optimizer steps (%.0f passes over %d labeled images); small-data "
+                    "recipes need >= %d steps and >= %d passes to fit — raise %s.steps",
+                    tag, steps, passes, n_labeled, MIN_STEPS, MIN_PASSES,
+                    "teacher" if tag.startswith("teacher") else "student")
 
 
 def finetune(ctx: RunContext, k: int) -> StageResult:

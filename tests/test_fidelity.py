@@ -1,0 +1,226 @@
+"""Issue 13: the noise and the schedule do what the config says (each test failed before its fix)."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from noisystudent.config import DataConfig, NoiseConfig, SourceConfig, TrainConfig, load_config
+from noisystudent.data import LabeledDataset, create_source
+from noisystudent.data.transforms import TrainTransform, cutout_
+from noisystudent.engine import (autocast_dtype, create_scheduler, effective_ema_decay, ema_decay_at, fit,
+                                 plan_steps)
+from noisystudent.errors import UserError
+from noisystudent.models import create_model
+from noisystudent.pseudo import joint_loss, pseudo_weight
+
+from conftest import ROOT
+
+DIGITS = ROOT / "configs" / "digits-demo.yaml"
+
+
+# 1. the learning rate anneals to lr_min at the last step ------------------------------------------
+
+@pytest.mark.parametrize("total,warmup", [(100, 10), (37, 0), (5, 2), (1000, 250)])
+def test_cosine_reaches_lr_min_at_the_last_step(total, warmup):
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    sched = create_scheduler(opt, 0.1, total, warmup)
+    lrs = []
+    for t in range(total):
+        sched.step_update(t)
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs[-1] == pytest.approx(0.1 * 1e-3)
+    assert max(lrs) == pytest.approx(0.1, rel=0.05)
+    assert all(a >= b - 1e-12 for a, b in zip(lrs[warmup:], lrs[warmup + 1:]))   # monotone after warmup
+
+
+def test_fit_trains_exactly_the_configured_steps_and_ends_at_lr_min(tmp_path):
+    ds = LabeledDataset(create_source(SourceConfig(kind="digits", per_class=5), 1),
+                        lambda a: torch.from_numpy(a).permute(2, 0, 1).float() / 255)
+    cfg = TrainConfig(steps=13, batch_size=8, lr=0.05, warmup_steps=3,
+                      noise=NoiseConfig(False, cutout=0.0, drop_rate=0.0, drop_path_rate=0.0))
+    res = fit(create_model("ns_cnn_s", 10, 1), cfg, labeled_ds=ds, out_dir=tmp_path, seed=0, meta={})
+    assert sum(h["steps"] for h in res.history) == 13           # 50 images / 8 = 7 per epoch: 7 + 6
+    assert res.history[-1]["lr"] == pytest.approx(0.05 * 1e-3)
+
+
+def test_plan_steps_prefers_steps_over_epochs():
+    assert plan_steps(TrainConfig(epochs=30, steps=0, warmup_epochs=1), 2) == (60, 2)
+    assert plan_steps(TrainConfig(epochs=30, steps=3000, warmup_steps=100), 2) == (3000, 100)
+    assert plan_steps(TrainConfig(epochs=30), 2, steps=77)[0] == 77
+
+
+# 2. RandAugment's geometry scales with the image -------------------------------------------------
+
+def _shift_of(tf: TrainTransform, size: int) -> float:
+    op = next(o for o in tf.ra.ops if o.name == "TranslateXRel")
+    a = np.zeros((size, size, 3), np.uint8)
+    a[:, size // 2] = 255
+    out = np.asarray(op(Image.fromarray(a)).convert("L"), dtype=np.float64)
+    col = out.sum(0)
+    return abs((col * np.arange(size)).sum() / col.sum() - size // 2)
+
+
+@pytest.mark.parametrize("size", [28, 32])
+def test_largest_randaugment_shift_is_an_eighth_of_the_image(size):
+    tf = TrainTransform(size, 3, [0.0] * 3, [1.0] * 3, randaugment=True, ra_magnitude=10)   # fill 0
+    assert _shift_of(tf, size) == pytest.approx(size / 8, abs=0.3)     # 3.5 px at 28, 4 px at 32
+
+
+def test_randaugment_applies_every_chosen_op_at_fixed_magnitude_by_default():
+    tf = TrainTransform(32, 3, [0.5] * 3, [0.5] * 3, randaugment=True, ra_magnitude=9)
+    assert all(o.prob == 1.0 and o.magnitude_std == 0 for o in tf.ra.ops)
+    tf = TrainTransform(32, 3, [0.5] * 3, [0.5] * 3, randaugment=True, ra_prob=0.5, ra_mstd=0.5)
+    assert all(o.prob == 0.5 and o.magnitude_std == 0.5 for o in tf.ra.ops)
+
+
+# 3. magnitudes above 10 are not silently clamped -------------------------------------------------
+
+def test_magnitude_above_ten_means_more():
+    def rotated(m):
+        tf = TrainTransform(32, 3, [0.5] * 3, [0.5] * 3, randaugment=True, ra_magnitude=m)
+        op = next(o for o in tf.ra.ops if o.name == "Rotate")
+        a = np.zeros((32, 32, 3), np.uint8)
+        a[4:8, 10:22] = 255
+        import random
+        random.seed(0)
+        return np.asarray(op(Image.fromarray(a)))
+    assert not np.array_equal(rotated(27), rotated(10))
+    assert np.array_equal(rotated(10), rotated(10))
+
+
+# 4. EMA: the decay that runs is explicit and sized to the run ------------------------------------
+
+def test_effective_ema_decay_is_sized_to_the_run():
+    assert effective_ema_decay(0.999, 600) == pytest.approx(1 - 10 / 600)
+    assert effective_ema_decay(0.999, 100_000) == pytest.approx(0.999)
+    assert effective_ema_decay(0.0, 100) == 0.0
+    assert ema_decay_at(0, 0.999) == pytest.approx(0.1)
+    assert ema_decay_at(10_000, 0.999) == pytest.approx(0.999)
+
+
+def test_fit_records_the_ema_decay_it_used(tmp_path):
+    ds = LabeledDataset(create_source(SourceConfig(kind="digits", per_class=5), 1),
+                        lambda a: torch.from_numpy(a).permute(2, 0, 1).float() / 255)
+    cfg = TrainConfig(steps=20, batch_size=8, lr=0.05, ema_decay=0.999,
+                      noise=NoiseConfig(False, cutout=0.0, drop_rate=0.0, drop_path_rate=0.0))
+    res = fit(create_model("ns_cnn_s", 10, 1), cfg, labeled_ds=ds, out_dir=tmp_path, seed=0, meta={})
+    assert res.history[-1]["ema_decay"] == pytest.approx(0.5)     # 1 - 10/20
+
+
+# 5. loss weighting ---------------------------------------------------------------------------------
+
+def test_per_image_weighting_weighs_every_image_the_same():
+    torch.manual_seed(0)
+    logits = torch.randn(2 + 6, 4)
+    labels = torch.tensor([1, 3])
+    hard = torch.nn.functional.one_hot(torch.tensor([0, 1, 2, 3, 0, 1]), 4).float()
+    loss, _ = joint_loss(logits, 2, labels, hard, pseudo_weight("per_image", 1.0, 3))
+    per_row = torch.nn.functional.cross_entropy(logits, torch.cat([labels, hard.argmax(1)]), reduction="none")
+    assert loss == pytest.approx(float(per_row.sum() / 2), rel=1e-5)
+    assert pseudo_weight("mean", 0.5, 3) == 0.5
+
+
+# Cutout ---------------------------------------------------------------------------------------------
+
+def test_cutout_zeroes_a_square_of_the_configured_side():
+    x = torch.ones(1, 32, 32)
+    g = torch.Generator().manual_seed(0)
+    zeros = []
+    for _ in range(50):
+        y = cutout_(x.clone(), 0.5, g)
+        zeros.append(int((y == 0).sum()))
+        rows, cols = torch.nonzero(y[0] == 0, as_tuple=True)
+        assert rows.max() - rows.min() < 16 and cols.max() - cols.min() < 16
+    assert max(zeros) == 256 and min(zeros) > 0      # a full 16x16 square, clipped near the border
+
+
+# amp: auto ---------------------------------------------------------------------------------------
+
+def test_amp_auto_picks_bf16_only_where_native(monkeypatch):
+    import noisystudent.engine as eng
+    monkeypatch.setattr(eng, "cpu_has_native_bf16", lambda: False)
+    assert autocast_dtype("auto", torch.device("cpu")) is None
+    monkeypatch.setattr(eng, "cpu_has_native_bf16", lambda: True)
+    assert autocast_dtype("auto", torch.device("cpu")) == torch.bfloat16
+    assert autocast_dtype("off", torch.device("cpu")) is None
+
+
+def test_amp_off_from_yaml_is_accepted():
+    assert load_config(DIGITS, ["teacher.amp=off"]).teacher.amp == "off"
+
+
+# Leakage guards and seeds ------------------------------------------------------------------------
+
+def test_labeled_and_pool_must_not_share_images():
+    from noisystudent.pipeline import check_inputs
+    from noisystudent.stages.common import RunContext
+    # the pool as "the rest of a per-class draw" with another seed than the labeled draw: 84 shared
+    cfg = load_config(DIGITS, ["data.val=null", "data.labeled.seed=1",
+                               "data.unlabeled={kind: digits, split: train, per_class: 10, subset: rest, seed: 0}"])
+    with pytest.raises(UserError, match=r"data.labeled and data.unlabeled share \d+ image"):
+        check_inputs(RunContext(cfg, "/tmp/unused"))
+
+
+def test_exclude_carves_a_disjoint_validation_set():
+    from noisystudent.stages.common import RunContext
+    cfg = load_config(DIGITS, ["data.val={kind: digits, split: train, per_class: 5, exclude: [labeled]}",
+                               "data.unlabeled={kind: digits, split: train, exclude: [labeled, val]}"])
+    ctx = RunContext(cfg, "/tmp/unused")
+    lab, val, pool = set(ctx.labeled.ids), set(ctx.val.ids), set(ctx.pool.ids)
+    assert len(val) == 50 and not (lab & val) and not (lab & pool) and not (val & pool)
+    assert len(lab) + len(val) + len(pool) == 1500
+    ctx.check_disjoint()
+
+
+def test_exclude_cycle_is_refused():
+    with pytest.raises(UserError, match="cycle"):
+        load_config(DIGITS, ["data.val={kind: digits, split: train, per_class: 5, exclude: [labeled]}",
+                             "data.labeled.exclude=[val]"])
+
+
+def test_run_seed_redraws_the_labeled_set():
+    from noisystudent.stages.common import RunContext
+    a = RunContext(load_config(DIGITS, ["seed=0"]), "/tmp/x").labeled.ids
+    b = RunContext(load_config(DIGITS, ["seed=3"]), "/tmp/x").labeled.ids
+    assert load_config(DIGITS, ["seed=3"]).data.unlabeled.seed == 3
+    assert a != b
+
+
+def test_hide_labels_is_gone():
+    with pytest.raises(UserError, match="unknown config key 'data.unlabeled.hide_labels'"):
+        load_config(DIGITS, ["data.unlabeled.hide_labels=true"])
+
+
+def test_unknown_variant_is_refused():
+    with pytest.raises(UserError, match=r"variants\[0\].*allowed: no_noise"):
+        load_config(DIGITS, ["variants=[nonoise]"])
+
+
+# Variants train beside the student for exactly its number of steps ---------------------------------
+
+def test_variants_are_compute_matched(tmp_path):
+    from noisystudent.artifacts import read_json
+    from noisystudent.pipeline import run
+    cfg = load_config(DIGITS, ["rounds=1", "variants=[no_noise, supervised, two_step]", "teacher.steps=60",
+                               "student.steps=30", "student.batch_size=8", "data.unlabeled.fraction=0.3"])
+    summary = run(cfg, run_dir=tmp_path, report=False)
+    steps = {w: read_json(tmp_path / "round1" / w / "stage.json")["info"]["steps"]
+             for w in ("student", "student_nonoise", "student_supervised", "student_two_step")}
+    assert set(steps.values()) == {30}, steps
+    hist = [read_json(tmp_path / "round1" / "student_supervised" / "stage.json")["info"]]
+    assert hist[0]["images_seen"] == 30 * 8 * 4           # batches of batch_size x (1 + ratio), labeled only
+    assert {m["which"] for m in summary["models"]} >= {"student_supervised", "student_two_step"}
+    assert all(m["val_top1"] is not None for m in summary["models"])
+
+
+def test_short_schedule_warns(caplog):
+    from noisystudent.stages.train import warn_short_schedule
+    with caplog.at_level("WARNING", logger="noisystudent"):
+        warn_short_schedule("teacher", 60, 100, 64)          # the held-out 10-labels-per-class case
+    assert "only 60 optimizer steps" in caplog.text and "teacher.steps" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="noisystudent"):
+        warn_short_schedule("student r1", 2000, 1000, 64)
+    assert caplog.text == ""
