@@ -155,3 +155,188 @@ def test_yaml_aliases_are_refused(tmp_path, text, alias, line):
 def test_yaml_alias_in_a_set_value_is_refused():
     with pytest.raises(UserError, match=r"--set models: YAML aliases are not allowed"):
         load_config(None, ["models=[&a x, *a]"])
+
+
+# ------------------------------------------------------------------------------------------------
+# one finished tiny run (3-class PNG folders, 1 round), shared; tests copy its run directory
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    base = tmp_path_factory.mktemp("rel2")
+    data = make_data(base / "data")
+    cfg = write_cfg(base / "c.yaml", data)
+    r = cli("run", str(cfg), "--run-dir", str(base / "run"), env=THREADS)    # with the report
+    assert r.returncode == 0, r.stderr
+    return base, data, cfg, base / "run"
+
+
+@pytest.fixture
+def copy_run(finished, tmp_path):
+    base, data, cfg, ref = finished
+    run_dir = tmp_path / "run"
+    shutil.copytree(ref, run_dir)
+    return run_dir
+
+
+def _rec(run_dir: Path, rel: str) -> dict:
+    return json.loads((run_dir / rel / "stage.json").read_text())
+
+
+# ------------------------------------------------------------------------------------------------
+# item 1: a redo that fails leaves no old result looking current
+
+def test_failed_redo_removes_stale_results(finished, copy_run):
+    base, data, cfg, ref = finished
+    run_dir = copy_run
+    assert (run_dir / "summary.json").is_file() and (run_dir / "report.md").is_file()
+    r = run(cfg, run_dir, "student.lr=1e30")
+    assert_one_line_error(r, "student r1: loss became ")
+    assert r.returncode == 2
+    for gone in ("summary.json", "report.md", "report.html", "plots", "round1/eval_student"):
+        assert not (run_dir / gone).exists(), gone
+    assert "round1/eval_student: removed, it was made from round1/student, which is being redone" in r.stderr
+    # what the redone stage does not feed is kept
+    for kept in ("round0/teacher", "round0/eval_teacher", "round1/labels", "round1/selection"):
+        assert _rec(run_dir, kept) == _rec(ref, kept), kept
+    r = cli("report", str(run_dir))
+    assert_one_line_error(r, f"{run_dir} has no readable summary.json")
+    # the rerun with the old config is the old run again
+    r = run(cfg, run_dir)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((run_dir / "summary.json").read_text()) == json.loads((ref / "summary.json").read_text())
+
+
+def test_restart_invalidates_everything_made_from_the_teacher(finished, copy_run):
+    from noisystudent.stages.common import RunContext, downstream_stages
+    base, data, cfg, ref = finished
+    ctx = RunContext(load_config(cfg), copy_run)
+    got = sorted(str(p.relative_to(copy_run)) for p in downstream_stages(ctx, copy_run / "round0/teacher"))
+    assert got == ["round0/eval_teacher", "round1/eval_student", "round1/labels", "round1/selection",
+                   "round1/student"]
+    # records without input_dirs (older runs) are followed through their input fingerprints
+    for p in copy_run.glob("round*/*/stage.json"):
+        rec = json.loads(p.read_text())
+        rec.pop("input_dirs", None)
+        p.write_text(json.dumps(rec))
+    got2 = sorted(str(p.relative_to(copy_run)) for p in downstream_stages(ctx, copy_run / "round1/labels"))
+    assert got2 == ["round1/eval_student", "round1/selection", "round1/student"]
+
+
+# ------------------------------------------------------------------------------------------------
+# item 3: never delete a user's files; refuse a non-empty folder that is not a run directory
+
+def test_non_empty_foreign_folder_is_refused_and_user_files_are_kept(finished, tmp_path):
+    base, data, cfg, ref = finished
+    folder = tmp_path / "mine"
+    (folder / "notes").mkdir(parents=True)
+    user_files = [folder / "notes" / "draft.tmp", folder / "notes" / ".draft.abcd1234.tmp", folder / "todo.tmp"]
+    for f in user_files:
+        f.write_text("my work")
+    r = run(cfg, folder)
+    assert_one_line_error(r, f"{folder} is not empty and is not a noisystudent run directory (no config.yaml); "
+                             "use a new or empty --run-dir (or --force to use this folder anyway)")
+    assert sorted(p.name for p in folder.iterdir()) == ["notes", "todo.tmp"]
+    r = cli("run", str(cfg), "--run-dir", str(folder), "--no-report", "--force", env=THREADS)
+    assert r.returncode == 0, r.stderr
+    assert "temp file(s)" not in r.stderr
+    assert all(f.read_text() == "my work" for f in user_files)
+
+
+def test_sweep_removes_only_our_temp_names_in_our_folders(tmp_path):
+    from noisystudent.artifacts import atomic_write, remove_stale_temps
+    ours = [tmp_path / ".summary.json.k3j_9x0a.tmp", tmp_path / "round1" / "labels" / ".part-00000.parquet.abcdefgh.tmp",
+            tmp_path / "cache" / "robustness" / ".fog-s1.npy.0a1b2c3d.tmp"]
+    theirs = [tmp_path / "notes" / "draft.tmp", tmp_path / "notes" / ".x.abcdefgh.tmp", tmp_path / "round1" / "draft.tmp",
+              tmp_path / "round1" / ".draft.tmp", tmp_path / "a.tmp"]
+    for p in ours + theirs:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("x")
+    assert remove_stale_temps(tmp_path) == len(ours)
+    assert [p.exists() for p in ours] == [False] * len(ours)
+    assert all(p.exists() for p in theirs)
+    # the names atomic_write really uses are among those swept
+    import noisystudent.artifacts as artifacts
+    with atomic_write(tmp_path / "round2" / "x.json", "w") as f:
+        (name,) = [p.name for p in (tmp_path / "round2").iterdir()]
+        assert artifacts.is_our_temp(name), name
+        f.write("{}")
+
+
+# ------------------------------------------------------------------------------------------------
+# item 8: damaged records and unfinished artifacts
+
+@pytest.mark.parametrize("content", ["[1, 2]", '"done"', '{"status": "done", "fingerprint": 3}',
+                                     '{"status": "done", "fingerprint": "x", "outputs": [1]}'])
+def test_damaged_stage_record_is_redone(finished, copy_run, content):
+    base, data, cfg, ref = finished
+    (copy_run / "round1/selection/stage.json").write_text(content)
+    r = run(cfg, copy_run)
+    assert r.returncode == 0, r.stderr
+    assert "round1/selection: stage.json is damaged (not a stage record); redoing the stage" in r.stderr
+    assert _rec(copy_run, "round1/selection")["outputs"] == _rec(ref, "round1/selection")["outputs"]
+    # what was made from it is redone too (its input cannot be trusted), and comes out the same
+    assert "round1/student: removed, it was made from round1/selection, which is being redone" in r.stderr
+    assert json.loads((copy_run / "summary.json").read_text()) == json.loads((ref / "summary.json").read_text())
+
+
+@pytest.mark.parametrize("content, why", [
+    ("- a\n", "not a mapping of config sections but a list"),
+    ("data: null\n", "its 'data' section is missing or not a mapping"),
+    ("", "empty"),
+    ("data: {labeled: 1}\n", "its 'data' section lacks test, in_chans"),
+    ("a: [1,\n", "not readable YAML"),
+])
+def test_damaged_run_config_is_one_line(finished, copy_run, content, why):
+    base, data, cfg, ref = finished
+    (copy_run / "config.yaml").write_text(content)
+    r = run(cfg, copy_run)
+    line = assert_one_line_error(r, f"{copy_run / 'config.yaml'} is damaged ({why}")
+    assert line.endswith("so it cannot tell which experiment " f"{copy_run} holds; restore it, or rerun with --force "
+                         "to reuse the folder (stages whose inputs changed are redone)")
+    r = cli("run", str(cfg), "--run-dir", str(copy_run), "--no-report", "--force", env=THREADS)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("done, skipping") == 6
+
+
+def test_truncated_shard_of_an_unfinished_label_stage_is_relabeled(finished, copy_run):
+    base, data, cfg, ref = finished
+    labels = copy_run / "round1/labels"
+    rec = _rec(copy_run, "round1/labels")
+    (labels / "stage.json").write_text(json.dumps(dict(rec, status="running", outputs={})))
+    shard = labels / "part-00000.parquet"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    r = run(cfg, copy_run)
+    assert r.returncode == 0, r.stderr
+    assert f"round 1: {shard} is damaged (" in r.stderr
+    assert _rec(copy_run, "round1/labels")["outputs"] == rec["outputs"]      # relabeled identically
+    assert "round1/selection: done, skipping" in r.stderr
+
+
+def test_disk_full_when_the_lock_is_written(tmp_path, monkeypatch):
+    import errno
+    import noisystudent.artifacts as artifacts
+    real_open = open
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, b):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        flush = write
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    monkeypatch.setattr(artifacts, "open", lambda *a, **k: Full(real_open(*a, **k)), raising=False)
+    with pytest.raises(UserError) as e:
+        artifacts.lock_run_dir(tmp_path / "run")
+    assert str(e.value) == (f"disk full while writing {tmp_path / 'run' / '.lock'}; nothing was written — "
+                            "free space and rerun the same command")
+
+    def no_space(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(artifacts, "open", no_space, raising=False)
+    with pytest.raises(UserError, match="disk full while writing .*other.*[.]lock"):
+        artifacts.lock_run_dir(tmp_path / "other")

@@ -69,8 +69,8 @@ def cmd_demo(args):
 
 
 def cmd_train(args):
-    from .artifacts import reset_dir
     from .pipeline import claim_run_dir
+    from .stages.common import invalidate_stage
     from .stages.evaluate import evaluate_stage
     from .stages.train import train_teacher
     cfg = _load(args)
@@ -79,7 +79,7 @@ def cmd_train(args):
     tdir = ctx.stage_dir(0, "teacher")
     if args.restart:
         if ctx.rank == 0:           # one rank deletes; the others wait, so none sees a half-removed folder
-            reset_dir(tdir)
+            invalidate_stage(ctx, tdir)     # and everything made from it: it is not current any more
         if ctx.world > 1:
             import torch.distributed as dist
             dist.barrier()

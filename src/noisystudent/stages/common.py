@@ -17,15 +17,15 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..artifacts import (file_hash, load_checkpoint, read_stage, reset_dir, save_checkpoint,
-                         write_stage)
+from ..artifacts import (file_hash, load_checkpoint, read_stage, remove_run_results, reset_dir,
+                         save_checkpoint, write_stage)
 from ..config import Config, config_hash, config_to_dict
 from ..data import ArraySource, Source, create_source, default_mean_std
 from ..engine import resolve_device, world_info
 from ..errors import UserError
 from ..models import create_model
 
-__all__ = ["RunContext", "run_stage", "load_model", "save_model", "StageResult"]
+__all__ = ["RunContext", "run_stage", "load_model", "save_model", "StageResult", "invalidate_stage"]
 
 log = logging.getLogger("noisystudent")
 
@@ -118,6 +118,8 @@ def run_stage(ctx: RunContext, stage_dir: Path, config: dict, inputs: dict[str, 
                             "(run `noisystudent run CONFIG`, which runs stages in order)")
         upstream[name] = {"fingerprint": rec["fingerprint"], "outputs": rec["outputs"]}
     fp = config_hash({"config": config, "inputs": upstream})
+    input_dirs = {name: _rel(ctx, d) for name, d in inputs.items()}
+    old = read_stage(stage_dir) if ctx.rank == 0 else None
     action = _decide(stage_dir, fp, label) if ctx.rank == 0 else None
     if ctx.world > 1:
         # Every rank must take the same branch: a rank that skipped while another redoes the stage
@@ -131,13 +133,19 @@ def run_stage(ctx: RunContext, stage_dir: Path, config: dict, inputs: dict[str, 
             for f in cleanup:
                 (stage_dir / f).unlink(missing_ok=True)
         return StageResult(stage_dir, read_stage(stage_dir), True)
-    if action == "reset" and ctx.rank == 0:
-        reset_dir(stage_dir)
+    if ctx.rank == 0:
+        # Before any work: results made from the old version of this stage must not outlive it, or a
+        # run that fails now would leave them looking current (summary.json, eval.json, the report).
+        if action == "reset":
+            invalidate_stage(ctx, stage_dir, old_fingerprint=(old or {}).get("fingerprint"))
+        else:
+            _remove_results(ctx)
     if ctx.world > 1:
         torch.distributed.barrier()
     if ctx.rank == 0:
         stage_dir.mkdir(parents=True, exist_ok=True)
-        write_stage(stage_dir, status="running", fingerprint=fp, config=config, inputs=upstream)
+        write_stage(stage_dir, status="running", fingerprint=fp, config=config, inputs=upstream,
+                    input_dirs=input_dirs)
     if ctx.world > 1:
         torch.distributed.barrier()
     log.info("%s: running", label)
@@ -146,7 +154,7 @@ def run_stage(ctx: RunContext, stage_dir: Path, config: dict, inputs: dict[str, 
         torch.distributed.barrier()
     if ctx.rank == 0:
         write_stage(stage_dir, status="done", fingerprint=fp, config=config, inputs=upstream,
-                    outputs={o: True for o in outputs}, info=info)
+                    outputs={o: True for o in outputs}, info=info, input_dirs=input_dirs)
         # Resume state is dead weight once the stage is done (written last, so a kill before this
         # line at worst leaves a redundant file).
         for f in cleanup:
@@ -154,6 +162,53 @@ def run_stage(ctx: RunContext, stage_dir: Path, config: dict, inputs: dict[str, 
     if ctx.world > 1:
         torch.distributed.barrier()
     return StageResult(stage_dir, read_stage(stage_dir), False)
+
+
+def _rel(ctx: RunContext, d: Path) -> str:
+    try:
+        return Path(d).relative_to(ctx.run_dir).as_posix()
+    except ValueError:
+        return str(d)
+
+
+def _remove_results(ctx: RunContext) -> None:
+    if gone := remove_run_results(ctx.run_dir):
+        log.info("removed %s: the run's results are out of date until it finishes again", ", ".join(gone))
+
+
+def downstream_stages(ctx: RunContext, stage_dir: Path, old_fingerprint: str | None = None) -> list[Path]:
+    """Every stage folder made, directly or through others, from `stage_dir`'s outputs: its record
+    names `stage_dir` among its inputs (`input_dirs`) or holds the fingerprint `stage_dir` had."""
+    if old_fingerprint is None:
+        old_fingerprint = (read_stage(stage_dir) or {}).get("fingerprint")
+    recs = {}
+    for p in sorted(ctx.run_dir.glob("round*/*/stage.json")):
+        rec = read_stage(p.parent)
+        if rec is not None and p.parent != stage_dir:
+            recs[p.parent] = rec
+    found: list[Path] = []
+    todo = [(_rel(ctx, stage_dir), old_fingerprint)]
+    while todo:
+        rel, fp = todo.pop()
+        for d, rec in recs.items():
+            if d in found:
+                continue
+            fps = [i.get("fingerprint") for i in rec.get("inputs", {}).values()]
+            if rel in rec.get("input_dirs", {}).values() or (fp and fp in fps):
+                found.append(d)
+                todo.append((_rel(ctx, d), rec["fingerprint"]))
+    return found
+
+
+def invalidate_stage(ctx: RunContext, stage_dir: Path, old_fingerprint: str | None = None) -> None:
+    """Clear a stage that is about to be redone, every stage made from it, and the run's results
+    (summary.json, report): a redo that fails must not leave the old results looking current.
+    Rank 0 only."""
+    for d in downstream_stages(ctx, stage_dir, old_fingerprint):
+        log.warning("%s: removed, it was made from %s, which is being redone", _rel(ctx, d), _rel(ctx, stage_dir))
+        reset_dir(d)
+    reset_dir(stage_dir)
+    _remove_results(ctx)
 
 
 def _decide(stage_dir: Path, fp: str, label: str) -> str:
@@ -168,7 +223,9 @@ def _decide(stage_dir: Path, fp: str, label: str) -> str:
         log.warning("%s: outputs changed on disk since they were written; redoing the stage", label)
         return "reset"
     if stage_dir.exists() and (rec is None or rec.get("fingerprint") != fp):
-        if rec is not None:
+        if rec is None and (stage_dir / "stage.json").exists():
+            log.warning("%s: stage.json is damaged (not a stage record); redoing the stage", label)
+        elif rec is not None:
             log.warning("%s: config or inputs changed since it ran; redoing it and every stage after it", label)
         return "reset"
     return "resume"
