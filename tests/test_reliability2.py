@@ -340,3 +340,67 @@ def test_disk_full_when_the_lock_is_written(tmp_path, monkeypatch):
     monkeypatch.setattr(artifacts, "open", no_space, raising=False)
     with pytest.raises(UserError, match="disk full while writing .*other.*[.]lock"):
         artifacts.lock_run_dir(tmp_path / "other")
+
+
+# ------------------------------------------------------------------------------------------------
+# item 2: data contents are in the fingerprints of the stages that read them
+
+def _redone(stderr: str) -> set[str]:
+    return {ln.split(": ")[1] for ln in stderr.splitlines() if ln.endswith(": running")}
+
+
+def test_changed_data_redoes_exactly_the_stages_that_read_it(tmp_path):
+    from test_bad_inputs import _img
+    data = make_data(tmp_path / "data")
+    cfg = write_cfg(tmp_path / "c.yaml", data)
+    run_dir = tmp_path / "run"
+    assert run(cfg, run_dir).returncode == 0
+    everything = {"round0/teacher", "round0/eval_teacher", "round1/labels", "round1/selection",
+                  "round1/student", "round1/eval_student"}
+    # the pool: one image removed, five added -> labeled again, and all after it
+    (data / "pool" / "000.png").unlink()
+    for i in range(5):
+        _img(i % 3, 5000 + i).save(data / "pool" / f"new{i}.png")
+    r = run(cfg, run_dir)
+    assert r.returncode == 0, r.stderr
+    assert _redone(r.stderr) == everything - {"round0/teacher", "round0/eval_teacher"}
+    assert _rec(run_dir, "round1/labels")["info"]["rows"] == 16
+    # a student setting then works (before: "selected ids are not in the unlabeled pool" forever)
+    r = run(cfg, run_dir, "student.lr=0.04")
+    assert r.returncode == 0, r.stderr
+    assert _redone(r.stderr) == {"round1/student", "round1/eval_student"}
+    # a labeled image replaced in place (same name): a new teacher, and everything after it
+    _img(0, 777).save(data / "train" / "cat" / "0.png")
+    r = run(cfg, run_dir, "student.lr=0.04")
+    assert r.returncode == 0, r.stderr
+    assert _redone(r.stderr) == everything
+    # a test image replaced in place: the evaluations only
+    _img(2, 778).save(data / "test" / "fox" / "1.png")
+    r = run(cfg, run_dir, "student.lr=0.04")
+    assert r.returncode == 0, r.stderr
+    assert _redone(r.stderr) == {"round0/eval_teacher", "round1/eval_student"}
+    # nothing changed: nothing redone
+    r = run(cfg, run_dir, "student.lr=0.04")
+    assert r.returncode == 0 and _redone(r.stderr) == set(), r.stderr
+
+
+def test_source_fingerprints_see_contents(tmp_path):
+    import os
+    import numpy as np
+    from noisystudent.config import SourceConfig
+    from noisystudent.data import create_source
+    data = make_data(tmp_path / "data")
+
+    def fp(kind="imagefolder", root=data / "train", **kw):
+        return create_source(SourceConfig(kind=kind, root=str(root), **kw), 3).fingerprint()
+    a = fp()
+    assert fp() == a                                            # stable
+    f = data / "train" / "dog" / "2.png"
+    st = f.stat()
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1000))     # touched
+    assert fp() != a
+    digits = create_source(SourceConfig(kind="digits", per_class=5), 1)
+    d1 = digits.fingerprint()
+    digits.images = digits.images.copy()
+    digits.images[0, 0, 0, 0] ^= np.uint8(1)                    # one pixel
+    assert digits.fingerprint() != d1

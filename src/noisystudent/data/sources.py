@@ -8,6 +8,7 @@ small images are bound by compute, not by JPEG decoding on 2 cores.
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -81,6 +82,24 @@ class Source:
                              self.classes, self.in_chans, list(self.skipped), parent=self,
                              index=indices)
 
+    def fingerprint(self) -> str:
+        """A short hash of what the source holds: its ids, labels and classes, and each row's contents
+        as cheaply as they can be told apart (file size + modification time for files, the bytes for
+        arrays in memory). Stages that read a source put this into their fingerprint, so adding,
+        removing or replacing an image redoes exactly the stages that read it."""
+        import hashlib
+        h = hashlib.sha256()
+        h.update(repr((type(self).__name__, self.classes, len(self.ids))).encode())
+        h.update("\0".join(self.ids).encode("utf-8", "surrogateescape"))
+        h.update(np.ascontiguousarray(self.labels, dtype=np.int64).tobytes())
+        self._hash_rows(h, None)
+        return h.hexdigest()[:16]
+
+    def _hash_rows(self, h, rows: np.ndarray | None) -> None:
+        """Feed the contents of `rows` (None = all) into `h`. Subclasses know their storage."""
+        for i in (range(len(self)) if rows is None else rows):      # generic, slow: decode everything
+            h.update(np.ascontiguousarray(self.load(int(i))).tobytes())
+
     def cache(self, on_bad: str = "fail", progress: Callable | None = None) -> "ArraySource":
         """Decode every image once. on_bad='skip' drops undecodable files (their ids are kept in
         `skipped`); 'fail' raises a one-line UserError naming the file."""
@@ -110,6 +129,17 @@ class ArraySource(Source):
     def _load(self, i: int) -> np.ndarray:
         return self.images[i]
 
+    def _hash_rows(self, h, rows: np.ndarray | None) -> None:
+        if isinstance(self.images, np.ndarray):
+            a = self.images if rows is None else self.images[rows]
+            h.update(repr(a.shape).encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+        else:
+            for i in (range(len(self)) if rows is None else rows):
+                im = np.ascontiguousarray(self.images[int(i)])
+                h.update(repr(im.shape).encode())
+                h.update(im.tobytes())
+
     def subset(self, indices: Sequence[int]) -> "ArraySource":
         # Slicing the array keeps the fast path (vectorised eval batches) available to subsets.
         indices = np.asarray(indices, dtype=np.int64)
@@ -127,6 +157,18 @@ class FileSource(Source):
     def _load(self, i: int) -> np.ndarray:
         return open_image(self.root / self.ids[i], self.in_chans, name=str(self.root / self.ids[i]))
 
+    def _hash_rows(self, h, rows: np.ndarray | None) -> None:
+        # size + mtime of every file: one stat each, no reads (see docs/reliability.md for the cost)
+        root, stat, join = str(self.root), os.stat, os.path.join
+        out = []
+        for i in (range(len(self)) if rows is None else rows):
+            try:
+                st = stat(join(root, self.ids[int(i)]))
+                out.append(f"{st.st_size}:{st.st_mtime_ns}")
+            except OSError:
+                out.append("-")
+        h.update("\0".join(out).encode())
+
 
 @dataclass
 class _SubsetSource(Source):
@@ -135,6 +177,9 @@ class _SubsetSource(Source):
 
     def _load(self, i: int) -> np.ndarray:
         return self.parent.load(int(self.index[i]))
+
+    def _hash_rows(self, h, rows: np.ndarray | None) -> None:
+        self.parent._hash_rows(h, self.index if rows is None else self.index[np.asarray(rows, dtype=np.int64)])
 
 
 # ------------------------------------------------------------------------------------------------

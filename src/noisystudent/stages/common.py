@@ -49,6 +49,7 @@ class RunContext:
         self.device = resolve_device(device or cfg.device)
         self.rank, self.world = world_info()
         self.mean, self.std = default_mean_std(cfg.data.in_chans, cfg.data.mean, cfg.data.std)
+        self._fingerprints: dict = {}
 
     def policy(self, role: str) -> str:
         p = self.cfg.data.bad_images
@@ -60,13 +61,32 @@ class RunContext:
         if src.classes is None:
             raise UserError("config key 'data.labeled': the labeled source has no classes "
                             "(use kind imagefolder, idx or digits)")
+        self._fingerprints["labeled"] = src.fingerprint()     # of the files, before caching
         return self._maybe_cache(src, "labeled")
 
     @functools.cached_property
     def test(self) -> Source:
         src = create_source(self.cfg.data.test, self.cfg.data.in_chans, "data.test")
         _check_classes(self.labeled, src, "data.labeled", "data.test")
+        self._fingerprints["test"] = src.fingerprint()
         return self._maybe_cache(src, "test")
+
+    @functools.cached_property
+    def extra_tests(self) -> list[Source]:
+        return [create_source(sc, self.cfg.data.in_chans, f"data.extra_test[{i}]")
+                for i, sc in enumerate(self.cfg.data.extra_test)]
+
+    def data_fingerprint(self, role: str) -> str | list[str]:
+        """Contents of a data source (`Source.fingerprint`), for the stages that read it: 'labeled',
+        'test', 'unlabeled' or 'extra_test' (a list). Computed once per command."""
+        if role not in self._fingerprints:
+            if role in ("labeled", "test"):
+                getattr(self, role)                 # computes it before caching the images
+            elif role == "unlabeled":
+                self._fingerprints[role] = self.pool.fingerprint()
+            else:
+                self._fingerprints[role] = [s.fingerprint() for s in self.extra_tests]
+        return self._fingerprints[role]
 
     @functools.cached_property
     def pool(self) -> Source:

@@ -105,7 +105,8 @@ def label_pool(ctx: RunContext, k: int) -> StageResult:
     cfg, lc = ctx.cfg, ctx.cfg.label
     tdir = teacher_dir(ctx, k)
     config = {"label": config_to_dict(lc), "pool": config_to_dict(cfg.data.unlabeled),
-              "image_size": cfg.data.image_size, "mean": ctx.mean, "std": ctx.std}
+              "image_size": cfg.data.image_size, "mean": ctx.mean, "std": ctx.std,
+              "pool_content": ctx.data_fingerprint("unlabeled")}
 
     def body(d):
         model, meta = load_model(tdir / "model.pt", ctx.device, expect_classes=ctx.classes,
