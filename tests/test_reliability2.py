@@ -404,3 +404,52 @@ def test_source_fingerprints_see_contents(tmp_path):
     digits.images = digits.images.copy()
     digits.images[0, 0, 0, 0] ^= np.uint8(1)                    # one pixel
     assert digits.fingerprint() != d1
+
+
+# ------------------------------------------------------------------------------------------------
+# item 7: crafted model files are checked before anything is built from them
+
+def _crafted(finished, tmp_path, **meta_changes):
+    import torch
+    base, data, cfg, ref = finished
+    state = torch.load(ref / "round0/teacher/model.pt", weights_only=True)
+    if meta_changes.pop("clear", False):
+        state["meta"] = {}
+    state["meta"].update(meta_changes)
+    out = tmp_path / "model.pt"
+    torch.save(state, out)
+    return out
+
+
+@pytest.mark.parametrize("changes, fragment", [
+    ({"num_classes": 100_000_000}, "damaged model metadata: meta.num_classes must be an integer in [2, 1000000] "
+                                   "(got '100000000'); use a model.pt written by noisystudent"),
+    ({"clear": True}, "damaged model metadata: meta.model_name must be a model name (got 'None')"),
+])
+def test_crafted_model_file_is_one_line(finished, tmp_path, changes, fragment):
+    model = _crafted(finished, tmp_path, **changes)
+    r = cli("evaluate", "--checkpoint", str(model), "--data", f"imagefolder:{finished[1] / 'test'}", env=THREADS)
+    assert_one_line_error(r, f"{model}: {fragment}")
+    assert not (tmp_path / "eval.json").exists()
+
+
+@pytest.mark.parametrize("changes, fragment", [
+    ({"num_classes": 1_000_000, "classes": [str(i) for i in range(1_000_000)]},
+     "weights do not fit ns_cnn_s (fc.weight: [3, 64] in the file, [1000000, 64] for 1000000 classes)"),
+    ({"num_classes": 3.0}, "meta.num_classes must be an integer"),
+    ({"classes": ["a", "b"]}, "meta.classes must list num_classes class names"),
+    ({"in_chans": 1}, "meta.mean must be in_chans finite numbers"),
+    ({"std": [0.5, 0.0, 0.5]}, "meta.std must be in_chans numbers > 0"),
+    ({"image_size": 10 ** 9}, "meta.image_size must be in [1, 8192]"),
+    ({"model_name": "nosuch_net"}, "unknown model 'nosuch_net'"),
+    ({"drop_rate": float("nan")}, "meta.drop_rate must be in [0, 1)"),
+])
+def test_model_metadata_is_validated_before_building(finished, tmp_path, changes, fragment):
+    import resource
+    from noisystudent.stages.common import load_model
+    model = _crafted(finished, tmp_path, **changes)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(UserError) as e:
+        load_model(model, noised=True)
+    assert fragment in str(e.value) and str(e.value).startswith(f"{model}: ")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss < 200_000     # KiB: nothing big was built
