@@ -453,3 +453,42 @@ def test_model_metadata_is_validated_before_building(finished, tmp_path, changes
         load_model(model, noised=True)
     assert fragment in str(e.value) and str(e.value).startswith(f"{model}: ")
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss < 200_000     # KiB: nothing big was built
+
+
+# ------------------------------------------------------------------------------------------------
+# item 5 (+ item 9: raw HTML in report.md): data-derived text in the report
+
+def test_dollar_in_class_names_and_html_in_the_name(tmp_path):
+    """A `$` in class names once made every report fail (mathtext, in savefig outside the guard);
+    the config `name` went into report.md as raw HTML."""
+    from test_bad_inputs import CLASSES
+    data = make_data(tmp_path / "data")
+    for split in ("train", "test"):
+        for c, new in zip(CLASSES, ["$cat", "dog$", "f$o$x"]):
+            (data / split / c).rename(data / split / new)
+    cfg = write_cfg(tmp_path / "c.yaml", data, name="<script>alert(1)</script>$x$")
+    r = cli("run", str(cfg), "--run-dir", str(tmp_path / "run"), env=THREADS)
+    assert r.returncode == 0, r.stderr
+    assert "plot" not in r.stderr and "skipped" not in r.stderr, r.stderr
+    assert {p.name for p in (tmp_path / "run" / "plots").iterdir()} >= {"accuracy.png", "per_class_delta.png"}
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "<script>" not in md and "&lt;script&gt;alert(1)&lt;/script&gt;$x$" in md
+    assert "<script>" not in (tmp_path / "run" / "report.html").read_text()
+
+
+def test_one_failing_plot_never_costs_the_report(finished, copy_run, monkeypatch):
+    from noisystudent.report import plots, write_report
+    from matplotlib.figure import Figure
+
+    def broken(run):               # fails at draw time, inside savefig
+        fig = Figure()
+        fig.subplots().set_title("$\\\\notacommand$")
+        fig.get_axes()[0].title.set_parse_math(True)
+        return fig
+    monkeypatch.setattr(plots, "PLOTS", [("broken", "a broken plot", broken), *plots.PLOTS])
+    import noisystudent.report as report
+    monkeypatch.setattr(report, "PLOTS", plots.PLOTS)
+    written = write_report(copy_run)
+    names = {p.name for p in written}
+    assert "broken.png" not in names and {"accuracy.png", "report.md", "report.html"} <= names
+    assert not list((copy_run / "plots").glob("*.tmp")) and not (copy_run / "plots" / "broken.png").exists()
