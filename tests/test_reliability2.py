@@ -492,3 +492,73 @@ def test_one_failing_plot_never_costs_the_report(finished, copy_run, monkeypatch
     names = {p.name for p in written}
     assert "broken.png" not in names and {"accuracy.png", "report.md", "report.html"} <= names
     assert not list((copy_run / "plots").glob("*.tmp")) and not (copy_run / "plots" / "broken.png").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# item 9: huge images, FIFOs, one-class labeled sets, SIGTERM
+
+def test_huge_image_is_refused_and_large_ones_are_kept_small(tmp_path):
+    import numpy as np
+    from PIL import Image
+    from noisystudent.config import SourceConfig
+    from noisystudent.data import BadImage, create_source, open_image
+    big = tmp_path / "big.png"
+    Image.new("RGB", (10000, 10000)).save(big)                  # ~300 KB on disk, 300 MB decoded
+    assert big.stat().st_size < 1_000_000
+    with pytest.raises(BadImage, match=r"big.png: 10000x10000 pixels, more than the 64,000,000 an image may "
+                                       r"have here; downscale it; fix or remove the file"):
+        open_image(big, 3)
+    data = make_data(tmp_path / "data")
+    Image.new("RGB", (3000, 1500), (200, 10, 10)).save(data / "train" / "cat" / "wide.png")
+    src = create_source(SourceConfig(kind="imagefolder", root=str(data / "train")), 3)
+    src.max_side = 512
+    cached = src.cache()
+    assert max(im.shape[0] * im.shape[1] for im in cached.images) == 512 * 256
+    assert cached.load(cached.ids.index("cat/wide.png")).shape == (256, 512, 3)
+
+
+def test_fifo_in_a_manifest_is_skipped_not_waited_for(tmp_path):
+    import os
+    data = make_data(tmp_path / "data")
+    os.mkfifo(data / "pool" / "pipe.png")
+    names = sorted(p.name for p in (data / "pool").iterdir())
+    (data / "pool.csv").write_text("path\n" + "\n".join(f"pool/{n}" for n in names) + "\n")
+    cfg = write_cfg(tmp_path / "c.yaml", data, data__unlabeled={"kind": "manifest", "root": str(data / "pool.csv")})
+    r = cli("run", str(cfg), "--run-dir", str(tmp_path / "run"), "--no-report", env=THREADS, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "skipped 1 undecodable pool image(s) of 13" in r.stderr
+
+
+def test_one_class_labeled_set_is_refused(tmp_path):
+    data = make_data(tmp_path / "data")
+    for split in ("train", "test"):
+        for c in ("dog", "fox"):
+            shutil.rmtree(data / split / c)
+    r = run(write_cfg(tmp_path / "c.yaml", data), tmp_path / "run")
+    assert_one_line_error(r, "config key 'data.labeled': the labeled set has images of only 1 class (cat); "
+                             "a classifier needs at least 2 classes")
+    assert not (tmp_path / "run").exists()
+
+
+def test_sigterm_says_how_to_resume(finished, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from conftest import ROOT
+    base, data, cfg, ref = finished
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "noisystudent", "run", str(cfg), "--run-dir", str(run_dir),
+                             "--no-report", "--set", "teacher.epochs=500"], cwd=ROOT, stderr=subprocess.PIPE,
+                            text=True, env=dict(os.environ, **THREADS, NOISYSTUDENT_PROGRESS="0"))
+    deadline = time.monotonic() + 240          # a loaded machine can take long just to import torch
+    while not (run_dir / "round0/teacher/metrics.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None and (run_dir / "round0/teacher/metrics.jsonl").exists()
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == ("terminated (SIGTERM): finished work is kept; rerun the same command "
+                                            "to resume")
+    assert "Traceback" not in err and sorted(run_dir.rglob("*.tmp")) == []

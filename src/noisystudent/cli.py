@@ -209,10 +209,24 @@ def _one_line(e: BaseException) -> str:
     return rest if sep and head.rsplit(".", 1)[-1] == type(e).__name__ else last
 
 
+class Terminated(BaseException):
+    """SIGTERM (kill, a scheduler's preemption, systemd): unwinds like Ctrl-C, so atomic writes
+    clean up and the user reads one line instead of nothing."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="noisystudent: %(message)s", stream=sys.stderr)
     from .distributed import maybe_init_distributed, shutdown_distributed
+    import signal
+    import threading
+    old_handler = None
+    if threading.current_thread() is threading.main_thread():
+        old_handler = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         maybe_init_distributed()
         args.fn(args)
@@ -224,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished work is kept; rerun the same command to resume", file=sys.stderr)
         return 130
+    except Terminated:
+        print("terminated (SIGTERM): finished work is kept; rerun the same command to resume", file=sys.stderr)
+        return 143
     except Exception as e:  # noqa: BLE001 - last line of defence, keep it to one line for users
         if os.environ.get("NOISYSTUDENT_DEBUG"):
             raise
@@ -231,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
               "(a bug: rerun with NOISYSTUDENT_DEBUG=1 for the traceback and report it)", file=sys.stderr)
         return 1
     finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)
         shutdown_distributed(barrier=False)     # no-op when not distributed or already left
 
 

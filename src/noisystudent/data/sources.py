@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import stat
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -25,6 +26,9 @@ __all__ = [
     "create_source", "draw_per_class", "open_image",
 ]
 
+# Larger images are refused as undecodable (skipped in the pool): decoding one costs ~3 bytes a pixel
+# several times over. Smaller ones larger than a source's `max_side` are shrunk as they are loaded.
+MAX_PIXELS = 64_000_000
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
@@ -43,7 +47,13 @@ class BadImage(UserError):
 def open_image(path_or_file, in_chans: int, name: str = "") -> np.ndarray:
     """Decode to uint8 HWC with `in_chans` channels (grayscale/RGB/RGBA/palette are converted)."""
     try:
+        if isinstance(path_or_file, (str, os.PathLike)) and not stat.S_ISREG(os.stat(path_or_file).st_mode):
+            raise BadImage(f"{name or path_or_file}: not a regular file (a pipe, device or folder); "
+                           "only image files are read")
         with Image.open(path_or_file) as im:
+            if im.width * im.height > MAX_PIXELS:
+                raise BadImage(f"{name or path_or_file}: {im.width}x{im.height} pixels, more than the "
+                               f"{MAX_PIXELS:,} an image may have here; downscale it")
             if im.mode.startswith("I;16") or im.mode == "I":
                 # 16-bit grayscale: PIL's convert() clips to 255 (a nearly white image); scale instead.
                 a = np.asarray(im, dtype=np.float64)
@@ -57,6 +67,16 @@ def open_image(path_or_file, in_chans: int, name: str = "") -> np.ndarray:
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
+def shrink(a: np.ndarray, max_side: int) -> np.ndarray:
+    """uint8 HWC -> at most `max_side` pixels on its longer side, aspect kept (PIL, antialiased)."""
+    h, w = a.shape[:2]
+    scale = max_side / max(h, w)
+    im = Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a)
+    im = im.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
+    out = np.asarray(im)
+    return out[:, :, None] if out.ndim == 2 else out
+
+
 @dataclass
 class Source:
     """Base class. Subclasses fill `ids`, `labels`, `classes` and implement `_load`."""
@@ -66,12 +86,16 @@ class Source:
     classes: list[str] | None
     in_chans: int = 3
     skipped: list[str] = field(default_factory=list)   # ids dropped as undecodable by cache()
+    max_side: int | None = None         # larger images are shrunk (aspect kept) as they are loaded
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def load(self, i: int) -> np.ndarray:
-        return self._load(i)
+        a = self._load(i)
+        if self.max_side and max(a.shape[0], a.shape[1]) > self.max_side:
+            a = shrink(a, self.max_side)
+        return a
 
     def _load(self, i: int) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -79,7 +103,7 @@ class Source:
     def subset(self, indices: Sequence[int]) -> "Source":
         indices = np.asarray(indices, dtype=np.int64)
         return _SubsetSource(self.name, [self.ids[i] for i in indices], self.labels[indices],
-                             self.classes, self.in_chans, list(self.skipped), parent=self,
+                             self.classes, self.in_chans, list(self.skipped), self.max_side, parent=self,
                              index=indices)
 
     def fingerprint(self) -> str:

@@ -62,6 +62,10 @@ class RunContext:
         if src.classes is None:
             raise UserError("config key 'data.labeled': the labeled source has no classes "
                             "(use kind imagefolder, idx or digits)")
+        if len(src.classes) < 2 or len(np.unique(src.labels[src.labels >= 0])) < 2:
+            found = sorted({src.classes[c] for c in src.labels if 0 <= c < len(src.classes)})
+            raise UserError(f"config key 'data.labeled': the labeled set has images of only {len(found)} class "
+                            f"({', '.join(found)[:80]}); a classifier needs at least 2 classes")
         self._fingerprints["labeled"] = src.fingerprint()     # of the files, before caching
         return self._maybe_cache(src, "labeled")
 
@@ -92,13 +96,23 @@ class RunContext:
     @functools.cached_property
     def pool(self) -> Source:
         """The unlabeled pool. Not cached whole: labeling reads it once, streaming."""
-        return create_source(self.cfg.data.unlabeled, self.cfg.data.in_chans, "data.unlabeled")
+        src = create_source(self.cfg.data.unlabeled, self.cfg.data.in_chans, "data.unlabeled")
+        src.max_side = self.max_side
+        return src
+
+    @property
+    def max_side(self) -> int:
+        """Images are kept (and cached) at most this large: 4x the largest size a stage resizes them
+        to, so ordinary data is untouched and one huge photo cannot fill the memory."""
+        ft = self.cfg.finetune
+        return 4 * max(self.cfg.data.image_size, ft.image_size if ft.enabled else 0, 128)
 
     @property
     def classes(self) -> list[str]:
         return self.labeled.classes
 
     def _maybe_cache(self, src: Source, role: str) -> Source:
+        src.max_side = self.max_side
         if not self.cfg.data.cache or isinstance(src, ArraySource):
             return src
         return src.cache(on_bad=self.policy(role))
