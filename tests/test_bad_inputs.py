@@ -301,7 +301,7 @@ def test_second_command_on_a_busy_run_directory_is_refused_untouched(finished, t
     import subprocess
     import sys
     base, data, cfg, run_dir = finished
-    live_temp = run_dir / "round0" / ".model.pt.live.tmp"      # as if the holder were mid-write
+    live_temp = run_dir / "round0" / ".model.pt.live1234.tmp"    # as if the holder were mid-write
     live_temp.write_bytes(b"partial")
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from noisystudent.artifacts import "
                                f"lock_run_dir; lock_run_dir({str(run_dir)!r}); print('locked', flush=True); "

@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -26,7 +27,7 @@ from .errors import UserError
 __all__ = [
     "atomic_write", "write_json", "read_json", "file_hash", "save_checkpoint", "load_checkpoint",
     "StageRecord", "read_stage", "write_stage", "safe_join", "remove_stale_temps",
-    "lock_run_dir",
+    "lock_run_dir", "is_run_dir", "is_our_temp", "RUN_RESULTS", "remove_run_results",
 ]
 
 
@@ -65,19 +66,41 @@ def atomic_write(path: str | Path, mode: str = "wb"):
         raise
 
 
+# `atomic_write`'s temp names: mkstemp(prefix=".NAME.", suffix=".tmp") adds 8 of these characters.
+_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+# Where a run writes: its own files at the top, and these folders. Nothing else is ever swept.
+RUN_SUBDIRS = re.compile(r"round\d+|plots|cache")
+
+
+def is_our_temp(name: str) -> bool:
+    return _TEMP_NAME.fullmatch(name) is not None
+
+
 def remove_stale_temps(root: str | Path) -> int:
-    """Delete the temp files that killed processes left under `root` (`.NAME.XXXX.tmp` from
-    `atomic_write`, `NAME.XXXX.tmp` from the robustness cache); returns how many. SIGKILL and power
-    loss skip every cleanup handler, so the next run sweeps them. Call it only while no other process
-    is writing under `root` (the start of a run, before any stage)."""
+    """Delete the temp files that killed processes left under `root` (`.NAME.XXXXXXXX.tmp` from
+    `atomic_write`); returns how many. Only our own temp names, only in the places a run writes
+    (the run directory itself, `roundK/`, `plots/`, `cache/`): a user's `notes/draft.tmp` is not
+    ours. SIGKILL and power loss skip every cleanup handler, so the next run sweeps them. Call it
+    only while no other process is writing under `root` (after `lock_run_dir`, before any stage)."""
     n = 0
     root = Path(root)
-    if root.is_dir():
-        for p in root.rglob("*.tmp"):
-            if p.is_file() and not p.is_symlink():
-                p.unlink(missing_ok=True)
-                n += 1
+    if not root.is_dir():
+        return 0
+    candidates = [p for p in root.iterdir() if p.is_file()]
+    for d in root.iterdir():
+        if d.is_dir() and not d.is_symlink() and RUN_SUBDIRS.fullmatch(d.name):
+            candidates += d.rglob(".*.tmp")
+    for p in candidates:
+        if is_our_temp(p.name) and p.is_file() and not p.is_symlink():
+            p.unlink(missing_ok=True)
+            n += 1
     return n
+
+
+def is_run_dir(root: str | Path) -> bool:
+    """A folder this tool made: it has the `config.yaml` every command writes first, or a stage record."""
+    root = Path(root)
+    return (root / "config.yaml").is_file() or any(root.glob("round*/*/stage.json"))
 
 
 _HELD_LOCKS: dict[str, Any] = {}      # run dir -> open lock file, held until the process exits
@@ -96,8 +119,11 @@ def lock_run_dir(root: str | Path) -> None:
     key = str(root.resolve())
     if key in _HELD_LOCKS:
         return
-    root.mkdir(parents=True, exist_ok=True)
-    f = open(root / ".lock", "a+")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        f = open(root / ".lock", "a+")
+    except OSError as e:
+        raise _cannot_write(root / ".lock", e) from None
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -106,11 +132,23 @@ def lock_run_dir(root: str | Path) -> None:
         f.close()
         raise UserError(f"{root} is in use by another noisystudent command ({holder}); wait for it to finish "
                         "or use another --run-dir") from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"pid {os.getpid()}\n")
-    f.flush()
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}\n")
+        f.flush()
+    except OSError as e:
+        f.close()
+        raise _cannot_write(root / ".lock", e) from None
     _HELD_LOCKS[key] = f
+
+
+def _cannot_write(path: Path, e: OSError) -> UserError:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return UserError(f"disk full while writing {path}; nothing was written — free space and rerun the "
+                         "same command")
+    return UserError(f"cannot write {path} ({e.strerror or e}); check the folder's permissions and free "
+                     "space, or use another --run-dir")
 
 
 def write_bytes_atomic(path: str | Path, write: Callable[[io.BufferedWriter], None]) -> None:
@@ -204,28 +242,69 @@ class StageRecord(dict):
 
 
 def read_stage(stage_dir: str | Path) -> StageRecord | None:
+    """The stage's record, or None when there is none or it is damaged (not JSON, or not the shape
+    `write_stage` writes): a stage without a usable record counts as not done and is redone."""
     p = Path(stage_dir) / "stage.json"
     if not p.is_file():
         return None
     try:
-        return StageRecord(read_json(p))
-    except (json.JSONDecodeError, OSError):
+        rec = read_json(p)
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
         return None
+    if not _record_ok(rec):
+        return None
+    return StageRecord(rec)
+
+
+def _record_ok(rec) -> bool:
+    if not isinstance(rec, dict) or not isinstance(rec.get("status"), str) \
+            or not isinstance(rec.get("fingerprint"), str):
+        return False
+    outputs, inputs = rec.get("outputs", {}), rec.get("inputs", {})
+    if not isinstance(outputs, dict) or not all(isinstance(k, str) and isinstance(v, str) and k
+                                                for k, v in outputs.items()):
+        return False
+    if not isinstance(inputs, dict) or not all(isinstance(v, dict) for v in inputs.values()):
+        return False
+    dirs = rec.get("input_dirs", {})
+    return isinstance(dirs, dict) and all(isinstance(v, str) for v in dirs.values()) \
+        and isinstance(rec.get("info", {}), dict)
 
 
 def write_stage(stage_dir: str | Path, *, status: str, fingerprint: str, config: dict,
-                inputs: dict, outputs: dict | None = None, info: dict | None = None) -> None:
+                inputs: dict, outputs: dict | None = None, info: dict | None = None,
+                input_dirs: dict | None = None) -> None:
     stage_dir = Path(stage_dir)
     rec = {
         "status": status,
         "fingerprint": fingerprint,
         "config": config,
         "inputs": inputs,
+        "input_dirs": input_dirs or {},     # name -> upstream stage folder, relative to the run dir
         "outputs": {k: file_hash(stage_dir / k) for k in (outputs or {})} if outputs else {},
         "info": info or {},
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     write_json(stage_dir / "stage.json", rec)
+
+
+# What a finished run adds at the top of its folder: the digest of every stage's results and the report.
+RUN_RESULTS = ("summary.json", "report.md", "report.html", "plots")
+
+
+def remove_run_results(run_dir: str | Path) -> list[str]:
+    """Remove summary.json and the report before a stage is (re)done: until the run finishes again
+    they would show the old results as current. Returns what was removed."""
+    gone = []
+    for name in RUN_RESULTS:
+        p = Path(run_dir) / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+            gone.append(name)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+            gone.append(name)
+    return gone
 
 
 def reset_dir(path: str | Path) -> None:

@@ -69,8 +69,8 @@ def cmd_demo(args):
 
 
 def cmd_train(args):
-    from .artifacts import reset_dir
     from .pipeline import claim_run_dir
+    from .stages.common import invalidate_stage
     from .stages.evaluate import evaluate_stage
     from .stages.train import train_teacher
     cfg = _load(args)
@@ -79,7 +79,7 @@ def cmd_train(args):
     tdir = ctx.stage_dir(0, "teacher")
     if args.restart:
         if ctx.rank == 0:           # one rank deletes; the others wait, so none sees a half-removed folder
-            reset_dir(tdir)
+            invalidate_stage(ctx, tdir)     # and everything made from it: it is not current any more
         if ctx.world > 1:
             import torch.distributed as dist
             dist.barrier()
@@ -209,10 +209,24 @@ def _one_line(e: BaseException) -> str:
     return rest if sep and head.rsplit(".", 1)[-1] == type(e).__name__ else last
 
 
+class Terminated(BaseException):
+    """SIGTERM (kill, a scheduler's preemption, systemd): unwinds like Ctrl-C, so atomic writes
+    clean up and the user reads one line instead of nothing."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="noisystudent: %(message)s", stream=sys.stderr)
     from .distributed import maybe_init_distributed, shutdown_distributed
+    import signal
+    import threading
+    old_handler = None
+    if threading.current_thread() is threading.main_thread():
+        old_handler = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         maybe_init_distributed()
         args.fn(args)
@@ -224,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished work is kept; rerun the same command to resume", file=sys.stderr)
         return 130
+    except Terminated:
+        print("terminated (SIGTERM): finished work is kept; rerun the same command to resume", file=sys.stderr)
+        return 143
     except Exception as e:  # noqa: BLE001 - last line of defence, keep it to one line for users
         if os.environ.get("NOISYSTUDENT_DEBUG"):
             raise
@@ -231,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
               "(a bug: rerun with NOISYSTUDENT_DEBUG=1 for the traceback and report it)", file=sys.stderr)
         return 1
     finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)
         shutdown_distributed(barrier=False)     # no-op when not distributed or already left
 
 

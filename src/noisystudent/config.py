@@ -6,9 +6,11 @@ key and what is allowed), and saved, resolved, next to every artifact and inside
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -23,7 +25,7 @@ from .errors import UserError
 __all__ = [
     "SourceConfig", "DataConfig", "NoiseConfig", "TrainConfig", "StudentConfig", "LabelConfig",
     "SelectConfig", "FinetuneConfig", "EvalConfig", "Config",
-    "load_config", "config_from_dict", "config_to_dict", "apply_overrides", "config_hash",
+    "load_config", "safe_load_yaml", "RULES", "config_from_dict", "config_to_dict", "apply_overrides", "config_hash",
 ]
 
 
@@ -273,45 +275,128 @@ def _from_dict(cls, data: dict, prefix: str = ""):
     return cls(**kwargs)
 
 
+@dataclass(frozen=True)
+class Range:
+    """One row of the validation table: the allowed range of a numeric key (or of every element of a
+    list key, `each`). `text` is what the user reads after "config key 'K': "."""
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False               # lo < v (else lo <= v)
+    hi_open: bool = False               # v < hi (else v <= hi)
+    text: str = ""                      # the message; derived from the bounds when empty
+    each: bool = False                  # a list: every element must be in range
+    optional: bool = False              # None is allowed
+    also: tuple = ()                    # extra allowed values outside the range (finetune.image_size=0)
+
+    def ok(self, v) -> bool:
+        if v in self.also and not isinstance(v, bool):
+            return True
+        if isinstance(v, float) and not math.isfinite(v):
+            return False
+        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+            return False
+        if self.hi is not None and (v >= self.hi if self.hi_open else v > self.hi):
+            return False
+        return True
+
+    def message(self) -> str:
+        if self.text:
+            return self.text
+        lo, hi = (f"{b:g}" if b is not None else None for b in (self.lo, self.hi))
+        if lo is not None and hi is not None:
+            return f"must be in {'(' if self.lo_open else '['}{lo}, {hi}{')' if self.hi_open else ']'}"
+        if lo is not None:
+            return f"must be {'>' if self.lo_open else '>='} {lo}"
+        return f"must be {'<' if self.hi_open else '<='} {hi}"
+
+
+GE0, GT0, GE1, UNIT = Range(0), Range(0, lo_open=True), Range(1), Range(0, 1, hi_open=True)   # UNIT: [0, 1)
+_TRAIN_RULES = {
+    "epochs": GE0, "batch_size": GE1, "lr": GT0, "weight_decay": GE0, "momentum": UNIT,
+    "warmup_epochs": GE0, "label_smoothing": UNIT, "ema_decay": UNIT, "grad_clip": GE0,
+    "noise.ra_magnitude": Range(0, 30), "noise.ra_layers": GE0, "noise.ra_mstd": Range(0, 100),
+    "noise.ra_prob": Range(0, 1), "noise.ra_translate": Range(0, 1), "noise.cutout": UNIT,
+    "noise.drop_rate": UNIT, "noise.drop_path_rate": UNIT,
+    "steps": GE0, "warmup_steps": Range(0, optional=True),
+}
+_SOURCE_RULES = {"per_class": Range(0, lo_open=True, optional=True), "fraction": Range(0, 1, lo_open=True),
+                 "seed": GE0}
+
+# Every numeric config key and its allowed range: `_validate` checks them all before anything runs
+# (tests/test_config.py loops over this table, and checks that no numeric key is missing from it).
+# `data.extra_test[]` rows apply to every extra test set.
+RULES: dict[str, Range] = {
+    "seed": GE0,
+    "rounds": GE0,
+    **{f"data.{s}.{k}": r for s in ("labeled", "unlabeled", "test", "val", "extra_test[]")
+       for k, r in _SOURCE_RULES.items()},
+    "data.image_size": Range(4, 8192, text="must be >= 4 pixels (and at most 8192)"),
+    "data.in_chans": Range(1, 1, also=(3,), text="must be 1 (grayscale) or 3 (RGB)"),
+    "data.mean": Range(-1e6, 1e6, each=True, optional=True, text="each must be a finite number"),
+    "data.std": Range(0, 1e6, lo_open=True, each=True, optional=True, text="every value must be > 0"),
+    "data.crop_padding": GE0,
+    "data.workers": Range(0, 256),
+    **{f"{sec}.{k}": r for sec in ("teacher", "student") for k, r in _TRAIN_RULES.items()},
+    "student.ratio": GE1,
+    "student.unlabeled_weight": GE0,
+    "student.two_step_epochs": GE0,
+    "label.temperature": GT0,
+    "label.batch_size": GE1,
+    "label.shard_size": GE1,
+    "select.threshold": UNIT,
+    "select.per_class": Range(0, lo_open=True, text="must be > 0, 'auto' or 'none'"),
+    "finetune.image_size": Range(4, 8192, also=(0,), text="must be 0 (the test set's native size) or in [4, 8192]"),
+    "finetune.epochs": GE0,
+    "finetune.lr": GT0,
+    "finetune.batch_size": GE1,
+    "finetune.freeze": GE0,
+    "evaluate.batch_size": GE1,
+    "evaluate.severities": Range(1, 5, each=True, text="each must be in 1..5"),
+    "evaluate.fgsm_eps": Range(0, 1, hi_open=True, each=True, text="each must be in [0, 1) (pixel scale; 8/255 = 0.0314)"),
+    "evaluate.max_images": GE0,
+}
+
+
+def _lookup(cfg: Config, key: str) -> list[tuple[str, Any]]:
+    """(full key, value) pairs a table key names: one, or one per extra test set for `extra_test[]`."""
+    head, sep, rest = key.partition("[]")
+    if sep:
+        return [(f"{head}[{i}]{r}", v) for i, src in enumerate(_lookup(cfg, head)[0][1])
+                for r, v in [(rest, _get(src, rest.lstrip(".")))]]
+    parent, _, _ = key.rpartition(".")
+    if parent and _get(cfg, parent) is None:        # an optional section that is not set (data.val)
+        return []
+    return [(key, _get(cfg, key))]
+
+
+def _get(obj, dotted: str):
+    for part in dotted.split("."):
+        obj = obj[part] if isinstance(obj, dict) else getattr(obj, part)
+    return obj
+
+
 def _validate(cfg: Config) -> None:
-    """Range checks that types alone cannot express."""
+    """Range checks that types alone cannot express: every numeric key against `RULES`, then the few
+    checks that relate two keys."""
     def need(cond, key, msg):
         if not cond:
             raise UserError(f"config key '{key}': {msg}")
-    need(cfg.rounds >= 0, "rounds", "must be >= 0")
-    need(cfg.data.image_size >= 4, "data.image_size", "must be >= 4 pixels")
-    need(cfg.data.in_chans in (1, 3), "data.in_chans", "must be 1 (grayscale) or 3 (RGB)")
-    need(0.0 <= cfg.select.threshold < 1.0, "select.threshold", "must be in [0, 1)")
-    if isinstance(cfg.select.per_class, int):
-        need(cfg.select.per_class > 0, "select.per_class", "must be > 0, 'auto' or 'none'")
-    need(cfg.label.temperature > 0, "label.temperature", "must be > 0")
-    need(cfg.finetune.freeze >= 0, "finetune.freeze", "must be >= 0")
-    for sec in ("teacher", "student"):
-        t: TrainConfig = getattr(cfg, sec)
-        need(t.epochs >= 0, f"{sec}.epochs", "must be >= 0")
-        need(t.batch_size >= 1, f"{sec}.batch_size", "must be >= 1")
-        need(t.lr > 0, f"{sec}.lr", "must be > 0")
-        need(0.0 <= t.ema_decay < 1.0, f"{sec}.ema_decay", "must be in [0, 1)")
-        need(0.0 <= t.noise.drop_rate < 1.0, f"{sec}.noise.drop_rate", "must be in [0, 1)")
-        need(0.0 <= t.noise.drop_path_rate < 1.0, f"{sec}.noise.drop_path_rate", "must be in [0, 1)")
-        need(0 <= t.noise.ra_magnitude <= 30, f"{sec}.noise.ra_magnitude", "must be in [0, 30]")
-        need(0.0 <= t.noise.ra_prob <= 1.0, f"{sec}.noise.ra_prob", "must be in [0, 1]")
-        need(0.0 <= t.noise.ra_mstd <= 100.0, f"{sec}.noise.ra_mstd", "must be in [0, 100]")
-        need(0.0 <= t.noise.ra_translate <= 1.0, f"{sec}.noise.ra_translate", "must be in [0, 1] (a fraction of the size)")
-        need(0.0 <= t.noise.cutout < 1.0, f"{sec}.noise.cutout", "must be in [0, 1) (a fraction of the size)")
-        need(t.steps >= 0, f"{sec}.steps", "must be >= 0 (0 = use epochs)")
-        need(t.warmup_steps is None or t.warmup_steps >= 0, f"{sec}.warmup_steps", "must be >= 0")
-    need(cfg.student.ratio >= 1, "student.ratio", "must be >= 1")
+    for table_key, rule in RULES.items():
+        for key, v in _lookup(cfg, table_key):
+            if v is None and rule.optional:
+                continue
+            if isinstance(v, str):          # select.per_class: 'auto' | 'none' (checked by type)
+                continue
+            values = v if rule.each else [v]
+            bad = next((x for x in values if not rule.ok(x)), None)
+            if bad is not None:
+                got = f", got {bad!r}" if isinstance(bad, float) and not math.isfinite(bad) else ""
+                need(False, key, rule.message() + got)
     for key in ("mean", "std"):
         v = getattr(cfg.data, key)
         if v is not None:
             need(len(v) == cfg.data.in_chans, f"data.{key}", f"needs one value per channel "
                  f"(data.in_chans={cfg.data.in_chans}), got {len(v)}")
-    if cfg.data.std is not None:
-        need(all(x > 0 for x in cfg.data.std), "data.std", "every value must be > 0")
-    need(all(1 <= s <= 5 for s in cfg.evaluate.severities), "evaluate.severities", "each must be in 1..5")
-    need(all(0 <= e < 1 for e in cfg.evaluate.fgsm_eps), "evaluate.fgsm_eps",
-         "each must be in [0, 1) (pixel scale; 8/255 = 0.0314)")
     _check_excludes(cfg.data)
     need(cfg.data.val is None or cfg.data.val.kind != "folder", "data.val.kind",
          "a validation set needs labels (imagefolder, idx, digits, ...), not 'folder'")
@@ -319,9 +404,6 @@ def _validate(cfg: Config) -> None:
         s: SourceConfig = getattr(cfg.data, name)
         if s is None:
             continue
-        need(0.0 < s.fraction <= 1.0, f"data.{name}.fraction", "must be in (0, 1]")
-        if s.per_class is not None:
-            need(s.per_class > 0, f"data.{name}.per_class", "must be > 0")
         if s.kind != "digits":
             need(bool(s.root), f"data.{name}.root", f"is required for kind '{s.kind}'")
 
@@ -373,17 +455,44 @@ def config_to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def _parse_scalar(text: str):
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without aliases (`*name`, `<<: *name`): a few hundred bytes of nested aliases expand to
+    gigabytes ("billion laughs"), and a recursive one has no expansion at all. A config never needs
+    them, so the first one is refused, before anything is expanded."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            ev = self.peek_event()
+            raise _AliasFound(ev.anchor, ev.start_mark.line + 1)
+        return super().compose_node(parent, index)
+
+
+class _AliasFound(Exception):
+    def __init__(self, anchor, line):
+        super().__init__(anchor, line)
+        self.anchor, self.line = anchor, line
+
+
+def safe_load_yaml(text: str, where: str):
+    """yaml.safe_load, refusing aliases with one line naming `where` (a file, or a --set key)."""
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)       # noqa: S506 - a SafeLoader subclass
+    except _AliasFound as e:
+        raise UserError(f"{where}: YAML aliases are not allowed in configs (*{e.anchor} on line {e.line}); "
+                        "write the values out") from None
+
+
+def _parse_scalar(text: str, key: str = ""):
     """`--set` values are YAML scalars/lists: 5, 0.1, true, null, [a, b], "text"."""
     try:
-        return yaml.safe_load(text)
+        return safe_load_yaml(text, f"--set {key}")
     except yaml.YAMLError:
         return text
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply `a.b.c=value` overrides to a plain dict (before validation, so errors name the key)."""
-    data = json.loads(json.dumps(data))  # deep copy
+    data = copy.deepcopy(data)
     for item in overrides:
         if "=" not in item:
             raise UserError(f"--set expects key=value, got '{item}'")
@@ -394,7 +503,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise UserError(f"--set {key}: '{p}' is not a section")
-        node[parts[-1]] = _parse_scalar(text)
+        node[parts[-1]] = _parse_scalar(text, key.strip())
     return data
 
 
@@ -406,7 +515,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not p.is_file():
             raise UserError(f"config file not found: {p}")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = safe_load_yaml(p.read_text(), str(p)) or {}
         except yaml.YAMLError as e:
             raise UserError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
         if not isinstance(data, dict):

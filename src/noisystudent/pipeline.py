@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from .artifacts import atomic_write, lock_run_dir, read_json, remove_stale_temps, write_json
+from .artifacts import atomic_write, is_run_dir, lock_run_dir, read_json, remove_stale_temps, write_json
 from .config import Config, config_to_dict
 from .errors import UserError
 from .stages.common import RunContext
@@ -63,13 +63,14 @@ def claim_run_dir(ctx: RunContext, force: bool = False) -> None:
     (temp files); record the resolved config. Nothing is written before the checks pass."""
     path = ctx.run_dir / "config.yaml"
     new = config_to_dict(ctx.cfg)
-    if path.is_file() and not force:
-        try:
-            old = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError:
-            old = {}
+    if not force and ctx.run_dir.is_dir() and not is_run_dir(ctx.run_dir) \
+            and any(p.name != ".lock" for p in ctx.run_dir.iterdir()):
+        raise UserError(f"{ctx.run_dir} is not empty and is not a noisystudent run directory (no config.yaml); "
+                        "use a new or empty --run-dir (or --force to use this folder anyway)")
+    if path.exists() and not force:
+        old = _read_run_config(path)
         for key in IDENTITY_KEYS:
-            if old.get("data", {}).get(key) != new["data"][key]:
+            if old["data"][key] != new["data"][key]:
                 raise UserError(f"{ctx.run_dir} holds a run with a different data.{key}; use another --run-dir "
                                 "(or --force to reuse the folder, redoing what changed)")
     check_inputs(ctx)
@@ -82,6 +83,29 @@ def claim_run_dir(ctx: RunContext, force: bool = False) -> None:
     if ctx.world > 1:       # under torchrun: no rank writes while rank 0 sweeps temp files
         import torch.distributed as dist
         dist.barrier()
+
+
+def _read_run_config(path: Path) -> dict:
+    """The run directory's config.yaml, checked enough to compare the experiment's identity keys."""
+    from .config import safe_load_yaml
+    why = None
+    try:
+        old = safe_load_yaml(path.read_text(), str(path))
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
+        old, why = None, f"not readable YAML: {str(e).splitlines()[0][:80]}"
+    except UserError as e:
+        old, why = None, str(e).split(": ", 1)[-1]
+    if why is None:
+        if not isinstance(old, dict):
+            why = "empty" if old is None else f"not a mapping of config sections but a {type(old).__name__}"
+        elif not isinstance(old.get("data"), dict):
+            why = "its 'data' section is missing or not a mapping"
+        elif any(k not in old["data"] for k in IDENTITY_KEYS):
+            why = f"its 'data' section lacks {', '.join(k for k in IDENTITY_KEYS if k not in old['data'])}"
+    if why is not None:
+        raise UserError(f"{path} is damaged ({why}), so it cannot tell which experiment {path.parent} holds; "
+                        "restore it, or rerun with --force to reuse the folder (stages whose inputs changed are redone)")
+    return old
 
 
 def run(cfg: Config, run_dir: str | Path | None = None, device: str | None = None, force: bool = False,

@@ -8,6 +8,8 @@ small images are bound by compute, not by JPEG decoding on 2 cores.
 from __future__ import annotations
 
 import gzip
+import os
+import stat
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -24,6 +26,9 @@ __all__ = [
     "create_source", "draw_per_class", "open_image",
 ]
 
+# Larger images are refused as undecodable (skipped in the pool): decoding one costs ~3 bytes a pixel
+# several times over. Smaller ones larger than a source's `max_side` are shrunk as they are loaded.
+MAX_PIXELS = 64_000_000
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
@@ -42,7 +47,13 @@ class BadImage(UserError):
 def open_image(path_or_file, in_chans: int, name: str = "") -> np.ndarray:
     """Decode to uint8 HWC with `in_chans` channels (grayscale/RGB/RGBA/palette are converted)."""
     try:
+        if isinstance(path_or_file, (str, os.PathLike)) and not stat.S_ISREG(os.stat(path_or_file).st_mode):
+            raise BadImage(f"{name or path_or_file}: not a regular file (a pipe, device or folder); "
+                           "only image files are read")
         with Image.open(path_or_file) as im:
+            if im.width * im.height > MAX_PIXELS:
+                raise BadImage(f"{name or path_or_file}: {im.width}x{im.height} pixels, more than the "
+                               f"{MAX_PIXELS:,} an image may have here; downscale it")
             if im.mode.startswith("I;16") or im.mode == "I":
                 # 16-bit grayscale: PIL's convert() clips to 255 (a nearly white image); scale instead.
                 a = np.asarray(im, dtype=np.float64)
@@ -56,6 +67,16 @@ def open_image(path_or_file, in_chans: int, name: str = "") -> np.ndarray:
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
+def shrink(a: np.ndarray, max_side: int) -> np.ndarray:
+    """uint8 HWC -> at most `max_side` pixels on its longer side, aspect kept (PIL, antialiased)."""
+    h, w = a.shape[:2]
+    scale = max_side / max(h, w)
+    im = Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a)
+    im = im.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
+    out = np.asarray(im)
+    return out[:, :, None] if out.ndim == 2 else out
+
+
 @dataclass
 class Source:
     """Base class. Subclasses fill `ids`, `labels`, `classes` and implement `_load`."""
@@ -65,12 +86,16 @@ class Source:
     classes: list[str] | None
     in_chans: int = 3
     skipped: list[str] = field(default_factory=list)   # ids dropped as undecodable by cache()
+    max_side: int | None = None         # larger images are shrunk (aspect kept) as they are loaded
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def load(self, i: int) -> np.ndarray:
-        return self._load(i)
+        a = self._load(i)
+        if self.max_side and max(a.shape[0], a.shape[1]) > self.max_side:
+            a = shrink(a, self.max_side)
+        return a
 
     def _load(self, i: int) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -78,8 +103,26 @@ class Source:
     def subset(self, indices: Sequence[int]) -> "Source":
         indices = np.asarray(indices, dtype=np.int64)
         return _SubsetSource(self.name, [self.ids[i] for i in indices], self.labels[indices],
-                             self.classes, self.in_chans, list(self.skipped), parent=self,
+                             self.classes, self.in_chans, list(self.skipped), self.max_side, parent=self,
                              index=indices)
+
+    def fingerprint(self) -> str:
+        """A short hash of what the source holds: its ids, labels and classes, and each row's contents
+        as cheaply as they can be told apart (file size + modification time for files, the bytes for
+        arrays in memory). Stages that read a source put this into their fingerprint, so adding,
+        removing or replacing an image redoes exactly the stages that read it."""
+        import hashlib
+        h = hashlib.sha256()
+        h.update(repr((type(self).__name__, self.classes, len(self.ids))).encode())
+        h.update("\0".join(self.ids).encode("utf-8", "surrogateescape"))
+        h.update(np.ascontiguousarray(self.labels, dtype=np.int64).tobytes())
+        self._hash_rows(h, None)
+        return h.hexdigest()[:16]
+
+    def _hash_rows(self, h, rows: np.ndarray | None) -> None:
+        """Feed the contents of `rows` (None = all) into `h`. Subclasses know their storage."""
+        for i in (range(len(self)) if rows is None else rows):      # generic, slow: decode everything
+            h.update(np.ascontiguousarray(self.load(int(i))).tobytes())
 
     def cache(self, on_bad: str = "fail", progress: Callable | None = None) -> "ArraySource":
         """Decode every image once. on_bad='skip' drops undecodable files (their ids are kept in
@@ -110,6 +153,17 @@ class ArraySource(Source):
     def _load(self, i: int) -> np.ndarray:
         return self.images[i]
 
+    def _hash_rows(self, h, rows: np.ndarray | None) -> None:
+        if isinstance(self.images, np.ndarray):
+            a = self.images if rows is None else self.images[rows]
+            h.update(repr(a.shape).encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+        else:
+            for i in (range(len(self)) if rows is None else rows):
+                im = np.ascontiguousarray(self.images[int(i)])
+                h.update(repr(im.shape).encode())
+                h.update(im.tobytes())
+
     def subset(self, indices: Sequence[int]) -> "ArraySource":
         # Slicing the array keeps the fast path (vectorised eval batches) available to subsets.
         indices = np.asarray(indices, dtype=np.int64)
@@ -127,6 +181,18 @@ class FileSource(Source):
     def _load(self, i: int) -> np.ndarray:
         return open_image(self.root / self.ids[i], self.in_chans, name=str(self.root / self.ids[i]))
 
+    def _hash_rows(self, h, rows: np.ndarray | None) -> None:
+        # size + mtime of every file: one stat each, no reads (see docs/reliability.md for the cost)
+        root, stat, join = str(self.root), os.stat, os.path.join
+        out = []
+        for i in (range(len(self)) if rows is None else rows):
+            try:
+                st = stat(join(root, self.ids[int(i)]))
+                out.append(f"{st.st_size}:{st.st_mtime_ns}")
+            except OSError:
+                out.append("-")
+        h.update("\0".join(out).encode())
+
 
 @dataclass
 class _SubsetSource(Source):
@@ -135,6 +201,9 @@ class _SubsetSource(Source):
 
     def _load(self, i: int) -> np.ndarray:
         return self.parent.load(int(self.index[i]))
+
+    def _hash_rows(self, h, rows: np.ndarray | None) -> None:
+        self.parent._hash_rows(h, self.index if rows is None else self.index[np.asarray(rows, dtype=np.int64)])
 
 
 # ------------------------------------------------------------------------------------------------

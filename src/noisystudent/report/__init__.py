@@ -16,6 +16,7 @@ from pathlib import Path
 import matplotlib
 
 from ..artifacts import atomic_write
+from ..errors import UserError
 from .plots import PLOTS
 from .rundata import DPI, ROLE_LABEL, STYLE, RunData, fmt_params, fmt_secs, is_num, pct, role_label, training_stages
 
@@ -87,17 +88,24 @@ def _timing_table(run: RunData):
 TEXT_COLS = {"round", "model", "role", "stage"}     # left-aligned; every other column is numbers
 
 
+def _md_text(text) -> str:
+    """Markdown renders raw HTML: escape <, > and & (everywhere: a backtick in a name could end a
+    `code` span early), so a run name or class name like `<script>` is shown, not run, by whatever
+    displays report.md."""
+    return html.escape(str(text), quote=False)
+
+
 def _render_md(blocks: list) -> str:
     out = []
     for kind, *a in blocks:
         if kind == "h":
-            out.append(f"{'#' * a[0]} {a[1]}\n")
+            out.append(f"{'#' * a[0]} {_md_text(a[1])}\n")
         elif kind == "p":
-            out.append(f"{a[0]}\n")
+            out.append(f"{_md_text(a[0])}\n")
         elif kind == "table":
             head, rows = a
-            lines = [head, ["---" if h in TEXT_COLS else "---:" for h in head],
-                     *([str(v).replace("|", "\\|") for v in r] for r in rows)]
+            lines = [[_md_text(h) for h in head], ["---" if h in TEXT_COLS else "---:" for h in head],
+                     *([_md_text(v).replace("|", "\\|") for v in r] for r in rows)]
             out.append("".join("| " + " | ".join(map(str, cells)) + " |\n" for cells in lines))
         elif kind == "img":
             out.append(f"![{a[1]}]({a[0]})\n")
@@ -148,19 +156,24 @@ def write_report(run_dir: Path) -> list[Path]:
     plots_dir = run_dir / "plots"
     written: list[Path] = []
     images: dict[str, tuple[str, str]] = {}
-    with matplotlib.rc_context(STYLE):
+    # Class names and the run's name are data: a `$` in them must not be read as mathtext.
+    with matplotlib.rc_context({**STYLE, "text.parse_math": False}):
         for name, caption, make in PLOTS:
-            # A plot failing on an odd file must not cost the rest of the report at the end of a long run.
+            # A plot failing on an odd file or name must not cost the rest of the report at the end of a
+            # long run: drawing happens in savefig, so both are guarded (atomic_write leaves no file).
+            path = plots_dir / f"{name}.png"
             try:
                 fig = make(run)
+                if fig is None:
+                    continue
+                with atomic_write(path, "wb") as f:
+                    fig.savefig(f, format="png", dpi=DPI, bbox_inches="tight", metadata={"Software": None})
+            except UserError:
+                raise                       # disk full: the user must hear it
             except Exception as e:  # noqa: BLE001
-                log.warning("report: plot %s skipped (%s: %s)", name, type(e).__name__, e)
+                first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+                log.warning("report: plot %s skipped (%s: %s)", name, type(e).__name__, first)
                 continue
-            if fig is None:
-                continue
-            path = plots_dir / f"{name}.png"
-            with atomic_write(path, "wb") as f:
-                fig.savefig(f, format="png", dpi=DPI, bbox_inches="tight", metadata={"Software": None})
             written.append(path)
             images[name] = (f"plots/{name}.png", caption)
 

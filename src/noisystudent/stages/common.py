@@ -11,21 +11,22 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from ..artifacts import (file_hash, load_checkpoint, read_stage, reset_dir, save_checkpoint,
-                         write_stage)
+from ..artifacts import (file_hash, load_checkpoint, read_stage, remove_run_results, reset_dir,
+                         save_checkpoint, write_stage)
 from ..config import Config, config_hash, config_to_dict
 from ..data import ArraySource, Source, create_source, default_mean_std
 from ..engine import resolve_device, world_info
 from ..errors import UserError
 from ..models import create_model
 
-__all__ = ["RunContext", "run_stage", "load_model", "save_model", "StageResult"]
+__all__ = ["RunContext", "run_stage", "load_model", "save_model", "StageResult", "invalidate_stage"]
 
 log = logging.getLogger("noisystudent")
 
@@ -49,6 +50,7 @@ class RunContext:
         self.device = resolve_device(device or cfg.device)
         self.rank, self.world = world_info()
         self.mean, self.std = default_mean_std(cfg.data.in_chans, cfg.data.mean, cfg.data.std)
+        self._fingerprints: dict = {}
 
     def policy(self, role: str) -> str:
         p = self.cfg.data.bad_images
@@ -73,12 +75,18 @@ class RunContext:
         if src.classes is None:
             raise UserError("config key 'data.labeled': the labeled source has no classes "
                             "(use kind imagefolder, idx or digits)")
+        if len(src.classes) < 2 or len(np.unique(src.labels[src.labels >= 0])) < 2:
+            found = sorted({src.classes[c] for c in src.labels if 0 <= c < len(src.classes)})
+            raise UserError(f"config key 'data.labeled': the labeled set has images of only {len(found)} class "
+                            f"({', '.join(found)[:80]}); a classifier needs at least 2 classes")
+        self._fingerprints["labeled"] = src.fingerprint()     # of the files, before caching
         return self._maybe_cache(src, "labeled")
 
     @functools.cached_property
     def test(self) -> Source:
         src = self._build("test")
         _check_classes(self.labeled, src, "data.labeled", "data.test")
+        self._fingerprints["test"] = src.fingerprint()
         return self._maybe_cache(src, "test")
 
     @functools.cached_property
@@ -88,12 +96,33 @@ class RunContext:
             return None
         src = self._build("val")
         _check_classes(self.labeled, src, "data.labeled", "data.val")
+        self._fingerprints["val"] = src.fingerprint()
         return self._maybe_cache(src, "test")
+
+    @functools.cached_property
+    def extra_tests(self) -> list[Source]:
+        return [create_source(sc, self.cfg.data.in_chans, f"data.extra_test[{i}]")
+                for i, sc in enumerate(self.cfg.data.extra_test)]
+
+    def data_fingerprint(self, role: str) -> str | list[str] | None:
+        """Contents of a data source (`Source.fingerprint`), for the stages that read it: 'labeled',
+        'test', 'val', 'unlabeled' or 'extra_test' (a list). Computed once per command."""
+        if role not in self._fingerprints:
+            if role in ("labeled", "test", "val"):
+                if getattr(self, role) is None:     # computes it before caching the images
+                    return None
+            elif role == "unlabeled":
+                self._fingerprints[role] = self.pool.fingerprint()
+            else:
+                self._fingerprints[role] = [s.fingerprint() for s in self.extra_tests]
+        return self._fingerprints[role]
 
     @functools.cached_property
     def pool(self) -> Source:
         """The unlabeled pool. Not cached whole: labeling reads it once, streaming."""
-        return self._build("pool")
+        src = self._build("pool")
+        src.max_side = self.max_side
+        return src
 
     def check_disjoint(self) -> None:
         """Labeled, validation, pool and test images drawn from the same source must not overlap (by
@@ -113,10 +142,18 @@ class RunContext:
                                     f"both with the same seed and subset: rest)")
 
     @property
+    def max_side(self) -> int:
+        """Images are kept (and cached) at most this large: 4x the largest size a stage resizes them
+        to, so ordinary data is untouched and one huge photo cannot fill the memory."""
+        ft = self.cfg.finetune
+        return 4 * max(self.cfg.data.image_size, ft.image_size if ft.enabled else 0, 128)
+
+    @property
     def classes(self) -> list[str]:
         return self.labeled.classes
 
     def _maybe_cache(self, src: Source, role: str) -> Source:
+        src.max_side = self.max_side
         if not self.cfg.data.cache or isinstance(src, ArraySource):
             return src
         return src.cache(on_bad=self.policy(role))
@@ -157,6 +194,8 @@ def run_stage(ctx: RunContext, stage_dir: Path, config: dict, inputs: dict[str, 
                             "(run `noisystudent run CONFIG`, which runs stages in order)")
         upstream[name] = {"fingerprint": rec["fingerprint"], "outputs": rec["outputs"]}
     fp = config_hash({"config": config, "inputs": upstream})
+    input_dirs = {name: _rel(ctx, d) for name, d in inputs.items()}
+    old = read_stage(stage_dir) if ctx.rank == 0 else None
     action = _decide(stage_dir, fp, label) if ctx.rank == 0 else None
     if ctx.world > 1:
         # Every rank must take the same branch: a rank that skipped while another redoes the stage
@@ -170,13 +209,19 @@ def run_stage(ctx: RunContext, stage_dir: Path, config: dict, inputs: dict[str, 
             for f in cleanup:
                 (stage_dir / f).unlink(missing_ok=True)
         return StageResult(stage_dir, read_stage(stage_dir), True)
-    if action == "reset" and ctx.rank == 0:
-        reset_dir(stage_dir)
+    if ctx.rank == 0:
+        # Before any work: results made from the old version of this stage must not outlive it, or a
+        # run that fails now would leave them looking current (summary.json, eval.json, the report).
+        if action == "reset":
+            invalidate_stage(ctx, stage_dir, old_fingerprint=(old or {}).get("fingerprint"))
+        else:
+            _remove_results(ctx)
     if ctx.world > 1:
         torch.distributed.barrier()
     if ctx.rank == 0:
         stage_dir.mkdir(parents=True, exist_ok=True)
-        write_stage(stage_dir, status="running", fingerprint=fp, config=config, inputs=upstream)
+        write_stage(stage_dir, status="running", fingerprint=fp, config=config, inputs=upstream,
+                    input_dirs=input_dirs)
     if ctx.world > 1:
         torch.distributed.barrier()
     log.info("%s: running", label)
@@ -185,7 +230,7 @@ def run_stage(ctx: RunContext, stage_dir: Path, config: dict, inputs: dict[str, 
         torch.distributed.barrier()
     if ctx.rank == 0:
         write_stage(stage_dir, status="done", fingerprint=fp, config=config, inputs=upstream,
-                    outputs={o: True for o in outputs}, info=info)
+                    outputs={o: True for o in outputs}, info=info, input_dirs=input_dirs)
         # Resume state is dead weight once the stage is done (written last, so a kill before this
         # line at worst leaves a redundant file).
         for f in cleanup:
@@ -193,6 +238,53 @@ def run_stage(ctx: RunContext, stage_dir: Path, config: dict, inputs: dict[str, 
     if ctx.world > 1:
         torch.distributed.barrier()
     return StageResult(stage_dir, read_stage(stage_dir), False)
+
+
+def _rel(ctx: RunContext, d: Path) -> str:
+    try:
+        return Path(d).relative_to(ctx.run_dir).as_posix()
+    except ValueError:
+        return str(d)
+
+
+def _remove_results(ctx: RunContext) -> None:
+    if gone := remove_run_results(ctx.run_dir):
+        log.info("removed %s: the run's results are out of date until it finishes again", ", ".join(gone))
+
+
+def downstream_stages(ctx: RunContext, stage_dir: Path, old_fingerprint: str | None = None) -> list[Path]:
+    """Every stage folder made, directly or through others, from `stage_dir`'s outputs: its record
+    names `stage_dir` among its inputs (`input_dirs`) or holds the fingerprint `stage_dir` had."""
+    if old_fingerprint is None:
+        old_fingerprint = (read_stage(stage_dir) or {}).get("fingerprint")
+    recs = {}
+    for p in sorted(ctx.run_dir.glob("round*/*/stage.json")):
+        rec = read_stage(p.parent)
+        if rec is not None and p.parent != stage_dir:
+            recs[p.parent] = rec
+    found: list[Path] = []
+    todo = [(_rel(ctx, stage_dir), old_fingerprint)]
+    while todo:
+        rel, fp = todo.pop()
+        for d, rec in recs.items():
+            if d in found:
+                continue
+            fps = [i.get("fingerprint") for i in rec.get("inputs", {}).values()]
+            if rel in rec.get("input_dirs", {}).values() or (fp and fp in fps):
+                found.append(d)
+                todo.append((_rel(ctx, d), rec["fingerprint"]))
+    return found
+
+
+def invalidate_stage(ctx: RunContext, stage_dir: Path, old_fingerprint: str | None = None) -> None:
+    """Clear a stage that is about to be redone, every stage made from it, and the run's results
+    (summary.json, report): a redo that fails must not leave the old results looking current.
+    Rank 0 only."""
+    for d in downstream_stages(ctx, stage_dir, old_fingerprint):
+        log.warning("%s: removed, it was made from %s, which is being redone", _rel(ctx, d), _rel(ctx, stage_dir))
+        reset_dir(d)
+    reset_dir(stage_dir)
+    _remove_results(ctx)
 
 
 def _decide(stage_dir: Path, fp: str, label: str) -> str:
@@ -207,7 +299,9 @@ def _decide(stage_dir: Path, fp: str, label: str) -> str:
         log.warning("%s: outputs changed on disk since they were written; redoing the stage", label)
         return "reset"
     if stage_dir.exists() and (rec is None or rec.get("fingerprint") != fp):
-        if rec is not None:
+        if rec is None and (stage_dir / "stage.json").exists():
+            log.warning("%s: stage.json is damaged (not a stage record); redoing the stage", label)
+        elif rec is not None:
             log.warning("%s: config or inputs changed since it ran; redoing it and every stage after it", label)
         return "reset"
     return "resume"
@@ -221,14 +315,86 @@ def save_model(path: Path, model: torch.nn.Module, meta: dict) -> None:
     save_checkpoint(path, {"format": "noisystudent/model/1", "model": state, "meta": meta})
 
 
+MAX_CLASSES = 1_000_000
+
+
+def _expected_shapes(name: str, num_classes: int, in_chans: int) -> dict[str, tuple]:
+    """The state dict's shapes of `name` built for `num_classes`, without allocating them: on the
+    `meta` device where the architecture allows it; otherwise (its __init__ computes with tensors)
+    from two real builds with 2 and 3 classes, whose difference shows which dims are the classes."""
+    try:
+        with torch.device("meta"):
+            ref = create_model(name, num_classes, in_chans)
+        return {k: tuple(v.shape) for k, v in ref.state_dict().items()}
+    except UserError:
+        raise
+    except Exception:  # noqa: BLE001 - e.g. "Cannot copy out of meta tensor"
+        pass
+    a, b = ({k: tuple(v.shape) for k, v in create_model(name, n, in_chans).state_dict().items()} for n in (2, 3))
+    out = {}
+    for k, sa in a.items():
+        sb = b.get(k, sa)
+        out[k] = tuple(num_classes if (x, y) == (2, 3) else x for x, y in zip(sa, sb)) if sa != sb else sa
+    return out
+
+
+def check_model_file(path, state) -> dict:
+    """Check a loaded model file before anything is built from it: the metadata's types and bounds,
+    and that the weights have exactly the shapes the named architecture has for that metadata (the
+    architecture is built on the `meta` device for this: no memory, whatever the file claims).
+    Returns the metadata."""
+    if not isinstance(state, dict) or not isinstance(state.get("meta"), dict) \
+            or not isinstance(state.get("model"), dict):
+        raise UserError(f"{path}: not a noisystudent model file (no 'meta'/'model' entries)")
+    meta, weights = state["meta"], state["model"]
+
+    def need(cond, key, what):
+        if not cond:
+            raise UserError(f"{path}: damaged model metadata: meta.{key} {what} (got {str(meta.get(key))[:40]!r}); "
+                            "use a model.pt written by noisystudent")
+
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def numbers(v, n):
+        return isinstance(v, (list, tuple)) and len(v) == n and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
+    need(isinstance(meta.get("model_name"), str) and meta["model_name"], "model_name", "must be a model name")
+    need(is_int(meta.get("num_classes")) and 2 <= meta["num_classes"] <= MAX_CLASSES, "num_classes",
+         f"must be an integer in [2, {MAX_CLASSES}]")
+    need(meta.get("in_chans") in (1, 3) and is_int(meta.get("in_chans")), "in_chans", "must be 1 or 3")
+    need(isinstance(meta.get("classes"), list) and len(meta["classes"]) == meta["num_classes"]
+         and all(isinstance(c, str) for c in meta["classes"]), "classes", "must list num_classes class names")
+    need(is_int(meta.get("image_size")) and 1 <= meta["image_size"] <= 8192, "image_size", "must be in [1, 8192]")
+    need(numbers(meta.get("mean"), meta["in_chans"]), "mean", "must be in_chans finite numbers")
+    need(numbers(meta.get("std"), meta["in_chans"]) and all(x > 0 for x in meta["std"]), "std",
+         "must be in_chans numbers > 0")
+    for key in ("drop_rate", "drop_path_rate"):
+        v = meta.get(key, 0.0)
+        need(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1, key, "must be in [0, 1)")
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()):
+        raise UserError(f"{path}: not a noisystudent model file ('model' must map names to tensors)")
+    name = meta["model_name"]
+    try:
+        want = _expected_shapes(name, meta["num_classes"], meta["in_chans"])
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+    got = {k: tuple(v.shape) for k, v in weights.items()}
+    if want != got:
+        missing, extra = sorted(want.keys() - got.keys()), sorted(got.keys() - want.keys())
+        shape = next((k for k in want if k in got and want[k] != got[k]), None)
+        detail = (f"missing {missing[:2]}" if missing else f"unexpected {extra[:2]}" if extra else
+                  f"{shape}: {list(got[shape])} in the file, {list(want[shape])} for {meta['num_classes']} classes")
+        raise UserError(f"{path}: weights do not fit {name} ({detail})")
+    return meta
+
+
 def load_model(path: str | Path, device: torch.device | str = "cpu", *, expect_classes: list | None = None,
                noised: bool = False) -> tuple[torch.nn.Module, dict]:
     """Rebuild the architecture named in the file and load its weights (strictly). `noised` builds it
     with the dropout/stochastic-depth rates it was trained with (the noised-teacher ablation)."""
     state = load_checkpoint(path)
-    if not isinstance(state, dict) or "meta" not in state or "model" not in state:
-        raise UserError(f"{path}: not a noisystudent model file (no 'meta'/'model' entries)")
-    meta = state["meta"]
+    meta = check_model_file(path, state)
     if expect_classes is not None and list(meta["classes"]) != list(expect_classes):
         raise UserError(f"{path}: trained for {meta['num_classes']} classes {meta['classes'][:5]}..., "
                         f"but the data has {len(expect_classes)} classes {list(expect_classes)[:5]}...")

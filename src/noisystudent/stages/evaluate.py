@@ -8,7 +8,7 @@ import torch
 
 from ..artifacts import write_json
 from ..config import SourceConfig, config_to_dict
-from ..data import Source, create_source, eval_batches
+from ..data import Source, eval_batches
 from ..errors import UserError
 from ..metrics import classification_report
 from .common import RunContext, StageResult, load_model, run_stage
@@ -84,7 +84,9 @@ def evaluate_stage(ctx: RunContext, k: int, which: str) -> StageResult:
     mdir = ctx.stage_dir(k, which)
     config = {"evaluate": config_to_dict(ecfg), "test": config_to_dict(cfg.data.test),
               "val": config_to_dict(cfg.data.val) if cfg.data.val is not None else None,
-              "extra_test": [config_to_dict(s) for s in cfg.data.extra_test]}
+              "extra_test": [config_to_dict(s) for s in cfg.data.extra_test],
+              "test_content": ctx.data_fingerprint("test"), "val_content": ctx.data_fingerprint("val"),
+              "extra_content": ctx.data_fingerprint("extra_test")}
 
     def body(d):
         model, meta = load_model(mdir / "model.pt", ctx.device, expect_classes=ctx.classes)
@@ -93,9 +95,8 @@ def evaluate_stage(ctx: RunContext, k: int, which: str) -> StageResult:
         if ctx.val is not None:
             rep = evaluate_source(model, meta, ctx.val, ecfg.batch_size, ctx.device, cfg.data.workers, "val")
             report["val"] = {k2: rep[k2] for k2 in ("num_images", "top1", "top5", "ece")}
-        for i, sc in enumerate(cfg.data.extra_test):
+        for sc, src in zip(cfg.data.extra_test, ctx.extra_tests):
             sc: SourceConfig
-            src = create_source(sc, cfg.data.in_chans, f"data.extra_test[{i}]")
             name = sc.name or f"{sc.kind}:{sc.root}"
             rep = evaluate_source(model, meta, src, ecfg.batch_size, ctx.device, cfg.data.workers, name)
             report["extra"][name] = {k2: rep[k2] for k2 in ("num_images", "top1", "top5", "ece", "classes")}

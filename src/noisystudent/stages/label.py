@@ -83,11 +83,30 @@ def predict_shard(model, source, start: int, stop: int, *, image_size: int, mean
     }, schema=shard_schema(C))
 
 
+def _shard_ok(path, num_classes: int, max_rows: int, k: int) -> bool:
+    """A finished shard of an unfinished label stage is kept only if it reads back as one: its footer
+    parses, its schema is ours and it has no more rows than its range. A damaged one (cut short or
+    overwritten outside the run; ours are written atomically) is removed and labeled again."""
+    if not path.is_file():
+        return False
+    try:
+        f = pq.ParquetFile(path)
+        ok = f.schema_arrow.equals(shard_schema(num_classes)) and f.metadata.num_rows <= max_rows
+        why = "not a label shard of this run"
+    except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ... for a damaged file
+        ok, why = False, f"{type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}"
+    if not ok:
+        log.warning("round %d: %s is damaged (%s); labeling its images again", k, path, why)
+        path.unlink(missing_ok=True)
+    return ok
+
+
 def label_pool(ctx: RunContext, k: int) -> StageResult:
     cfg, lc = ctx.cfg, ctx.cfg.label
     tdir = teacher_dir(ctx, k)
     config = {"label": config_to_dict(lc), "pool": config_to_dict(cfg.data.unlabeled),
-              "image_size": cfg.data.image_size, "mean": ctx.mean, "std": ctx.std}
+              "image_size": cfg.data.image_size, "mean": ctx.mean, "std": ctx.std,
+              "pool_content": ctx.data_fingerprint("unlabeled")}
 
     def body(d):
         model, meta = load_model(tdir / "model.pt", ctx.device, expect_classes=ctx.classes,
@@ -99,7 +118,8 @@ def label_pool(ctx: RunContext, k: int) -> StageResult:
         same_dataset = (u.kind, u.root) == (l.kind, l.root) and pool.classes == ctx.classes
         n_shards = max(1, -(-len(pool) // lc.shard_size))
         mine = [s for s in range(n_shards) if s % ctx.world == ctx.rank]
-        todo = [s for s in mine if not (d / f"part-{s:05d}.parquet").is_file()]
+        todo = [s for s in mine if not _shard_ok(d / f"part-{s:05d}.parquet", len(ctx.classes),
+                                                 min(lc.shard_size, len(pool) - s * lc.shard_size), k)]
         bar = tqdm(todo, desc=f"label r{k}", disable=not (_progress_enabled() and ctx.rank == 0), leave=False)
         for s in bar:
             table = predict_shard(model, pool, s * lc.shard_size, (s + 1) * lc.shard_size,

@@ -44,7 +44,7 @@ def _data_identity(ctx: RunContext) -> dict:
     d = ctx.cfg.data
     return {"labeled": dataclasses.asdict(d.labeled), "image_size": d.image_size, "in_chans": d.in_chans,
             "mean": ctx.mean, "std": ctx.std, "crop_padding": d.crop_padding, "hflip": d.hflip,
-            "bad_images": d.bad_images}
+            "bad_images": d.bad_images, "labeled_content": ctx.data_fingerprint("labeled")}
 
 
 def _summary(history: list, model) -> dict:
