@@ -132,6 +132,20 @@ def cmd_evaluate(args):
     print(f"written: {out}")
 
 
+def cmd_init(args):
+    from .starter import write_starter
+    out = write_starter(args.dir, args.force)
+    print(f"written: {out}\nedit its data paths (relative to {out.parent}), then: noisystudent run {out}")
+
+
+def cmd_config(args):
+    from .starter import resolved_config_text
+    text, problem = resolved_config_text(_load(args), check_data=not args.no_data)
+    print(text, end="")
+    if problem:
+        raise UserError(problem)
+
+
 def cmd_report(args):
     from .report import write_report
     files = write_report(Path(args.run_dir))
@@ -190,6 +204,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", default=None)
     sp.add_argument("--out", default=None, help="where to write eval.json (default: beside the checkpoint)")
     sp.set_defaults(fn=cmd_evaluate)
+
+    sp = sub.add_parser("init", help="write DIR/config.yaml: a commented starter config for your own images")
+    sp.add_argument("dir", help="directory for config.yaml (created if missing)")
+    sp.add_argument("--force", action="store_true", help="overwrite an existing config.yaml")
+    sp.set_defaults(fn=cmd_init)
+
+    sp = sub.add_parser("config", help="print the resolved config (defaults filled in, paths resolved)")
+    sp.add_argument("config", help="YAML config path or bundled name")
+    sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key")
+    sp.add_argument("--no-data", action="store_true", help="do not read the labeled images "
+                    "(in_chans/image_size stay as written)")
+    sp.set_defaults(fn=cmd_config)
 
     sp = sub.add_parser("report", help="write report.md/html and plots for a run directory")
     sp.add_argument("run_dir")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import types
 import typing
@@ -44,13 +45,14 @@ class SourceConfig:
 
 @dataclass
 class DataConfig:
-    labeled: SourceConfig = field(default_factory=lambda: SourceConfig(kind="digits", per_class=20))
-    unlabeled: SourceConfig = field(
-        default_factory=lambda: SourceConfig(kind="digits", per_class=20, subset="rest", hide_labels=True))
-    test: SourceConfig = field(default_factory=lambda: SourceConfig(kind="digits", split="test"))
+    # No data section has a default: a config names its labeled set, its test set and (rounds > 0)
+    # its unlabeled pool (`require_data`); relative roots resolve from the config file's directory.
+    labeled: Optional[SourceConfig] = None
+    unlabeled: Optional[SourceConfig] = None
+    test: Optional[SourceConfig] = None
     extra_test: list = field(default_factory=list)   # list of SourceConfig dicts (ImageNet-A/-R style)
-    image_size: int = 8                 # training resolution (square)
-    in_chans: int = 1
+    image_size: Optional[int] = None    # training resolution (square); None: inferred from the labeled images
+    in_chans: Optional[int] = None      # 1 or 3; None: inferred from the labeled images
     mean: Optional[list[float]] = None         # None: 0.5 per channel
     std: Optional[list[float]] = None
     crop_padding: int = 1               # random crop with this padding (0 = off), a standard CIFAR aug
@@ -259,8 +261,8 @@ def _validate(cfg: Config) -> None:
         if not cond:
             raise UserError(f"config key '{key}': {msg}")
     need(cfg.rounds >= 0, "rounds", "must be >= 0")
-    need(cfg.data.image_size >= 4, "data.image_size", "must be >= 4 pixels")
-    need(cfg.data.in_chans in (1, 3), "data.in_chans", "must be 1 (grayscale) or 3 (RGB)")
+    need(cfg.data.image_size is None or cfg.data.image_size >= 4, "data.image_size", "must be >= 4 pixels")
+    need(cfg.data.in_chans in (None, 1, 3), "data.in_chans", "must be 1 (grayscale) or 3 (RGB)")
     need(0.0 <= cfg.select.threshold < 1.0, "select.threshold", "must be in [0, 1)")
     if isinstance(cfg.select.per_class, int):
         need(cfg.select.per_class > 0, "select.per_class", "must be > 0, 'auto' or 'none'")
@@ -278,7 +280,7 @@ def _validate(cfg: Config) -> None:
     need(cfg.student.ratio >= 1, "student.ratio", "must be >= 1")
     for key in ("mean", "std"):
         v = getattr(cfg.data, key)
-        if v is not None:
+        if v is not None and cfg.data.in_chans is not None:
             need(len(v) == cfg.data.in_chans, f"data.{key}", f"needs one value per channel "
                  f"(data.in_chans={cfg.data.in_chans}), got {len(v)}")
     if cfg.data.std is not None:
@@ -288,6 +290,8 @@ def _validate(cfg: Config) -> None:
          "each must be in [0, 1) (pixel scale; 8/255 = 0.0314)")
     for name in ("labeled", "unlabeled", "test"):
         s: SourceConfig = getattr(cfg.data, name)
+        if s is None:
+            continue
         need(0.0 < s.fraction <= 1.0, f"data.{name}.fraction", "must be in (0, 1]")
         if s.per_class is not None:
             need(s.per_class > 0, f"data.{name}.per_class", "must be > 0")
@@ -345,8 +349,52 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise UserError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
         if not isinstance(data, dict):
             raise UserError(f"{p}: the top level must be a mapping of config sections")
+        data = resolve_paths(data, _base_dir(p))
     data = apply_overrides(data, overrides or [])
     return config_from_dict(data)
+
+
+_BUNDLED_DIR = Path(__file__).parent / "configs"
+
+
+def _base_dir(path: Path) -> Path | None:
+    """The directory relative paths in `path` resolve from: the file's own directory. The bundled
+    configs (the package's configs/, symlinked from the repo root) name data relative to the current
+    directory (the repository root), so theirs stay as written."""
+    try:
+        if path.resolve().parent == _BUNDLED_DIR.resolve():
+            return None
+    except OSError:
+        pass
+    return path.parent
+
+
+def _join(base: Path | None, value):
+    if base is None or not isinstance(value, str) or not value or Path(value).expanduser().is_absolute():
+        return value
+    return os.path.normpath(base / value)
+
+
+def resolve_paths(data: dict, base: Path | None) -> dict:
+    """Rewrite the file paths of a config dict (data source roots, pretrained/init weight files) that
+    are relative to `base`. Paths given with --set are left relative to the current directory."""
+    data = json.loads(json.dumps(data))
+    sections = data.get("data") if isinstance(data.get("data"), dict) else {}
+    sources = [v for v in sections.values() if isinstance(v, dict)]
+    sources += [v for v in sections.get("extra_test") or [] if isinstance(v, dict)]
+    for src in sources:
+        if "root" in src:
+            src["root"] = _join(base, src["root"])
+    for sec in ("teacher", "student"):
+        t = data.get(sec)
+        if isinstance(t, dict):
+            for key in PATH_KEYS:
+                if key in t:
+                    t[key] = _join(base, t[key])
+    return data
+
+
+PATH_KEYS = ("pretrained_file", "init_checkpoint")
 
 
 def config_hash(obj) -> str:

@@ -20,7 +20,8 @@ import torch
 from ..artifacts import (file_hash, load_checkpoint, read_stage, reset_dir, save_checkpoint,
                          write_stage)
 from ..config import Config, config_hash, config_to_dict
-from ..data import ArraySource, Source, create_source, default_mean_std
+from ..data import ArraySource, Source, default_mean_std
+from ..data.infer import create_source_noted as _create
 from ..engine import resolve_device, world_info
 from ..errors import UserError
 from ..models import create_model
@@ -44,6 +45,8 @@ class RunContext:
     """The config, the run directory, the device, and lazily built (and cached) data sources."""
 
     def __init__(self, cfg: Config, run_dir: str | Path | None = None, device: str | None = None):
+        from ..data.infer import resolve_data_config
+        cfg = resolve_data_config(cfg)      # required sections; in_chans/image_size from the images
         self.cfg = cfg
         self.run_dir = Path(run_dir) if run_dir else cfg.resolved_run_dir()
         self.device = resolve_device(device or cfg.device)
@@ -56,22 +59,26 @@ class RunContext:
 
     @functools.cached_property
     def labeled(self) -> Source:
-        src = create_source(self.cfg.data.labeled, self.cfg.data.in_chans, "data.labeled")
+        src = _create(self.cfg.data.labeled, self.cfg.data.in_chans, "data.labeled")
         if src.classes is None:
             raise UserError("config key 'data.labeled': the labeled source has no classes "
                             "(use kind imagefolder, idx or digits)")
+        if len(np.unique(src.labels[src.labels >= 0])) < 2:
+            raise UserError(f"config key 'data.labeled': all labeled images are of one class "
+                            f"({src.classes[int(src.labels[0])] if len(src) else '?'}); a classifier needs "
+                            "at least two class folders")
         return self._maybe_cache(src, "labeled")
 
     @functools.cached_property
     def test(self) -> Source:
-        src = create_source(self.cfg.data.test, self.cfg.data.in_chans, "data.test")
+        src = _create(self.cfg.data.test, self.cfg.data.in_chans, "data.test")
         _check_classes(self.labeled, src, "data.labeled", "data.test")
         return self._maybe_cache(src, "test")
 
     @functools.cached_property
     def pool(self) -> Source:
         """The unlabeled pool. Not cached whole: labeling reads it once, streaming."""
-        return create_source(self.cfg.data.unlabeled, self.cfg.data.in_chans, "data.unlabeled")
+        return _create(self.cfg.data.unlabeled, self.cfg.data.in_chans, "data.unlabeled")
 
     @property
     def classes(self) -> list[str]:

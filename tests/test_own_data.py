@@ -1,0 +1,105 @@
+"""A user's own data (issue 16): nothing defaults to the digits demo, in_chans/image_size come from
+the images, relative paths resolve from the config file's directory."""
+from __future__ import annotations
+
+import pytest
+
+from noisystudent.cli import main
+from own_data import make_own_data
+
+TINY_RUN = ["--set", "teacher.epochs=1", "--set", "student.epochs=1", "--set", "teacher.batch_size=8",
+            "--set", "student.batch_size=4", "--set", "models=[ns_cnn_s, ns_cnn_s]", "--set", "device=cpu"]
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def own(tmp_path_factory):
+    root = tmp_path_factory.mktemp("own")
+    return root, make_own_data(root)
+
+
+def _err(capsys):
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+@pytest.mark.parametrize("drop, key", [("unlabeled", "data.unlabeled"), ("test", "data.test"),
+                                       ("labeled", "data.labeled")])
+def test_a_missing_data_section_stops_naming_it(own, tmp_path, capsys, drop, key):
+    root, _ = own
+    secs = {"labeled": "{kind: imagefolder, root: train}", "unlabeled": "{kind: folder, root: pool}",
+            "test": "{kind: imagefolder, root: test}"}
+    text = "rounds: 1\ndata:\n" + "".join(f"  {k}: {v}\n" for k, v in secs.items() if k != drop)
+    cfg = _write(root / f"no-{drop}.yaml", text)
+    rc = main(["run", str(cfg), "--run-dir", str(tmp_path / "r"), *TINY_RUN])
+    assert rc == 2
+    line = _err(capsys)
+    assert f"config key '{key}' is required" in line
+    assert not (tmp_path / "r").exists()          # stopped before anything was written
+
+
+def test_in_chans_and_image_size_come_from_the_images(own, caplog):
+    import logging
+    from noisystudent.config import load_config
+    from noisystudent.stages.common import RunContext
+    root, _ = own
+    cfg = load_config(_write(root / "infer.yaml", "data:\n  labeled: {kind: imagefolder, root: train}\n"
+                             "  unlabeled: {kind: folder, root: pool}\n  test: {kind: imagefolder, root: test}\n"))
+    assert cfg.data.in_chans is None and cfg.data.image_size is None
+    with caplog.at_level(logging.INFO, logger="noisystudent"):
+        ctx = RunContext(cfg, root / "run", "cpu")
+    assert ctx.cfg.data.in_chans == 3 and ctx.cfg.data.image_size == 12
+    assert ctx.labeled.load(0).shape == (12, 12, 3)
+    assert "data.in_chans not set: 3" in caplog.text
+    # an explicit in_chans: 1 on colour images is a warning, not silent
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="noisystudent"):
+        RunContext(load_config(root / "infer.yaml", ["data.in_chans=1"]), root / "run", "cpu")
+    assert "converted to grayscale" in caplog.text
+
+
+def test_mixed_sizes_need_image_size(tmp_path, capsys):
+    from PIL import Image
+    make_own_data(tmp_path)
+    Image.new("RGB", (20, 14), (200, 40, 40)).save(tmp_path / "train" / "cat" / "big.png")
+    cfg = _write(tmp_path / "c.yaml", "data:\n  labeled: {kind: imagefolder, root: train}\n"
+                 "  unlabeled: {kind: folder, root: pool}\n  test: {kind: imagefolder, root: test}\n")
+    assert main(["run", str(cfg), "--run-dir", str(tmp_path / "r"), *TINY_RUN]) == 2
+    assert "config key 'data.image_size' is required" in _err(capsys)
+
+
+def test_relative_roots_resolve_from_the_config_file(own, tmp_path, monkeypatch, capsys):
+    from noisystudent.config import load_config
+    root, data = own
+    sub = root / "cfgs"
+    sub.mkdir(exist_ok=True)
+    cfg_path = _write(sub / "c.yaml", "data:\n  labeled: {kind: imagefolder, root: ../train}\n"
+                      "  unlabeled: {kind: folder, root: ../pool}\n  test: {kind: imagefolder, root: ../nosuch}\n")
+    monkeypatch.chdir(tmp_path)                  # anywhere else
+    cfg = load_config(cfg_path)
+    assert cfg.data.labeled.root == str(data["train"])
+    # bundled configs keep their paths (relative to the repository root)
+    assert load_config(__import__("noisystudent.cli").cli.resolve_config_path("fashion-mnist-1k")
+                       ).data.test.root == "../shared/data/fashion-mnist"
+    rc = main(["run", str(cfg_path), "--run-dir", str(tmp_path / "r"),
+               *TINY_RUN])
+    assert rc == 2
+    line = _err(capsys)
+    assert str(root / "nosuch") in line and "resolves from that file's directory" in line
+
+
+def test_one_class_is_refused(tmp_path, capsys):
+    make_own_data(tmp_path)
+    import shutil
+    for c in ("dog", "ship"):
+        shutil.rmtree(tmp_path / "train" / c)
+        shutil.rmtree(tmp_path / "test" / c)
+    cfg = _write(tmp_path / "c.yaml", "data:\n  labeled: {kind: imagefolder, root: train}\n"
+                 "  unlabeled: {kind: folder, root: pool}\n  test: {kind: imagefolder, root: test}\n")
+    assert main(["run", str(cfg), "--run-dir", str(tmp_path / "r"), *TINY_RUN]) == 2
+    assert "one class" in _err(capsys)
