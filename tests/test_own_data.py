@@ -103,3 +103,66 @@ def test_one_class_is_refused(tmp_path, capsys):
                  "  unlabeled: {kind: folder, root: pool}\n  test: {kind: imagefolder, root: test}\n")
     assert main(["run", str(cfg), "--run-dir", str(tmp_path / "r"), *TINY_RUN]) == 2
     assert "one class" in _err(capsys)
+
+
+def test_own_data_start_to_finish(tmp_path, capsys):
+    """The issue's done-when: init, edit only the paths, the whole loop, predict, export (3 formats),
+    and a pretrained start from a local weights file."""
+    import csv
+    import json
+    data = make_own_data(tmp_path / "mydata")
+    assert main(["init", str(tmp_path / "proj")]) == 0
+    cfg = tmp_path / "proj" / "config.yaml"
+    text = cfg.read_text()
+    for old, new in (("root: train}", "root: ../mydata/train}"), ("root: unlabeled}", "root: ../mydata/pool}"),
+                     ("root: test}", "root: ../mydata/test}")):
+        assert old in text
+        text = text.replace(old, new)
+    cfg.write_text(text)
+    run_dir = tmp_path / "run"
+    fast = ["--set", "teacher.epochs=2", "--set", "student.epochs=1", "--set", "teacher.batch_size=8",
+            "--set", "student.batch_size=4", "--set", "device=cpu"]
+    assert main(["config", str(cfg)]) == 0
+    shown = capsys.readouterr().out
+    assert "in_chans: 3" in shown and "image_size: 12" in shown and str(data["pool"]) in shown
+    assert main(["run", str(cfg), "--run-dir", str(run_dir), *fast]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "student" in out and (run_dir / "report.html").is_file()
+    model = run_dir / "round1" / "student" / "model.pt"
+
+    # predict: one row per pool image, top-k = min(5, classes)
+    preds = tmp_path / "preds.csv"
+    assert main(["predict", "--checkpoint", str(model), "--data", str(data["pool"]), "--out", str(preds)]) == 0
+    rows = list(csv.DictReader(preds.open()))
+    assert len(rows) == data["pool_images"] and {r["pred_class"] for r in rows} <= {"cat", "dog", "ship"}
+    assert "top3_prob" in rows[0] and "top4_prob" not in rows[0]
+    from noisystudent import predict
+    assert len(predict(model, f"imagefolder:{data['test']}")) == 12
+
+    # export: all three formats, each reloaded and compared inside export_model; compare again here
+    assert main(["export", "--checkpoint", str(model), "--format", "all"]) == 0
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+    from noisystudent.stages.common import load_model
+    m, meta = load_model(model)
+    x = torch.randn(3, 3, 12, 12)
+    ref = m(x).detach()
+    ts = torch.jit.load(str(model.with_name("model.torchscript.pt")))(x).detach()
+    onx = ort.InferenceSession(str(model.with_name("model.onnx"))).run(None, {"images": x.numpy()})[0]
+    assert torch.allclose(ts, ref, atol=1e-5) and np.allclose(onx, ref.numpy(), atol=1e-4)
+    assert json.loads(model.with_name("model.safetensors.json").read_text())["classes"] == ["cat", "dog", "ship"]
+
+    # a pretrained start from a local timm weights file (10-class head: re-initialised for 3 classes)
+    from safetensors.torch import save_file
+    from noisystudent.models import create_model
+    torch.manual_seed(1)
+    src = create_model("resnet18", 10, 3)
+    weights = tmp_path / "proj" / "resnet18-local.safetensors"
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(weights))
+    cfg.write_text(text.replace("  # pretrained_file: weights.safetensors", "  pretrained_file: resnet18-local.safetensors"))
+    assert main(["train", str(cfg), "--run-dir", str(tmp_path / "warm"), *fast, "--set", "teacher.epochs=0"]) == 0
+    info = json.loads((tmp_path / "warm" / "round0" / "teacher" / "stage.json").read_text())["info"]
+    assert "classifier re-initialised" in info["warm_start"] and "resnet18-local.safetensors" in info["warm_start"]
+    warm, _ = load_model(tmp_path / "warm" / "round0" / "teacher" / "model.pt")
+    assert torch.equal(warm.conv1.weight, src.conv1.weight)          # epochs=0: the loaded weights as they are

@@ -146,15 +146,42 @@ def cmd_config(args):
         raise UserError(problem)
 
 
+def cmd_predict(args):
+    from .prediction import predict, write_predictions
+    from .engine import resolve_device
+    device = str(resolve_device(args.device or "auto"))
+    rows = predict(args.checkpoint, args.data, top_k=args.top_k, batch_size=args.batch_size, device=device,
+                   workers=args.workers)
+    out = write_predictions(rows, args.out)
+    print(f"{len(rows)} images -> {out}")
+
+
+def cmd_export(args):
+    from .export import FORMATS, export_model
+    fmts = FORMATS if args.format == "all" else [args.format]
+    for fmt in fmts:
+        r = export_model(args.checkpoint, fmt, args.out if len(fmts) == 1 else None)
+        print(f"{fmt}: {r['path']} (reloaded; max |logit difference| {r['max_abs_diff']:.2g}) + {r['meta_path']}")
+
+
 def cmd_report(args):
     from .report import write_report
     files = write_report(Path(args.run_dir))
     print("\n".join(str(f) for f in files))
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("noisystudent")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="noisystudent", description="Noisy Student Training: teacher -> "
                                 "pseudo-labels -> noised, equal-or-larger student, in rounds.")
+    p.add_argument("--version", action="version", version=f"noisystudent {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(sp, config=True):
@@ -204,6 +231,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", default=None)
     sp.add_argument("--out", default=None, help="where to write eval.json (default: beside the checkpoint)")
     sp.set_defaults(fn=cmd_evaluate)
+
+    sp = sub.add_parser("predict", help="top-k classes and probabilities for every image of a folder or source")
+    sp.add_argument("--checkpoint", required=True, help="a model.pt written by noisystudent")
+    sp.add_argument("--data", required=True, help="a folder of images (any tree) or KIND:PATH[:SPLIT]")
+    sp.add_argument("--out", required=True, help="preds.csv or preds.parquet")
+    sp.add_argument("--top-k", type=int, default=5)
+    sp.add_argument("--batch-size", type=int, default=256)
+    sp.add_argument("--workers", type=int, default=0)
+    sp.add_argument("--device", default=None)
+    sp.set_defaults(fn=cmd_predict)
+
+    sp = sub.add_parser("export", help="torchscript | onnx | safetensors, each reloaded and checked")
+    sp.add_argument("--checkpoint", required=True, help="a model.pt written by noisystudent")
+    sp.add_argument("--format", required=True, choices=["torchscript", "onnx", "safetensors", "all"])
+    sp.add_argument("--out", default=None, help="output file (default: beside the checkpoint)")
+    sp.set_defaults(fn=cmd_export)
 
     sp = sub.add_parser("init", help="write DIR/config.yaml: a commented starter config for your own images")
     sp.add_argument("dir", help="directory for config.yaml (created if missing)")

@@ -89,6 +89,12 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False
     grad_clip: float = 0.0
+    # initial weights (default: random): timm's pretrained weights (hub or local cache), a local timm
+    # weights file (offline), or your own model.pt; the classifier is re-initialised when the class
+    # count differs. init_checkpoint wins over pretrained_file, which wins over pretrained.
+    pretrained: bool = False
+    pretrained_file: str = ""
+    init_checkpoint: str = ""
     noise: NoiseConfig = field(default_factory=lambda: NoiseConfig(randaugment=False, drop_rate=0.0,
                                                                    drop_path_rate=0.0))
 
