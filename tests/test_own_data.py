@@ -166,3 +166,32 @@ def test_own_data_start_to_finish(tmp_path, capsys):
     assert "classifier re-initialised" in info["warm_start"] and "resnet18-local.safetensors" in info["warm_start"]
     warm, _ = load_model(tmp_path / "warm" / "round0" / "teacher" / "model.pt")
     assert torch.equal(warm.conv1.weight, src.conv1.weight)          # epochs=0: the loaded weights as they are
+
+
+def test_run_log_epoch_lines_and_sigterm(tmp_path):
+    """run.log in the run directory with one line per epoch (not a terminal here); SIGTERM says what
+    Ctrl-C says, and the rerun resumes."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from conftest import ROOT
+    run_dir = tmp_path / "r"
+    args = [sys.executable, "-m", "noisystudent", "run", "digits-demo", "--run-dir", str(run_dir),
+            "--set", "rounds=1", "--set", "ablation_no_noise=false", "--set", "teacher.epochs=400",
+            "--set", "student.epochs=1", "--set", "device=cpu"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    log = run_dir / "run.log"
+    while time.time() < deadline and not (log.is_file() and "teacher epoch 2/400" in log.read_text()):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "interrupted: finished work is kept; rerun the same command to resume" in err
+    text = log.read_text()
+    line = next(ln for ln in text.splitlines() if "teacher epoch 1/400" in ln)
+    for part in ("loss ", "lr ", "img/s", "left in the stage", "left in the run"):
+        assert part in line, line
+    assert "interrupted" in text.splitlines()[-1]
+    assert (run_dir / "round0" / "teacher" / "checkpoint.pt").is_file()

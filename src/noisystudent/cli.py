@@ -278,8 +278,25 @@ def _one_line(e: BaseException) -> str:
     return rest if sep and head.rsplit(".", 1)[-1] == type(e).__name__ else last
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the main thread is, so it unwinds like Ctrl-C."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def _note(msg: str) -> None:
+    from .runlog import note
+    note(msg)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import signal
+    import threading
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     logging.basicConfig(level=logging.INFO, format="noisystudent: %(message)s", stream=sys.stderr)
     from .distributed import maybe_init_distributed, shutdown_distributed
     try:
@@ -288,11 +305,15 @@ def main(argv: list[str] | None = None) -> int:
         shutdown_distributed()
         return 0
     except UserError as e:
+        _note(f"error: {_one_line(e)}")
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: finished work is kept; rerun the same command to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        # Ctrl-C and SIGTERM (a scheduler's kill, `kill PID`) alike: finished work is on disk
+        msg = "interrupted: finished work is kept; rerun the same command to resume"
+        _note(msg)
+        print(msg, file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
     except Exception as e:  # noqa: BLE001 - last line of defence, keep it to one line for users
         if os.environ.get("NOISYSTUDENT_DEBUG"):
             raise
