@@ -75,6 +75,8 @@ def claim_run_dir(ctx: RunContext, force: bool = False) -> None:
         from .runlog import attach_run_log
         lock_run_dir(ctx.run_dir)     # before the sweep: a live run's temp files are not stale
         attach_run_log(ctx.run_dir)
+        from .report.extra import write_environment
+        write_environment(ctx.run_dir)
         if n := remove_stale_temps(ctx.run_dir):
             log.info("removed %d temp file(s) an interrupted run left behind", n)
         with atomic_write(path, "w") as f:
