@@ -128,6 +128,18 @@ def test_own_data_start_to_finish(tmp_path, capsys):
     assert main(["run", str(cfg), "--run-dir", str(run_dir), *fast]) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     assert "student" in out and (run_dir / "report.html").is_file()
+    assert "teacher epoch 2/2: loss" in (run_dir / "run.log").read_text()
+    page = (run_dir / "report.html").read_text()
+    assert "top-5" not in page and "plots/confusion.png" in page and "plots/pool_grid.png" in page
+    import shutil
+    if shutil.which("chromium"):           # the report as a browser shows it: every figure loads, not blank
+        import importlib.util
+        from conftest import ROOT
+        spec = importlib.util.spec_from_file_location("shot", ROOT / "benchmarks" / "report_screenshot.py")
+        shot = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(shot)
+        png = shot.screenshot(run_dir / "report.html", tmp_path / "shot.png", height=2000)
+        assert shot.check(run_dir / "report.html", png) == []
     model = run_dir / "round1" / "student" / "model.pt"
 
     # predict: one row per pool image, top-k = min(5, classes)
