@@ -396,7 +396,7 @@ def _tiny_fit_setup():
     from noisystudent.data import LabeledDataset, create_source, create_train_transform
     from noisystudent.config import DataConfig, SourceConfig
     src = create_source(SourceConfig(kind="digits", per_class=4), 1)
-    tf = create_train_transform(DataConfig(), None)
+    tf = create_train_transform(DataConfig(image_size=8, in_chans=1), None)
     return LabeledDataset(src, tf), TrainConfig(epochs=3, batch_size=8, lr=0.01, warmup_epochs=0)
 
 

@@ -43,7 +43,7 @@ def test_student_noise_defaults_match_paper():
 ])
 def test_bad_values_name_the_key(override, fragment):
     with pytest.raises(UserError) as e:
-        load_config(None, [override])
+        load_config(None, ["data.in_chans=1", override])
     assert fragment in str(e.value)
     assert "\n" not in str(e.value)
 

@@ -54,7 +54,7 @@ def _digits(per_class=6):
 
 def _tf(noise=None):
     from noisystudent.config import DataConfig
-    return create_train_transform(DataConfig(), noise)
+    return create_train_transform(DataConfig(image_size=8, in_chans=1), noise)
 
 
 def _cfg(**kw):
@@ -141,7 +141,7 @@ def test_noise_switches_change_model_and_transform():
     assert torch.allclose(c, clean(x))                  # no noise: same output whatever the seed
     img = (np.arange(64, dtype=np.uint8).reshape(8, 8, 1) * 3)
     ra = _tf(NoiseConfig(randaugment=True, ra_magnitude=15))
-    plain = create_train_transform(__import__("noisystudent.config", fromlist=["DataConfig"]).DataConfig(crop_padding=0), None)
+    plain = create_train_transform(__import__("noisystudent.config", fromlist=["DataConfig"]).DataConfig(image_size=8, in_chans=1, crop_padding=0), None)
     assert ra.ra is not None and plain.ra is None
     outs = set()
     for s in range(8):

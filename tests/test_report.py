@@ -14,7 +14,7 @@ OVERRIDES = ["rounds=2", "models=[ns_cnn_s]", "data.labeled.per_class=5", "varia
              "data.unlabeled.fraction=0.1", "teacher.epochs=2", "teacher.batch_size=16", "student.epochs=1",
              "student.batch_size=16", "student.ratio=2", "select.threshold=0.05", "evaluate.batch_size=128",
              "ablation_no_noise=true", "finetune.enabled=true", "finetune.epochs=1"]
-BASE_PLOTS = {"accuracy", "per_class_delta", "confidence", "selection", "training_curves"}
+BASE_PLOTS = {"accuracy", "per_class_delta", "confidence", "selection", "training_curves", "confusion", "pool_grid"}
 ROBUSTNESS_PLOTS = {"robustness_corruptions", "robustness_fgsm"}
 CORRUPTIONS = ("gaussian_noise", "defocus_blur", "fog")
 

@@ -132,15 +132,56 @@ def cmd_evaluate(args):
     print(f"written: {out}")
 
 
+def cmd_init(args):
+    from .starter import write_starter
+    out = write_starter(args.dir, args.force)
+    print(f"written: {out}\nedit its data paths (relative to {out.parent}), then: noisystudent run {out}")
+
+
+def cmd_config(args):
+    from .starter import resolved_config_text
+    text, problem = resolved_config_text(_load(args), check_data=not args.no_data)
+    print(text, end="")
+    if problem:
+        raise UserError(problem)
+
+
+def cmd_predict(args):
+    from .prediction import predict, write_predictions
+    from .engine import resolve_device
+    device = str(resolve_device(args.device or "auto"))
+    rows = predict(args.checkpoint, args.data, top_k=args.top_k, batch_size=args.batch_size, device=device,
+                   workers=args.workers)
+    out = write_predictions(rows, args.out)
+    print(f"{len(rows)} images -> {out}")
+
+
+def cmd_export(args):
+    from .export import FORMATS, export_model
+    fmts = FORMATS if args.format == "all" else [args.format]
+    for fmt in fmts:
+        r = export_model(args.checkpoint, fmt, args.out if len(fmts) == 1 else None)
+        print(f"{fmt}: {r['path']} (reloaded; max |logit difference| {r['max_abs_diff']:.2g}) + {r['meta_path']}")
+
+
 def cmd_report(args):
     from .report import write_report
     files = write_report(Path(args.run_dir))
     print("\n".join(str(f) for f in files))
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("noisystudent")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="noisystudent", description="Noisy Student Training: teacher -> "
                                 "pseudo-labels -> noised, equal-or-larger student, in rounds.")
+    p.add_argument("--version", action="version", version=f"noisystudent {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(sp, config=True):
@@ -191,6 +232,34 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default=None, help="where to write eval.json (default: beside the checkpoint)")
     sp.set_defaults(fn=cmd_evaluate)
 
+    sp = sub.add_parser("predict", help="top-k classes and probabilities for every image of a folder or source")
+    sp.add_argument("--checkpoint", required=True, help="a model.pt written by noisystudent")
+    sp.add_argument("--data", required=True, help="a folder of images (any tree) or KIND:PATH[:SPLIT]")
+    sp.add_argument("--out", required=True, help="preds.csv or preds.parquet")
+    sp.add_argument("--top-k", type=int, default=5)
+    sp.add_argument("--batch-size", type=int, default=256)
+    sp.add_argument("--workers", type=int, default=0)
+    sp.add_argument("--device", default=None)
+    sp.set_defaults(fn=cmd_predict)
+
+    sp = sub.add_parser("export", help="torchscript | onnx | safetensors, each reloaded and checked")
+    sp.add_argument("--checkpoint", required=True, help="a model.pt written by noisystudent")
+    sp.add_argument("--format", required=True, choices=["torchscript", "onnx", "safetensors", "all"])
+    sp.add_argument("--out", default=None, help="output file (default: beside the checkpoint)")
+    sp.set_defaults(fn=cmd_export)
+
+    sp = sub.add_parser("init", help="write DIR/config.yaml: a commented starter config for your own images")
+    sp.add_argument("dir", help="directory for config.yaml (created if missing)")
+    sp.add_argument("--force", action="store_true", help="overwrite an existing config.yaml")
+    sp.set_defaults(fn=cmd_init)
+
+    sp = sub.add_parser("config", help="print the resolved config (defaults filled in, paths resolved)")
+    sp.add_argument("config", help="YAML config path or bundled name")
+    sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key")
+    sp.add_argument("--no-data", action="store_true", help="do not read the labeled images "
+                    "(in_chans/image_size stay as written)")
+    sp.set_defaults(fn=cmd_config)
+
     sp = sub.add_parser("report", help="write report.md/html and plots for a run directory")
     sp.add_argument("run_dir")
     sp.set_defaults(fn=cmd_report)
@@ -209,17 +278,26 @@ def _one_line(e: BaseException) -> str:
     return rest if sep and head.rsplit(".", 1)[-1] == type(e).__name__ else last
 
 
-class Terminated(BaseException):
-    """SIGTERM (kill, a scheduler's preemption, systemd): unwinds like Ctrl-C, so atomic writes
-    clean up and the user reads one line instead of nothing."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, a scheduler's preemption, systemd), raised where the main thread is: unwinds like
+    Ctrl-C, so atomic writes clean up and the user reads one line instead of nothing."""
 
 
 def _on_sigterm(signum, frame):
     raise Terminated()
 
 
+def _note(msg: str) -> None:
+    from .runlog import note
+    note(msg)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import signal
+    import threading
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     logging.basicConfig(level=logging.INFO, format="noisystudent: %(message)s", stream=sys.stderr)
     from .distributed import maybe_init_distributed, shutdown_distributed
     import signal
@@ -233,14 +311,16 @@ def main(argv: list[str] | None = None) -> int:
         shutdown_distributed()
         return 0
     except UserError as e:
+        _note(f"error: {_one_line(e)}")
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: finished work is kept; rerun the same command to resume", file=sys.stderr)
-        return 130
-    except Terminated:
-        print("terminated (SIGTERM): finished work is kept; rerun the same command to resume", file=sys.stderr)
-        return 143
+    except KeyboardInterrupt as e:
+        # Ctrl-C and SIGTERM (a scheduler's kill, `kill PID`) alike: finished work is on disk
+        what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        msg = f"{what}: finished work is kept; rerun the same command to resume"
+        _note(msg)
+        print(msg, file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
     except Exception as e:  # noqa: BLE001 - last line of defence, keep it to one line for users
         if os.environ.get("NOISYSTUDENT_DEBUG"):
             raise

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import re
 import types
 import typing
@@ -48,15 +49,16 @@ class SourceConfig:
 
 @dataclass
 class DataConfig:
-    labeled: SourceConfig = field(default_factory=lambda: SourceConfig(kind="digits", per_class=20))
-    unlabeled: SourceConfig = field(
-        default_factory=lambda: SourceConfig(kind="digits", per_class=20, subset="rest"))
-    test: SourceConfig = field(default_factory=lambda: SourceConfig(kind="digits", split="test"))
+    # No data section has a default: a config names its labeled set, its test set and (rounds > 0)
+    # its unlabeled pool (`require_data`); relative roots resolve from the config file's directory.
+    labeled: Optional[SourceConfig] = None
+    unlabeled: Optional[SourceConfig] = None
+    test: Optional[SourceConfig] = None
     # validation images: recipe choices are made on these, test is reported once (None = no val set)
     val: Optional[SourceConfig] = None
     extra_test: list = field(default_factory=list)   # list of SourceConfig dicts (ImageNet-A/-R style)
-    image_size: int = 8                 # training resolution (square)
-    in_chans: int = 1
+    image_size: Optional[int] = None    # training resolution (square); None: inferred from the labeled images
+    in_chans: Optional[int] = None      # 1 or 3; None: inferred from the labeled images
     mean: Optional[list[float]] = None         # None: 0.5 per channel
     std: Optional[list[float]] = None
     crop_padding: int = 1               # random crop with this padding (0 = off), a standard CIFAR aug
@@ -99,6 +101,12 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False
     grad_clip: float = 0.0
+    # initial weights (default: random): timm's pretrained weights (hub or local cache), a local timm
+    # weights file (offline), or your own model.pt; the classifier is re-initialised when the class
+    # count differs. init_checkpoint wins over pretrained_file, which wins over pretrained.
+    pretrained: bool = False
+    pretrained_file: str = ""
+    init_checkpoint: str = ""
     noise: NoiseConfig = field(default_factory=lambda: NoiseConfig(randaugment=False, cutout=0.0, drop_rate=0.0,
                                                                    drop_path_rate=0.0))
 
@@ -330,8 +338,8 @@ RULES: dict[str, Range] = {
     "rounds": GE0,
     **{f"data.{s}.{k}": r for s in ("labeled", "unlabeled", "test", "val", "extra_test[]")
        for k, r in _SOURCE_RULES.items()},
-    "data.image_size": Range(4, 8192, text="must be >= 4 pixels (and at most 8192)"),
-    "data.in_chans": Range(1, 1, also=(3,), text="must be 1 (grayscale) or 3 (RGB)"),
+    "data.image_size": Range(4, 8192, optional=True, text="must be >= 4 pixels (and at most 8192)"),
+    "data.in_chans": Range(1, 1, also=(3,), optional=True, text="must be 1 (grayscale) or 3 (RGB)"),
     "data.mean": Range(-1e6, 1e6, each=True, optional=True, text="each must be a finite number"),
     "data.std": Range(0, 1e6, lo_open=True, each=True, optional=True, text="every value must be > 0"),
     "data.crop_padding": GE0,
@@ -394,7 +402,7 @@ def _validate(cfg: Config) -> None:
                 need(False, key, rule.message() + got)
     for key in ("mean", "std"):
         v = getattr(cfg.data, key)
-        if v is not None:
+        if v is not None and cfg.data.in_chans is not None:
             need(len(v) == cfg.data.in_chans, f"data.{key}", f"needs one value per channel "
                  f"(data.in_chans={cfg.data.in_chans}), got {len(v)}")
     _check_excludes(cfg.data)
@@ -520,8 +528,52 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise UserError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
         if not isinstance(data, dict):
             raise UserError(f"{p}: the top level must be a mapping of config sections")
+        data = resolve_paths(data, _base_dir(p))
     data = apply_overrides(data, overrides or [])
     return config_from_dict(data)
+
+
+_BUNDLED_DIR = Path(__file__).parent / "configs"
+
+
+def _base_dir(path: Path) -> Path | None:
+    """The directory relative paths in `path` resolve from: the file's own directory. The bundled
+    configs (the package's configs/, symlinked from the repo root) name data relative to the current
+    directory (the repository root), so theirs stay as written."""
+    try:
+        if path.resolve().parent == _BUNDLED_DIR.resolve():
+            return None
+    except OSError:
+        pass
+    return path.parent
+
+
+def _join(base: Path | None, value):
+    if base is None or not isinstance(value, str) or not value or Path(value).expanduser().is_absolute():
+        return value
+    return os.path.normpath(base / value)
+
+
+def resolve_paths(data: dict, base: Path | None) -> dict:
+    """Rewrite the file paths of a config dict (data source roots, pretrained/init weight files) that
+    are relative to `base`. Paths given with --set are left relative to the current directory."""
+    data = json.loads(json.dumps(data))
+    sections = data.get("data") if isinstance(data.get("data"), dict) else {}
+    sources = [v for v in sections.values() if isinstance(v, dict)]
+    sources += [v for v in sections.get("extra_test") or [] if isinstance(v, dict)]
+    for src in sources:
+        if "root" in src:
+            src["root"] = _join(base, src["root"])
+    for sec in ("teacher", "student"):
+        t = data.get(sec)
+        if isinstance(t, dict):
+            for key in PATH_KEYS:
+                if key in t:
+                    t[key] = _join(base, t[key])
+    return data
+
+
+PATH_KEYS = ("pretrained_file", "init_checkpoint")
 
 
 def config_hash(obj) -> str:

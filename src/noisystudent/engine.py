@@ -32,6 +32,7 @@ from .artifacts import load_checkpoint, save_checkpoint
 from .data.loaders import make_loader, seed_for
 from .errors import TrainingDiverged
 from .pseudo import joint_loss
+from .runlog import epoch_line
 
 __all__ = ["fit", "resolve_device", "autocast_dtype", "cpu_has_native_bf16", "seed_everything", "world_info",
            "FitResult", "plan_steps", "effective_ema_decay", "ema_decay_at", "create_scheduler"]
@@ -303,6 +304,7 @@ def fit(model: nn.Module, cfg, *, labeled_ds, out_dir: str | Path, seed: int, me
             row.update(eval_fn(eval_model))
         history.append(row)
         if rank == 0:
+            log.info("%s", epoch_line(desc, row, epochs, history))
             save_checkpoint(ckpt_path, {
                 "format": "noisystudent/checkpoint/1", "epoch": epoch + 1, "history": history,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),

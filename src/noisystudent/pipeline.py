@@ -75,7 +75,11 @@ def claim_run_dir(ctx: RunContext, force: bool = False) -> None:
                                 "(or --force to reuse the folder, redoing what changed)")
     check_inputs(ctx)
     if ctx.rank == 0:
+        from .runlog import attach_run_log
         lock_run_dir(ctx.run_dir)     # before the sweep: a live run's temp files are not stale
+        attach_run_log(ctx.run_dir)
+        from .report.extra import write_environment
+        write_environment(ctx.run_dir)
         if n := remove_stale_temps(ctx.run_dir):
             log.info("removed %d temp file(s) an interrupted run left behind", n)
         with atomic_write(path, "w") as f:
@@ -113,6 +117,8 @@ def run(cfg: Config, run_dir: str | Path | None = None, device: str | None = Non
     """Run (or resume) the whole Noisy Student loop described by `cfg`; returns the summary."""
     ctx = RunContext(cfg, run_dir, device)
     claim_run_dir(ctx, force)
+    from . import runlog
+    runlog.set_plan(cfg, len(ctx.labeled), len(ctx.pool) if cfg.rounds > 0 else 0)
     ft = cfg.finetune.enabled
     train_teacher(ctx)
     evaluate_stage(ctx, 0, "teacher")
@@ -130,6 +136,7 @@ def run(cfg: Config, run_dir: str | Path | None = None, device: str | None = Non
         if ft:
             finetune(ctx, k)
             evaluate_stage(ctx, k, "finetune")
+    runlog.clear_plan()
     summary = build_summary(ctx)
     if ctx.rank == 0:
         write_json(ctx.run_dir / "summary.json", summary)

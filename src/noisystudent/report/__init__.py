@@ -17,6 +17,7 @@ import matplotlib
 
 from ..artifacts import atomic_write
 from ..errors import UserError
+from .extra import EXTRA_PLOTS, environment_blocks
 from .plots import PLOTS
 from .rundata import DPI, ROLE_LABEL, STYLE, RunData, fmt_params, fmt_secs, is_num, pct, role_label, training_stages
 
@@ -35,6 +36,8 @@ def _results_table(run: RunData):
              m.get("image_size", "—"), pct(m.get("top1")), pct(m.get("top5")),
              f"{m['ece']:.4f}" if is_num(m.get("ece")) else "—",
              *(pct((m.get("extra") or {}).get(n)) for n in extras)] for m in run.models]
+    if 0 < len(run.classes) <= 5:       # top-5 of <= 5 classes is 100% by construction: not shown
+        head, rows = head[:6] + head[7:], [r[:6] + r[7:] for r in rows]
     return head, rows
 
 
@@ -85,7 +88,7 @@ def _timing_table(run: RunData):
 # ------------------------------------------------------------------------------------------------
 # one document, two renderings
 
-TEXT_COLS = {"round", "model", "role", "stage"}     # left-aligned; every other column is numbers
+TEXT_COLS = {"round", "model", "role", "stage", "what", "value"}     # left-aligned; every other column is numbers
 
 
 def _md_text(text) -> str:
@@ -109,6 +112,8 @@ def _render_md(blocks: list) -> str:
             out.append("".join("| " + " | ".join(map(str, cells)) + " |\n" for cells in lines))
         elif kind == "img":
             out.append(f"![{a[1]}]({a[0]})\n")
+        elif kind == "pre":
+            out.append(f"```yaml\n{a[0].rstrip()}\n```\n")
     return "\n".join(out)
 
 
@@ -143,6 +148,8 @@ def _render_html(blocks: list, title: str) -> str:
             trs = "".join("<tr>" + "".join(f"<td{c}>{_inline_html(v)}</td>" for c, v in zip(cls, r)) + "</tr>"
                           for r in rows)
             out.append(f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>")
+        elif kind == "pre":
+            out.append(f"<details><summary>config.yaml</summary><pre>{html.escape(a[0])}</pre></details>")
         elif kind == "img":
             out.append(f"<figure><img src=\"{html.escape(a[0])}\" alt=\"{html.escape(a[1])}\">"
                        f"<figcaption>{html.escape(a[1])}</figcaption></figure>")
@@ -158,7 +165,7 @@ def write_report(run_dir: Path) -> list[Path]:
     images: dict[str, tuple[str, str]] = {}
     # Class names and the run's name are data: a `$` in them must not be read as mathtext.
     with matplotlib.rc_context({**STYLE, "text.parse_math": False}):
-        for name, caption, make in PLOTS:
+        for name, caption, make in PLOTS + EXTRA_PLOTS:
             # A plot failing on an odd file or name must not cost the rest of the report at the end of a
             # long run: drawing happens in savefig, so both are guarded (atomic_write leaves no file).
             path = plots_dir / f"{name}.png"
@@ -185,11 +192,11 @@ def write_report(run_dir: Path) -> list[Path]:
         return [("img", *images[n]) for n in names if n in images]
 
     b += [("h", 2, "Results"), ("table", *_results_table(run)) if run.models else ("p", "No evaluated models yet."),
-          *img("accuracy", "per_class_delta")]
+          *img("accuracy", "confusion", "per_class_delta")]
     if run.summary.get("selection"):
         b += [("h", 2, "Pseudo-label selection"), ("table", *_selection_table(run)),
               ("p", "Pseudo-label accuracy is shown when the pool came with true labels (hidden from training)."),
-              *img("confidence", "selection")]
+              *img("confidence", "selection", "pool_grid")]
     if run.robust:
         b += [("h", 2, "Robustness"), ("table", *_robustness_table(run)),
               ("p", "mCE and mFR are relative to the round-0 teacher (teacher = 100%); lower is better."),
@@ -197,6 +204,7 @@ def write_report(run_dir: Path) -> list[Path]:
     timings = _timing_table(run)
     b += [("h", 2, "Training"), *img("training_curves"), ("h", 3, "Timings"),
           ("table", *timings) if timings[1] else ("p", "No finished training stage yet.")]
+    b += environment_blocks(run)
 
     for path, text in ((run_dir / "report.md", _render_md(b)),
                        (run_dir / "report.html", _render_html(b, f"Noisy Student report: {run.name}"))):

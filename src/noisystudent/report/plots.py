@@ -204,20 +204,26 @@ def _fgsm(run: RunData):
 
 
 def _curves(run: RunData):
-    fig, ax = _axes()
-    drawn = 0
+    """Teachers (labeled CE) and students (labeled + pseudo-labeled loss) on separate axes: the two
+    losses are different quantities."""
+    groups = {"teacher": [], "student": []}
     for i, (k, which) in enumerate(training_stages(run)):
         rows = [r for r in read_jsonl(run.dir / f"round{k}" / which / "metrics.jsonl")
                 if is_num(r.get("loss")) and is_num(r.get("epoch"))]
         if rows:
+            groups["teacher" if which == "teacher" else "student"].append((i, k, which, rows))
+    panels = [(g, v) for g, v in groups.items() if v]
+    if not panels:
+        return None
+    fig, axes = _grid(len(panels), len(panels), 5.2, 3.6)
+    for ax, (g, series) in zip(axes, panels):
+        for i, k, which, rows in series:
             ax.plot([r["epoch"] for r in rows], [r["loss"] for r in rows], "o-", ms=3, color=f"C{i % 10}",
                     label=f"r{k} {ROLE_LABEL[which]}")
-            drawn += 1
-    if not drawn:
-        return None
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    _dress(ax, "Training loss per epoch", "epoch", "training loss (students: labeled + pseudo)",
-           {"ncols": 2 if drawn > 6 else 1})
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ylabel = ("cross-entropy, labeled images" if g == "teacher"
+                  else "loss: CE(labeled) + w x softCE(pseudo)")
+        _dress(ax, f"{g}s: training loss per epoch", "epoch", ylabel, {"ncols": 2 if len(series) > 6 else 1})
     return fig
 
 

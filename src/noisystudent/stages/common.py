@@ -21,7 +21,8 @@ import torch
 from ..artifacts import (file_hash, load_checkpoint, read_stage, remove_run_results, reset_dir,
                          save_checkpoint, write_stage)
 from ..config import Config, config_hash, config_to_dict
-from ..data import ArraySource, Source, create_source, default_mean_std
+from ..data import ArraySource, Source, default_mean_std
+from ..data.infer import create_source_noted as _create
 from ..engine import resolve_device, world_info
 from ..errors import UserError
 from ..models import create_model
@@ -45,6 +46,8 @@ class RunContext:
     """The config, the run directory, the device, and lazily built (and cached) data sources."""
 
     def __init__(self, cfg: Config, run_dir: str | Path | None = None, device: str | None = None):
+        from ..data.infer import resolve_data_config
+        cfg = resolve_data_config(cfg)      # required sections; in_chans/image_size from the images
         self.cfg = cfg
         self.run_dir = Path(run_dir) if run_dir else cfg.resolved_run_dir()
         self.device = resolve_device(device or cfg.device)
@@ -67,7 +70,7 @@ class RunContext:
         for other in sc.exclude:
             excluded.update(getattr(self, "pool" if other == "unlabeled" else other).ids)
         key = f"data.{'unlabeled' if section == 'pool' else section}"
-        return create_source(sc, self.cfg.data.in_chans, key, exclude_ids=excluded)
+        return _create(sc, self.cfg.data.in_chans, key, exclude_ids=excluded)
 
     @functools.cached_property
     def labeled(self) -> Source:

@@ -52,7 +52,7 @@ def _set_noise(model: torch.nn.Module, on: bool) -> None:
 @torch.no_grad()
 def predict_shard(model, source, start: int, stop: int, *, image_size: int, mean, std, temperature: float,
                   flip_tta: bool, batch_size: int, device, workers: int = 0, skip_bad: bool = True,
-                  teacher_hash: str = "", hide_labels: bool = True) -> pa.Table:
+                  teacher_hash: str = "", keep_true_labels: bool = False) -> pa.Table:
     probs_l, idx_l = [], []
     for x, idx in eval_batches(source, batch_size, image_size, mean, std, start=start, stop=stop,
                                workers=workers, skip_bad=skip_bad):
@@ -69,7 +69,7 @@ def predict_shard(model, source, start: int, stop: int, *, image_size: int, mean
     else:
         probs, rows = torch.zeros(0, C or 0), np.zeros(0, dtype=np.int64)
     conf, pred = probs.max(1)
-    true = source.labels[rows] if len(rows) and not hide_labels else np.full(len(rows), -1, dtype=np.int64)
+    true = source.labels[rows] if len(rows) and keep_true_labels else np.full(len(rows), -1, dtype=np.int64)
     C = probs.shape[1]
     flat = pa.array(probs.to(torch.float16).numpy().reshape(-1), type=pa.float16())
     return pa.table({
@@ -129,7 +129,7 @@ def label_pool(ctx: RunContext, k: int) -> StageResult:
                                   skip_bad=ctx.policy("unlabeled") == "skip", teacher_hash=thash,
                                   # true labels of a pool drawn from the labeled set (benchmarks) are
                                   # recorded for reports; an out-of-domain pool's labels mean nothing here
-                                  hide_labels=not same_dataset)
+                                  keep_true_labels=same_dataset)
             with atomic_write(d / f"part-{s:05d}.parquet") as f:
                 pq.write_table(table, f)
         if ctx.world > 1:

@@ -21,6 +21,7 @@ from ..errors import UserError
 from timm.utils.model import unfreeze
 
 from ..models import count_params, create_model, freeze_stages
+from ..models.warmstart import warm_start, warm_start_identity
 from .common import RunContext, StageResult, load_model, run_stage, save_model
 
 log = logging.getLogger("noisystudent")
@@ -59,10 +60,12 @@ def train_teacher(ctx: RunContext) -> StageResult:
     cfg, t = ctx.cfg, ctx.cfg.teacher
     name = cfg.model_for_round(0)
     config = {"train": config_to_dict(t), "model": name, "seed": cfg.seed, "data": _data_identity(ctx)}
+    config["warm_start"] = warm_start_identity(t, "teacher")
 
     def body(d):
         seed_everything(seed_for(cfg.seed, "init", "teacher"))     # weight init is part of the seed
         model = create_model(name, len(ctx.classes), cfg.data.in_chans, t.noise.drop_rate, t.noise.drop_path_rate)
+        started = warm_start(model, t, name, "teacher")
         ds = LabeledDataset(ctx.labeled, create_train_transform(cfg.data, t.noise),
                             skip_bad=ctx.policy("labeled") == "skip")
         meta = ctx.model_meta(name, cfg.data.image_size, t.noise, "teacher")
@@ -72,7 +75,7 @@ def train_teacher(ctx: RunContext) -> StageResult:
                   workers=cfg.data.workers, device=ctx.device, desc="teacher")
         if ctx.rank == 0:
             save_model(d / "model.pt", res.model, meta)
-        return ["model.pt"], _summary(res.history, res.model)
+        return ["model.pt"], dict(_summary(res.history, res.model), warm_start=started)
 
     return run_stage(ctx, ctx.stage_dir(0, "teacher"), config, {}, body, cleanup=["checkpoint.pt"])
 
@@ -116,12 +119,13 @@ def train_student(ctx: RunContext, k: int, variant: str | None = None) -> StageR
     if s.init_from_teacher:
         inputs["teacher"] = teacher_dir(ctx, k)
     config = {"train": config_to_dict(s), "model": name, "seed": cfg.seed, "round": k,
-              "data": _data_identity(ctx), "variant": variant}
+              "data": _data_identity(ctx), "variant": variant, "warm_start": warm_start_identity(s, "student")}
     tag = f"student r{k}" + (f" ({variant})" if variant else "")
 
     def body(d):
         seed_everything(seed_for(cfg.seed, "init", "student", k, variant))
         model = create_model(name, len(ctx.classes), cfg.data.in_chans, s.noise.drop_rate, s.noise.drop_path_rate)
+        started = warm_start(model, s, name, "student")
         if s.init_from_teacher:
             teacher, _ = load_model(teacher_dir(ctx, k) / "model.pt", expect_classes=ctx.classes)
             if type(teacher) is not type(model) or teacher.state_dict().keys() != model.state_dict().keys():
@@ -163,7 +167,7 @@ def train_student(ctx: RunContext, k: int, variant: str | None = None) -> StageR
         if ctx.rank == 0:
             save_model(d / "model.pt", res.model, meta)
         info = _summary(history, res.model)
-        info.update(pseudo_images=n_pseudo, labeled_images=len(lab), variant=variant, steps=total)
+        info.update(pseudo_images=n_pseudo, labeled_images=len(lab), variant=variant, steps=total, warm_start=started)
         return ["model.pt"], info
 
     return run_stage(ctx, sdir, config, inputs, body, cleanup=["checkpoint.pt", "phase2/checkpoint.pt"])

@@ -1,0 +1,118 @@
+"""Predictions for new images with a trained model, using the preprocessing saved in the model file.
+
+    from noisystudent import predict
+    rows = predict("runs/x/round1/student/model.pt", "photos/")       # a folder, any source, arrays
+    rows[0] -> {"sample_id": "a.jpg", "pred_class": "cat", "confidence": 0.93,
+                "top_classes": ["cat", "dog", ...], "top_probs": [0.93, 0.05, ...]}
+
+CLI: `noisystudent predict --checkpoint model.pt --data folder:photos --out preds.csv` (or .parquet).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+__all__ = ["predict", "write_predictions", "as_source"]
+
+
+def as_source(images: Any, in_chans: int, key: str = "images"):
+    """A Source from: a Source; a SourceConfig; 'KIND:PATH[:SPLIT]'; a directory (imagefolder when it
+    holds only class folders of images, else a flat/any-tree `folder`); image file paths; or a uint8
+    NHWC array / list of HWC arrays."""
+    from .config import SourceConfig
+    from .data import ArraySource, FileSource, Source, create_source
+    if isinstance(images, Source):
+        return images
+    if isinstance(images, SourceConfig):
+        return create_source(images, in_chans, key)
+    if isinstance(images, np.ndarray) or (isinstance(images, list) and images and isinstance(images[0], np.ndarray)):
+        arr = images if isinstance(images, np.ndarray) else list(images)
+        if isinstance(arr, np.ndarray) and arr.ndim == 3:
+            arr = arr[..., None]
+        n = len(arr)
+        return ArraySource("array", [str(i) for i in range(n)], np.full(n, -1, dtype=np.int64), None,
+                           in_chans, images=arr)
+    if isinstance(images, (list, tuple)):
+        paths = [Path(p) for p in images]
+        missing = [p for p in paths if not p.is_file()]
+        if missing:
+            raise UserError(f"{key}: image file not found: {missing[0]}")
+        return FileSource("files", [str(p) for p in paths], np.full(len(paths), -1, dtype=np.int64), None,
+                          in_chans, root=Path("."))
+    text = str(images)
+    if ":" in text and not Path(text).exists() and text.split(":")[0].isalpha() and len(text.split(":")[0]) > 1:
+        from .cli import parse_source_spec
+        return create_source(parse_source_spec(text), in_chans, key)
+    p = Path(text)
+    if not p.is_dir():
+        raise UserError(f"{key}: not a directory, source spec (KIND:PATH) or list of images: {text}")
+    return create_source(SourceConfig(kind="folder", root=str(p)), in_chans, key)
+
+
+def _load(model_or_path, device):
+    from .stages.common import load_model
+    if isinstance(model_or_path, (str, Path)):
+        if not Path(model_or_path).is_file():
+            raise UserError(f"checkpoint not found: {model_or_path}")
+        return load_model(model_or_path, device)
+    if isinstance(model_or_path, tuple) and len(model_or_path) == 2:
+        model, meta = model_or_path
+        return model.to(device).eval(), meta
+    raise UserError("predict: pass a model.pt path or a (model, meta) pair from load_model")
+
+
+@torch.no_grad()
+def predict(model_or_path, images, *, top_k: int = 5, batch_size: int = 256, device: str = "cpu",
+            workers: int = 0, skip_bad: bool = True) -> list[dict]:
+    """One row per decodable image: sample_id, pred (index), pred_class, confidence, top_classes,
+    top_probs (top_k of them), and label/label_class when the source has labels."""
+    from .data import eval_batches
+    dev = torch.device(device)
+    model, meta = _load(model_or_path, dev)
+    src = as_source(images, meta["in_chans"])
+    classes = list(meta["classes"])
+    k = max(1, min(top_k, len(classes)))
+    rows = []
+    for x, idx in eval_batches(src, batch_size, meta["image_size"], meta["mean"], meta["std"],
+                               workers=workers, skip_bad=skip_bad):
+        probs = torch.softmax(model(x.to(dev)).float(), dim=1).cpu()
+        p, c = probs.topk(k, dim=1)
+        for j, i in enumerate(idx.tolist()):
+            row = {"sample_id": src.ids[i], "pred": int(c[j, 0]), "pred_class": classes[int(c[j, 0])],
+                   "confidence": float(p[j, 0]), "top_classes": [classes[int(t)] for t in c[j]],
+                   "top_probs": [float(v) for v in p[j]]}
+            label = int(src.labels[i])
+            if label >= 0 and src.classes is not None:
+                row["label_class"] = src.classes[label]
+            rows.append(row)
+    return rows
+
+
+def write_predictions(rows: list[dict], out: str | Path) -> Path:
+    """Write rows as .csv (flat columns top1_class, top1_prob, ...) or .parquet (list columns too)."""
+    import pyarrow as pa
+    out = Path(out)
+    if out.suffix not in (".csv", ".parquet"):
+        raise UserError(f"--out {out}: use a .csv or .parquet file name")
+    k = max((len(r["top_classes"]) for r in rows), default=0)
+    cols: dict[str, list] = {c: [r.get(c) for r in rows] for c in ("sample_id", "pred_class", "confidence")}
+    if any("label_class" in r for r in rows):
+        cols["label_class"] = [r.get("label_class") for r in rows]
+    for t in range(k):
+        cols[f"top{t + 1}_class"] = [r["top_classes"][t] for r in rows]
+        cols[f"top{t + 1}_prob"] = [r["top_probs"][t] for r in rows]
+    table = pa.table(cols) if rows else pa.table({"sample_id": pa.array([], pa.string())})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".csv":
+        import pyarrow.csv as pcsv
+        pcsv.write_csv(table, out)
+    else:
+        import pyarrow.parquet as pq
+        pq.write_table(table.append_column("top_classes", pa.array([r["top_classes"] for r in rows]))
+                       .append_column("top_probs", pa.array([r["top_probs"] for r in rows])), out)
+    return out

@@ -1,0 +1,100 @@
+"""Logs people read: `run.log` in the run directory (every message of every invocation, appended),
+one line per training epoch (loss, lr, images/s, time left in the stage and, under `run`, in the
+whole run), whether or not stderr is a terminal.
+
+The whole-run ETA counts training images: the teacher's (labeled x epochs) and, per round, the
+student's (student.epochs passes over the pool in batches of B labeled + ratio x B pseudo-labeled). Until the selection exists the whole pool stands in for it, so the
+estimate is an upper bound early on; labeling and evaluation time is not counted.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+__all__ = ["attach_run_log", "note", "epoch_line", "RunPlan", "set_plan", "fmt_duration"]
+
+log = logging.getLogger("noisystudent")
+_HANDLER: logging.Handler | None = None
+_PLAN: "RunPlan | None" = None
+
+
+def attach_run_log(run_dir: Path) -> Path:
+    """Send the `noisystudent` logger to run_dir/run.log too (appending; one handler per process)."""
+    global _HANDLER
+    path = Path(run_dir) / "run.log"
+    if _HANDLER is not None and getattr(_HANDLER, "baseFilename", None) == str(path.resolve()):
+        return path
+    if _HANDLER is not None:
+        log.removeHandler(_HANDLER)
+        _HANDLER.close()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _HANDLER = logging.FileHandler(path, encoding="utf-8")
+    _HANDLER.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    log.addHandler(_HANDLER)
+    if log.level == logging.NOTSET or log.level > logging.INFO:
+        log.setLevel(logging.INFO)
+    return path
+
+
+def note(msg: str, level: int = logging.WARNING) -> None:
+    """Write a line to run.log only (for what the CLI already prints to stderr itself)."""
+    if _HANDLER is not None:
+        _HANDLER.handle(logging.LogRecord("noisystudent", level, __file__, 0, msg, None, None))
+
+
+def fmt_duration(s: float) -> str:
+    s = max(0, int(round(s)))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
+
+
+class RunPlan:
+    """Training images the whole run will process, and those done so far (see module docstring)."""
+
+    def __init__(self, total_images: float):
+        self.total, self.done, self.t0 = float(total_images), 0.0, time.perf_counter()
+
+    def add(self, images: float) -> None:
+        self.done += images
+
+    def left_s(self, images_per_s: float) -> float | None:
+        if images_per_s <= 0:
+            return None
+        return max(0.0, self.total - self.done) / images_per_s
+
+
+def set_plan(cfg, n_labeled: int, n_pool: int) -> None:
+    """Called by `run` before the teacher: plan the whole run's training images."""
+    global _PLAN
+    import math
+    s, t = cfg.student, cfg.teacher
+    # as engine.fit counts steps: whole batches; a student step is B labeled + ratio x B pseudo
+    per_round = math.ceil(n_pool / (s.batch_size * s.ratio)) * s.batch_size * (s.ratio + 1) * s.epochs
+    total = math.ceil(n_labeled / t.batch_size) * t.batch_size * t.epochs + cfg.rounds * per_round
+    if cfg.ablation_no_noise and cfg.rounds:
+        total += per_round
+    _PLAN = RunPlan(total) if total > 0 else None
+
+
+def clear_plan() -> None:
+    global _PLAN
+    _PLAN = None
+
+
+def epoch_line(desc: str, row: dict, epochs: int, history: list) -> str:
+    """'teacher epoch 3/30: loss 0.812, lr 0.0493, 412 img/s, 0:41 left in the stage, ~12:10 in the run'."""
+    done = row["epoch"]
+    recent = [h.get("epoch_s", 0.0) for h in history[-3:]]
+    left = (epochs - done) * (sum(recent) / max(1, len(recent)))
+    ips = row.get("images_per_s", 0.0)
+    text = (f"{desc} epoch {done}/{epochs}: loss {row.get('loss', float('nan')):.4f}, lr {row.get('lr', 0):.3g}, "
+            f"{ips:.0f} img/s, {row.get('epoch_s', 0):.1f} s, {fmt_duration(left)} left in the stage")
+    if _PLAN is not None:
+        _PLAN.add(ips * row.get("epoch_s", 0.0))
+        seen = sum(h.get("images_per_s", 0.0) * h.get("epoch_s", 0.0) for h in history[-3:])
+        run_left = _PLAN.left_s(seen / max(sum(recent), 1e-9))     # the same recent epochs as above
+        if run_left is not None:
+            text += f", ~{fmt_duration(run_left)} left in the run"
+    return text

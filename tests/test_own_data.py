@@ -1,0 +1,209 @@
+"""A user's own data (issue 16): nothing defaults to the digits demo, in_chans/image_size come from
+the images, relative paths resolve from the config file's directory."""
+from __future__ import annotations
+
+import pytest
+
+from noisystudent.cli import main
+from own_data import make_own_data
+
+TINY_RUN = ["--set", "teacher.epochs=1", "--set", "student.epochs=1", "--set", "teacher.batch_size=8",
+            "--set", "student.batch_size=4", "--set", "models=[ns_cnn_s, ns_cnn_s]", "--set", "device=cpu"]
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def own(tmp_path_factory):
+    root = tmp_path_factory.mktemp("own")
+    return root, make_own_data(root)
+
+
+def _err(capsys):
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+@pytest.mark.parametrize("drop, key", [("unlabeled", "data.unlabeled"), ("test", "data.test"),
+                                       ("labeled", "data.labeled")])
+def test_a_missing_data_section_stops_naming_it(own, tmp_path, capsys, drop, key):
+    root, _ = own
+    secs = {"labeled": "{kind: imagefolder, root: train}", "unlabeled": "{kind: folder, root: pool}",
+            "test": "{kind: imagefolder, root: test}"}
+    text = "rounds: 1\ndata:\n" + "".join(f"  {k}: {v}\n" for k, v in secs.items() if k != drop)
+    cfg = _write(root / f"no-{drop}.yaml", text)
+    rc = main(["run", str(cfg), "--run-dir", str(tmp_path / "r"), *TINY_RUN])
+    assert rc == 2
+    line = _err(capsys)
+    assert f"config key '{key}' is required" in line
+    assert not (tmp_path / "r").exists()          # stopped before anything was written
+
+
+def test_in_chans_and_image_size_come_from_the_images(own, caplog):
+    import logging
+    from noisystudent.config import load_config
+    from noisystudent.stages.common import RunContext
+    root, _ = own
+    cfg = load_config(_write(root / "infer.yaml", "data:\n  labeled: {kind: imagefolder, root: train}\n"
+                             "  unlabeled: {kind: folder, root: pool}\n  test: {kind: imagefolder, root: test}\n"))
+    assert cfg.data.in_chans is None and cfg.data.image_size is None
+    with caplog.at_level(logging.INFO, logger="noisystudent"):
+        ctx = RunContext(cfg, root / "run", "cpu")
+    assert ctx.cfg.data.in_chans == 3 and ctx.cfg.data.image_size == 12
+    assert ctx.labeled.load(0).shape == (12, 12, 3)
+    assert "data.in_chans not set: 3" in caplog.text
+    # an explicit in_chans: 1 on colour images is a warning, not silent
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="noisystudent"):
+        RunContext(load_config(root / "infer.yaml", ["data.in_chans=1"]), root / "run", "cpu")
+    assert "converted to grayscale" in caplog.text
+
+
+def test_mixed_sizes_need_image_size(tmp_path, capsys):
+    from PIL import Image
+    make_own_data(tmp_path)
+    Image.new("RGB", (20, 14), (200, 40, 40)).save(tmp_path / "train" / "cat" / "big.png")
+    cfg = _write(tmp_path / "c.yaml", "data:\n  labeled: {kind: imagefolder, root: train}\n"
+                 "  unlabeled: {kind: folder, root: pool}\n  test: {kind: imagefolder, root: test}\n")
+    assert main(["run", str(cfg), "--run-dir", str(tmp_path / "r"), *TINY_RUN]) == 2
+    assert "config key 'data.image_size' is required" in _err(capsys)
+
+
+def test_relative_roots_resolve_from_the_config_file(own, tmp_path, monkeypatch, capsys):
+    from noisystudent.config import load_config
+    root, data = own
+    sub = root / "cfgs"
+    sub.mkdir(exist_ok=True)
+    cfg_path = _write(sub / "c.yaml", "data:\n  labeled: {kind: imagefolder, root: ../train}\n"
+                      "  unlabeled: {kind: folder, root: ../pool}\n  test: {kind: imagefolder, root: ../nosuch}\n")
+    monkeypatch.chdir(tmp_path)                  # anywhere else
+    cfg = load_config(cfg_path)
+    assert cfg.data.labeled.root == str(data["train"])
+    # bundled configs keep their paths (relative to the repository root)
+    assert load_config(__import__("noisystudent.cli").cli.resolve_config_path("fashion-mnist-1k")
+                       ).data.test.root == "../shared/data/fashion-mnist"
+    rc = main(["run", str(cfg_path), "--run-dir", str(tmp_path / "r"),
+               *TINY_RUN])
+    assert rc == 2
+    line = _err(capsys)
+    assert str(root / "nosuch") in line and "resolves from that file's directory" in line
+
+
+def test_one_class_is_refused(tmp_path, capsys):
+    make_own_data(tmp_path)
+    import shutil
+    for c in ("dog", "ship"):
+        shutil.rmtree(tmp_path / "train" / c)
+        shutil.rmtree(tmp_path / "test" / c)
+    cfg = _write(tmp_path / "c.yaml", "data:\n  labeled: {kind: imagefolder, root: train}\n"
+                 "  unlabeled: {kind: folder, root: pool}\n  test: {kind: imagefolder, root: test}\n")
+    assert main(["run", str(cfg), "--run-dir", str(tmp_path / "r"), *TINY_RUN]) == 2
+    assert "images of only 1 class (cat); a classifier needs at least 2 classes" in _err(capsys)
+
+
+def test_own_data_start_to_finish(tmp_path, capsys):
+    """The issue's done-when: init, edit only the paths, the whole loop, predict, export (3 formats),
+    and a pretrained start from a local weights file."""
+    import csv
+    import json
+    data = make_own_data(tmp_path / "mydata")
+    assert main(["init", str(tmp_path / "proj")]) == 0
+    cfg = tmp_path / "proj" / "config.yaml"
+    text = cfg.read_text()
+    for old, new in (("root: train}", "root: ../mydata/train}"), ("root: unlabeled}", "root: ../mydata/pool}"),
+                     ("root: test}", "root: ../mydata/test}")):
+        assert old in text
+        text = text.replace(old, new)
+    cfg.write_text(text)
+    run_dir = tmp_path / "run"
+    fast = ["--set", "teacher.epochs=2", "--set", "student.epochs=1", "--set", "teacher.batch_size=8",
+            "--set", "student.batch_size=4", "--set", "device=cpu"]
+    assert main(["config", str(cfg)]) == 0
+    shown = capsys.readouterr().out
+    assert "in_chans: 3" in shown and "image_size: 12" in shown and str(data["pool"]) in shown
+    assert main(["run", str(cfg), "--run-dir", str(run_dir), *fast]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "student" in out and (run_dir / "report.html").is_file()
+    assert "teacher epoch 2/2: loss" in (run_dir / "run.log").read_text()
+    page = (run_dir / "report.html").read_text()
+    assert "top-5" not in page and "plots/confusion.png" in page and "plots/pool_grid.png" in page
+    import shutil
+    if shutil.which("chromium"):           # the report as a browser shows it: every figure loads, not blank
+        import importlib.util
+        from conftest import ROOT
+        spec = importlib.util.spec_from_file_location("shot", ROOT / "benchmarks" / "report_screenshot.py")
+        shot = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(shot)
+        png = shot.screenshot(run_dir / "report.html", tmp_path / "shot.png", height=2000)
+        assert shot.check(run_dir / "report.html", png) == []
+    model = run_dir / "round1" / "student" / "model.pt"
+
+    # predict: one row per pool image, top-k = min(5, classes)
+    preds = tmp_path / "preds.csv"
+    assert main(["predict", "--checkpoint", str(model), "--data", str(data["pool"]), "--out", str(preds)]) == 0
+    rows = list(csv.DictReader(preds.open()))
+    assert len(rows) == data["pool_images"] and {r["pred_class"] for r in rows} <= {"cat", "dog", "ship"}
+    assert "top3_prob" in rows[0] and "top4_prob" not in rows[0]
+    from noisystudent import predict
+    assert len(predict(model, f"imagefolder:{data['test']}")) == 12
+
+    # export: all three formats, each reloaded and compared inside export_model; compare again here
+    assert main(["export", "--checkpoint", str(model), "--format", "all"]) == 0
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+    from noisystudent.stages.common import load_model
+    m, meta = load_model(model)
+    x = torch.randn(3, 3, 12, 12)
+    ref = m(x).detach()
+    ts = torch.jit.load(str(model.with_name("model.torchscript.pt")))(x).detach()
+    onx = ort.InferenceSession(str(model.with_name("model.onnx"))).run(None, {"images": x.numpy()})[0]
+    assert torch.allclose(ts, ref, atol=1e-5) and np.allclose(onx, ref.numpy(), atol=1e-4)
+    assert json.loads(model.with_name("model.safetensors.json").read_text())["classes"] == ["cat", "dog", "ship"]
+
+    # a pretrained start from a local timm weights file (10-class head: re-initialised for 3 classes)
+    from safetensors.torch import save_file
+    from noisystudent.models import create_model
+    torch.manual_seed(1)
+    src = create_model("resnet18", 10, 3)
+    weights = tmp_path / "proj" / "resnet18-local.safetensors"
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(weights))
+    cfg.write_text(text.replace("  # pretrained_file: weights.safetensors", "  pretrained_file: resnet18-local.safetensors"))
+    assert main(["train", str(cfg), "--run-dir", str(tmp_path / "warm"), *fast, "--set", "teacher.epochs=0"]) == 0
+    info = json.loads((tmp_path / "warm" / "round0" / "teacher" / "stage.json").read_text())["info"]
+    assert "classifier re-initialised" in info["warm_start"] and "resnet18-local.safetensors" in info["warm_start"]
+    warm, _ = load_model(tmp_path / "warm" / "round0" / "teacher" / "model.pt")
+    assert torch.equal(warm.conv1.weight, src.conv1.weight)          # epochs=0: the loaded weights as they are
+
+
+def test_run_log_epoch_lines_and_sigterm(tmp_path):
+    """run.log in the run directory with one line per epoch (not a terminal here); SIGTERM says what
+    Ctrl-C says, and the rerun resumes."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from conftest import ROOT
+    run_dir = tmp_path / "r"
+    args = [sys.executable, "-m", "noisystudent", "run", "digits-demo", "--run-dir", str(run_dir),
+            "--set", "rounds=1", "--set", "ablation_no_noise=false", "--set", "teacher.epochs=400",
+            "--set", "student.epochs=1", "--set", "device=cpu"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    log = run_dir / "run.log"
+    while time.time() < deadline and not (log.is_file() and "teacher epoch 2/400" in log.read_text()):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "terminated (SIGTERM): finished work is kept; rerun the same command to resume" in err
+    text = log.read_text()
+    line = next(ln for ln in text.splitlines() if "teacher epoch 1/400" in ln)
+    for part in ("loss ", "lr ", "img/s", "left in the stage", "left in the run"):
+        assert part in line, line
+    assert "interrupted" in text.splitlines()[-1]
+    assert (run_dir / "round0" / "teacher" / "checkpoint.pt").is_file()
