@@ -187,8 +187,8 @@ def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
 # checkpoints: plain dicts of tensors and JSON-able values, so `weights_only=True` can load them
 
 class _WriteErrorRecorder:
-    """A write-only view of a file that remembers the first OSError its `write` raised: torch.save
-    turns such an error (e.g. disk full) into an opaque RuntimeError ("unexpected pos ...")."""
+    """A write-only view of a file that remembers the first OSError (or interrupt) its `write` raised:
+    torch.save turns such an error (e.g. disk full) into an opaque RuntimeError ("unexpected pos ...")."""
 
     def __init__(self, f):
         self.f, self.error = f, None
@@ -196,7 +196,7 @@ class _WriteErrorRecorder:
     def write(self, b):
         try:
             return self.f.write(b)
-        except OSError as e:
+        except (OSError, KeyboardInterrupt) as e:    # Ctrl-C/SIGTERM mid-write: still an interrupt
             self.error = self.error or e
             raise
 
