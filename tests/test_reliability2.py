@@ -126,14 +126,17 @@ def test_config_rule_table(key):
     (["teacher.label_smoothing=5"], "config key 'teacher.label_smoothing': must be in [0, 1)"),
     (["teacher.weight_decay=.nan"], "config key 'teacher.weight_decay': must be >= 0, got nan"),
 ])
-def test_issue_config_values_fail_up_front_with_one_line(tmp_path, sets, message):
-    """The issue's cases, through the CLI: one line, exit 2, nothing written (before: internal errors,
-    some after the teacher trained)."""
-    args = ["run", "digits-demo", "--run-dir", str(tmp_path / "run"), "--no-report"]
-    for s in sets:
-        args += ["--set", s]
-    r = cli(*args, env=THREADS)
-    assert assert_one_line_error(r, message) == f"error: {message}"
+def test_issue_config_values_fail_up_front_with_one_line(sets, message):
+    """The issue's cases (before: internal errors, some after the teacher trained)."""
+    with pytest.raises(UserError) as e:
+        load_config(None, sets)
+    assert str(e.value) == message
+
+
+def test_bad_config_value_through_the_cli_writes_nothing(tmp_path):
+    r = cli("run", "digits-demo", "--run-dir", str(tmp_path / "run"), "--no-report", "--set", "label.shard_size=0",
+            env=THREADS)
+    assert_one_line_error(r, "config key 'label.shard_size': must be >= 1")
     assert r.returncode == 2 and not (tmp_path / "run").exists()
 
 
@@ -150,9 +153,17 @@ def test_yaml_aliases_are_refused(tmp_path, text, alias, line):
     assert len(BOMB) < 600
     p = tmp_path / "c.yaml"
     p.write_text(text)
-    r = cli("run", str(p), "--run-dir", str(tmp_path / "run"), env=THREADS, timeout=60)
-    assert_one_line_error(r, f"{p}: YAML aliases are not allowed in configs (*{alias} on line {line}); "
-                             "write the values out")
+    with pytest.raises(UserError) as e:
+        load_config(p)
+    assert str(e.value) == (f"{p}: YAML aliases are not allowed in configs (*{alias} on line {line}); "
+                            "write the values out")
+
+
+def test_yaml_bomb_through_the_cli_is_one_line(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text(BOMB)
+    r = cli("run", str(p), "--run-dir", str(tmp_path / "run"), env=THREADS, timeout=120)
+    assert_one_line_error(r, f"{p}: YAML aliases are not allowed in configs (*a on line 2)")
     assert not (tmp_path / "run").exists()
 
 
@@ -270,10 +281,19 @@ def test_sweep_removes_only_our_temp_names_in_our_folders(tmp_path):
 # item 8: damaged records and unfinished artifacts
 
 @pytest.mark.parametrize("content", ["[1, 2]", '"done"', '{"status": "done", "fingerprint": 3}',
-                                     '{"status": "done", "fingerprint": "x", "outputs": [1]}'])
-def test_damaged_stage_record_is_redone(finished, copy_run, content):
+                                     '{"status": "done", "fingerprint": "x", "outputs": [1]}',
+                                     '{"status": "done", "fingerprint": "x", "inputs": {"a": 1}}', "\xff"])
+def test_damaged_stage_record_reads_as_none(tmp_path, content):
+    from noisystudent.artifacts import read_stage, write_stage
+    (tmp_path / "stage.json").write_text(content, encoding="latin-1")
+    assert read_stage(tmp_path) is None
+    write_stage(tmp_path, status="done", fingerprint="f", config={}, inputs={})
+    assert read_stage(tmp_path).done
+
+
+def test_damaged_stage_record_is_redone(finished, copy_run):
     base, data, cfg, ref = finished
-    (copy_run / "round1/selection/stage.json").write_text(content)
+    (copy_run / "round1/selection/stage.json").write_text("[1, 2]")
     r = run(cfg, copy_run)
     assert r.returncode == 0, r.stderr
     assert "round1/selection: stage.json is damaged (not a stage record); redoing the stage" in r.stderr
@@ -290,13 +310,21 @@ def test_damaged_stage_record_is_redone(finished, copy_run, content):
     ("data: {labeled: 1}\n", "its 'data' section lacks test, in_chans"),
     ("a: [1,\n", "not readable YAML"),
 ])
-def test_damaged_run_config_is_one_line(finished, copy_run, content, why):
+def test_damaged_run_config_is_one_line(tmp_path, content, why):
+    from noisystudent.pipeline import _read_run_config
+    (tmp_path / "config.yaml").write_text(content)
+    with pytest.raises(UserError) as e:
+        _read_run_config(tmp_path / "config.yaml")
+    assert str(e.value).startswith(f"{tmp_path / 'config.yaml'} is damaged ({why}")
+    assert str(e.value).endswith(f"so it cannot tell which experiment {tmp_path} holds; restore it, or rerun with "
+                                 "--force to reuse the folder (stages whose inputs changed are redone)")
+
+
+def test_damaged_run_config_through_the_cli(finished, copy_run):
     base, data, cfg, ref = finished
-    (copy_run / "config.yaml").write_text(content)
+    (copy_run / "config.yaml").write_text("- a\n")
     r = run(cfg, copy_run)
-    line = assert_one_line_error(r, f"{copy_run / 'config.yaml'} is damaged ({why}")
-    assert line.endswith("so it cannot tell which experiment " f"{copy_run} holds; restore it, or rerun with --force "
-                         "to reuse the folder (stages whose inputs changed are redone)")
+    assert_one_line_error(r, f"{copy_run / 'config.yaml'} is damaged (not a mapping of config sections but a list)")
     r = cli("run", str(cfg), "--run-dir", str(copy_run), "--no-report", "--force", env=THREADS)
     assert r.returncode == 0, r.stderr
     assert r.stderr.count("done, skipping") == 6
