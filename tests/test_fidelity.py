@@ -35,12 +35,17 @@ def test_cosine_reaches_lr_min_at_the_last_step(total, warmup):
     assert all(a >= b - 1e-12 for a, b in zip(lrs[warmup:], lrs[warmup + 1:]))   # monotone after warmup
 
 
-def test_fit_trains_exactly_the_configured_steps_and_ends_at_lr_min(tmp_path):
+def _fit_digits(tmp_path, **train):
+    """A plain teacher fit on 50 digits (batch 8): what `fit` does with the given TrainConfig keys."""
     ds = LabeledDataset(create_source(SourceConfig(kind="digits", per_class=5), 1),
                         lambda a: torch.from_numpy(a).permute(2, 0, 1).float() / 255)
-    cfg = TrainConfig(steps=13, batch_size=8, lr=0.05, warmup_steps=3,
-                      noise=NoiseConfig(False, cutout=0.0, drop_rate=0.0, drop_path_rate=0.0))
-    res = fit(create_model("ns_cnn_s", 10, 1), cfg, labeled_ds=ds, out_dir=tmp_path, seed=0, meta={})
+    cfg = TrainConfig(batch_size=8, lr=0.05, noise=NoiseConfig(False, cutout=0.0, drop_rate=0.0, drop_path_rate=0.0),
+                      **train)
+    return fit(create_model("ns_cnn_s", 10, 1), cfg, labeled_ds=ds, out_dir=tmp_path, seed=0, meta={})
+
+
+def test_fit_trains_exactly_the_configured_steps_and_ends_at_lr_min(tmp_path):
+    res = _fit_digits(tmp_path, steps=13, warmup_steps=3)
     assert sum(h["steps"] for h in res.history) == 13           # 50 images / 8 = 7 per epoch: 7 + 6
     assert res.history[-1]["lr"] == pytest.approx(0.05 * 1e-3)
 
@@ -101,11 +106,7 @@ def test_effective_ema_decay_is_sized_to_the_run():
 
 
 def test_fit_records_the_ema_decay_it_used(tmp_path):
-    ds = LabeledDataset(create_source(SourceConfig(kind="digits", per_class=5), 1),
-                        lambda a: torch.from_numpy(a).permute(2, 0, 1).float() / 255)
-    cfg = TrainConfig(steps=20, batch_size=8, lr=0.05, ema_decay=0.999,
-                      noise=NoiseConfig(False, cutout=0.0, drop_rate=0.0, drop_path_rate=0.0))
-    res = fit(create_model("ns_cnn_s", 10, 1), cfg, labeled_ds=ds, out_dir=tmp_path, seed=0, meta={})
+    res = _fit_digits(tmp_path, steps=20, ema_decay=0.999)
     assert res.history[-1]["ema_decay"] == pytest.approx(0.5)     # 1 - 10/20
 
 
