@@ -170,7 +170,7 @@ def main():
 
 def machine() -> dict:
     import torch
-    from noisystudent.engine import cpu_has_native_bf16
+    from noisystudent.distributed import cpu_has_native_bf16
     try:
         flags = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
         model = next((l.split(":", 1)[1].strip() for l in flags.splitlines() if l.startswith("Model name")), "")

@@ -32,7 +32,9 @@ os.environ.setdefault("NOISYSTUDENT_PROGRESS", "0")
 from noisystudent.config import DataConfig, NoiseConfig, SourceConfig, TrainConfig  # noqa: E402
 from noisystudent.data import (ArraySource, LabeledDataset, PseudoDataset, create_source,  # noqa: E402
                                create_train_transform)
-from noisystudent.engine import autocast_dtype, fit  # noqa: E402
+from noisystudent.batches import JointBatches, LabeledBatches  # noqa: E402
+from noisystudent.distributed import autocast_dtype  # noqa: E402
+from noisystudent.engine import fit  # noqa: E402
 from noisystudent.models import create_model  # noqa: E402
 from noisystudent.stages.label import predict_shard  # noqa: E402
 
@@ -127,8 +129,8 @@ def ours_train(name, src, batch, steps, amp, workers, noise: NoiseConfig, ratio=
         idx = np.arange(n) % len(src)
         pse = PseudoDataset(src.subset(idx), np.arange(n), np.full((n, 10), 0.1, np.float32), np.ones(n, int), tf)
     with tempfile.TemporaryDirectory() as d:
-        res = fit(m, cfg, labeled_ds=lab, pseudo_ds=pse, ratio=ratio, out_dir=d, seed=0, meta={},
-                  workers=workers, device=DEVICE)
+        source = JointBatches(lab, pse, batch, ratio, workers) if ratio else LabeledBatches(lab, batch, workers)
+        res = fit(m, cfg, source, out_dir=d, seed=0, meta={}, device=DEVICE)
     return res.history[-1]["images_per_s"]       # epoch 2: warm (allocator, thread pool, workers)
 
 

@@ -406,6 +406,7 @@ def test_divergence_after_a_good_epoch_keeps_its_checkpoint(tmp_path, monkeypatc
     does. The run stops with one line naming the kept checkpoint, which is epoch 1's, intact."""
     import noisystudent.engine as engine
     from noisystudent.artifacts import load_checkpoint
+    from noisystudent.batches import LabeledBatches
     from noisystudent.errors import TrainingDiverged
     from noisystudent.models import create_model
     ds, cfg = _tiny_fit_setup()
@@ -413,15 +414,16 @@ def test_divergence_after_a_good_epoch_keeps_its_checkpoint(tmp_path, monkeypatc
     calls = {"n": 0}
     steps = len(ds) // cfg.batch_size
     assert steps >= 3
+    fit_kw = {}
     if how == "loss":
-        real = engine.joint_loss
+        from noisystudent.batches import joint_step_loss
+        real = joint_step_loss(1.0, 0.0)
 
-        def poisoned(logits, *a, **k):
+        def poisoned(logits, b):
             calls["n"] += 1
-            loss, parts = real(logits, *a, **k)
+            loss, parts = real(logits, b)
             return (loss * float("nan") if calls["n"] == steps + 2 else loss), parts    # epoch 2, step 2
-
-        monkeypatch.setattr(engine, "joint_loss", poisoned)
+        fit_kw["loss"] = poisoned
     else:
         bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
 
@@ -431,7 +433,8 @@ def test_divergence_after_a_good_epoch_keeps_its_checkpoint(tmp_path, monkeypatc
                 m.running_mean.fill_(float("inf"))           # train mode uses batch stats: loss stays finite
         bn.register_forward_pre_hook(poison_stats)
     with pytest.raises(TrainingDiverged) as e:
-        engine.fit(model, cfg, labeled_ds=ds, out_dir=tmp_path, seed=0, meta={}, desc="teacher")
+        engine.fit(model, cfg, LabeledBatches(ds, cfg.batch_size), out_dir=tmp_path, seed=0, meta={},
+                   desc="teacher", **fit_kw)
     msg = str(e.value)
     assert "\n" not in msg
     assert ("loss became nan at epoch 2" if how == "loss" else "weights became NaN/inf during epoch 2") in msg

@@ -112,7 +112,7 @@ def cmd_evaluate(args):
     from .artifacts import write_json
     from .config import EvalConfig
     from .data import create_source
-    from .engine import resolve_device
+    from .distributed import resolve_device
     from .stages.common import load_model
     from .stages.evaluate import evaluate_source, run_robustness
     if not args.checkpoint or not args.data:
@@ -148,7 +148,7 @@ def cmd_config(args):
 
 def cmd_predict(args):
     from .prediction import predict, write_predictions
-    from .engine import resolve_device
+    from .distributed import resolve_device
     device = str(resolve_device(args.device or "auto"))
     rows = predict(args.checkpoint, args.data, top_k=args.top_k, batch_size=args.batch_size, device=device,
                    workers=args.workers)

@@ -89,7 +89,7 @@ class TrainConfig:
     epochs: int = 30
     steps: int = 0                      # optimizer steps in all; > 0 overrides `epochs` (recipes that transfer)
     batch_size: int = 64
-    optimizer: Literal["sgd", "adamw"] = "sgd"
+    optimizer: str = "sgd"              # any of timm.optim.list_optimizers(); sgd = Nesterov SGD
     lr: float = 0.05                    # for batch_size; scaled linearly by the total batch
     weight_decay: float = 5e-4
     momentum: float = 0.9
@@ -101,6 +101,10 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False
     grad_clip: float = 0.0
+    # validation on data.val every `val_every` optimizer steps (at the end of the epoch that reaches
+    # it, and after the last); keep_best: keep the weights that scored best there instead of the last
+    val_every: int = 0
+    keep_best: bool = False
     # initial weights (default: random): timm's pretrained weights (hub or local cache), a local timm
     # weights file (offline), or your own model.pt; the classifier is re-initialised when the class
     # count differs. init_checkpoint wins over pretrained_file, which wins over pretrained.
@@ -325,7 +329,7 @@ _TRAIN_RULES = {
     "noise.ra_magnitude": Range(0, 30), "noise.ra_layers": GE0, "noise.ra_mstd": Range(0, 100),
     "noise.ra_prob": Range(0, 1), "noise.ra_translate": Range(0, 1), "noise.cutout": UNIT,
     "noise.drop_rate": UNIT, "noise.drop_path_rate": UNIT,
-    "steps": GE0, "warmup_steps": Range(0, optional=True),
+    "steps": GE0, "warmup_steps": Range(0, optional=True), "val_every": GE0,
 }
 _SOURCE_RULES = {"per_class": Range(0, lo_open=True, optional=True), "fraction": Range(0, 1, lo_open=True),
                  "seed": GE0}
@@ -406,6 +410,13 @@ def _validate(cfg: Config) -> None:
             need(len(v) == cfg.data.in_chans, f"data.{key}", f"needs one value per channel "
                  f"(data.in_chans={cfg.data.in_chans}), got {len(v)}")
     _check_excludes(cfg.data)
+    from timm.optim import list_optimizers
+    for sec in ("teacher", "student"):
+        opt = getattr(cfg, sec).optimizer
+        need(opt in list_optimizers(), f"{sec}.optimizer", f"unknown optimizer {opt!r}; allowed: any of "
+             f"timm.optim.list_optimizers(), e.g. sgd, adamw, lamb, lion")
+        need(not getattr(cfg, sec).keep_best or (getattr(cfg, sec).val_every > 0 and cfg.data.val is not None),
+             f"{sec}.keep_best", "needs a validation set (data.val) and val_every > 0")
     need(cfg.data.val is None or cfg.data.val.kind != "folder", "data.val.kind",
          "a validation set needs labels (imagefolder, idx, digits, ...), not 'folder'")
     for name in ("labeled", "unlabeled", "test", "val"):

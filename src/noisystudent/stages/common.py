@@ -23,7 +23,7 @@ from ..artifacts import (file_hash, load_checkpoint, read_stage, remove_run_resu
 from ..config import Config, config_hash, config_to_dict
 from ..data import ArraySource, Source, default_mean_std
 from ..data.infer import create_source_noted as _create
-from ..engine import resolve_device, world_info
+from ..distributed import resolve_device, world_info
 from ..errors import UserError
 from ..models import create_model
 

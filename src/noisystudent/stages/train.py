@@ -13,8 +13,11 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from ..config import NoiseConfig, StudentConfig, TrainConfig, config_to_dict
+from ..batches import JointBatches, LabeledBatches, PseudoBatches, joint_step_loss
 from ..data import ArraySource, LabeledDataset, PseudoDataset, create_train_transform, seed_for
-from ..engine import fit, plan_steps, seed_everything
+from ..distributed import seed_everything
+from ..engine import fit
+from ..schedule import plan_steps
 from ..pseudo import pseudo_weight
 from ..variants import variant_config, variant_stage
 from ..errors import UserError
@@ -48,6 +51,21 @@ def _data_identity(ctx: RunContext) -> dict:
             "bad_images": d.bad_images, "labeled_content": ctx.data_fingerprint("labeled")}
 
 
+def _validation(ctx: RunContext, t: TrainConfig, meta: dict) -> dict:
+    """fit() keywords for periodic validation on data.val (`val_every` steps; `keep_best` keeps the
+    best weights on it), or {} when off or when there is no validation set."""
+    if not t.val_every or ctx.val is None:
+        if t.keep_best:
+            raise UserError("keep_best needs a validation set (data.val) and val_every > 0")
+        return {}
+    from .evaluate import evaluate_source
+
+    def on_val(model) -> dict:
+        r = evaluate_source(model, meta, ctx.val, ctx.cfg.evaluate.batch_size, ctx.device, key="data.val")
+        return {"val_top1": r["top1"]}
+    return {"eval_fn": on_val, "eval_every": t.val_every, "best_key": "val_top1" if t.keep_best else None}
+
+
 def _summary(history: list, model) -> dict:
     last = history[-1] if history else {}
     return {"params": count_params(model), "epochs": len(history), "steps": sum(h.get("steps", 0) for h in history),
@@ -61,6 +79,8 @@ def train_teacher(ctx: RunContext) -> StageResult:
     name = cfg.model_for_round(0)
     config = {"train": config_to_dict(t), "model": name, "seed": cfg.seed, "data": _data_identity(ctx)}
     config["warm_start"] = warm_start_identity(t, "teacher")
+    if t.val_every:             # periodic validation (and keep_best) read data.val
+        config["val_content"] = ctx.data_fingerprint("val")
 
     def body(d):
         seed_everything(seed_for(cfg.seed, "init", "teacher"))     # weight init is part of the seed
@@ -69,15 +89,15 @@ def train_teacher(ctx: RunContext) -> StageResult:
         ds = LabeledDataset(ctx.labeled, create_train_transform(cfg.data, t.noise),
                             skip_bad=ctx.policy("labeled") == "skip")
         meta = ctx.model_meta(name, cfg.data.image_size, t.noise, "teacher")
-        warn_short_schedule("teacher", plan_steps(t, math.ceil(len(ds) / (t.batch_size * ctx.world)))[0],
-                            len(ds), t.batch_size)
-        res = fit(model, t, labeled_ds=ds, out_dir=d, seed=seed_for(cfg.seed, "teacher"), meta=meta,
-                  workers=cfg.data.workers, device=ctx.device, desc="teacher")
+        source = LabeledBatches(ds, t.batch_size, cfg.data.workers)
+        warn_short_schedule("teacher", plan_steps(t, source.steps_per_epoch(ctx.world))[0], len(ds), t.batch_size)
+        res = fit(model, t, source, out_dir=d, seed=seed_for(cfg.seed, "teacher"), meta=meta,
+                  device=ctx.device, desc="teacher", **_validation(ctx, t, meta))
         if ctx.rank == 0:
             save_model(d / "model.pt", res.model, meta)
         return ["model.pt"], dict(_summary(res.history, res.model), warm_start=started)
 
-    return run_stage(ctx, ctx.stage_dir(0, "teacher"), config, {}, body, cleanup=["checkpoint.pt"])
+    return run_stage(ctx, ctx.stage_dir(0, "teacher"), config, {}, body, cleanup=["checkpoint.pt", "best.pt"])
 
 
 def _pseudo_dataset(ctx: RunContext, sel_path, transform) -> tuple[PseudoDataset, int]:
@@ -120,6 +140,8 @@ def train_student(ctx: RunContext, k: int, variant: str | None = None) -> StageR
         inputs["teacher"] = teacher_dir(ctx, k)
     config = {"train": config_to_dict(s), "model": name, "seed": cfg.seed, "round": k,
               "data": _data_identity(ctx), "variant": variant, "warm_start": warm_start_identity(s, "student")}
+    if s.val_every:
+        config["val_content"] = ctx.data_fingerprint("val")
     tag = f"student r{k}" + (f" ({variant})" if variant else "")
 
     def body(d):
@@ -144,25 +166,27 @@ def train_student(ctx: RunContext, k: int, variant: str | None = None) -> StageR
         s_run = dataclasses.replace(s, steps=total, warmup_steps=warmup)
         meta = ctx.model_meta(name, cfg.data.image_size, s.noise, "student")
         meta.update(round=k, variant=variant)
-        common = dict(out_dir=d, meta=meta, workers=cfg.data.workers, device=ctx.device)
-        seed = seed_for(cfg.seed, "student", k, variant)
-        w = pseudo_weight(s.loss_weighting, s.unlabeled_weight, s.ratio)
-        if s.mode == "supervised" or n_pseudo == 0:
-            res = fit(model, s_run, labeled_ds=lab, batch_size=s.batch_size * (1 + s.ratio), seed=seed,
-                      desc=tag, **common)
+        common = dict(out_dir=d, meta=meta, device=ctx.device, **_validation(ctx, s, meta))
+        seed, workers = seed_for(cfg.seed, "student", k, variant), cfg.data.workers
+        loss = joint_step_loss(pseudo_weight(s.loss_weighting, s.unlabeled_weight, s.ratio), s.label_smoothing)
+        if s.mode == "supervised" or n_pseudo == 0:      # labeled images only, in batches as large
+            source = LabeledBatches(lab, s.batch_size * (1 + s.ratio), workers)
+            res = fit(model, s_run, source, loss=loss, seed=seed, desc=tag, **common)
             history = res.history
         elif s.mode == "two_step":     # pseudo-labels only, then the labeled images; same total steps
             p2 = min(total - 1, s.two_step_epochs * math.ceil(len(lab) / s.batch_size))
-            res = fit(model, dataclasses.replace(s_run, steps=total - p2), labeled_ds=None, pseudo_ds=pseudo,
-                      ratio=s.ratio, unlabeled_weight=w, seed=seed, desc=tag, **common)
+            res = fit(model, dataclasses.replace(s_run, steps=total - p2),
+                      PseudoBatches(pseudo, s.batch_size * s.ratio, workers), loss=loss, seed=seed, desc=tag,
+                      **dict(common, eval_fn=None, best_key=None))
             history = res.history
             res = fit(res.model, dataclasses.replace(s_run, steps=p2, warmup_steps=min(warmup, p2 // 10)),
-                      labeled_ds=lab, seed=seed_for(cfg.seed, "student2", k), desc=f"{tag} phase 2",
+                      LabeledBatches(lab, s.batch_size, workers), loss=loss,
+                      seed=seed_for(cfg.seed, "student2", k), desc=f"{tag} phase 2",
                       **dict(common, out_dir=d / "phase2"))
             history = history + res.history
-        else:
-            res = fit(model, s_run, labeled_ds=lab, pseudo_ds=pseudo, ratio=s.ratio, unlabeled_weight=w,
-                      seed=seed, desc=tag, **common)
+        else:                           # the paper: joint batches, one forward pass
+            source = JointBatches(lab, pseudo, s.batch_size, s.ratio, workers)
+            res = fit(model, s_run, source, loss=loss, seed=seed, desc=tag, **common)
             history = res.history
         if ctx.rank == 0:
             save_model(d / "model.pt", res.model, meta)
@@ -170,7 +194,8 @@ def train_student(ctx: RunContext, k: int, variant: str | None = None) -> StageR
         info.update(pseudo_images=n_pseudo, labeled_images=len(lab), variant=variant, steps=total, warm_start=started)
         return ["model.pt"], info
 
-    return run_stage(ctx, sdir, config, inputs, body, cleanup=["checkpoint.pt", "phase2/checkpoint.pt"])
+    return run_stage(ctx, sdir, config, inputs, body,
+                     cleanup=["checkpoint.pt", "best.pt", "phase2/checkpoint.pt", "phase2/best.pt"])
 
 
 def warn_short_schedule(tag: str, steps: int, n_labeled: int, batch_size: int) -> None:
@@ -202,8 +227,8 @@ def finetune(ctx: RunContext, k: int) -> StageResult:
         plain = dataclasses.replace(cfg.data, crop_padding=0, hflip=False)
         ds = LabeledDataset(ctx.labeled, create_train_transform(plain, None, image_size=size))
         meta = dict(meta, image_size=size, role=f"{meta['role']}+finetune", finetune=config_to_dict(ft))
-        res = fit(model, tcfg, labeled_ds=ds, out_dir=d, seed=seed_for(cfg.seed, "finetune", k), meta=meta,
-                  workers=cfg.data.workers, device=ctx.device, desc=f"finetune r{k}")
+        res = fit(model, tcfg, LabeledBatches(ds, tcfg.batch_size, cfg.data.workers), out_dir=d,
+                  seed=seed_for(cfg.seed, "finetune", k), meta=meta, device=ctx.device, desc=f"finetune r{k}")
         # Back to ordinary BatchNorm (statistics kept) so model.pt loads into a fresh architecture.
         unfreeze(res.model, frozen, include_bn_running_stats=True)
         if ctx.rank == 0:
