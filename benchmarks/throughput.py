@@ -36,7 +36,7 @@ from noisystudent.batches import JointBatches, LabeledBatches  # noqa: E402
 from noisystudent.distributed import autocast_dtype  # noqa: E402
 from noisystudent.engine import fit  # noqa: E402
 from noisystudent.models import create_model  # noqa: E402
-from noisystudent.stages.label import predict_shard  # noqa: E402
+from noisystudent.labels import predict_shard  # noqa: E402
 
 DEVICE = torch.device("cpu")
 MEAN, STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]

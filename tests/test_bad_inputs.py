@@ -1,8 +1,8 @@
 """Bad input gets one clear line (exit code != 0, no traceback) and leaves no partial artifact.
 
 Most cases run the CLI in a subprocess, as a user meets them, on tiny generated image folders
-(3 classes, 8x8 PNGs) with a tiny YAML config. Disk-full, divergence after a good epoch and
-`safe_join` are checked in-process, where the fault can be injected.
+(3 classes, 8x8 PNGs) with a tiny YAML config. Disk-full, divergence after a good epoch
+are checked in-process, where the fault can be injected.
 """
 from __future__ import annotations
 
@@ -571,21 +571,19 @@ def test_disk_full_during_a_run_is_one_line_and_the_rerun_continues(data, tmp_pa
 # ------------------------------------------------------------------------------------------------
 # paths
 
-@pytest.mark.parametrize("rel", ["../outside.json", "a/../../outside.json", "/etc/passwd", "a/b/../../../x"])
-def test_safe_join_refuses_paths_escaping_the_root(tmp_path, rel):
-    from noisystudent.artifacts import safe_join
-    root = tmp_path / "root"
-    root.mkdir()
-    with pytest.raises(UserError, match=r"path '.*' escapes its root .*; refusing to write there"):
-        safe_join(root, rel)
 
 
-def test_safe_join_follows_symlinks_and_allows_paths_inside(tmp_path):
-    from noisystudent.artifacts import safe_join
-    root = tmp_path / "root"
-    (root / "a").mkdir(parents=True)
-    (root / "link").symlink_to(tmp_path)                     # a link inside pointing outside
-    with pytest.raises(UserError, match="escapes its root"):
-        safe_join(root, "link/stolen.json")
-    assert safe_join(root, "a/b/../c.json") == (root / "a" / "c.json").resolve()
-    assert safe_join(root, "a") == (root / "a").resolve()
+def test_value_error_inside_a_stage_is_a_user_error_naming_the_stage(tmp_path):
+    """Inner code raising ValueError (bad data/config reaching numpy, torch, pyarrow) becomes one
+    UserError line naming the stage, not 'internal error'; the stage stays unfinished."""
+    from noisystudent.artifacts import read_stage
+    from noisystudent.config import load_config
+    from noisystudent.stages.common import RunContext, run_stage
+
+    def body(d):
+        raise ValueError("expected a non-empty array\nsecond line")
+    ctx = RunContext(load_config("configs/digits-demo.yaml"), tmp_path)
+    with pytest.raises(UserError) as e:
+        run_stage(ctx, tmp_path / "round0" / "teacher", {"x": 1}, {}, body)
+    assert str(e.value) == "round0/teacher: expected a non-empty array"
+    assert read_stage(tmp_path / "round0" / "teacher")["status"] == "running"

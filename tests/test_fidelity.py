@@ -1,12 +1,11 @@
 """Issue 13: the noise and the schedule do what the config says (each test failed before its fix)."""
-import math
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from noisystudent.config import DataConfig, NoiseConfig, SourceConfig, TrainConfig, load_config
+from noisystudent.config import NoiseConfig, SourceConfig, TrainConfig, load_config
 from noisystudent.data import LabeledDataset, create_source
 from noisystudent.data.transforms import TrainTransform, cutout_
 from noisystudent.batches import LabeledBatches

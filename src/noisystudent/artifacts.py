@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import io
 import json
 import os
 import re
@@ -18,7 +17,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -26,7 +25,7 @@ from .errors import UserError
 
 __all__ = [
     "atomic_write", "write_json", "read_json", "file_hash", "save_checkpoint", "load_checkpoint",
-    "StageRecord", "read_stage", "write_stage", "safe_join", "remove_stale_temps",
+    "StageRecord", "read_stage", "write_stage", "remove_stale_temps",
     "lock_run_dir", "is_run_dir", "is_our_temp", "RUN_RESULTS", "remove_run_results",
 ]
 
@@ -149,11 +148,6 @@ def _cannot_write(path: Path, e: OSError) -> UserError:
                          "same command")
     return UserError(f"cannot write {path} ({e.strerror or e}); check the folder's permissions and free "
                      "space, or use another --run-dir")
-
-
-def write_bytes_atomic(path: str | Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    with atomic_write(path, "wb") as f:
-        write(f)
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -312,12 +306,3 @@ def reset_dir(path: str | Path) -> None:
     path = Path(path)
     if path.exists():
         shutil.rmtree(path)
-
-
-def safe_join(root: str | Path, rel: str) -> Path:
-    """Join `rel` under `root`, refusing paths (from configs/manifests) that escape it."""
-    root_r = Path(root).resolve()
-    out = (root_r / rel).resolve()
-    if out != root_r and root_r not in out.parents:
-        raise UserError(f"path '{rel}' escapes its root {root}; refusing to write there")
-    return out

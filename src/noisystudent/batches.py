@@ -53,8 +53,10 @@ def joint_step_loss(unlabeled_weight: float = 1.0, label_smoothing: float = 0.0)
     return loss
 
 
-class LabeledBatches:
-    """`batch_size` labeled images per step and rank; an epoch is one pass over the labeled set."""
+class _LoaderBatches:
+    """`batch_size` images per step and rank from `dataset` through a seeded DataLoader; an epoch is
+    one pass over the dataset. `tag` keeps the orders of the labeled and pseudo streams apart."""
+    tag = ""
 
     def __init__(self, dataset, batch_size: int, workers: int = 0):
         self.dataset, self.batch_size, self.workers = dataset, batch_size, workers
@@ -65,27 +67,28 @@ class LabeledBatches:
     def epoch(self, seed: int, epoch: int, steps: int, rank: int = 0, world: int = 1,
               pin: bool = False) -> Iterator[Optional[Batch]]:
         loader = make_loader(self.dataset, self.batch_size, steps * self.batch_size,
-                             seed_for(seed, epoch, "labeled"), self.workers, rank, world, pin)
+                             seed_for(seed, epoch, self.tag), self.workers, rank, world, pin)
         for b in loader:             # None: every image of the batch was undecodable (skip policy)
-            yield None if b is None else Batch(b[0], b[1])
+            yield None if b is None else self.batch(b[0], b[1])
 
 
-class PseudoBatches:
-    """`batch_size` pseudo-labeled images per step and rank, no labeled ones; an epoch is one pass
-    over the (class-balanced) selection."""
+class LabeledBatches(_LoaderBatches):
+    """Labeled images (class ids); an epoch is one pass over the labeled set."""
+    tag = "labeled"
 
-    def __init__(self, dataset, batch_size: int, workers: int = 0):
-        self.dataset, self.batch_size, self.workers = dataset, batch_size, workers
+    @staticmethod
+    def batch(x, y) -> Batch:
+        return Batch(x, y)
 
-    def steps_per_epoch(self, world: int = 1) -> int:
-        return max(1, math.ceil(len(self.dataset) / (self.batch_size * world)))
 
-    def epoch(self, seed: int, epoch: int, steps: int, rank: int = 0, world: int = 1,
-              pin: bool = False) -> Iterator[Optional[Batch]]:
-        loader = make_loader(self.dataset, self.batch_size, steps * self.batch_size,
-                             seed_for(seed, epoch, "pseudo"), self.workers, rank, world, pin)
-        for b in loader:
-            yield None if b is None else Batch(b[0], torch.zeros(0, dtype=torch.long), b[1])
+class PseudoBatches(_LoaderBatches):
+    """Pseudo-labeled images only (target distributions); an epoch is one pass over the
+    (class-balanced) selection."""
+    tag = "pseudo"
+
+    @staticmethod
+    def batch(x, targets) -> Batch:
+        return Batch(x, torch.zeros(0, dtype=torch.long), targets)
 
 
 class JointBatches:

@@ -29,17 +29,17 @@ def resolve_config_path(name: str) -> Path:
 
 def parse_source_spec(spec: str):
     """`kind:root[:split]` -> SourceConfig, e.g. imagefolder:data/test, idx:data/fmnist:test, digits:test."""
-    from .config import SourceConfig, _coerce
+    from .config import SourceConfig, coerce
     parts = spec.split(":")
     kind = parts[0]
     if kind == "digits":
-        return _coerce({"kind": "digits", "split": parts[1] if len(parts) > 1 else "test"}, SourceConfig, "--data")
+        return coerce({"kind": "digits", "split": parts[1] if len(parts) > 1 else "test"}, SourceConfig, "--data")
     if len(parts) < 2 or not parts[1]:
         raise UserError(f"--data '{spec}': expected KIND:PATH[:SPLIT], e.g. imagefolder:cifar10/test")
     d = {"kind": kind, "root": parts[1]}
     if len(parts) > 2:
         d["split"] = parts[2]
-    return _coerce(d, SourceConfig, "--data")
+    return coerce(d, SourceConfig, "--data")
 
 
 def _load(args):

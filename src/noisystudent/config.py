@@ -27,13 +27,15 @@ __all__ = [
     "SourceConfig", "DataConfig", "NoiseConfig", "TrainConfig", "StudentConfig", "LabelConfig",
     "SelectConfig", "FinetuneConfig", "EvalConfig", "Config",
     "load_config", "safe_load_yaml", "RULES", "config_from_dict", "config_to_dict", "apply_overrides", "config_hash",
+    "coerce",
 ]
 
 
 @dataclass
 class SourceConfig:
     """Where images come from. `kind` picks the reader; ids are stable (relative path or index)."""
-    kind: Literal["imagefolder", "folder", "idx", "digits", "tar", "manifest"] = "digits"
+    kind: str = "digits"                # a registered source kind (data.list_sources()): imagefolder,
+                                        # folder, idx, digits, tar, manifest, or one you register
     root: str = ""                      # directory / file prefix / manifest path (unused for digits)
     split: str = "train"                # idx: train|test (t10k); digits: train|test; others: unused
     per_class: Optional[int] = None     # draw N labeled images per class with `seed`...
@@ -214,7 +216,7 @@ def _type_name(tp) -> str:
 _FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
-def _coerce(value: Any, tp, key: str):
+def coerce(value: Any, tp, key: str):
     """Check/convert `value` to annotation `tp`, or raise UserError naming `key`."""
     origin = typing.get_origin(tp)
     if origin is Literal:
@@ -233,7 +235,7 @@ def _coerce(value: Any, tp, key: str):
                     return None
                 continue
             try:
-                return _coerce(value, arg, key)
+                return coerce(value, arg, key)
             except UserError as e:
                 errors.append(e)
         if len(errors) == 1:            # Optional[X]: X's own message names the element at fault
@@ -269,7 +271,7 @@ def _coerce(value: Any, tp, key: str):
             raise UserError(f"config key '{key}': expected a list, got {value!r}")
         (item,) = typing.get_args(tp) or (None,)
         # each element is checked like a key of its own: 'evaluate.severities[2]: expected an integer'
-        return value if item is None else [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+        return value if item is None else [coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     return value
 
 
@@ -283,7 +285,7 @@ def _from_dict(cls, data: dict, prefix: str = ""):
         close = difflib.get_close_matches(str(k), names, n=1)
         hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
         raise UserError(f"unknown config key '{prefix}{k}'{hint}; allowed keys: {', '.join(names)}")
-    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    kwargs = {k: coerce(v, hints[k], prefix + k) for k, v in data.items()}
     return cls(**kwargs)
 
 
@@ -419,10 +421,13 @@ def _validate(cfg: Config) -> None:
              f"{sec}.keep_best", "needs a validation set (data.val) and val_every > 0")
     need(cfg.data.val is None or cfg.data.val.kind != "folder", "data.val.kind",
          "a validation set needs labels (imagefolder, idx, digits, ...), not 'folder'")
+    from .data.sources import list_sources      # validated against the registry: user kinds count
     for name in ("labeled", "unlabeled", "test", "val"):
         s: SourceConfig = getattr(cfg.data, name)
         if s is None:
             continue
+        need(s.kind in list_sources(), f"data.{name}.kind", f"unknown source '{s.kind}'; choose one of "
+             + ", ".join(list_sources()))
         if s.kind != "digits":
             need(bool(s.root), f"data.{name}.root", f"is required for kind '{s.kind}'")
 
@@ -455,7 +460,7 @@ def _check_excludes(d: DataConfig) -> None:
 
 def config_from_dict(data: dict | None) -> Config:
     cfg = _from_dict(Config, data or {})
-    cfg.data.extra_test = [_coerce(s, SourceConfig, f"data.extra_test[{i}]")
+    cfg.data.extra_test = [coerce(s, SourceConfig, f"data.extra_test[{i}]")
                            for i, s in enumerate(cfg.data.extra_test)]
     # Sources without their own seed take the run's, so `--set seed=N` redraws the labeled set (and
     # its complement, the pool, consistently) as well as the initialisation and augmentation.

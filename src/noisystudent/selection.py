@@ -20,7 +20,6 @@ are split into shards (rows are always taken in shard order, then row order).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -31,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from noisystudent.errors import UserError
+from noisystudent.labels import SCALAR_COLUMNS, LabelDirError, check_shard_schema, list_label_shards
 from noisystudent.pseudo import (
     auto_per_class,
     balance,
@@ -44,8 +43,6 @@ from noisystudent.pseudo import (
 
 __all__ = ["LabelDirError", "Selection", "list_label_shards", "select_from_labels"]
 
-_SHARD_NAME = re.compile(r"^part-(\d+)\.parquet$")
-_SCALAR_COLUMNS = ["pred", "confidence", "true_label"]
 # Rows kept between passes are cast to this layout, so shards written with e.g. int64 ids or
 # large_string ids still concatenate into one table.
 _KEPT_TYPES = {
@@ -54,14 +51,6 @@ _KEPT_TYPES = {
     "confidence": pa.float32(),
     "true_label": pa.int32(),
 }
-
-
-class LabelDirError(UserError, ValueError):
-    """The label directory is missing, empty, or holds shards that do not match the schema.
-
-    A ValueError (what callers of this module test for) that is also a UserError, so the CLI
-    shows its one-line message instead of a traceback.
-    """
 
 
 @dataclass
@@ -80,39 +69,6 @@ class Selection:
 # --------------------------------------------------------------------------------------------
 # Shards
 # --------------------------------------------------------------------------------------------
-
-
-def list_label_shards(label_dir: str | Path) -> list[Path]:
-    """`part-NNNNN.parquet` files of `label_dir`, ordered by their number (not by name, so
-    part-100000 comes after part-99999). Other files are ignored."""
-    label_dir = Path(label_dir)
-    if not label_dir.is_dir():
-        raise LabelDirError(f"label directory {label_dir} does not exist; run the label stage first")
-    numbered = []
-    for path in label_dir.iterdir():
-        match = _SHARD_NAME.match(path.name)
-        if match:
-            numbered.append((int(match.group(1)), path))
-    if not numbered:
-        raise LabelDirError(
-            f"label directory {label_dir} holds no part-*.parquet shards; run the label stage first"
-        )
-    return [path for _, path in sorted(numbered)]
-
-
-def _check_schema(path: Path, num_classes: int) -> None:
-    schema = pq.read_schema(path)
-    missing = [name for name in ["sample_id", "probs", *_SCALAR_COLUMNS] if name not in schema.names]
-    if missing:
-        raise LabelDirError(f"{path} lacks column(s) {missing}; it was not written by the label stage")
-    probs = schema.field("probs").type
-    if not (pa.types.is_fixed_size_list(probs) and pa.types.is_floating(probs.value_type)):
-        raise LabelDirError(f"{path}: probs must be fixed_size_list<float16>[C], got {probs}")
-    if probs.list_size != num_classes:
-        raise LabelDirError(
-            f"{path}: probs has {probs.list_size} classes but num_classes={num_classes}; "
-            "the labels come from a teacher for a different dataset"
-        )
 
 
 def _numpy(column: pa.Array | pa.ChunkedArray, dtype) -> np.ndarray:
@@ -166,7 +122,7 @@ def _scan_pool(shards: list[Path], num_classes: int, threshold: float, batch_row
     for path in shards:
         parquet = pq.ParquetFile(path)
         has_teacher = "teacher" in parquet.schema_arrow.names
-        columns = _SCALAR_COLUMNS + (["teacher"] if has_teacher else [])
+        columns = SCALAR_COLUMNS + (["teacher"] if has_teacher else [])
         for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
             pred, confidence, true_label = _scalars(batch, num_classes, path)
             rows += pred.numel()
@@ -197,7 +153,7 @@ def _collect_candidates(
             # float16 is what the label stage stores; holding kept rows at that width halves
             # the memory of float32 (the widening to float32 targets happens per selected row).
             ("probs", pa.list_(pa.float16(), num_classes)),
-            *[(name, _KEPT_TYPES[name]) for name in _SCALAR_COLUMNS],
+            *[(name, _KEPT_TYPES[name]) for name in SCALAR_COLUMNS],
         ]
     )
     kept: list[pa.RecordBatch] = []
@@ -297,7 +253,7 @@ def select_from_labels(
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     shards = list_label_shards(label_dir)
     for path in shards:
-        _check_schema(path, num_classes)
+        check_shard_schema(path, num_classes)
 
     stats = _scan_pool(shards, num_classes, threshold, batch_rows)
     confident_pool = int(stats.counts_after_threshold.sum())

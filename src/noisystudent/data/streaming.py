@@ -11,8 +11,7 @@ An optional `classes.txt` (one class name per line) beside the shards names the 
 `manifest` — `root` is a `.parquet` or `.csv` file with a `path` column and an optional `label`
 (int, -1/empty = unknown) or `class` (name) column. Paths are relative to the manifest's folder,
 or absolute; ids are the paths exactly as written. Manifest paths are only ever *read*: ids go into
-label/selection tables as strings and are never joined to an output folder (anything that ever
-wants to write under an id must go through `artifacts.safe_join`).
+label/selection tables as strings and are never joined to an output folder.
 
 Why not the `webdataset` library for `tar`? It is an IterableDataset: it streams shards in an order
 of its own choosing (shard shuffling, per-worker/node splitters), and offers no random access. The

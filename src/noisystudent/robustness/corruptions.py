@@ -74,7 +74,7 @@ from PIL import Image
 
 from noisystudent.errors import UserError
 
-__all__ = ["CORRUPTIONS", "SEVERITIES", "corrupt", "corrupt_dataset", "derive_seed"]
+__all__ = ["CORRUPTIONS", "SEVERITIES", "corrupt", "corrupt_dataset", "derive_seed", "array_digest"]
 
 CORRUPTIONS: tuple[str, ...] = (
     "gaussian_noise", "shot_noise", "impulse_noise",
@@ -263,18 +263,19 @@ def corrupt(image: np.ndarray, name: str, severity: int, seed: int) -> np.ndarra
 
 
 def derive_seed(seed: int, *parts: object) -> int:
-    """A 32-bit seed that depends only on `seed` and `parts` (e.g. name, severity, image index).
+    """A 32-bit seed that depends only on `seed` and `parts` (e.g. name, severity, image index):
+    the package's one seed hash (`data.loaders.seed_for`, stable across platforms and processes),
+    cut to the 32 bits numpy's legacy global seeding takes."""
+    from ..data.loaders import seed_for
+    return seed_for(seed, *parts) & 0xFFFFFFFF
 
-    Uses a cryptographic hash of the text so it is stable across platforms, processes and
-    numpy versions (Python's hash() is salted per process)."""
-    text = "|".join(str(p) for p in (seed, *parts))
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=4).digest(), "little")
 
-
-def _images_digest(images: np.ndarray, indices: np.ndarray) -> str:
-    h = hashlib.sha256(f"{_CACHE_VERSION}|{images.shape}|{images.dtype}|".encode())
-    h.update(memoryview(np.ascontiguousarray(images)).cast("B"))
-    h.update(memoryview(np.ascontiguousarray(indices, dtype=np.int64)).cast("B"))
+def array_digest(*arrays: np.ndarray, prefix: str = "") -> str:
+    """sha256 of arrays' shapes, dtypes and bytes (the identity of an evaluation set or its cache)."""
+    h = hashlib.sha256(prefix.encode())
+    for a in arrays:
+        h.update(f"|{a.shape}|{a.dtype}|".encode())
+        h.update(memoryview(np.ascontiguousarray(a)).cast("B"))
     return h.hexdigest()
 
 
@@ -337,7 +338,7 @@ def corrupt_dataset(
     if cache_dir is not None:
         cache = Path(cache_dir)
         cache.mkdir(parents=True, exist_ok=True)
-        digest = _images_digest(images, indices)
+        digest = array_digest(images, np.asarray(indices, dtype=np.int64), prefix=str(_CACHE_VERSION))
 
     results: dict[tuple[str, int], np.ndarray] = {}
     for name in names:

@@ -10,7 +10,6 @@ compare results computed on different data.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -22,11 +21,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .adversarial import fgsm_accuracy, predict
-from .corruptions import CORRUPTIONS, SEVERITIES, corrupt_dataset, derive_seed
+from .corruptions import CORRUPTIONS, SEVERITIES, array_digest, corrupt_dataset, derive_seed
 from .metrics import mean_corruption_error, mean_flip_rate, relative_mce, unnormalized_mean_corruption_error
 from .perturbations import PERTURBATIONS, flip_rate, perturbation_sequence
 
-__all__ = ["evaluate_robustness", "compare_to_baseline", "eps_key"]
+__all__ = ["evaluate_robustness", "compare_to_baseline", "eps_key", "subset_indices"]
 
 DEFAULT_FGSM_EPS: tuple[float, ...] = (1 / 255, 2 / 255, 4 / 255, 8 / 255)
 
@@ -36,14 +35,7 @@ def eps_key(eps: float) -> str:
     return f"{eps:.5f}"
 
 
-def _data_digest(images: np.ndarray, labels: np.ndarray) -> str:
-    h = hashlib.sha256(f"{images.shape}|{images.dtype}|".encode())
-    h.update(memoryview(np.ascontiguousarray(images)).cast("B"))
-    h.update(memoryview(np.ascontiguousarray(labels, dtype=np.int64)).cast("B"))
-    return h.hexdigest()
-
-
-def _subset(n: int, max_images: int | None, seed: int) -> np.ndarray:
+def subset_indices(n: int, max_images: int | None, seed: int) -> np.ndarray:
     """Sorted indices of a seeded random subset (random, not the first k: datasets are often
     sorted by class)."""
     if max_images is None or max_images >= n:
@@ -118,7 +110,7 @@ def evaluate_robustness(
         if unknown:
             raise ValueError(f"unknown {what}(s) {unknown}; allowed: {', '.join(map(str, allowed))}")
 
-    indices = _subset(len(images), max_images, seed)
+    indices = subset_indices(len(images), max_images, seed)
     images, labels = images[indices], labels[indices].astype(np.int64)
     ev = dict(mean=mean, std=std, batch_size=batch_size, device=device)
 
@@ -163,7 +155,7 @@ def evaluate_robustness(
         "mean_corruption_error_unnormalized": unnormalized_mean_corruption_error(errors) if errors else None,
         "fgsm": fgsm,
         "flip_rate": flips,
-        "data_sha256": _data_digest(images, labels),
+        "data_sha256": array_digest(images, np.asarray(labels, dtype=np.int64)),
         "settings": {
             "corruptions": list(corruptions), "severities": list(severities), "fgsm_eps": list(fgsm_eps),
             "perturbations": list(perturbations), "perturbation_length": int(perturbation_length),

@@ -104,7 +104,7 @@ class RunContext:
 
     @functools.cached_property
     def extra_tests(self) -> list[Source]:
-        return [create_source(sc, self.cfg.data.in_chans, f"data.extra_test[{i}]")
+        return [_create(sc, self.cfg.data.in_chans, f"data.extra_test[{i}]")
                 for i, sc in enumerate(self.cfg.data.extra_test)]
 
     def data_fingerprint(self, role: str) -> str | list[str] | None:
@@ -228,7 +228,12 @@ def run_stage(ctx: RunContext, stage_dir: Path, config: dict, inputs: dict[str, 
     if ctx.world > 1:
         torch.distributed.barrier()
     log.info("%s: running", label)
-    outputs, info = body(stage_dir) if ctx.rank == 0 or not rank0_only else ([], {})
+    try:
+        outputs, info = body(stage_dir) if ctx.rank == 0 or not rank0_only else ([], {})
+    except ValueError as e:
+        # Inner code (ours, numpy, torch, pyarrow) says "bad value" with ValueError: that is about the
+        # user's data or config, not a bug. One line naming the stage; the stage stays unfinished.
+        raise UserError(f"{label}: {e}".splitlines()[0]) from e
     if ctx.world > 1:
         torch.distributed.barrier()
     if ctx.rank == 0:

@@ -48,9 +48,8 @@ def evaluate_source(model, meta: dict, source: Source, batch_size: int = 256, de
 def robustness_images(source: Source, image_size: int, max_images: int, seed: int = 0):
     """A deterministic subset of the test set as uint8 NHWC at the model's resolution, so every
     model of a run is attacked/corrupted on the very same images."""
-    n = len(source)
-    idx = np.arange(n) if not max_images or max_images >= n else \
-        np.sort(np.random.default_rng(seed).permutation(n)[:max_images])
+    from ..robustness.evaluate import subset_indices
+    idx = subset_indices(len(source), max_images or None, seed)
     imgs = []
     for i in idx:
         a = source.load(int(i))
