@@ -129,7 +129,7 @@ def ours_train(name, src, batch, steps, amp, workers, noise: NoiseConfig, ratio=
         idx = np.arange(n) % len(src)
         pse = PseudoDataset(src.subset(idx), np.arange(n), np.full((n, 10), 0.1, np.float32), np.ones(n, int), tf)
     with tempfile.TemporaryDirectory() as d:
-        source = JointBatches(lab, pse, batch, ratio, workers) if ratio else LabeledBatches(lab, batch, workers)
+        source = JointBatches.of_datasets(lab, pse, batch, ratio, workers) if ratio else LabeledBatches(lab, batch, workers)
         res = fit(m, cfg, source, out_dir=d, seed=0, meta={}, device=DEVICE)
     return res.history[-1]["images_per_s"]       # epoch 2: warm (allocator, thread pool, workers)
 

@@ -118,7 +118,7 @@ def test_joint_batches_have_the_configured_ratio_and_replay():
     targets = np.eye(10, dtype=np.float32)[np.zeros(len(pool), int)]
     pse = PseudoDataset(pool, np.arange(len(pool)), targets, np.ones(len(pool), int), _tf())
     B, ratio, steps = 4, 3, 5
-    src = JointBatches(lab, pse, B, ratio)
+    src = JointBatches.of_datasets(lab, pse, B, ratio)
     assert src.steps_per_epoch() == -(-len(pse) // (B * ratio))      # an epoch is one pass over the pool
     torch.manual_seed(0)                    # augmentation draws from the RNGs the trainer seeds per epoch
     batches = list(src.epoch(seed=1, epoch=0, steps=steps))

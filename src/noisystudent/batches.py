@@ -92,16 +92,19 @@ class PseudoBatches(_LoaderBatches):
 
 
 class JointBatches:
-    """The paper's joint batches: `batch_size` labeled + `ratio` x `batch_size` pseudo-labeled images
-    per step and rank, concatenated so one forward pass (and BatchNorm) sees both. An epoch is one
-    pass over the selection, as the paper counts student epochs over the unlabeled data; the small
-    labeled set is cycled as often as that takes."""
+    """The paper's joint batches: each step one labeled batch and one pseudo-labeled batch (ratio x
+    as large), concatenated so one forward pass (and BatchNorm) sees both. An epoch is one pass over
+    the selection, as the paper counts student epochs over the unlabeled data; the small labeled set
+    is cycled as often as that takes. Any two sources (DataLoader or on-device) combine."""
 
-    def __init__(self, labeled, pseudo, batch_size: int, ratio: int, workers: int = 0):
+    def __init__(self, labeled, pseudo):
+        self.labeled, self.pseudo = labeled, pseudo
+
+    @classmethod
+    def of_datasets(cls, labeled, pseudo, batch_size: int, ratio: int, workers: int = 0) -> "JointBatches":
         if ratio < 1 or len(pseudo) == 0:
             raise ValueError("joint batches need ratio >= 1 and a non-empty pseudo-labeled set")
-        self.labeled = LabeledBatches(labeled, batch_size, workers)
-        self.pseudo = PseudoBatches(pseudo, batch_size * ratio, workers)
+        return cls(LabeledBatches(labeled, batch_size, workers), PseudoBatches(pseudo, batch_size * ratio, workers))
 
     def steps_per_epoch(self, world: int = 1) -> int:
         return self.pseudo.steps_per_epoch(world)
@@ -110,4 +113,5 @@ class JointBatches:
               pin: bool = False) -> Iterator[Optional[Batch]]:
         for lb, pb in zip(self.labeled.epoch(seed, epoch, steps, rank, world, pin),
                           self.pseudo.epoch(seed, epoch, steps, rank, world, pin)):
-            yield None if lb is None or pb is None else Batch(torch.cat([lb.x, pb.x]), lb.y, pb.targets)
+            yield (None if lb is None or pb is None else
+                   Batch(torch.cat([lb.x, pb.x.to(lb.x.device)]), lb.y, pb.targets))

@@ -68,6 +68,10 @@ class DataConfig:
     workers: int = 0                    # DataLoader worker processes (0 = in the main process)
     cache: bool = True                  # decode each image once into a uint8 array in RAM
     bad_images: Literal["auto", "skip", "fail"] = "auto"   # auto: skip in the pool, fail elsewhere
+    # where the training noise runs: cpu = PIL per image in DataLoader workers; device = images decoded
+    # once into a tensor on the training device, noised a batch at a time; auto = device on a GPU
+    # when the decoded images fit in a quarter of its free memory (stages/batching.py)
+    augment_on: Literal["auto", "cpu", "device"] = "auto"
 
 
 @dataclass

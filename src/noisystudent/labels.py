@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from .data import eval_batches
+from .inference import iter_logits
 from .errors import UserError
 from .pseudo import probs_from_logits
 
@@ -89,13 +89,10 @@ def predict_shard(model, source, start: int, stop: int, *, image_size: int, mean
                   flip_tta: bool, batch_size: int, device, workers: int = 0, skip_bad: bool = True,
                   teacher_hash: str = "", keep_true_labels: bool = False) -> pa.Table:
     probs_l, idx_l = [], []
-    for x, idx in eval_batches(source, batch_size, image_size, mean, std, start=start, stop=stop,
-                               workers=workers, skip_bad=skip_bad):
-        x = x.to(device)
-        p = probs_from_logits(model(x).float(), temperature)
-        if flip_tta:
-            p = 0.5 * (p + probs_from_logits(model(x.flip(-1)).float(), temperature))
-        probs_l.append(p.cpu())
+    for views, idx in iter_logits(model, source, image_size, mean, std, batch_size=batch_size, device=device,
+                                  workers=workers, skip_bad=skip_bad, start=start, stop=stop, hflip=flip_tta):
+        # flip TTA averages the two views' probabilities (after the temperature), not their logits
+        probs_l.append(torch.stack([probs_from_logits(v, temperature) for v in views]).mean(0))
         idx_l.append(idx)
     C = model.num_classes if hasattr(model, "num_classes") else None
     if probs_l:

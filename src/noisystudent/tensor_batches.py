@@ -24,15 +24,11 @@ from PIL import Image
 
 from .batch_noise import BatchNoise
 from .batches import Batch
-from .data.loaders import EpochSampler, seed_for
-from .data.sources import BadImage, Source
+from .data.loaders import EpochSampler, load_or_skip, seed_for
+from .data.transforms import normalize
+from .data.sources import Source
 
-__all__ = ["decode_all", "decoded_bytes", "TensorLabeledBatches", "TensorPseudoBatches", "TensorJointBatches"]
-
-
-def decoded_bytes(n: int, image_size: int, in_chans: int) -> int:
-    """Memory the decoded uint8 tensor of `n` images takes (to decide whether it fits)."""
-    return n * image_size * image_size * in_chans
+__all__ = ["decode_all", "TensorLabeledBatches", "TensorPseudoBatches"]
 
 
 def decode_all(source: Source, image_size: int, skip_bad: bool) -> tuple[torch.Tensor, np.ndarray]:
@@ -44,12 +40,9 @@ def decode_all(source: Source, image_size: int, skip_bad: bool) -> tuple[torch.T
         return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous(), np.arange(len(source))
     out, rows = [], []
     for i in range(len(source)):
-        try:
-            arr = source.load(i)
-        except BadImage:
-            if skip_bad:
-                continue
-            raise
+        arr = load_or_skip(source, i, skip_bad)
+        if arr is None:
+            continue
         if arr.shape[:2] != (image_size, image_size):
             im = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
             arr = np.asarray(im.resize((image_size, image_size), Image.BILINEAR)).reshape(image_size, image_size, -1)
@@ -65,9 +58,7 @@ class _TensorRows:
 
     def __init__(self, images: torch.Tensor, noise: BatchNoise, mean, std, batch_size: int, tag: str):
         self.images, self.noise, self.batch_size, self.tag = images, noise, batch_size, tag
-        dev = images.device
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=dev).view(1, -1, 1, 1) * 255
-        self.std = torch.tensor(std, dtype=torch.float32, device=dev).view(1, -1, 1, 1) * 255
+        self.mean, self.std = list(mean), list(std)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -84,7 +75,7 @@ class _TensorRows:
     def noised(self, rows: torch.Tensor, seed: int, epoch: int, step: int, rank: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed_for(seed, epoch, self.tag + "-noise", step, rank))
         x = self.noise(self.images[rows.to(self.images.device)], g)
-        return (x.float() - self.mean) / self.std
+        return normalize(x.float().div_(255.0), self.mean, self.std)
 
 
 class TensorLabeledBatches(_TensorRows):
@@ -116,19 +107,3 @@ class TensorPseudoBatches(_TensorRows):
         for i, rows in enumerate(self.rows(seed, epoch, steps, rank, world)):
             src = self.index[rows]
             yield Batch(self.noised(src, seed, epoch, i, rank), torch.zeros(0, dtype=torch.long), self.targets[src])
-
-
-class TensorJointBatches:
-    """`JointBatches` over decoded tensors: batch_size labeled + ratio x batch_size pseudo-labeled."""
-
-    def __init__(self, labeled: TensorLabeledBatches, pseudo: TensorPseudoBatches):
-        self.labeled, self.pseudo = labeled, pseudo
-
-    def steps_per_epoch(self, world: int = 1) -> int:
-        return self.pseudo.steps_per_epoch(world)
-
-    def epoch(self, seed: int, epoch: int, steps: int, rank: int = 0, world: int = 1,
-              pin: bool = False) -> Iterator[Optional[Batch]]:
-        for lb, pb in zip(self.labeled.epoch(seed, epoch, steps, rank, world),
-                          self.pseudo.epoch(seed, epoch, steps, rank, world)):
-            yield Batch(torch.cat([lb.x, pb.x]), lb.y, pb.targets)

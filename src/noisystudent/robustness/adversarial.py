@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.transforms import normalize
+
 __all__ = ["predict", "fgsm_attack", "fgsm_accuracy"]
 
 
@@ -86,7 +88,7 @@ def predict(
     with _eval_mode(model), torch.no_grad():
         for i in range(0, len(images), batch_size):
             x = _to_unit(torch.from_numpy(images[i:i + batch_size]).to(device).permute(0, 3, 1, 2))
-            out[i:i + batch_size] = model((x - m) / s).argmax(1).cpu().numpy()
+            out[i:i + batch_size] = model(normalize(x, m, s)).argmax(1).cpu().numpy()
     return out
 
 
@@ -94,7 +96,7 @@ def _gradient_sign(model: nn.Module, x: torch.Tensor, y: torch.Tensor, m: torch.
                    s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """sign(d loss / d x) in pixel space, and the clean logits of the same forward pass."""
     x = x.detach().requires_grad_(True)
-    logits = model((x - m) / s)
+    logits = model(normalize(x, m, s))
     loss = F.cross_entropy(logits.float(), y, reduction="sum")
     (grad,) = torch.autograd.grad(loss, x)  # only w.r.t. the input: parameters' .grad untouched
     return grad.sign(), logits.detach()
@@ -160,6 +162,6 @@ def fgsm_accuracy(
                     preds = clean_logits.argmax(1)
                 else:
                     with torch.no_grad():
-                        preds = model(((x + eps * sign).clamp_(0.0, 1.0) - m) / s).argmax(1)
+                        preds = model(normalize((x + eps * sign).clamp_(0.0, 1.0), m, s)).argmax(1)
                 correct[eps] += int((preds == y).sum())
     return {eps: c / len(images) for eps, c in correct.items()}

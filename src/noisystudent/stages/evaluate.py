@@ -8,21 +8,23 @@ import torch
 
 from ..artifacts import write_json
 from ..config import SourceConfig, config_to_dict
-from ..data import Source, eval_batches
+from ..data import Source
 from ..errors import UserError
+from ..inference import iter_logits
 from ..metrics import classification_report
 from .common import RunContext, StageResult, load_model, run_stage
 
 __all__ = ["predict_logits", "evaluate_source", "evaluate_stage", "robustness_images", "run_robustness"]
 
 
-@torch.no_grad()
 def predict_logits(model, source: Source, image_size: int, mean, std, batch_size: int = 256,
                    device="cpu", workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, labels) of a whole labeled source, in eval mode."""
     model.eval()
     out, labels = [], []
-    for x, idx in eval_batches(source, batch_size, image_size, mean, std, workers=workers):
-        out.append(model(x.to(device)).float().cpu())
+    for views, idx in iter_logits(model, source, image_size, mean, std, batch_size=batch_size, device=device,
+                                  workers=workers):
+        out.append(views[0])
         labels.append(torch.from_numpy(source.labels[idx]))
     return torch.cat(out), torch.cat(labels)
 

@@ -9,12 +9,10 @@ import dataclasses
 import logging
 import math
 
-import numpy as np
-import pyarrow.parquet as pq
 
 from ..config import NoiseConfig, StudentConfig, TrainConfig, config_to_dict
-from ..batches import JointBatches, LabeledBatches, PseudoBatches, joint_step_loss
-from ..data import ArraySource, LabeledDataset, PseudoDataset, create_train_transform, seed_for
+from ..batches import JointBatches, LabeledBatches, joint_step_loss
+from ..data import LabeledDataset, create_train_transform, seed_for
 from ..distributed import seed_everything
 from ..engine import fit
 from ..schedule import plan_steps
@@ -25,6 +23,7 @@ from timm.utils.model import unfreeze
 
 from ..models import count_params, create_model, freeze_stages
 from ..models.warmstart import warm_start, warm_start_identity
+from .batching import labeled_source, pseudo_source, selected_pool
 from .common import RunContext, StageResult, load_model, run_stage, save_model
 
 log = logging.getLogger("noisystudent")
@@ -48,7 +47,8 @@ def _data_identity(ctx: RunContext) -> dict:
     d = ctx.cfg.data
     return {"labeled": dataclasses.asdict(d.labeled), "image_size": d.image_size, "in_chans": d.in_chans,
             "mean": ctx.mean, "std": ctx.std, "crop_padding": d.crop_padding, "hflip": d.hflip,
-            "bad_images": d.bad_images, "labeled_content": ctx.data_fingerprint("labeled")}
+            "bad_images": d.bad_images, "labeled_content": ctx.data_fingerprint("labeled"),
+            "augment_on": d.augment_on}
 
 
 def _validation(ctx: RunContext, t: TrainConfig, meta: dict) -> dict:
@@ -86,11 +86,9 @@ def train_teacher(ctx: RunContext) -> StageResult:
         seed_everything(seed_for(cfg.seed, "init", "teacher"))     # weight init is part of the seed
         model = create_model(name, len(ctx.classes), cfg.data.in_chans, t.noise.drop_rate, t.noise.drop_path_rate)
         started = warm_start(model, t, name, "teacher")
-        ds = LabeledDataset(ctx.labeled, create_train_transform(cfg.data, t.noise),
-                            skip_bad=ctx.policy("labeled") == "skip")
+        source, n_lab = labeled_source(ctx, t.noise, t.batch_size)
         meta = ctx.model_meta(name, cfg.data.image_size, t.noise, "teacher")
-        source = LabeledBatches(ds, t.batch_size, cfg.data.workers)
-        warn_short_schedule("teacher", plan_steps(t, source.steps_per_epoch(ctx.world))[0], len(ds), t.batch_size)
+        warn_short_schedule("teacher", plan_steps(t, source.steps_per_epoch(ctx.world))[0], n_lab, t.batch_size)
         res = fit(model, t, source, out_dir=d, seed=seed_for(cfg.seed, "teacher"), meta=meta,
                   device=ctx.device, desc="teacher", **_validation(ctx, t, meta))
         if ctx.rank == 0:
@@ -98,27 +96,6 @@ def train_teacher(ctx: RunContext) -> StageResult:
         return ["model.pt"], dict(_summary(res.history, res.model), warm_start=started)
 
     return run_stage(ctx, ctx.stage_dir(0, "teacher"), config, {}, body, cleanup=["checkpoint.pt", "best.pt"])
-
-
-def _pseudo_dataset(ctx: RunContext, sel_path, transform) -> tuple[PseudoDataset, int]:
-    """Selected pool rows with their targets, repeated by `copies` (class balancing)."""
-    table = pq.read_table(sel_path)
-    ids = table.column("sample_id").to_pylist()
-    targets = np.asarray(table.column("target").to_pylist(), dtype=np.float32)
-    copies = table.column("copies").to_numpy()
-    pool = ctx.pool
-    id2row = {sid: i for i, sid in enumerate(pool.ids)}
-    missing = [s for s in ids if s not in id2row]
-    if missing:
-        raise UserError(f"{sel_path}: {len(missing)} selected ids are not in the unlabeled pool "
-                        f"(e.g. {missing[0]}); the pool changed since labeling — rerun `noisystudent run`")
-    sub = pool.subset([id2row[s] for s in ids])
-    if ctx.cfg.data.cache and not isinstance(sub, ArraySource) and len(sub):
-        sub = sub.cache(on_bad="skip")      # decoded once; undecodable rows drop out here
-        keep = {sid: i for i, sid in enumerate(ids)}
-        pos = np.asarray([keep[s] for s in sub.ids], dtype=np.int64)
-        targets, copies = targets[pos], copies[pos]
-    return PseudoDataset(sub, np.arange(len(sub)), targets, copies, transform), int(copies.sum())
 
 
 def joint_plan(s: StudentConfig, n_pseudo: int, n_labeled: int, world: int = 1) -> tuple[int, int]:
@@ -145,57 +122,69 @@ def train_student(ctx: RunContext, k: int, variant: str | None = None) -> StageR
     tag = f"student r{k}" + (f" ({variant})" if variant else "")
 
     def body(d):
-        seed_everything(seed_for(cfg.seed, "init", "student", k, variant))
-        model = create_model(name, len(ctx.classes), cfg.data.in_chans, s.noise.drop_rate, s.noise.drop_path_rate)
-        started = warm_start(model, s, name, "student")
-        if s.init_from_teacher:
-            teacher, _ = load_model(teacher_dir(ctx, k) / "model.pt", expect_classes=ctx.classes)
-            if type(teacher) is not type(model) or teacher.state_dict().keys() != model.state_dict().keys():
-                raise UserError(f"student.init_from_teacher needs the same architecture, but round {k} "
-                                f"trains {name}; set student.init_from_teacher=false or models[{k}] to the teacher's")
-            model.load_state_dict(teacher.state_dict())
-        noise_tf = create_train_transform(cfg.data, s.noise)
-        lab = LabeledDataset(ctx.labeled, noise_tf, skip_bad=ctx.policy("labeled") == "skip")
-        pseudo, n_pseudo = _pseudo_dataset(ctx, inputs["selection"] / "selection.parquet", noise_tf)
+        model, started = _student_model(ctx, s, name, k, variant)
+        selection = selected_pool(ctx, inputs["selection"] / "selection.parquet")
+        n_pseudo = int(selection[2].sum())
+        n_lab = len(ctx.labeled)
         if n_pseudo == 0:
             log.warning("round %d: no pool image passed select.threshold=%s; the student trains on the "
                         "labeled images only (lower the threshold or train the teacher longer)",
                         k, cfg.select.threshold)
-        total, warmup = joint_plan(cfg.student, n_pseudo, len(lab), ctx.world)
-        warn_short_schedule(tag, total, len(lab), s.batch_size)
-        s_run = dataclasses.replace(s, steps=total, warmup_steps=warmup)
+        total, warmup = joint_plan(cfg.student, n_pseudo, n_lab, ctx.world)
+        warn_short_schedule(tag, total, n_lab, s.batch_size)
         meta = ctx.model_meta(name, cfg.data.image_size, s.noise, "student")
         meta.update(round=k, variant=variant)
-        common = dict(out_dir=d, meta=meta, device=ctx.device, **_validation(ctx, s, meta))
-        seed, workers = seed_for(cfg.seed, "student", k, variant), cfg.data.workers
-        loss = joint_step_loss(pseudo_weight(s.loss_weighting, s.unlabeled_weight, s.ratio), s.label_smoothing)
-        if s.mode == "supervised" or n_pseudo == 0:      # labeled images only, in batches as large
-            source = LabeledBatches(lab, s.batch_size * (1 + s.ratio), workers)
-            res = fit(model, s_run, source, loss=loss, seed=seed, desc=tag, **common)
-            history = res.history
-        elif s.mode == "two_step":     # pseudo-labels only, then the labeled images; same total steps
-            p2 = min(total - 1, s.two_step_epochs * math.ceil(len(lab) / s.batch_size))
-            res = fit(model, dataclasses.replace(s_run, steps=total - p2),
-                      PseudoBatches(pseudo, s.batch_size * s.ratio, workers), loss=loss, seed=seed, desc=tag,
-                      **dict(common, eval_fn=None, best_key=None))
-            history = res.history
-            res = fit(res.model, dataclasses.replace(s_run, steps=p2, warmup_steps=min(warmup, p2 // 10)),
-                      LabeledBatches(lab, s.batch_size, workers), loss=loss,
-                      seed=seed_for(cfg.seed, "student2", k), desc=f"{tag} phase 2",
-                      **dict(common, out_dir=d / "phase2"))
-            history = history + res.history
-        else:                           # the paper: joint batches, one forward pass
-            source = JointBatches(lab, pseudo, s.batch_size, s.ratio, workers)
-            res = fit(model, s_run, source, loss=loss, seed=seed, desc=tag, **common)
-            history = res.history
+        run = dict(cfg=dataclasses.replace(s, steps=total, warmup_steps=warmup), seed=seed_for(cfg.seed, "student", k, variant),
+                   loss=joint_step_loss(pseudo_weight(s.loss_weighting, s.unlabeled_weight, s.ratio), s.label_smoothing),
+                   common=dict(out_dir=d, meta=meta, device=ctx.device, **_validation(ctx, s, meta)))
+        mode = "supervised" if n_pseudo == 0 else s.mode
+        final, history = _fit_student(ctx, model, mode, selection, run, tag, k)
         if ctx.rank == 0:
-            save_model(d / "model.pt", res.model, meta)
-        info = _summary(history, res.model)
-        info.update(pseudo_images=n_pseudo, labeled_images=len(lab), variant=variant, steps=total, warm_start=started)
+            save_model(d / "model.pt", final, meta)
+        info = _summary(history, final)
+        info.update(pseudo_images=n_pseudo, labeled_images=n_lab, variant=variant, steps=total, warm_start=started)
         return ["model.pt"], info
 
     return run_stage(ctx, sdir, config, inputs, body,
                      cleanup=["checkpoint.pt", "best.pt", "phase2/checkpoint.pt", "phase2/best.pt"])
+
+
+def _student_model(ctx: RunContext, s: StudentConfig, name: str, k: int, variant):
+    """Round k's student before training: from scratch (seeded), warm-started, or the teacher's weights."""
+    seed_everything(seed_for(ctx.cfg.seed, "init", "student", k, variant))
+    model = create_model(name, len(ctx.classes), ctx.cfg.data.in_chans, s.noise.drop_rate, s.noise.drop_path_rate)
+    started = warm_start(model, s, name, "student")
+    if s.init_from_teacher:
+        teacher, _ = load_model(teacher_dir(ctx, k) / "model.pt", expect_classes=ctx.classes)
+        if type(teacher) is not type(model) or teacher.state_dict().keys() != model.state_dict().keys():
+            raise UserError(f"student.init_from_teacher needs the same architecture, but round {k} "
+                            f"trains {name}; set student.init_from_teacher=false or models[{k}] to the teacher's")
+        model.load_state_dict(teacher.state_dict())
+    return model, started
+
+
+def _fit_student(ctx: RunContext, model, mode: str, selection, run: dict, tag: str, k: int):
+    """Train in `mode` (joint, supervised, two_step) for run["cfg"].steps; (final model, history).
+    Each mode is a batch source (and, for two_step, a second phase), not a branch in the trainer."""
+    s, common, total = run["cfg"], run["common"], run["cfg"].steps
+    kw = dict(loss=run["loss"], seed=run["seed"], desc=tag)
+    if mode == "supervised":        # the labeled images only, in batches as large as the joint ones
+        source, _ = labeled_source(ctx, s.noise, s.batch_size * (1 + s.ratio))
+        res = fit(model, s, source, **kw, **common)
+        return res.model, res.history
+    pseudo = pseudo_source(ctx, s.noise, selection, s.batch_size * s.ratio)
+    labeled, n_lab = labeled_source(ctx, s.noise, s.batch_size)
+    if mode == "joint":             # the paper: joint batches, one forward pass
+        res = fit(model, s, JointBatches(labeled, pseudo), **kw, **common)
+        return res.model, res.history
+    # two_step: pseudo-labels only, then the labeled images; the same total steps
+    p2 = min(total - 1, s.two_step_epochs * math.ceil(n_lab / s.batch_size))
+    res = fit(model, dataclasses.replace(s, steps=total - p2), pseudo, **kw,
+              **dict(common, eval_fn=None, best_key=None))
+    res2 = fit(res.model, dataclasses.replace(s, steps=p2, warmup_steps=min(s.warmup_steps or 0, p2 // 10)), labeled,
+               **dict(kw, seed=seed_for(ctx.cfg.seed, "student2", k), desc=f"{tag} phase 2"),
+               **dict(common, out_dir=common["out_dir"] / "phase2"))
+    return res2.model, res.history + res2.history
 
 
 def warn_short_schedule(tag: str, steps: int, n_labeled: int, batch_size: int) -> None:
