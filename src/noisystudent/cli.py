@@ -76,7 +76,7 @@ def cmd_train(args):
     cfg = _load(args)
     ctx = _ctx(args, cfg)
     claim_run_dir(ctx, args.force)
-    tdir = ctx.stage_dir(0, "teacher")
+    tdir = ctx.layout.model(0, "teacher")
     if args.restart:
         if ctx.rank == 0:           # one rank deletes; the others wait, so none sees a half-removed folder
             invalidate_stage(ctx, tdir)     # and everything made from it: it is not current any more

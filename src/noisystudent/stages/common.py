@@ -25,6 +25,7 @@ from ..data import ArraySource, Source, default_mean_std
 from ..data.infer import create_source_noted as _create
 from ..distributed import resolve_device, world_info
 from ..errors import UserError
+from ..layout import RunLayout
 from ..models import create_model
 
 __all__ = ["RunContext", "run_stage", "load_model", "save_model", "StageResult", "invalidate_stage"]
@@ -161,8 +162,12 @@ class RunContext:
             return src
         return src.cache(on_bad=self.policy(role))
 
+    @property
+    def layout(self) -> RunLayout:
+        return RunLayout(self.run_dir)
+
     def stage_dir(self, k: int, name: str) -> Path:
-        return self.run_dir / f"round{k}" / name
+        return self.layout.stage(k, name)
 
     def model_meta(self, model_name: str, image_size: int, noise, role: str) -> dict:
         return {"model_name": model_name, "num_classes": len(self.classes), "in_chans": self.cfg.data.in_chans,

@@ -82,7 +82,7 @@ def run_robustness(model, meta: dict, source: Source, ecfg, cache_dir, device, s
 def evaluate_stage(ctx: RunContext, k: int, which: str) -> StageResult:
     """Evaluate round k's `which` model (teacher, student, student_nonoise, finetune)."""
     cfg, ecfg = ctx.cfg, ctx.cfg.evaluate
-    mdir = ctx.stage_dir(k, which)
+    mdir = ctx.layout.model(k, which)
     config = {"evaluate": config_to_dict(ecfg), "test": config_to_dict(cfg.data.test),
               "val": config_to_dict(cfg.data.val) if cfg.data.val is not None else None,
               "extra_test": [config_to_dict(s) for s in cfg.data.extra_test],
@@ -112,4 +112,4 @@ def evaluate_stage(ctx: RunContext, k: int, which: str) -> StageResult:
         return outputs, {"top1": report["top1"], "ece": report["ece"],
                          "val_top1": report.get("val", {}).get("top1")}
 
-    return run_stage(ctx, ctx.stage_dir(k, f"eval_{which}"), config, {"model": mdir}, body, rank0_only=True)
+    return run_stage(ctx, ctx.layout.eval(k, which), config, {"model": mdir}, body, rank0_only=True)

@@ -20,7 +20,6 @@ from ..config import config_to_dict
 from ..distributed import progress_enabled
 from ..labels import predict_shard, shard_name, shard_schema
 from .common import RunContext, StageResult, load_model, run_stage
-from .train import teacher_dir
 
 log = logging.getLogger("noisystudent")
 
@@ -56,7 +55,7 @@ def _shard_ok(path, num_classes: int, max_rows: int, k: int) -> bool:
 
 def label_pool(ctx: RunContext, k: int) -> StageResult:
     cfg, lc = ctx.cfg, ctx.cfg.label
-    tdir = teacher_dir(ctx, k)
+    tdir = ctx.layout.teacher_of(k)
     config = {"label": config_to_dict(lc), "pool": config_to_dict(cfg.data.unlabeled),
               "image_size": cfg.data.image_size, "mean": ctx.mean, "std": ctx.std,
               "pool_content": ctx.data_fingerprint("unlabeled")}
@@ -93,7 +92,7 @@ def label_pool(ctx: RunContext, k: int) -> StageResult:
             log.warning("round %d: skipped %d undecodable pool image(s) of %d (data.bad_images=skip); "
                         "the count is in %s", k, len(pool) - rows, len(pool), d / "stage.json")
         return files, {"pool_size": len(pool), "rows": rows, "skipped_images": len(pool) - rows,
-                       "shards": n_shards, "teacher": thash, "teacher_dir": str(tdir.relative_to(ctx.run_dir))}
+                       "shards": n_shards, "teacher": thash, "teacher_dir": ctx.layout.rel(tdir)}
 
-    return run_stage(ctx, ctx.stage_dir(k, "labels"), config, {"teacher": tdir}, body)
+    return run_stage(ctx, ctx.layout.labels(k), config, {"teacher": tdir}, body)
 

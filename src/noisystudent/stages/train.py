@@ -28,19 +28,10 @@ from .common import RunContext, StageResult, load_model, run_stage, save_model
 
 log = logging.getLogger("noisystudent")
 
-__all__ = ["train_teacher", "train_student", "finetune", "teacher_dir", "model_dir"]
+__all__ = ["train_teacher", "train_student", "finetune"]
 
 NO_NOISE = NoiseConfig(randaugment=False, cutout=0.0, drop_rate=0.0, drop_path_rate=0.0)
 MIN_STEPS, MIN_PASSES = 500, 20     # warn_short_schedule's thresholds
-
-
-def teacher_dir(ctx: RunContext, k: int):
-    """Round k's teacher: the supervised model for k=1, else the student of round k-1."""
-    return ctx.stage_dir(0, "teacher") if k <= 1 else ctx.stage_dir(k - 1, "student")
-
-
-def model_dir(ctx: RunContext, k: int):
-    return ctx.stage_dir(0, "teacher") if k == 0 else ctx.stage_dir(k, "student")
 
 
 def _data_identity(ctx: RunContext) -> dict:
@@ -95,7 +86,7 @@ def train_teacher(ctx: RunContext) -> StageResult:
             save_model(d / "model.pt", res.model, meta)
         return ["model.pt"], dict(_summary(res.history, res.model), warm_start=started)
 
-    return run_stage(ctx, ctx.stage_dir(0, "teacher"), config, {}, body, cleanup=["checkpoint.pt", "best.pt"])
+    return run_stage(ctx, ctx.layout.model(0, "teacher"), config, {}, body, cleanup=["checkpoint.pt", "best.pt"])
 
 
 def joint_plan(s: StudentConfig, n_pseudo: int, n_labeled: int, world: int = 1) -> tuple[int, int]:
@@ -111,10 +102,10 @@ def train_student(ctx: RunContext, k: int, variant: str | None = None) -> StageR
     cfg = ctx.cfg
     s = variant_config(cfg.student, variant) if variant else cfg.student
     name = cfg.model_for_round(k)
-    sdir = ctx.stage_dir(k, variant_stage(variant) if variant else "student")
-    inputs = {"selection": ctx.stage_dir(k, "selection")}
+    sdir = ctx.layout.model(k, variant_stage(variant) if variant else "student")
+    inputs = {"selection": ctx.layout.selection(k)}
     if s.init_from_teacher:
-        inputs["teacher"] = teacher_dir(ctx, k)
+        inputs["teacher"] = ctx.layout.teacher_of(k)
     config = {"train": config_to_dict(s), "model": name, "seed": cfg.seed, "round": k,
               "data": _data_identity(ctx), "variant": variant, "warm_start": warm_start_identity(s, "student")}
     if s.val_every:
@@ -155,7 +146,7 @@ def _student_model(ctx: RunContext, s: StudentConfig, name: str, k: int, variant
     model = create_model(name, len(ctx.classes), ctx.cfg.data.in_chans, s.noise.drop_rate, s.noise.drop_path_rate)
     started = warm_start(model, s, name, "student")
     if s.init_from_teacher:
-        teacher, _ = load_model(teacher_dir(ctx, k) / "model.pt", expect_classes=ctx.classes)
+        teacher, _ = load_model(ctx.layout.teacher_of(k) / "model.pt", expect_classes=ctx.classes)
         if type(teacher) is not type(model) or teacher.state_dict().keys() != model.state_dict().keys():
             raise UserError(f"student.init_from_teacher needs the same architecture, but round {k} "
                             f"trains {name}; set student.init_from_teacher=false or models[{k}] to the teacher's")
@@ -204,7 +195,7 @@ def finetune(ctx: RunContext, k: int) -> StageResult:
     the first `freeze` stages frozen (their BatchNorm statistics included)."""
     cfg, ft = ctx.cfg, ctx.cfg.finetune
     size = ft.image_size or int(ctx.test.load(0).shape[0])
-    src_dir = model_dir(ctx, k)
+    src_dir = ctx.layout.final_model_of(k)
     config = {"finetune": config_to_dict(ft), "image_size": size, "data": _data_identity(ctx)}
     tcfg = TrainConfig(epochs=ft.epochs, batch_size=ft.batch_size, lr=ft.lr, warmup_epochs=0.0,
                        optimizer="sgd", weight_decay=0.0, ema_decay=0.0, noise=NO_NOISE,
@@ -226,5 +217,5 @@ def finetune(ctx: RunContext, k: int) -> StageResult:
         info.update(image_size=size, frozen_modules=len(frozen))
         return ["model.pt"], info
 
-    return run_stage(ctx, ctx.stage_dir(k, "finetune"), config, {"model": src_dir}, body,
+    return run_stage(ctx, ctx.layout.model(k, "finetune"), config, {"model": src_dir}, body,
                      cleanup=["checkpoint.pt"])
