@@ -32,7 +32,7 @@ from .artifacts import load_checkpoint, save_checkpoint
 from .data.loaders import make_loader, seed_for
 from .errors import TrainingDiverged
 from .pseudo import joint_loss
-from .runlog import epoch_line
+from .runlog import on_epoch
 
 __all__ = ["fit", "resolve_device", "autocast_dtype", "cpu_has_native_bf16", "seed_everything", "world_info",
            "FitResult", "plan_steps", "effective_ema_decay", "ema_decay_at", "create_scheduler"]
@@ -229,7 +229,8 @@ def fit(model: nn.Module, cfg, *, labeled_ds, out_dir: str | Path, seed: int, me
                            workers, rank, world, pin) if joint else None)
         batches = zip(lab, pse) if joint else ((b, None) for b in lab)
         t0, n_img, sums = time.perf_counter(), 0, {"loss": 0.0, "loss_labeled": 0.0, "loss_pseudo": 0.0}
-        bar = tqdm(batches, total=steps, desc=f"{desc} {epoch + 1}/{epochs}", leave=False,
+        # the stage's last bar stays on screen; earlier epochs are cleared (their log line stays)
+        bar = tqdm(batches, total=steps, desc=f"{desc} {epoch + 1}/{epochs}", leave=epoch + 1 == epochs,
                    disable=not (_progress_enabled() and rank == 0))
         for i, (lb, pb) in enumerate(bar):
             global_step = epoch * per_epoch + i
@@ -304,7 +305,7 @@ def fit(model: nn.Module, cfg, *, labeled_ds, out_dir: str | Path, seed: int, me
             row.update(eval_fn(eval_model))
         history.append(row)
         if rank == 0:
-            log.info("%s", epoch_line(desc, row, epochs, history))
+            on_epoch(desc, row, epochs, history, out_dir)
             save_checkpoint(ckpt_path, {
                 "format": "noisystudent/checkpoint/1", "epoch": epoch + 1, "history": history,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),

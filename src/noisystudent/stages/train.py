@@ -16,6 +16,7 @@ from ..config import NoiseConfig, StudentConfig, TrainConfig, config_to_dict
 from ..data import ArraySource, LabeledDataset, PseudoDataset, create_train_transform, seed_for
 from ..engine import fit, plan_steps, seed_everything
 from ..pseudo import pseudo_weight
+from .. import runwarnings
 from ..variants import variant_config, variant_stage
 from ..errors import UserError
 from timm.utils.model import unfreeze
@@ -29,7 +30,6 @@ log = logging.getLogger("noisystudent")
 __all__ = ["train_teacher", "train_student", "finetune", "teacher_dir", "model_dir"]
 
 NO_NOISE = NoiseConfig(randaugment=False, cutout=0.0, drop_rate=0.0, drop_path_rate=0.0)
-MIN_STEPS, MIN_PASSES = 500, 20     # warn_short_schedule's thresholds
 
 
 def teacher_dir(ctx: RunContext, k: int):
@@ -69,13 +69,15 @@ def train_teacher(ctx: RunContext) -> StageResult:
         ds = LabeledDataset(ctx.labeled, create_train_transform(cfg.data, t.noise),
                             skip_bad=ctx.policy("labeled") == "skip")
         meta = ctx.model_meta(name, cfg.data.image_size, t.noise, "teacher")
+        warns: dict = {}
         warn_short_schedule("teacher", plan_steps(t, math.ceil(len(ds) / (t.batch_size * ctx.world)))[0],
-                            len(ds), t.batch_size)
+                            len(ds), t.batch_size, ctx, d, warns)
         res = fit(model, t, labeled_ds=ds, out_dir=d, seed=seed_for(cfg.seed, "teacher"), meta=meta,
                   workers=cfg.data.workers, device=ctx.device, desc="teacher")
+        _warn_loss(ctx, d, "teacher", res.history, warns)
         if ctx.rank == 0:
             save_model(d / "model.pt", res.model, meta)
-        return ["model.pt"], dict(_summary(res.history, res.model), warm_start=started)
+        return ["model.pt"], dict(_summary(res.history, res.model), warm_start=started, warnings=warns)
 
     return run_stage(ctx, ctx.stage_dir(0, "teacher"), config, {}, body, cleanup=["checkpoint.pt"])
 
@@ -140,7 +142,8 @@ def train_student(ctx: RunContext, k: int, variant: str | None = None) -> StageR
                         "labeled images only (lower the threshold or train the teacher longer)",
                         k, cfg.select.threshold)
         total, warmup = joint_plan(cfg.student, n_pseudo, len(lab), ctx.world)
-        warn_short_schedule(tag, total, len(lab), s.batch_size)
+        warns: dict = {}
+        warn_short_schedule(tag, total, len(lab), s.batch_size, ctx, d, warns)
         s_run = dataclasses.replace(s, steps=total, warmup_steps=warmup)
         meta = ctx.model_meta(name, cfg.data.image_size, s.noise, "student")
         meta.update(round=k, variant=variant)
@@ -156,33 +159,46 @@ def train_student(ctx: RunContext, k: int, variant: str | None = None) -> StageR
             res = fit(model, dataclasses.replace(s_run, steps=total - p2), labeled_ds=None, pseudo_ds=pseudo,
                       ratio=s.ratio, unlabeled_weight=w, seed=seed, desc=tag, **common)
             history = res.history
+            _warn_loss(ctx, d, tag, history, warns)     # each phase on its own: different losses
             res = fit(res.model, dataclasses.replace(s_run, steps=p2, warmup_steps=min(warmup, p2 // 10)),
                       labeled_ds=lab, seed=seed_for(cfg.seed, "student2", k), desc=f"{tag} phase 2",
                       **dict(common, out_dir=d / "phase2"))
+            _warn_loss(ctx, d / "phase2", f"{tag} phase 2", res.history, warns)
             history = history + res.history
         else:
             res = fit(model, s_run, labeled_ds=lab, pseudo_ds=pseudo, ratio=s.ratio, unlabeled_weight=w,
                       seed=seed, desc=tag, **common)
             history = res.history
+        if s.mode != "two_step" or n_pseudo == 0:
+            _warn_loss(ctx, d, tag, history, warns)
         if ctx.rank == 0:
             save_model(d / "model.pt", res.model, meta)
         info = _summary(history, res.model)
-        info.update(pseudo_images=n_pseudo, labeled_images=len(lab), variant=variant, steps=total, warm_start=started)
+        info.update(pseudo_images=n_pseudo, labeled_images=len(lab), variant=variant, steps=total, warm_start=started,
+                    warnings=warns)
         return ["model.pt"], info
 
     return run_stage(ctx, sdir, config, inputs, body, cleanup=["checkpoint.pt", "phase2/checkpoint.pt"])
 
 
-def warn_short_schedule(tag: str, steps: int, n_labeled: int, batch_size: int) -> None:
-    """Warn when a stage has too few optimizer steps to fit its labeled set: fewer than
-    MIN_STEPS in all, or fewer than MIN_PASSES passes over the labeled images. Recipes counted in
-    epochs break here first: 30 epochs of a 100-image set at batch 64 are 60 steps."""
-    passes = steps * batch_size / max(1, n_labeled)
-    if steps < MIN_STEPS or passes < MIN_PASSES:
-        log.warning("%s: only %d optimizer steps (%.0f passes over %d labeled images); small-data "
-                    "recipes need >= %d steps and >= %d passes to fit — raise %s.steps",
-                    tag, steps, passes, n_labeled, MIN_STEPS, MIN_PASSES,
-                    "teacher" if tag.startswith("teacher") else "student")
+def warn_short_schedule(tag: str, steps: int, n_labeled: int, batch_size: int, ctx: RunContext | None = None,
+                        stage_dir=None, into: dict | None = None) -> None:
+    """Warn (once per run directory) when a stage has too few optimizer steps to fit its labeled
+    set (runwarnings.short_schedule); the warning goes into the stage's own list `into` too."""
+    msg = runwarnings.short_schedule(tag, steps, n_labeled, batch_size)
+    _emit(ctx, stage_dir, "short_schedule", msg, into)
+
+
+def _warn_loss(ctx: RunContext, stage_dir, tag: str, history: list, into: dict) -> None:
+    _emit(ctx, stage_dir, "loss_rising", runwarnings.loss_rising(tag, [h.get("loss") for h in history]), into)
+
+
+def _emit(ctx, stage_dir, kind: str, msg, into) -> None:
+    if ctx is not None and ctx.rank != 0:
+        return
+    run_dir = ctx.run_dir if ctx is not None else None
+    where = stage_dir.relative_to(run_dir).as_posix() if run_dir is not None and stage_dir is not None else ""
+    runwarnings.emit(run_dir, f"{kind}:{where}" if where else kind, msg, into)
 
 
 def finetune(ctx: RunContext, k: int) -> StageResult:
