@@ -210,3 +210,75 @@ def test_run_log_epoch_lines_and_sigterm(tmp_path):
         assert part in line, line
     assert "terminated (SIGTERM)" in text.splitlines()[-1]          # the log ends saying why it stopped
     assert (run_dir / "round0" / "teacher" / "checkpoint.pt").is_file()
+
+
+def _own_config(tmp_path, extra: str = ""):
+    make_own_data(tmp_path)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data:\n  labeled: {kind: imagefolder, root: train}\n  unlabeled: {kind: folder, root: pool}\n"
+                   "  test: {kind: imagefolder, root: test}\ndevice: cpu\n" + extra)
+    return cfg
+
+
+@pytest.mark.parametrize("ckpt_classes", [2, 3])
+def test_teacher_init_checkpoint(tmp_path, ckpt_classes):
+    """teacher.init_checkpoint: the user's own model.pt; a head for another class count is
+    re-initialised, one for the same classes is kept (every tensor as saved)."""
+    import json
+    import torch
+    from noisystudent.models import create_model
+    from noisystudent.stages.common import load_model, save_model
+    torch.manual_seed(5)
+    old = create_model("ns_cnn_s", ckpt_classes, 3)
+    save_model(tmp_path / "old.pt", old, {"model_name": "ns_cnn_s", "num_classes": ckpt_classes})
+    cfg = _own_config(tmp_path, "teacher: {model: ns_cnn_s, epochs: 0, init_checkpoint: old.pt}\n")
+    assert main(["train", str(cfg), "--run-dir", str(tmp_path / "r")]) == 0
+    tdir = tmp_path / "r" / "round0" / "teacher"
+    info = json.loads((tdir / "stage.json").read_text())["info"]
+    assert str(tmp_path / "old.pt") in info["warm_start"]
+    assert ("classifier re-initialised" in info["warm_start"]) == (ckpt_classes != 3)
+    new, meta = load_model(tdir / "model.pt")
+    assert meta["classes"] == ["cat", "dog", "ship"] and new.fc.weight.shape[0] == 3
+    for k, v in old.state_dict().items():         # epochs=0: the loaded weights as they are
+        if not k.startswith("fc."):
+            assert torch.equal(new.state_dict()[k], v), k
+    assert torch.equal(new.fc.weight, old.fc.weight) == (ckpt_classes == 3)
+
+
+def _fake_timm_cache(root, model: str):
+    """timm's pretrained weights for `model` as huggingface_hub keeps them in its cache (refs/main ->
+    snapshots/REV/model.safetensors), with random weights: nothing can be downloaded here."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+    hub_id = timm.create_model(model, pretrained=False).pretrained_cfg["hf_hub_id"]
+    torch.manual_seed(7)
+    ref = timm.create_model(model, pretrained=False)          # 1000 ImageNet classes
+    rev = "0" * 40
+    d = root / f"models--{hub_id.replace('/', '--')}"
+    (d / "refs").mkdir(parents=True)
+    (d / "refs" / "main").write_text(rev)
+    (d / "snapshots" / rev).mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(d / "snapshots" / rev / "model.safetensors"))
+    return ref
+
+
+def test_student_pretrained_from_the_local_timm_cache(tmp_path, monkeypatch):
+    """student.pretrained: true takes timm's weights from the local cache, offline; the 1000-class
+    ImageNet head is re-initialised for the 3 classes."""
+    import json
+    import torch
+    from huggingface_hub import constants
+    ref = _fake_timm_cache(tmp_path / "hub", "test_efficientnet")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    cfg = _own_config(tmp_path, "models: [ns_cnn_s, test_efficientnet]\nteacher: {epochs: 1, batch_size: 8}\n"
+                      "student: {epochs: 0, pretrained: true}\n")
+    assert main(["run", str(cfg), "--run-dir", str(tmp_path / "r"), "--no-report"]) == 0
+    sdir = tmp_path / "r" / "round1" / "student"
+    info = json.loads((sdir / "stage.json").read_text())["info"]
+    assert "timm:test_efficientnet" in info["warm_start"] and "classifier re-initialised" in info["warm_start"]
+    from noisystudent.stages.common import load_model
+    student, _ = load_model(sdir / "model.pt")
+    assert torch.equal(student.conv_stem.weight, ref.conv_stem.weight)
+    assert student.classifier.weight.shape[0] == 3

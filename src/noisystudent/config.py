@@ -194,6 +194,9 @@ class Config:
     # no_noise, no_randaugment, no_dropout_sd, hard_labels, supervised (compute-matched baseline), ...
     variants: list[str] = field(default_factory=list)
     ablation_no_noise: bool = False     # shorthand for adding `no_noise` to variants
+    # per-epoch metric loggers besides run.log (loggers.py): csv -> <stage>/metrics.csv, tensorboard ->
+    # <stage>/tensorboard/ (pip install 'noisystudent[logging]')
+    logging: list[Literal["csv", "tensorboard"]] = field(default_factory=list)
 
     def model_for_round(self, k: int) -> str:
         """Model name of round k's teacher (k=0) or student (k>=1), from the `models` schedule."""
@@ -550,7 +553,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise UserError(f"{p}: the top level must be a mapping of config sections")
         data = resolve_paths(data, _base_dir(p))
     data = apply_overrides(data, overrides or [])
-    return config_from_dict(data)
+    cfg = config_from_dict(data)
+    # here, not in _validate: a finished run's config.yaml must stay readable (the report) without it
+    from .loggers import check_available
+    check_available(cfg.logging)
+    return cfg
 
 
 _BUNDLED_DIR = Path(__file__).parent / "configs"

@@ -32,7 +32,7 @@ from .data.loaders import seed_for
 from .distributed import (any_rank, autocast_dtype, broadcast_, progress_enabled, resolve_device,
                           seed_everything, world_info)
 from .errors import TrainingDiverged
-from .runlog import epoch_line
+from .runlog import on_epoch
 from .schedule import create_optimizer, create_scheduler, ema_decay_at, effective_ema_decay, plan_steps
 
 __all__ = ["fit", "Trainer", "FitResult"]
@@ -119,8 +119,9 @@ class Trainer:
         seed_everything(seed_for(self.seed, epoch, "torch", self.rank))
         pin = self.device.type == "cuda"
         batches = self.source.epoch(self.seed, epoch, steps, self.rank, self.world, pin)
-        bar = tqdm(batches, total=steps, desc=f"{self.desc} {epoch + 1}/{self.epochs}", leave=False,
-                   disable=not (progress_enabled() and self.rank == 0))
+        # the stage's last bar stays on screen; earlier epochs are cleared (their log line stays)
+        bar = tqdm(batches, total=steps, desc=f"{self.desc} {epoch + 1}/{self.epochs}",
+                   leave=epoch + 1 == self.epochs, disable=not (progress_enabled() and self.rank == 0))
         t0, n_img, sums = time.perf_counter(), 0, {"loss": 0.0, "loss_labeled": 0.0, "loss_pseudo": 0.0}
         for i, batch in enumerate(bar):
             step = epoch * self.per_epoch + i
@@ -195,7 +196,7 @@ class Trainer:
             self._track_best(row, epoch)
         self.history.append(row)
         if self.rank == 0:
-            log.info("%s", epoch_line(self.desc, row, self.epochs, self.history))
+            on_epoch(self.desc, row, self.epochs, self.history, self.out_dir)
             self._checkpoint(epoch)
         if self.world > 1:
             dist.barrier()

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from . import runwarnings
 from .artifacts import atomic_write, is_run_dir, lock_run_dir, read_json, remove_stale_temps, write_json
 from .config import Config, config_to_dict
 from .errors import UserError
@@ -78,12 +79,17 @@ def claim_run_dir(ctx: RunContext, force: bool = False) -> None:
         from .runlog import attach_run_log
         lock_run_dir(ctx.run_dir)     # before the sweep: a live run's temp files are not stale
         attach_run_log(ctx.run_dir)
+        from .loggers import configure_loggers
+        configure_loggers(ctx.cfg.logging)
         from .report.extra import write_environment
         write_environment(ctx.run_dir)
         if n := remove_stale_temps(ctx.run_dir):
             log.info("removed %d temp file(s) an interrupted run left behind", n)
         with atomic_write(path, "w") as f:
             yaml.safe_dump(new, f, sort_keys=False)
+        if ctx.cfg.rounds > 0:      # said before the teacher trains, not after it
+            runwarnings.emit(ctx.run_dir, "select.threshold",
+                             runwarnings.threshold_filters_nothing(ctx.cfg.select.threshold, len(ctx.classes)))
     if ctx.world > 1:       # under torchrun: no rank writes while rank 0 sweeps temp files
         import torch.distributed as dist
         dist.barrier()
@@ -130,6 +136,8 @@ def run(cfg: Config, run_dir: str | Path | None = None, device: str | None = Non
         select_pseudo_labels(ctx, k)
         train_student(ctx, k)
         evaluate_stage(ctx, k, "student")
+        if ctx.rank == 0:
+            runwarnings.emit(ctx.run_dir, f"student_worse:round{k}", runwarnings.compare_round(ctx.run_dir, k))
         for v in (cfg.variants if k == 1 else []):
             train_student(ctx, k, variant=v)
             evaluate_stage(ctx, k, variant_stage(v))
@@ -139,6 +147,12 @@ def run(cfg: Config, run_dir: str | Path | None = None, device: str | None = Non
     runlog.clear_plan()
     summary = build_summary(ctx)
     if ctx.rank == 0:
+        # the run's current warnings, rebuilt from its files (a redone stage's old ones are gone)
+        warns = runwarnings.collect(ctx.run_dir, cfg, len(ctx.classes))
+        runwarnings.write_warnings(ctx.run_dir, warns)
+        if warns:
+            log.info("%d warning(s) for this run: %s and the report's Warnings section", len(warns),
+                     ctx.run_dir / runwarnings.WARNINGS_FILE)
         write_json(ctx.run_dir / "summary.json", summary)
         if report:
             from .report import write_report

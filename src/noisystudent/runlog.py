@@ -1,6 +1,7 @@
 """Logs people read: `run.log` in the run directory (every message of every invocation, appended),
 one line per training epoch (loss, lr, images/s, time left in the stage and, under `run`, in the
-whole run), whether or not stderr is a terminal.
+whole run), whether or not stderr is a terminal. `on_epoch` is the trainer's one hook per epoch: the
+line, and the rows for the configured CSV/TensorBoard loggers (loggers.py).
 
 The whole-run ETA counts training images: the teacher's (labeled x epochs) and, per round, the
 student's (student.epochs passes over the pool in batches of B labeled + ratio x B pseudo-labeled). Until the selection exists the whole pool stands in for it, so the
@@ -12,7 +13,7 @@ import logging
 import time
 from pathlib import Path
 
-__all__ = ["attach_run_log", "note", "epoch_line", "RunPlan", "set_plan", "fmt_duration"]
+__all__ = ["attach_run_log", "note", "epoch_line", "on_epoch", "RunPlan", "set_plan", "fmt_duration"]
 
 log = logging.getLogger("noisystudent")
 _HANDLER: logging.Handler | None = None
@@ -81,6 +82,15 @@ def set_plan(cfg, n_labeled: int, n_pool: int) -> None:
 def clear_plan() -> None:
     global _PLAN
     _PLAN = None
+    from .loggers import close_loggers
+    close_loggers()
+
+
+def on_epoch(desc: str, row: dict, epochs: int, history: list, out_dir=None) -> None:
+    """Called by the trainer (rank 0) after each epoch, `history` ending with `row`."""
+    log.info("%s", epoch_line(desc, row, epochs, history))
+    from .loggers import log_epoch
+    log_epoch(out_dir, row, history)
 
 
 def epoch_line(desc: str, row: dict, epochs: int, history: list) -> str:

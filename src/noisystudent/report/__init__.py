@@ -112,6 +112,8 @@ def _render_md(blocks: list) -> str:
             out.append("".join("| " + " | ".join(map(str, cells)) + " |\n" for cells in lines))
         elif kind == "img":
             out.append(f"![{a[1]}]({a[0]})\n")
+        elif kind == "ul":
+            out.append("".join(f"- {_md_text(item)}\n" for item in a[0]))
         elif kind == "pre":
             out.append(f"```yaml\n{a[0].rstrip()}\n```\n")
     return "\n".join(out)
@@ -148,12 +150,27 @@ def _render_html(blocks: list, title: str) -> str:
             trs = "".join("<tr>" + "".join(f"<td{c}>{_inline_html(v)}</td>" for c, v in zip(cls, r)) + "</tr>"
                           for r in rows)
             out.append(f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>")
+        elif kind == "ul":
+            out.append("<ul>" + "".join(f"<li>{_inline_html(item)}</li>" for item in a[0]) + "</ul>")
         elif kind == "pre":
             out.append(f"<details><summary>config.yaml</summary><pre>{html.escape(a[0])}</pre></details>")
         elif kind == "img":
             out.append(f"<figure><img src=\"{html.escape(a[0])}\" alt=\"{html.escape(a[1])}\">"
                        f"<figcaption>{html.escape(a[1])}</figcaption></figure>")
     return "\n".join(out) + "\n</body></html>\n"
+
+
+def _warning_blocks(run_dir: Path) -> list:
+    """The run's warnings (warnings.json, written by `run`), first, where they are read. A run made
+    before warnings were kept has no file and no section."""
+    from ..runwarnings import WARNINGS_FILE, read_warnings
+    items = read_warnings(run_dir)
+    if items is None:
+        return []
+    if not items:
+        return [("h", 2, "Warnings"), ("p", "None: no check found a problem with this run.")]
+    return [("h", 2, "Warnings"), ("p", f"Each was logged once in run.log when found (also in `{WARNINGS_FILE}`):"),
+            ("ul", [i["message"] for i in items])]
 
 
 def write_report(run_dir: Path) -> list[Path]:
@@ -190,6 +207,8 @@ def write_report(run_dir: Path) -> list[Path]:
 
     def img(*names):
         return [("img", *images[n]) for n in names if n in images]
+
+    b += _warning_blocks(run_dir)
 
     b += [("h", 2, "Results"), ("table", *_results_table(run)) if run.models else ("p", "No evaluated models yet."),
           *img("accuracy", "confusion", "per_class_delta")]

@@ -72,7 +72,7 @@ def label_pool(ctx: RunContext, k: int) -> StageResult:
         mine = [s for s in range(n_shards) if s % ctx.world == ctx.rank]
         todo = [s for s in mine if not _shard_ok(d / shard_name(s), len(ctx.classes),
                                                  min(lc.shard_size, len(pool) - s * lc.shard_size), k)]
-        bar = tqdm(todo, desc=f"label r{k}", disable=not (progress_enabled() and ctx.rank == 0), leave=False)
+        bar = tqdm(todo, desc=f"label r{k}", disable=not (progress_enabled() and ctx.rank == 0), leave=True)
         for s in bar:
             table = predict_shard(model, pool, s * lc.shard_size, (s + 1) * lc.shard_size,
                                   image_size=meta["image_size"], mean=meta["mean"], std=meta["std"],

@@ -17,6 +17,7 @@ from ..distributed import seed_everything
 from ..engine import fit
 from ..schedule import plan_steps
 from ..pseudo import pseudo_weight
+from .. import runwarnings
 from ..variants import variant_config, variant_stage
 from ..errors import UserError
 from timm.utils.model import unfreeze
@@ -31,7 +32,6 @@ log = logging.getLogger("noisystudent")
 __all__ = ["train_teacher", "train_student", "finetune"]
 
 NO_NOISE = NoiseConfig(randaugment=False, cutout=0.0, drop_rate=0.0, drop_path_rate=0.0)
-MIN_STEPS, MIN_PASSES = 500, 20     # warn_short_schedule's thresholds
 
 
 def _data_identity(ctx: RunContext) -> dict:
@@ -79,12 +79,15 @@ def train_teacher(ctx: RunContext) -> StageResult:
         started = warm_start(model, t, name, "teacher")
         source, n_lab = labeled_source(ctx, t.noise, t.batch_size)
         meta = ctx.model_meta(name, cfg.data.image_size, t.noise, "teacher")
-        warn_short_schedule("teacher", plan_steps(t, source.steps_per_epoch(ctx.world))[0], n_lab, t.batch_size)
+        warns: dict = {}
+        warn_short_schedule("teacher", plan_steps(t, source.steps_per_epoch(ctx.world))[0], n_lab, t.batch_size,
+                            ctx, d, warns)
         res = fit(model, t, source, out_dir=d, seed=seed_for(cfg.seed, "teacher"), meta=meta,
                   device=ctx.device, desc="teacher", **_validation(ctx, t, meta))
+        _warn_loss(ctx, d, "teacher", res.history, warns)
         if ctx.rank == 0:
             save_model(d / "model.pt", res.model, meta)
-        return ["model.pt"], dict(_summary(res.history, res.model), warm_start=started)
+        return ["model.pt"], dict(_summary(res.history, res.model), warm_start=started, warnings=warns)
 
     return run_stage(ctx, ctx.layout.model(0, "teacher"), config, {}, body, cleanup=["checkpoint.pt", "best.pt"])
 
@@ -122,18 +125,20 @@ def train_student(ctx: RunContext, k: int, variant: str | None = None) -> StageR
                         "labeled images only (lower the threshold or train the teacher longer)",
                         k, cfg.select.threshold)
         total, warmup = joint_plan(cfg.student, n_pseudo, n_lab, ctx.world)
-        warn_short_schedule(tag, total, n_lab, s.batch_size)
+        warns: dict = {}
+        warn_short_schedule(tag, total, n_lab, s.batch_size, ctx, d, warns)
         meta = ctx.model_meta(name, cfg.data.image_size, s.noise, "student")
         meta.update(round=k, variant=variant)
         run = dict(cfg=dataclasses.replace(s, steps=total, warmup_steps=warmup), seed=seed_for(cfg.seed, "student", k, variant),
                    loss=joint_step_loss(pseudo_weight(s.loss_weighting, s.unlabeled_weight, s.ratio), s.label_smoothing),
                    common=dict(out_dir=d, meta=meta, device=ctx.device, **_validation(ctx, s, meta)))
         mode = "supervised" if n_pseudo == 0 else s.mode
-        final, history = _fit_student(ctx, model, mode, selection, run, tag, k)
+        final, history = _fit_student(ctx, model, mode, selection, run, tag, k, warns)
         if ctx.rank == 0:
             save_model(d / "model.pt", final, meta)
         info = _summary(history, final)
-        info.update(pseudo_images=n_pseudo, labeled_images=n_lab, variant=variant, steps=total, warm_start=started)
+        info.update(pseudo_images=n_pseudo, labeled_images=n_lab, variant=variant, steps=total, warm_start=started,
+                    warnings=warns)
         return ["model.pt"], info
 
     return run_stage(ctx, sdir, config, inputs, body,
@@ -154,7 +159,7 @@ def _student_model(ctx: RunContext, s: StudentConfig, name: str, k: int, variant
     return model, started
 
 
-def _fit_student(ctx: RunContext, model, mode: str, selection, run: dict, tag: str, k: int):
+def _fit_student(ctx: RunContext, model, mode: str, selection, run: dict, tag: str, k: int, warns: dict):
     """Train in `mode` (joint, supervised, two_step) for run["cfg"].steps; (final model, history).
     Each mode is a batch source (and, for two_step, a second phase), not a branch in the trainer."""
     s, common, total = run["cfg"], run["common"], run["cfg"].steps
@@ -162,11 +167,13 @@ def _fit_student(ctx: RunContext, model, mode: str, selection, run: dict, tag: s
     if mode == "supervised":        # the labeled images only, in batches as large as the joint ones
         source, _ = labeled_source(ctx, s.noise, s.batch_size * (1 + s.ratio))
         res = fit(model, s, source, **kw, **common)
+        _warn_loss(ctx, common["out_dir"], tag, res.history, warns)
         return res.model, res.history
     pseudo = pseudo_source(ctx, s.noise, selection, s.batch_size * s.ratio)
     labeled, n_lab = labeled_source(ctx, s.noise, s.batch_size)
     if mode == "joint":             # the paper: joint batches, one forward pass
         res = fit(model, s, JointBatches(labeled, pseudo), **kw, **common)
+        _warn_loss(ctx, common["out_dir"], tag, res.history, warns)
         return res.model, res.history
     # two_step: pseudo-labels only, then the labeled images; the same total steps
     p2 = min(total - 1, s.two_step_epochs * math.ceil(n_lab / s.batch_size))
@@ -175,19 +182,28 @@ def _fit_student(ctx: RunContext, model, mode: str, selection, run: dict, tag: s
     res2 = fit(res.model, dataclasses.replace(s, steps=p2, warmup_steps=min(s.warmup_steps or 0, p2 // 10)), labeled,
                **dict(kw, seed=seed_for(ctx.cfg.seed, "student2", k), desc=f"{tag} phase 2"),
                **dict(common, out_dir=common["out_dir"] / "phase2"))
+    _warn_loss(ctx, common["out_dir"], tag, res.history, warns)        # each phase on its own: other losses
+    _warn_loss(ctx, common["out_dir"] / "phase2", f"{tag} phase 2", res2.history, warns)
     return res2.model, res.history + res2.history
 
 
-def warn_short_schedule(tag: str, steps: int, n_labeled: int, batch_size: int) -> None:
-    """Warn when a stage has too few optimizer steps to fit its labeled set: fewer than
-    MIN_STEPS in all, or fewer than MIN_PASSES passes over the labeled images. Recipes counted in
-    epochs break here first: 30 epochs of a 100-image set at batch 64 are 60 steps."""
-    passes = steps * batch_size / max(1, n_labeled)
-    if steps < MIN_STEPS or passes < MIN_PASSES:
-        log.warning("%s: only %d optimizer steps (%.0f passes over %d labeled images); small-data "
-                    "recipes need >= %d steps and >= %d passes to fit — raise %s.steps",
-                    tag, steps, passes, n_labeled, MIN_STEPS, MIN_PASSES,
-                    "teacher" if tag.startswith("teacher") else "student")
+def warn_short_schedule(tag: str, steps: int, n_labeled: int, batch_size: int, ctx: RunContext | None = None,
+                        stage_dir=None, into: dict | None = None) -> None:
+    """Warn (once per run directory) when a stage has too few optimizer steps to fit its labeled
+    set (runwarnings.short_schedule); the warning goes into the stage's own list `into` too."""
+    msg = runwarnings.short_schedule(tag, steps, n_labeled, batch_size)
+    _emit(ctx, stage_dir, "short_schedule", msg, into)
+
+
+def _warn_loss(ctx: RunContext, stage_dir, tag: str, history: list, into: dict) -> None:
+    _emit(ctx, stage_dir, "loss_rising", runwarnings.loss_rising(tag, [h.get("loss") for h in history]), into)
+
+
+def _emit(ctx, stage_dir, kind: str, msg, into) -> None:
+    if ctx is not None and ctx.rank != 0:
+        return
+    where = ctx.layout.rel(stage_dir) if ctx is not None and stage_dir is not None else ""
+    runwarnings.emit(ctx.run_dir if ctx is not None else None, f"{kind}:{where}" if where else kind, msg, into)
 
 
 def finetune(ctx: RunContext, k: int) -> StageResult:

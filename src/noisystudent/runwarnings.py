@@ -1,0 +1,169 @@
+"""Warnings about a run that will likely disappoint, each said once and kept for the report.
+
+Four checks, each a pure function that returns a message or None:
+  - `threshold_filters_nothing`: select.threshold <= 1/num_classes keeps every pool image (the top
+    class of a probability vector is always at least 1/num_classes sure);
+  - `short_schedule`: too few optimizer steps to fit the labeled set (a tiny labeled set counted in
+    epochs: 30 epochs of 100 images at batch 64 are 60 steps);
+  - `loss_rising`: the training loss at the end of a stage above the loss at its start;
+  - `student_worse`: a round's noisy student below its teacher (on val when both have it, else test).
+(A one-class labeled set is not a warning: `RunContext.labeled` refuses it.)
+
+`emit` logs a warning (stderr and run.log) the first time it is seen for a run directory, recording
+it in `warnings.json`, so a resumed or rerun command does not repeat it. A stage keeps its own
+warnings in its stage.json (`info.warnings`); at the end of `run`, `collect` rebuilds warnings.json
+from the config, the stage records and the evaluations, so a warning of a stage that was since
+redone does not outlive it.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+__all__ = ["threshold_filters_nothing", "short_schedule", "loss_rising", "student_worse", "emit",
+           "collect", "write_warnings", "read_warnings", "compare_round", "WARNINGS_FILE"]
+
+log = logging.getLogger("noisystudent")
+
+WARNINGS_FILE = "warnings.json"
+MIN_STEPS, MIN_PASSES = 500, 20     # short_schedule: fewer steps, or passes over the labeled set, warn
+LOSS_WINDOW = 0.1                   # loss_rising compares the mean of the first and the last 10% of epochs
+LOSS_MIN_EPOCHS = 4                 # with fewer epochs there is no trend to tell from batch noise
+LOSS_MARGIN = 0.10                  # ...and a rise must exceed 10% of the starting loss
+LOSS_ABS_MARGIN = 0.01              # (and 0.01 in absolute terms: a loss near 0 wobbles by more than 10%)
+
+_SEEN: set[tuple[str, str, str]] = set()      # (run dir, key, message) this process has logged
+
+
+# ------------------------------------------------------------------------------------------------
+# the checks (pure)
+
+def threshold_filters_nothing(threshold: float, num_classes: int) -> str | None:
+    if num_classes < 2 or threshold > 1.0 / num_classes:
+        return None
+    return (f"select.threshold={threshold:g} is <= 1/{num_classes} classes = {1 / num_classes:.3g}: every pool "
+            f"image's top class is at least that sure, so the threshold filters nothing; set it above "
+            f"{1 / num_classes:.3g} to drop the teacher's least confident pseudo-labels")
+
+
+def short_schedule(tag: str, steps: int, n_labeled: int, batch_size: int) -> str | None:
+    """Too few optimizer steps to fit the labeled set: fewer than MIN_STEPS in all, or fewer than
+    MIN_PASSES passes over the labeled images."""
+    passes = steps * batch_size / max(1, n_labeled)
+    if steps >= MIN_STEPS and passes >= MIN_PASSES:
+        return None
+    section = "teacher" if tag.startswith("teacher") else "student"
+    return (f"{tag}: only {steps} optimizer steps ({passes:.0f} passes over {n_labeled} labeled images); "
+            f"small-data recipes need >= {MIN_STEPS} steps and >= {MIN_PASSES} passes to fit — raise {section}.steps")
+
+
+def loss_rising(tag: str, losses: list[float]) -> str | None:
+    """The mean loss of the last LOSS_WINDOW of the epochs above that of the first LOSS_WINDOW (at
+    least one epoch each) by LOSS_MARGIN relative and LOSS_ABS_MARGIN absolute. A falling loss with
+    a bump in the middle is not flagged: only where the stage ended compared with where it began."""
+    vals = [float(v) for v in losses if isinstance(v, (int, float)) and math.isfinite(v)]
+    if len(vals) < LOSS_MIN_EPOCHS:
+        return None
+    n = max(1, round(LOSS_WINDOW * len(vals)))
+    first, last = sum(vals[:n]) / n, sum(vals[-n:]) / n
+    if last <= first * (1 + LOSS_MARGIN) or last - first <= LOSS_ABS_MARGIN:
+        return None
+    section = "teacher" if tag.startswith("teacher") else "student"
+    span = "epoch" if n == 1 else f"{n} epochs"
+    return (f"{tag}: the training loss rose from {first:.4g} (first {span}) to {last:.4g} (last {span}) over "
+            f"{len(vals)} epochs; lower {section}.lr or set {section}.grad_clip")
+
+
+def student_worse(k: int, teacher: dict, student: dict) -> str | None:
+    """`teacher`/`student`: eval.json contents (top1, and val.top1 when there is a validation set)."""
+    tv, sv = (teacher.get("val") or {}).get("top1"), (student.get("val") or {}).get("top1")
+    where, t, s = ("val", tv, sv) if tv is not None and sv is not None else ("test", teacher.get("top1"),
+                                                                              student.get("top1"))
+    if t is None or s is None or s >= t:
+        return None
+    who = "the round-0 teacher" if k == 1 else f"its teacher (round {k - 1}'s student)"
+    return (f"round {k}: the noisy student ({100 * s:.2f}% on {where}) is worse than {who} ({100 * t:.2f}%); "
+            "train the teacher longer, raise select.threshold, or give the student more steps")
+
+
+# ------------------------------------------------------------------------------------------------
+# saying each once, and keeping them
+
+def read_warnings(run_dir: Path) -> list[dict] | None:
+    """warnings.json as a list of {key, message}, or None when absent or unreadable."""
+    import json
+    path = Path(run_dir) / WARNINGS_FILE
+    try:
+        items = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+    if not isinstance(items, list):
+        return None
+    return [i for i in items if isinstance(i, dict) and isinstance(i.get("message"), str)]
+
+
+def write_warnings(run_dir: Path, items: dict[str, str]) -> None:
+    from .artifacts import write_json
+    write_json(Path(run_dir) / WARNINGS_FILE, [{"key": k, "message": m} for k, m in items.items()])
+
+
+def emit(run_dir: Path | None, key: str, msg: str | None, into: dict | None = None) -> None:
+    """Log `msg` as a warning unless this run directory already has it (this process logged it, or
+    warnings.json holds it from an earlier invocation); record it in warnings.json and in `into`
+    (a stage's own list). `run_dir=None`: no run directory (a direct call), log once per process."""
+    if msg is None:
+        return
+    if into is not None:
+        into[key] = msg
+    mark = (str(run_dir), key, msg)
+    if mark in _SEEN:
+        return
+    _SEEN.add(mark)
+    if run_dir is None:
+        log.warning("%s", msg)
+        return
+    items = {i.get("key"): i["message"] for i in read_warnings(run_dir) or []}
+    if items.get(key) == msg:
+        return
+    log.warning("%s", msg)
+    items[key] = msg
+    write_warnings(run_dir, items)
+
+
+def _eval(run_dir: Path, k: int, which: str) -> dict | None:
+    from .artifacts import read_json
+    p = Path(run_dir) / f"round{k}" / f"eval_{which}" / "eval.json"
+    try:
+        return read_json(p) if p.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+def compare_round(run_dir: Path, k: int) -> str | None:
+    """student_worse for round k from the eval.json files (its teacher: round k-1's student, or the
+    round-0 teacher)."""
+    teacher = _eval(run_dir, 0, "teacher") if k <= 1 else _eval(run_dir, k - 1, "student")
+    student = _eval(run_dir, k, "student")
+    return student_worse(k, teacher, student) if teacher and student else None
+
+
+def collect(run_dir: Path, cfg, num_classes: int) -> dict[str, str]:
+    """Every current warning of the run, rebuilt from its files: config checks, each stage's own
+    (stage.json info.warnings, in pipeline order), then the teacher/student comparisons."""
+    from .artifacts import read_stage
+    run_dir = Path(run_dir)
+    items: dict[str, str] = {}
+    if cfg.rounds > 0 and (m := threshold_filters_nothing(cfg.select.threshold, num_classes)):
+        items["select.threshold"] = m
+    rounds = sorted(int(p.name[5:]) for p in run_dir.glob("round*") if p.name[5:].isdigit())
+    for k in rounds:
+        for d in sorted((run_dir / f"round{k}").iterdir()):
+            rec = read_stage(d) if d.is_dir() else None
+            stage_items = ((rec or {}).get("info") or {}).get("warnings") if rec is not None else None
+            if isinstance(stage_items, dict):
+                items.update({str(a): str(b) for a, b in stage_items.items()})
+    for k in rounds:
+        if k >= 1 and (m := compare_round(run_dir, k)):
+            items[f"student_worse:round{k}"] = m
+    return items

@@ -1,0 +1,166 @@
+"""Issue 16: warnings said once (run.log, warnings.json, the report), the `logging: [csv, tensorboard]`
+loggers, and progress bars that stay after a stage."""
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from noisystudent import runwarnings as rw
+from noisystudent.cli import main
+from own_data import make_own_data
+
+
+# ------------------------------------------------------------------------------------------------
+# the checks, on tiny inputs
+
+def test_threshold_filters_nothing():
+    assert "filters nothing" in rw.threshold_filters_nothing(0.3, 3)          # 0.3 <= 1/3
+    assert "filters nothing" in rw.threshold_filters_nothing(0.5, 2)          # equal: still keeps everything
+    assert rw.threshold_filters_nothing(0.34, 3) is None
+    assert rw.threshold_filters_nothing(0.3, 10) is None
+    assert rw.threshold_filters_nothing(0.0, 1000) is not None
+
+
+@pytest.mark.parametrize("losses, rising", [
+    ([2.0, 1.5, 1.2, 1.0, 0.9], False),                  # falling
+    ([1.0, 1.0, 1.05, 1.0, 1.08], False),                # within the 10% margin
+    ([1.0, 0.8, 1.2, 1.5, 2.0], True),                   # ends twice as high
+    ([1.0, 3.0, 0.9, 0.8], False),                       # a bump in the middle, ends lower
+    ([0.001, 0.001, 0.002, 0.005], False),               # doubles, but by less than 0.01
+    ([1.0, 2.0, 3.0], False),                            # 3 epochs: too few to call a trend
+    ([1.0, 1.0, float("nan"), 1.5, 1.6], True),          # a non-finite row is ignored
+    ([2.0] * 10 + [1.0] * 80 + [2.5] * 10, True),        # the first and last 10% of 100 epochs
+    ([2.0] * 10 + [1.0] * 80 + [2.1] * 10, False),
+])
+def test_loss_rising(losses, rising):
+    msg = rw.loss_rising("student r1", losses)
+    assert (msg is not None) == rising, msg
+    if rising:
+        assert "rose from" in msg and "student.lr" in msg
+
+
+def test_loss_rising_names_the_windows():
+    msg = rw.loss_rising("teacher", [1.0] * 10 + [2.0] * 10)
+    assert "first 2 epochs" in msg and "last 2 epochs" in msg and "teacher.lr" in msg and "20 epochs" in msg
+
+
+def test_short_schedule():
+    msg = rw.short_schedule("teacher", 60, 100, 64)        # 10 labels per class, 30 epochs at batch 64
+    assert "only 60 optimizer steps" in msg and "teacher.steps" in msg
+    assert rw.short_schedule("student r1", 2000, 1000, 64) is None
+    assert "8 passes over 5000" in rw.short_schedule("student r1", 600, 5000, 64)      # enough steps, too few passes
+
+
+def test_student_worse():
+    t, s = {"top1": 0.80}, {"top1": 0.75}
+    assert "75.00% on test" in rw.student_worse(1, t, s) and "round-0 teacher (80.00%)" in rw.student_worse(1, t, s)
+    assert rw.student_worse(1, s, t) is None and rw.student_worse(1, t, dict(t)) is None
+    # val decides when both have it, even where test disagrees
+    tv, sv = {"top1": 0.80, "val": {"top1": 0.70}}, {"top1": 0.75, "val": {"top1": 0.72}}
+    assert rw.student_worse(2, tv, sv) is None
+    assert "on val" in rw.student_worse(2, sv, tv) and "round 1's student" in rw.student_worse(2, sv, tv)
+
+
+def test_emit_once_and_collect(tmp_path, caplog):
+    from types import SimpleNamespace
+    from noisystudent.artifacts import write_json, write_stage
+    run = tmp_path / "run"
+    run.mkdir()
+    with caplog.at_level(logging.WARNING, logger="noisystudent"):
+        for _ in range(3):
+            rw.emit(run, "k", "something is off")
+        rw._SEEN.clear()                    # a second invocation of the same run: warnings.json has it
+        rw.emit(run, "k", "something is off")
+        rw.emit(run, "k2", None)
+    assert caplog.text.count("something is off") == 1
+    assert rw.read_warnings(run) == [{"key": "k", "message": "something is off"}]
+    # collect: config check, a stage's own list, the round comparison; the emitted-only 'k' is gone
+    (run / "round1" / "student").mkdir(parents=True)
+    write_stage(run / "round1" / "student", status="done", fingerprint="x", config={}, inputs={},
+                info={"warnings": {"short_schedule:round1/student": "short"}})
+    write_json(run / "round0" / "eval_teacher" / "eval.json", {"top1": 0.9})
+    write_json(run / "round1" / "eval_student" / "eval.json", {"top1": 0.8})
+    cfg = SimpleNamespace(rounds=1, select=SimpleNamespace(threshold=0.3))
+    items = rw.collect(run, cfg, num_classes=3)
+    assert list(items) == ["select.threshold", "short_schedule:round1/student", "student_worse:round1"]
+    assert rw.collect(run, SimpleNamespace(rounds=1, select=SimpleNamespace(threshold=0.5)), 3).keys() \
+        == {"short_schedule:round1/student", "student_worse:round1"}
+
+
+# ------------------------------------------------------------------------------------------------
+# config: the logging key
+
+def test_logging_key_is_validated(tmp_path, monkeypatch):
+    from noisystudent.config import load_config
+    from noisystudent.errors import UserError
+    with pytest.raises(UserError, match=r"config key 'logging\[1\]': 'wandb' is not allowed; choose one of "
+                                        r"'csv', 'tensorboard'"):
+        load_config(None, ["logging=[csv, wandb]"])
+    with pytest.raises(UserError, match="config key 'logging': expected a list"):
+        load_config(None, ["logging=csv"])
+    assert load_config(None, ["logging=[csv, tensorboard]"]).logging == ["csv", "tensorboard"]
+    # tensorboard not installed: one line at config time
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "tensorboard" else real(n, *a))
+    with pytest.raises(UserError, match=r"'tensorboard' needs the tensorboard package: pip install "
+                                        r"'noisystudent\[logging\]'"):
+        load_config(None, ["logging=[tensorboard]"])
+    assert load_config(None, ["logging=[csv]"]).logging == ["csv"]
+
+
+def test_csv_rows(tmp_path):
+    from noisystudent.loggers import write_csv
+    import csv
+    rows = [{"epoch": 1, "loss": 1.5, "lr": 0.1, "amp": "fp32"}, {"epoch": 2, "loss": 1.2, "lr": 0.05, "amp": "fp32",
+                                                                    "val_top1": 0.5}]
+    write_csv(tmp_path / "m.csv", rows)
+    got = list(csv.DictReader((tmp_path / "m.csv").open()))
+    assert [r["epoch"] for r in got] == ["1", "2"] and got[1]["val_top1"] == "0.5" and got[0]["val_top1"] == ""
+
+
+# ------------------------------------------------------------------------------------------------
+# a real run: warnings once in run.log, warnings.json, the report; CSV + TensorBoard; bars that stay
+
+def _visible_lines(stream: str) -> list[str]:
+    """What a terminal shows: each line's text after its last carriage return."""
+    return [ln.rsplit("\r", 1)[-1].strip() for ln in stream.split("\n")]
+
+
+def test_run_warns_once_logs_csv_tensorboard_and_bars_stay(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("tensorboard")
+    import csv
+    from noisystudent import engine
+    make_own_data(tmp_path)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data:\n  labeled: {kind: imagefolder, root: train}\n  unlabeled: {kind: folder, root: pool}\n"
+                   "  test: {kind: imagefolder, root: test}\nlogging: [csv, tensorboard]\nmodels: [ns_cnn_s]\n"
+                   "device: cpu\nteacher: {epochs: 2, batch_size: 8}\nstudent: {epochs: 1, batch_size: 4}\n"
+                   "select: {threshold: 0.3}\n")
+    monkeypatch.setattr(engine, "progress_enabled", lambda: True)        # as on a terminal
+    run_dir = tmp_path / "r"
+    assert main(["run", str(cfg), "--run-dir", str(run_dir)]) == 0
+    shown = _visible_lines(capsys.readouterr().err)
+    assert any(ln.startswith("teacher 2/2: 100%") for ln in shown), shown       # the stage's last bar stays
+    assert not any(ln.startswith("teacher 1/2") for ln in shown)               # earlier epochs' bars cleared
+    assert main(["run", str(cfg), "--run-dir", str(run_dir)]) == 0            # rerun: every stage skipped
+    log = (run_dir / "run.log").read_text()
+    assert log.count("select.threshold=0.3 is <= 1/3 classes") == 1, log
+    assert log.count("teacher: only 6 optimizer steps") == 1
+    keys = [w["key"] for w in json.loads((run_dir / "warnings.json").read_text())]
+    assert keys[:3] == ["select.threshold", "short_schedule:round0/teacher", "short_schedule:round1/student"]
+    page = (run_dir / "report.html").read_text()
+    assert "<h2>Warnings</h2>" in page and "filters nothing" in page
+    # CSV: one row per epoch per stage
+    rows = list(csv.DictReader((run_dir / "round0" / "teacher" / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"] and float(rows[1]["loss"]) > 0
+    assert len(list(csv.DictReader((run_dir / "round1" / "student" / "metrics.csv").open()))) == 1
+    # TensorBoard: the same rows, read back with tensorboard's own reader
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(run_dir / "round0" / "teacher" / "tensorboard"))
+    acc.Reload()
+    loss = acc.Scalars("train/loss")
+    assert [e.step for e in loss] == [1, 2]
+    assert loss[1].value == pytest.approx(float(rows[1]["loss"]), rel=1e-6)
