@@ -99,7 +99,10 @@ def remove_stale_temps(root: str | Path) -> int:
 def is_run_dir(root: str | Path) -> bool:
     """A folder this tool made: it has the `config.yaml` every command writes first, or a stage record."""
     root = Path(root)
-    return (root / "config.yaml").is_file() or any(root.glob("round*/*/stage.json"))
+    from .layout import RunLayout
+    lay = RunLayout(root)
+    return lay.config.is_file() or any((d / "stage.json").is_file()
+                                       for k in lay.rounds() for d in lay.round_dir(k).iterdir())
 
 
 _HELD_LOCKS: dict[str, Any] = {}      # run dir -> open lock file, held until the process exits

@@ -13,6 +13,8 @@ import logging
 import time
 from pathlib import Path
 
+from .layout import RunLayout
+
 __all__ = ["attach_run_log", "note", "epoch_line", "on_epoch", "RunPlan", "set_plan", "fmt_duration"]
 
 log = logging.getLogger("noisystudent")
@@ -23,7 +25,7 @@ _PLAN: "RunPlan | None" = None
 def attach_run_log(run_dir: Path) -> Path:
     """Send the `noisystudent` logger to run_dir/run.log too (appending; one handler per process)."""
     global _HANDLER
-    path = Path(run_dir) / "run.log"
+    path = RunLayout(run_dir).run_log
     if _HANDLER is not None and getattr(_HANDLER, "baseFilename", None) == str(path.resolve()):
         return path
     if _HANDLER is not None:

@@ -21,6 +21,8 @@ import logging
 import math
 from pathlib import Path
 
+from .layout import RunLayout
+
 __all__ = ["threshold_filters_nothing", "short_schedule", "loss_rising", "student_worse", "emit",
            "collect", "write_warnings", "read_warnings", "compare_round", "WARNINGS_FILE"]
 
@@ -133,7 +135,7 @@ def emit(run_dir: Path | None, key: str, msg: str | None, into: dict | None = No
 
 def _eval(run_dir: Path, k: int, which: str) -> dict | None:
     from .artifacts import read_json
-    p = Path(run_dir) / f"round{k}" / f"eval_{which}" / "eval.json"
+    p = RunLayout(run_dir).eval(k, which) / "eval.json"
     try:
         return read_json(p) if p.is_file() else None
     except (OSError, ValueError):
@@ -152,13 +154,13 @@ def collect(run_dir: Path, cfg, num_classes: int) -> dict[str, str]:
     """Every current warning of the run, rebuilt from its files: config checks, each stage's own
     (stage.json info.warnings, in pipeline order), then the teacher/student comparisons."""
     from .artifacts import read_stage
-    run_dir = Path(run_dir)
+    lay = RunLayout(run_dir)
     items: dict[str, str] = {}
     if cfg.rounds > 0 and (m := threshold_filters_nothing(cfg.select.threshold, num_classes)):
         items["select.threshold"] = m
-    rounds = sorted(int(p.name[5:]) for p in run_dir.glob("round*") if p.name[5:].isdigit())
+    rounds = lay.rounds()
     for k in rounds:
-        for d in sorted((run_dir / f"round{k}").iterdir()):
+        for d in sorted(lay.round_dir(k).iterdir()):
             rec = read_stage(d) if d.is_dir() else None
             stage_items = ((rec or {}).get("info") or {}).get("warnings") if rec is not None else None
             if isinstance(stage_items, dict):

@@ -19,7 +19,8 @@ from ..artifacts import atomic_write
 from ..errors import UserError
 from .extra import EXTRA_PLOTS, environment_blocks
 from .plots import PLOTS
-from .rundata import DPI, ROLE_LABEL, STYLE, RunData, fmt_params, fmt_secs, is_num, pct, role_label, training_stages
+from ..layout import ROLE_LABEL
+from .rundata import DPI, STYLE, RunData, fmt_params, fmt_secs, is_num, pct, role_label, training_stages
 
 __all__ = ["write_report", "ROLE_LABEL"]
 
@@ -77,7 +78,7 @@ def _timing_table(run: RunData):
         info = (run.json(k, which, "stage.json") or {}).get("info") or {}
         if is_num(info.get("train_s")):
             total += info["train_s"]
-        rows.append([f"round{k}/{which}", info.get("epochs", "—"), fmt_secs(info.get("train_s")),
+        rows.append([run.layout.rel(run.layout.model(k, which)), info.get("epochs", "—"), fmt_secs(info.get("train_s")),
                      f"{info['images_per_s']:.0f}" if is_num(info.get("images_per_s")) else "—",
                      info.get("pseudo_images", "—")])
     if rows:
