@@ -95,3 +95,10 @@ def test_extra_test_sets_are_built(tmp_path):
     ctx = RunContext(cfg, tmp_path)
     assert [len(s) for s in ctx.extra_tests] == [30]
     assert isinstance(ctx.data_fingerprint("extra_test"), list)
+
+
+def test_bundled_configs_match_the_repository_copies():
+    """configs/*.yaml (what the docs show) and the installed package's copies must not drift."""
+    from conftest import ROOT
+    for f in sorted((ROOT / "configs").glob("*.yaml")):
+        assert f.read_bytes() == (ROOT / "src" / "noisystudent" / "configs" / f.name).read_bytes(), f.name
