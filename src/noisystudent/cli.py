@@ -308,10 +308,6 @@ def _note(msg: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    import signal
-    import threading
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_sigterm)
     logging.basicConfig(level=logging.INFO, format="noisystudent: %(message)s", stream=sys.stderr)
     from .distributed import maybe_init_distributed, shutdown_distributed
     import signal
