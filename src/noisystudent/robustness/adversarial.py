@@ -1,22 +1,13 @@
 """Model-facing helpers for robustness evaluation: batched prediction and FGSM.
 
 FGSM (Goodfellow et al., 2015): x_adv = clip(x + eps * sign(grad_x loss(f(x), y)), 0, 1), with eps
-and the clip in *pixel* space [0, 1] while the model sees (x - mean) / std.
+and the clip in *pixel* space [0, 1] while the model sees (x - mean) / std. Adversarial images
+stay float (not re-quantised to 8 bits).
 
-We implement FGSM in a few lines rather than using torchattacks because:
-* dependency weight: torchattacks is not a dependency of this package (nor of its robustness
-  extra) and pins its own requirements, for what is ~10 lines here;
-* normalisation: we keep the attack in pixel space and normalise inside the forward pass
-  explicitly, instead of relying on torchattacks' `set_normalization_used` state on the attack
-  object (easy to forget, which silently attacks in normalised space);
-* determinism and exactness: one gradient per batch is reused for every eps, the loss is summed
-  (not averaged, so a sample's gradient does not shrink with batch size and underflow to a zero
-  sign), and eps = 0 reuses the clean logits of that same forward pass, so it equals clean accuracy
-  exactly by construction;
-* mode handling: every submodule's train/eval flag is restored individually afterwards (a model
-  with frozen BatchNorm in a training loop stays exactly as it was).
-
-Adversarial images are kept in float; they are not re-quantised to 8 bits.
+Our own few lines rather than torchattacks (see docs/robustness.md): no extra dependency,
+normalisation explicit in the forward pass, one gradient per batch reused for every eps with a
+summed loss (a sample's gradient never shrinks with batch size), eps = 0 equal to clean accuracy
+by construction, and every submodule's train/eval flag restored afterwards.
 """
 
 from __future__ import annotations
