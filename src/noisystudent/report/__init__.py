@@ -174,12 +174,8 @@ def _warning_blocks(run_dir: Path) -> list:
             ("ul", [i["message"] for i in items])]
 
 
-def write_report(run_dir: Path) -> list[Path]:
-    """Write report.md, report.html and plots/*.png into `run_dir`; return the files written."""
-    run_dir = Path(run_dir)
-    run = RunData(run_dir)
-    plots_dir = run_dir / "plots"
-    written: list[Path] = []
+def _draw_plots(run: RunData, plots_dir: Path) -> dict[str, tuple[str, str]]:
+    """Every plot that can be drawn, as plots/<name>.png; {name: (relative path, caption)}."""
     images: dict[str, tuple[str, str]] = {}
     # Class names and the run's name are data: a `$` in them must not be read as mathtext.
     with matplotlib.rc_context({**STYLE, "text.parse_math": False}):
@@ -199,8 +195,17 @@ def write_report(run_dir: Path) -> list[Path]:
                 first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
                 log.warning("report: plot %s skipped (%s: %s)", name, type(e).__name__, first)
                 continue
-            written.append(path)
             images[name] = (f"plots/{name}.png", caption)
+    return images
+
+
+def write_report(run_dir: Path) -> list[Path]:
+    """Write report.md, report.html and plots/*.png into `run_dir`; return the files written."""
+    run_dir = Path(run_dir)
+    run = RunData(run_dir)
+    plots_dir = run_dir / "plots"
+    images = _draw_plots(run, plots_dir)
+    written: list[Path] = [plots_dir / f"{n}.png" for n in images]
 
     b: list = [("h", 1, f"Noisy Student report: {run.name}"),
                ("p", f"Run directory `{run_dir}`; {len(run.classes)} classes, {run.summary.get('rounds', '?')} "

@@ -194,23 +194,11 @@ def run_stage(ctx: RunContext, stage_dir: Path, config: dict, inputs: dict[str, 
     `rank0_only` stages (select, evaluate) run `body` on rank 0 while the others wait.
     """
     label = label or str(stage_dir.relative_to(ctx.run_dir))
-    upstream = {}
-    for name, d in inputs.items():
-        rec = read_stage(d)
-        if rec is None or not rec.done:
-            raise UserError(f"{label} needs {d.relative_to(ctx.run_dir)} to be finished first "
-                            "(run `noisystudent run CONFIG`, which runs stages in order)")
-        upstream[name] = {"fingerprint": rec["fingerprint"], "outputs": rec["outputs"]}
+    upstream = _upstream(ctx, inputs, label)
     fp = config_hash({"config": config, "inputs": upstream})
     input_dirs = {name: _rel(ctx, d) for name, d in inputs.items()}
     old = read_stage(stage_dir) if ctx.rank == 0 else None
-    action = _decide(stage_dir, fp, label) if ctx.rank == 0 else None
-    if ctx.world > 1:
-        # Every rank must take the same branch: a rank that skipped while another redoes the stage
-        # would leave the other waiting at a barrier.
-        box = [action]
-        torch.distributed.broadcast_object_list(box, src=0)
-        action = box[0]
+    action = _same_on_all_ranks(ctx, _decide(stage_dir, fp, label) if ctx.rank == 0 else None)
     if action == "skip":
         log.info("%s: done, skipping", label)
         if ctx.rank == 0:       # resume state a kill right after "done" left behind
@@ -224,14 +212,12 @@ def run_stage(ctx: RunContext, stage_dir: Path, config: dict, inputs: dict[str, 
             invalidate_stage(ctx, stage_dir, old_fingerprint=(old or {}).get("fingerprint"))
         else:
             _remove_results(ctx)
-    if ctx.world > 1:
-        torch.distributed.barrier()
+    _barrier(ctx)
     if ctx.rank == 0:
         stage_dir.mkdir(parents=True, exist_ok=True)
         write_stage(stage_dir, status="running", fingerprint=fp, config=config, inputs=upstream,
                     input_dirs=input_dirs)
-    if ctx.world > 1:
-        torch.distributed.barrier()
+    _barrier(ctx)
     log.info("%s: running", label)
     try:
         outputs, info = body(stage_dir) if ctx.rank == 0 or not rank0_only else ([], {})
@@ -239,8 +225,7 @@ def run_stage(ctx: RunContext, stage_dir: Path, config: dict, inputs: dict[str, 
         # Inner code (ours, numpy, torch, pyarrow) says "bad value" with ValueError: that is about the
         # user's data or config, not a bug. One line naming the stage; the stage stays unfinished.
         raise UserError(f"{label}: {e}".splitlines()[0]) from e
-    if ctx.world > 1:
-        torch.distributed.barrier()
+    _barrier(ctx)
     if ctx.rank == 0:
         write_stage(stage_dir, status="done", fingerprint=fp, config=config, inputs=upstream,
                     outputs={o: True for o in outputs}, info=info, input_dirs=input_dirs)
@@ -248,9 +233,35 @@ def run_stage(ctx: RunContext, stage_dir: Path, config: dict, inputs: dict[str, 
         # line at worst leaves a redundant file).
         for f in cleanup:
             (stage_dir / f).unlink(missing_ok=True)
+    _barrier(ctx)
+    return StageResult(stage_dir, read_stage(stage_dir), False)
+
+
+def _upstream(ctx: RunContext, inputs: dict[str, Path], label: str) -> dict:
+    """Fingerprint and output hashes of each finished upstream stage (the chain of hashes)."""
+    upstream = {}
+    for name, d in inputs.items():
+        rec = read_stage(d)
+        if rec is None or not rec.done:
+            raise UserError(f"{label} needs {d.relative_to(ctx.run_dir)} to be finished first "
+                            "(run `noisystudent run CONFIG`, which runs stages in order)")
+        upstream[name] = {"fingerprint": rec["fingerprint"], "outputs": rec["outputs"]}
+    return upstream
+
+
+def _same_on_all_ranks(ctx: RunContext, action):
+    """Rank 0's decision, on every rank: a rank that skipped while another redoes the stage would
+    leave the other waiting at a barrier."""
+    if ctx.world > 1:
+        box = [action]
+        torch.distributed.broadcast_object_list(box, src=0)
+        action = box[0]
+    return action
+
+
+def _barrier(ctx: RunContext) -> None:
     if ctx.world > 1:
         torch.distributed.barrier()
-    return StageResult(stage_dir, read_stage(stage_dir), False)
 
 
 def _rel(ctx: RunContext, d: Path) -> str:
