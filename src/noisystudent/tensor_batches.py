@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .batch_noise import BatchNoise
+from .batch_noise import BatchNoise, step_generator
 from .batches import Batch
 from .data.loaders import EpochSampler, load_or_skip, seed_for
 from .data.transforms import normalize
@@ -73,7 +73,7 @@ class _TensorRows:
             yield order[i * self.batch_size:(i + 1) * self.batch_size]
 
     def noised(self, rows: torch.Tensor, seed: int, epoch: int, step: int, rank: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(seed_for(seed, epoch, self.tag + "-noise", step, rank))
+        g = step_generator(seed_for(seed, epoch, self.tag), step, rank)
         x = self.noise(self.images[rows.to(self.images.device)], g)
         return normalize(x.float().div_(255.0), self.mean, self.std)
 
