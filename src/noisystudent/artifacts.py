@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from .errors import UserError
+from .layout import RunLayout
 
 __all__ = [
     "atomic_write", "write_json", "read_json", "file_hash", "save_checkpoint", "load_checkpoint",
@@ -99,7 +100,6 @@ def remove_stale_temps(root: str | Path) -> int:
 def is_run_dir(root: str | Path) -> bool:
     """A folder this tool made: it has the `config.yaml` every command writes first, or a stage record."""
     root = Path(root)
-    from .layout import RunLayout
     lay = RunLayout(root)
     return lay.config.is_file() or any((d / "stage.json").is_file()
                                        for k in lay.rounds() for d in lay.round_dir(k).iterdir())
@@ -123,9 +123,9 @@ def lock_run_dir(root: str | Path) -> None:
         return
     try:
         root.mkdir(parents=True, exist_ok=True)
-        f = open(root / ".lock", "a+")
+        f = open(RunLayout(root).lock, "a+")
     except OSError as e:
-        raise _cannot_write(root / ".lock", e) from None
+        raise _cannot_write(RunLayout(root).lock, e) from None
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -141,7 +141,7 @@ def lock_run_dir(root: str | Path) -> None:
         f.flush()
     except OSError as e:
         f.close()
-        raise _cannot_write(root / ".lock", e) from None
+        raise _cannot_write(RunLayout(root).lock, e) from None
     _HELD_LOCKS[key] = f
 
 
@@ -285,16 +285,16 @@ def write_stage(stage_dir: str | Path, *, status: str, fingerprint: str, config:
     write_json(stage_dir / "stage.json", rec)
 
 
-# What a finished run adds at the top of its folder: the digest of every stage's results and the report.
-RUN_RESULTS = ("summary.json", "report.md", "report.html", "plots")
+# What a finished run adds at the top of its folder (RunLayout.results): the summary and the report.
+RUN_RESULTS = tuple(p.name for p in RunLayout(Path(".")).results())
 
 
 def remove_run_results(run_dir: str | Path) -> list[str]:
     """Remove summary.json and the report before a stage is (re)done: until the run finishes again
     they would show the old results as current. Returns what was removed."""
     gone = []
-    for name in RUN_RESULTS:
-        p = Path(run_dir) / name
+    for p in RunLayout(run_dir).results():
+        name = p.name
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)
             gone.append(name)

@@ -59,6 +59,35 @@ class RunLayout:
     def lock(self) -> Path:
         return self.root / ".lock"
 
+    @property
+    def warnings(self) -> Path:
+        return self.root / "warnings.json"
+
+    @property
+    def environment(self) -> Path:
+        return self.root / "environment.json"
+
+    @property
+    def report_md(self) -> Path:
+        return self.root / "report.md"
+
+    @property
+    def report_html(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
+
+    def cache(self, *parts: str) -> Path:
+        """Reusable derived data (corrupted test images, content digests): safe to delete."""
+        return self.root.joinpath("cache", *parts)
+
+    def results(self) -> list[Path]:
+        """What a finished run publishes: removed before any stage is redone, so a failed rerun never
+        leaves an old result looking current."""
+        return [self.summary, self.report_md, self.report_html, self.plots]
+
     # -- stage folders
     def round_dir(self, k: int) -> Path:
         return self.root / f"round{k}"

@@ -65,7 +65,7 @@ def claim_run_dir(ctx: RunContext, force: bool = False) -> None:
     path = ctx.layout.config
     new = config_to_dict(ctx.cfg)
     if not force and ctx.run_dir.is_dir() and not is_run_dir(ctx.run_dir) \
-            and any(p.name != ".lock" for p in ctx.run_dir.iterdir()):
+            and any(p != ctx.layout.lock for p in ctx.run_dir.iterdir()):
         raise UserError(f"{ctx.run_dir} is not empty and is not a noisystudent run directory (no config.yaml); "
                         "use a new or empty --run-dir (or --force to use this folder anyway)")
     if path.exists() and not force:
@@ -152,7 +152,7 @@ def run(cfg: Config, run_dir: str | Path | None = None, device: str | None = Non
         runwarnings.write_warnings(ctx.run_dir, warns)
         if warns:
             log.info("%d warning(s) for this run: %s and the report's Warnings section", len(warns),
-                     ctx.run_dir / runwarnings.WARNINGS_FILE)
+                     ctx.layout.warnings)
         write_json(ctx.layout.summary, summary)
         if report:
             from .report import write_report

@@ -28,7 +28,7 @@ __all__ = ["threshold_filters_nothing", "short_schedule", "loss_rising", "studen
 
 log = logging.getLogger("noisystudent")
 
-WARNINGS_FILE = "warnings.json"
+WARNINGS_FILE = RunLayout(".").warnings.name
 MIN_STEPS, MIN_PASSES = 500, 20     # short_schedule: fewer steps, or passes over the labeled set, warn
 LOSS_WINDOW = 0.1                   # loss_rising compares the mean of the first and the last 10% of epochs
 LOSS_MIN_EPOCHS = 4                 # with fewer epochs there is no trend to tell from batch noise
@@ -95,7 +95,7 @@ def student_worse(k: int, teacher: dict, student: dict) -> str | None:
 def read_warnings(run_dir: Path) -> list[dict] | None:
     """warnings.json as a list of {key, message}, or None when absent or unreadable."""
     import json
-    path = Path(run_dir) / WARNINGS_FILE
+    path = RunLayout(run_dir).warnings
     try:
         items = json.loads(path.read_text()) if path.is_file() else None
     except (OSError, ValueError):
@@ -107,7 +107,7 @@ def read_warnings(run_dir: Path) -> list[dict] | None:
 
 def write_warnings(run_dir: Path, items: dict[str, str]) -> None:
     from .artifacts import write_json
-    write_json(Path(run_dir) / WARNINGS_FILE, [{"key": k, "message": m} for k, m in items.items()])
+    write_json(RunLayout(run_dir).warnings, [{"key": k, "message": m} for k, m in items.items()])
 
 
 def emit(run_dir: Path | None, key: str, msg: str | None, into: dict | None = None) -> None:

@@ -203,7 +203,7 @@ def write_report(run_dir: Path) -> list[Path]:
     """Write report.md, report.html and plots/*.png into `run_dir`; return the files written."""
     run_dir = Path(run_dir)
     run = RunData(run_dir)
-    plots_dir = run_dir / "plots"
+    plots_dir = run.layout.plots
     images = _draw_plots(run, plots_dir)
     written: list[Path] = [plots_dir / f"{n}.png" for n in images]
 
@@ -231,8 +231,8 @@ def write_report(run_dir: Path) -> list[Path]:
           ("table", *timings) if timings[1] else ("p", "No finished training stage yet.")]
     b += environment_blocks(run)
 
-    for path, text in ((run_dir / "report.md", _render_md(b)),
-                       (run_dir / "report.html", _render_html(b, f"Noisy Student report: {run.name}"))):
+    for path, text in ((run.layout.report_md, _render_md(b)),
+                       (run.layout.report_html, _render_html(b, f"Noisy Student report: {run.name}"))):
         with atomic_write(path, "w") as f:
             f.write(text)
         written.append(path)
@@ -241,5 +241,5 @@ def write_report(run_dir: Path) -> list[Path]:
     for old in plots_dir.glob("*.png") if plots_dir.is_dir() else []:
         if old not in written:
             old.unlink(missing_ok=True)
-    log.info("report: %s", run_dir / "report.html")
+    log.info("report: %s", run.layout.report_html)
     return written

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 from matplotlib.figure import Figure
+
+from ..layout import RunLayout
 import numpy as np
 import yaml
 
@@ -40,7 +42,7 @@ def environment() -> dict:
 
 def write_environment(run_dir: Path) -> None:
     from ..artifacts import write_json
-    write_json(Path(run_dir) / "environment.json", environment())
+    write_json(RunLayout(run_dir).environment, environment())
 
 
 def _final(run: RunData) -> dict | None:
@@ -125,7 +127,7 @@ def pool_grid_plot(run: RunData):
 
 
 def environment_blocks(run: RunData) -> list:
-    env = load_optional(run.dir / "environment.json")
+    env = load_optional(run.layout.environment)
     note = "recorded by the run"
     if not isinstance(env, dict):
         env, note = environment(), "of the machine that wrote this report (the run recorded none)"

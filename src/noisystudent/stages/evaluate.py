@@ -104,7 +104,7 @@ def evaluate_stage(ctx: RunContext, k: int, which: str) -> StageResult:
         report.update(model=meta["model_name"], role=meta["role"], image_size=meta["image_size"], round=k)
         outputs = ["eval.json"]
         if ecfg.robustness:
-            rob = run_robustness(model, meta, ctx.test, ecfg, ctx.run_dir / "cache" / "robustness",
+            rob = run_robustness(model, meta, ctx.test, ecfg, ctx.layout.cache("robustness"),
                                  ctx.device, seed=cfg.seed)
             write_json(d / "robustness.json", rob)
             outputs.append("robustness.json")
