@@ -28,8 +28,6 @@ __all__ = ["RAND_OPS", "BatchNoise", "NoiseDraw", "step_generator", "apply_op"]
 RAND_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd", "Color",
             "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
 _ID = {name: i for i, name in enumerate(RAND_OPS)}
-_LUT_OPS = torch.tensor([_ID[k] for k in ("AutoContrast", "Equalize", "Invert", "Posterize", "Solarize",
-                                          "SolarizeAdd", "Contrast", "Brightness")])
 _AFFINE_KIND = {_ID["Rotate"]: 0, _ID["ShearX"]: 1, _ID["ShearY"]: 2, _ID["TranslateXRel"]: 3,
                 _ID["TranslateYRel"]: 4}
 
@@ -197,21 +195,42 @@ def _levels(op, m, negate, h, w, translate):
     return ints, f
 
 
-def _lut_group(x, op, ints, f):
-    """The eight point ops: one table per image (built by the op it drew), one gather."""
+def _lut_tables(name, x, ints, f):
+    """The lookup table of point op `name` for each image of x, from its level arguments."""
     n, c = x.shape[:2]
-    dev = x.device
-    ident = ops.identity_lut(n, c, dev)
-    post = torch.where((ints >= 8)[:, None, None], ident, ops.posterize_lut(ints, c))   # timm: >= 8 bits: no-op
-    mean_l = torch.floor(ops.gray_l(x).double().mean((1, 2, 3)) + 0.5)                # Contrast's degenerate
-    tables = {"AutoContrast": lambda: ops.autocontrast_lut(x), "Equalize": lambda: ops.equalize_lut(x),
-              "Invert": lambda: ops.invert_lut(n, c, dev), "Posterize": lambda: post,
-              "Solarize": lambda: ops.solarize_lut(ints, c), "SolarizeAdd": lambda: ops.solarize_add_lut(ints, c),
-              "Contrast": lambda: ops.blend_const_lut(mean_l, f, c),
-              "Brightness": lambda: ops.blend_const_lut(torch.zeros_like(f), f, c)}
-    lut = ident
-    for name, build in tables.items():
-        lut = torch.where((op == _ID[name])[:, None, None], build(), lut)
+    if name == "AutoContrast":
+        return ops.autocontrast_lut(x)
+    if name == "Equalize":
+        return ops.equalize_lut(x)
+    if name == "Invert":
+        return ops.invert_lut(n, c, x.device)
+    if name == "Posterize":                                            # timm: >= 8 bits is a no-op
+        return torch.where((ints >= 8)[:, None, None], ops.identity_lut(n, c, x.device), ops.posterize_lut(ints, c))
+    if name == "Solarize":
+        return ops.solarize_lut(ints, c)
+    if name == "SolarizeAdd":
+        return ops.solarize_add_lut(ints, c)
+    if name == "Contrast":                                             # degenerate: rounded mean of L
+        return ops.blend_const_lut(torch.floor(ops.gray_l(x).double().mean((1, 2, 3)) + 0.5), f, c)
+    return ops.blend_const_lut(torch.zeros_like(f), f, c)              # Brightness: blend with black
+
+
+_LUT_NAMES = ("AutoContrast", "Equalize", "Invert", "Posterize", "Solarize", "SolarizeAdd", "Contrast", "Brightness")
+
+
+def _lut_group(x, op, ints, f, dense):
+    """The eight point ops: a table per image (built by the op it drew), then one gather. Dense
+    builds every table for every image and picks; sparse builds each for its own images only."""
+    n, c = x.shape[:2]
+    lut = ops.identity_lut(n, c, x.device)
+    for name in _LUT_NAMES:
+        hit = op == _ID[name]
+        if dense:
+            lut = torch.where(hit[:, None, None], _lut_tables(name, x, ints, f), lut)
+        else:
+            idx = hit.nonzero()[:, 0]
+            if idx.numel():
+                lut[idx] = _lut_tables(name, x[idx], ints[idx], f[idx])
     return ops.apply_lut(x, lut)
 
 
@@ -234,7 +253,8 @@ def _ra_layer(y, op, apply, m, negate, bicubic, fill, translate, dense, precise)
     is_affine = torch.zeros_like(apply)
     for i in _AFFINE_KIND:
         is_affine |= op == i
-    groups = [(apply & torch.isin(op, _LUT_OPS.to(dev)), lambda x, s: _lut_group(x, op[s], ints[s], f[s])),
+    is_lut = torch.isin(op, torch.tensor([_ID[k] for k in _LUT_NAMES], device=dev))
+    groups = [(apply & is_lut, lambda x, s: _lut_group(x, op[s], ints[s], f[s], dense)),
               (apply & (op == _ID["Color"]), lambda x, s: ops.color(x, f[s])),
               (apply & (op == _ID["Sharpness"]), lambda x, s: ops.sharpness(x, f[s])),
               (apply & is_affine & ~bicubic, lambda x, s: _warp_group(x, op[s], f[s], False, fill, precise)),
@@ -245,8 +265,8 @@ def _ra_layer(y, op, apply, m, negate, bicubic, fill, translate, dense, precise)
             y = torch.where(mask.view(-1, 1, 1, 1), fn(y, everyone), y)
         else:
             idx = mask.nonzero()[:, 0]
-            if idx.numel():
-                y = y.index_copy(0, idx, fn(y[idx], idx))
+            if idx.numel():                     # groups are disjoint, and y is our own copy
+                y.index_copy_(0, idx, fn(y[idx], idx))
     return y
 
 

@@ -161,22 +161,29 @@ def affine_coefficients(kind: torch.Tensor, value: torch.Tensor, h: int, w: int)
     return out
 
 
-def _cubic(v1, v2, v3, v4, d):
-    # PIL's BICUBIC macro (Geometry.c), Horner form, same operation order
-    p2 = -v1 + v3
-    p3 = 2 * (v1 - v2) + v3 - v4
-    p4 = -v1 + v2 - v3 + v4
-    return v2 + d * (p2 + d * (p3 + d * p4))
+_CPU_CHUNK = 64   # measured on the 2-core EPYC: 256 -> 64 images per call cut bicubic time ~30%
+
+
+def _cubic_(v1, v2, v3, v4, d):
+    """PIL's BICUBIC macro (Geometry.c), in place on v1 (returned). p2..p4 follow its operation
+    order; d's Horner steps too, so flat areas stay exactly flat and values round as PIL's do."""
+    p2 = v3 - v1
+    p3 = (v1 - v2).mul_(2).add_(v3).sub_(v4)
+    p4 = v1.neg_().add_(v2).sub_(v3).add_(v4)
+    return p4.mul_(d).add_(p3).mul_(d).add_(p2).mul_(d).add_(v2)
 
 
 def warp(x: torch.Tensor, coef: torch.Tensor, fill: torch.Tensor, bicubic: bool,
          dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Image.transform(AFFINE) for a batch: one (a..f) row per image, `fill` (C,) outside.
 
-    `dtype` is the precision of coordinates and weights: float64 is PIL's (C doubles) and gives
-    its result to the grey level; float32 is faster and can move a truncated pixel by one level.
+    `dtype` is the precision of coordinates and interpolation: float64 is PIL's (C doubles) and
+    gives its result to the grey level; float32 is faster and can move a truncated pixel by one.
     """
     n, c, h, w = x.shape
+    if x.device.type == "cpu" and n > _CPU_CHUNK:     # temporaries of 64 images stay in a 1-2 MB L2
+        return torch.cat([warp(x[i:i + _CPU_CHUNK], coef[i:i + _CPU_CHUNK], fill, bicubic, dtype)
+                          for i in range(0, n, _CPU_CHUNK)])
     dev = x.device
     co = coef.to(dev, dtype)
     yy, xx = torch.meshgrid(torch.arange(h, device=dev, dtype=dtype) + 0.5,
@@ -187,22 +194,23 @@ def warp(x: torch.Tensor, coef: torch.Tensor, fill: torch.Tensor, bicubic: bool,
     inside = (xin >= 0) & (xin < w) & (yin >= 0) & (yin < h)
     xs, ys = xin - 0.5, yin - 0.5
     x0, y0 = torch.floor(xs), torch.floor(ys)
-    dx, dy = xs - x0, ys - y0
+    dx, dy = (xs - x0)[:, None], (ys - y0)[:, None]
     x0, y0 = x0.long(), y0.long()
     flat = x.reshape(n, c, h * w).to(dtype)
+    offsets = (-1, 0, 1, 2) if bicubic else (0, 1)
+    cols = [(x0 + o).clamp_(0, w - 1) for o in offsets]             # clamped taps = PIL's XCLIP/YCLIP
+    rows = [(y0 + o).clamp_(0, h - 1).mul_(w) for o in offsets]
 
-    def tap(ox: int, oy: int) -> torch.Tensor:
-        idx = (y0 + oy).clamp(0, h - 1) * w + (x0 + ox).clamp(0, w - 1)
-        return flat.gather(2, idx[:, None].expand(n, c, -1))
+    def tap(i: int, j: int) -> torch.Tensor:
+        return flat.gather(2, (rows[j] + cols[i])[:, None].expand(n, c, -1))
 
-    dx, dy = dx[:, None], dy[:, None]
     if bicubic:
-        rows = [_cubic(tap(-1, k), tap(0, k), tap(1, k), tap(2, k), dx) for k in (-1, 0, 1, 2)]
-        v = _cubic(*rows, dy).clamp(0, 255)
+        v = _cubic_(*[_cubic_(tap(0, j), tap(1, j), tap(2, j), tap(3, j), dx) for j in range(4)], dy).clamp_(0, 255)
     else:
-        top = tap(0, 0) + (tap(1, 0) - tap(0, 0)) * dx
-        bot = tap(0, 1) + (tap(1, 1) - tap(0, 1)) * dx
-        v = top + (bot - top) * dy
-    v = torch.trunc(v).to(x.dtype)
+        top, bot = tap(0, 0), tap(0, 1)
+        top = tap(1, 0).sub_(top).mul_(dx).add_(top)                  # a + (b - a) * d, PIL's BILINEAR
+        bot = tap(1, 1).sub_(bot).mul_(dx).add_(bot)
+        v = bot.sub_(top).mul_(dy).add_(top)
+    v = v.trunc_().to(x.dtype)
     out = torch.where(inside[:, None], v, fill.to(dev, x.dtype).view(1, c, 1))
     return out.view(n, c, h, w)
