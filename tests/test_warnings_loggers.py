@@ -164,3 +164,16 @@ def test_run_warns_once_logs_csv_tensorboard_and_bars_stay(tmp_path, capsys, mon
     loss = acc.Scalars("train/loss")
     assert [e.step for e in loss] == [1, 2]
     assert loss[1].value == pytest.approx(float(rows[1]["loss"]), rel=1e-6)
+
+
+def test_run_eta_counts_steps_and_variants():
+    """The whole-run plan uses the configured optimizer steps and trains one student per variant."""
+    from noisystudent import runlog
+    from noisystudent.config import load_config
+    from conftest import ROOT
+    cfg = load_config(ROOT / "configs" / "fashion-mnist-1k.yaml")      # steps 2000 / 6000, 2 variants, 1 round
+    runlog.set_plan(cfg, 1000, 54000)
+    try:
+        assert runlog._PLAN.total == 2000 * 64 + (1 + 2) * 6000 * 32 * 4
+    finally:
+        runlog.clear_plan()
