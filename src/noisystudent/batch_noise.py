@@ -136,19 +136,20 @@ class BatchNoise:
         if x.dtype != torch.uint8 or x.dim() != 4:
             raise ValueError(f"expected a uint8 (B, C, H, W) batch, got {x.dtype} {tuple(x.shape)}")
         dev = x.device
-        fill = _fill(self.fill, x.shape[1])
+        d = d.to(dev)                           # a few hundred bytes; everything below stays on dev
+        fill = _fill(self.fill, x.shape[1]).to(dev)
         y = x.float()
         if self.crop_padding > 0:
-            y = _crop(y, d.crop.to(dev), self.crop_padding)
+            y = _crop(y, d.crop, self.crop_padding)
         if self.hflip:
-            y = torch.where(d.flip.to(dev).view(-1, 1, 1, 1), y.flip(-1), y)
+            y = torch.where(d.flip.view(-1, 1, 1, 1), y.flip(-1), y)
         if self.randaugment:
             dense = dev.type == "cuda" if self.dense is None else self.dense
             for layer in range(d.op.shape[1]):
                 y = _ra_layer(y, d.op[:, layer], d.apply[:, layer], d.magnitude[:, layer], d.negate[:, layer],
                               d.bicubic[:, layer], fill, self.ra_translate, dense, self.precise)
         if self.cutout > 0:
-            y = _cutout(y, d.cutout.to(dev), self.cutout, fill)
+            y = _cutout(y, d.cutout, self.cutout, fill)
         return y.to(torch.uint8)
 
 
@@ -182,7 +183,7 @@ def _cutout(y: torch.Tensor, centre: torch.Tensor, frac: float, fill: torch.Tens
     inr = (r >= y0[:, None]) & (r < y0[:, None] + side)
     inc = (q >= x0[:, None]) & (q < x0[:, None] + side)
     mask = (inr[:, :, None] & inc[:, None, :])[:, None]
-    return torch.where(mask, fill.to(y.device).view(1, c, 1, 1), y)
+    return torch.where(mask, fill.view(1, c, 1, 1), y)
 
 
 # RandAugment ----------------------------------------------------------------------------------------
@@ -255,14 +256,13 @@ def _warp_group(x, op, f, bicubic, fill, precise):
 def _ra_layer(y, op, apply, m, negate, bicubic, fill, translate, dense, precise):
     """One RandAugment layer: each image runs the op it drew (or none); ops are grouped by kind so a
     layer is five batched calls, not one per image."""
-    dev = y.device
-    op, apply, m, negate, bicubic = (t.to(dev) for t in (op, apply, m, negate, bicubic))
     h, w = y.shape[-2:]
     ints, f = _levels(op, m, negate, h, w, translate)
-    is_affine = torch.zeros_like(apply)
+    is_affine, is_lut = torch.zeros_like(apply), torch.zeros_like(apply)     # no host->device copies
     for i in _AFFINE_KIND:
         is_affine |= op == i
-    is_lut = torch.isin(op, torch.tensor([_ID[k] for k in _LUT_NAMES], device=dev))
+    for name in _LUT_NAMES:
+        is_lut |= op == _ID[name]
     groups = [(apply & is_lut, lambda x, s: _lut_group(x, op[s], ints[s], f[s], dense)),
               (apply & (op == _ID["Color"]), lambda x, s: ops.color(x, f[s])),
               (apply & (op == _ID["Sharpness"]), lambda x, s: ops.sharpness(x, f[s])),
@@ -282,9 +282,9 @@ def _ra_layer(y, op, apply, m, negate, bicubic, fill, translate, dense, precise)
 def apply_op(x: torch.Tensor, name: str, magnitude: float, *, negate: bool = False, bicubic: bool = False,
              fill=(128,), translate: float = 0.125, dense: bool = False, precise: bool = True) -> torch.Tensor:
     """One RandAugment op at one magnitude on every image of a uint8 batch (for tests and checks)."""
-    b = x.shape[0]
-    full = lambda v, dt: torch.full((b,), v, dtype=dt)
+    b, dev = x.shape[0], x.device
+    full = lambda v, dt: torch.full((b,), v, dtype=dt, device=dev)  # noqa: E731
     y = _ra_layer(x.float(), full(_ID[name], torch.int64), full(True, torch.bool),
                   full(float(magnitude), torch.float64), full(negate, torch.bool), full(bicubic, torch.bool),
-                  _fill(fill, x.shape[1]), translate, dense, precise)
+                  _fill(fill, x.shape[1]).to(dev), translate, dense, precise)
     return y.to(torch.uint8)

@@ -122,14 +122,12 @@ def color(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return _blend(gray_l(x), x, factor)
 
 
-_SMOOTH = torch.tensor([[1.0, 1, 1], [1, 5, 1], [1, 1, 1]])
-
-
 def sharpness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """ImageEnhance.Sharpness: blend with ImageFilter.SMOOTH (3x3 kernel / 13, rounded), whose
     one-pixel border PIL copies unfiltered. The integer kernel sum keeps the rounding exact."""
     n, c, h, w = x.shape
-    k = _SMOOTH.to(x.device, x.dtype).expand(c, 1, 3, 3)
+    k = torch.ones(c, 1, 3, 3, device=x.device, dtype=x.dtype)        # ImageFilter.SMOOTH: 1s, 5 centre
+    k[:, :, 1, 1] = 5
     s = F.conv2d(x, k, groups=c)                                       # (n, c, h-2, w-2) integers
     smooth = x.clone()
     smooth[:, :, 1:-1, 1:-1] = torch.floor(s / 13 + 0.5).clamp(0, 255)
@@ -212,5 +210,5 @@ def warp(x: torch.Tensor, coef: torch.Tensor, fill: torch.Tensor, bicubic: bool,
         bot = tap(1, 1).sub_(bot).mul_(dx).add_(bot)
         v = bot.sub_(top).mul_(dy).add_(top)
     v = v.trunc_().to(x.dtype)
-    out = torch.where(inside[:, None], v, fill.to(dev, x.dtype).view(1, c, 1))
+    out = torch.where(inside[:, None], v, fill.to(x.dtype).view(1, c, 1))
     return out.view(n, c, h, w)
