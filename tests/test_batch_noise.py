@@ -14,7 +14,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from timm.data import auto_augment as aa
 
-from noisystudent.batch_noise import RAND_OPS, BatchNoise, NoiseDraw, apply_op, step_generator
+from noisystudent.batch_noise import RAND_OPS, BatchNoise, GraphedNoise, NoiseDraw, apply_op, step_generator
 from noisystudent.config import DataConfig, NoiseConfig
 from noisystudent.data.transforms import TrainTransform, cutout_
 
@@ -276,3 +276,13 @@ def test_cuda_gives_the_cpu_result():
     x = _batch(_images(32, 16, 3))
     d = NOISE.draw(32, (16, 16), torch.Generator().manual_seed(9))
     assert torch.equal(NOISE.apply(x.cuda(), d).cpu(), NOISE.apply(x, d))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_graph_replays_the_eager_noise():
+    x = _batch(_images(32, 16, 3)).cuda()
+    g = GraphedNoise(NOISE, tuple(x.shape), "cuda")
+    for seed in range(3):
+        d = NOISE.draw(32, (16, 16), torch.Generator().manual_seed(seed))
+        assert torch.equal(g(x, d).cpu(), NOISE.apply(x.cpu(), d))

@@ -22,7 +22,7 @@ import torch
 
 from . import batch_ops as ops
 
-__all__ = ["RAND_OPS", "BatchNoise", "NoiseDraw", "step_generator", "apply_op"]
+__all__ = ["RAND_OPS", "BatchNoise", "NoiseDraw", "GraphedNoise", "step_generator", "apply_op"]
 
 # timm's _RAND_TRANSFORMS (the 'rand-' set without 'inc1'), in its order; tests check it is still timm's
 RAND_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd", "Color",
@@ -135,9 +135,12 @@ class BatchNoise:
         """uint8 (B, C, H, W) -> uint8 (B, C, H, W): crop, flip, RandAugment, Cutout, as drawn."""
         if x.dtype != torch.uint8 or x.dim() != 4:
             raise ValueError(f"expected a uint8 (B, C, H, W) batch, got {x.dtype} {tuple(x.shape)}")
+        d = d.to(x.device)                      # a few hundred bytes; everything below stays there
+        return self._apply(x, d, _fill(self.fill, x.shape[1]).to(x.device))
+
+    def _apply(self, x: torch.Tensor, d: NoiseDraw, fill: torch.Tensor) -> torch.Tensor:
+        # no host<->device traffic and no syncs in here when dense: GraphedNoise captures it
         dev = x.device
-        d = d.to(dev)                           # a few hundred bytes; everything below stays on dev
-        fill = _fill(self.fill, x.shape[1]).to(dev)
         y = x.float()
         if self.crop_padding > 0:
             y = _crop(y, d.crop, self.crop_padding)
@@ -151,6 +154,41 @@ class BatchNoise:
         if self.cutout > 0:
             y = _cutout(y, d.cutout, self.cutout, fill)
         return y.to(torch.uint8)
+
+
+class GraphedNoise:
+    """`BatchNoise.apply` (dense) for one batch shape on a CUDA device, captured as a CUDA graph:
+    a replay is one launch, where eager dense noise issues ~1,100 small kernels per batch (32 px,
+    2 layers) and costs the host more time than a small model's training step.
+
+        g = GraphedNoise(noise, (256, 3, 32, 32), "cuda")
+        out = g(x_uint8_on_cuda, noise.draw(256, (32, 32), gen))    # same result as noise.apply
+
+    The output tensor is reused by the next call: consume (or clone) it before calling again.
+    """
+
+    def __init__(self, noise: "BatchNoise", shape: tuple[int, int, int, int], device="cuda"):
+        b, c, h, w = shape
+        self.noise = dataclasses.replace(noise, dense=True)
+        self.x = torch.zeros(shape, dtype=torch.uint8, device=device)
+        self.draw = noise.draw(b, (h, w), torch.Generator().manual_seed(0)).to(device)
+        self.fill = _fill(noise.fill, c).to(device)
+        side = torch.cuda.Stream()              # warm-up off the capturing stream, as torch.cuda.graphs asks
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self.noise._apply(self.x, self.draw, self.fill)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = self.noise._apply(self.x, self.draw, self.fill)
+
+    def __call__(self, x: torch.Tensor, d: NoiseDraw) -> torch.Tensor:
+        self.x.copy_(x)
+        for f in dataclasses.fields(NoiseDraw):
+            getattr(self.draw, f.name).copy_(getattr(d, f.name), non_blocking=True)
+        self.graph.replay()
+        return self.out
 
 
 def _fill(fill, c: int) -> torch.Tensor:
@@ -255,7 +293,7 @@ def _warp_group(x, op, f, bicubic, fill, precise):
 
 def _ra_layer(y, op, apply, m, negate, bicubic, fill, translate, dense, precise):
     """One RandAugment layer: each image runs the op it drew (or none); ops are grouped by kind so a
-    layer is five batched calls, not one per image."""
+    layer is four or five batched calls, not one per image."""
     h, w = y.shape[-2:]
     ints, f = _levels(op, m, negate, h, w, translate)
     is_affine, is_lut = torch.zeros_like(apply), torch.zeros_like(apply)     # no host->device copies
@@ -265,9 +303,12 @@ def _ra_layer(y, op, apply, m, negate, bicubic, fill, translate, dense, precise)
         is_lut |= op == _ID[name]
     groups = [(apply & is_lut, lambda x, s: _lut_group(x, op[s], ints[s], f[s], dense)),
               (apply & (op == _ID["Color"]), lambda x, s: ops.color(x, f[s])),
-              (apply & (op == _ID["Sharpness"]), lambda x, s: ops.sharpness(x, f[s])),
-              (apply & is_affine & ~bicubic, lambda x, s: _warp_group(x, op[s], f[s], False, fill, precise)),
-              (apply & is_affine & bicubic, lambda x, s: _warp_group(x, op[s], f[s], True, fill, precise))]
+              (apply & (op == _ID["Sharpness"]), lambda x, s: ops.sharpness(x, f[s]))]
+    if dense:                                   # one set of coordinates and taps, both filters
+        groups.append((apply & is_affine, lambda x, s: _warp_group(x, op, f, bicubic, fill, precise)))
+    else:                                       # each image computes only its own filter
+        groups += [(apply & is_affine & ~bicubic, lambda x, s: _warp_group(x, op[s], f[s], False, fill, precise)),
+                   (apply & is_affine & bicubic, lambda x, s: _warp_group(x, op[s], f[s], True, fill, precise))]
     everyone = slice(None)
     for mask, fn in groups:
         if dense:
