@@ -175,7 +175,8 @@ def test_the_whole_chain_in_the_cpu_order(monkeypatch):
     out = dataclasses.replace(NOISE, crop_padding=2, cutout=0.5).apply(_batch(imgs), d)
     hp = {"translate_pct": 0.125, "img_mean": FILL3}
     for i, a in enumerate(imgs):
-        im = TF.crop(TF.pad(Image.fromarray(a), 2, padding_mode="reflect"), int(d.crop[i, 0]), int(d.crop[i, 1]), 12, 12)
+        top, left = int(d.crop[i, 0]), int(d.crop[i, 1])
+        im = TF.crop(TF.pad(Image.fromarray(a), 2, padding_mode="reflect"), top, left, 12, 12)
         im = TF.hflip(im) if d.flip[i] else im
         for k in range(2):
             if not d.apply[i, k]:
