@@ -9,7 +9,8 @@ random crop (reflect padding), flip, RandAugment m5 n2 and Cutout, as configs/ci
     DataLoader worker does), then stacked;
   * batched: `BatchNoise` on the whole batch, then normalised, on --device; `sparse` runs each op
     on the images that drew it, `dense` runs every op on every image and keeps what was drawn (no
-    host syncs, the GPU default); `f64` is PIL-exact geometry, `f32` float32 coordinates.
+    host syncs, the GPU default); `f64` is PIL-exact geometry, `f32` float32 coordinates; on CUDA,
+    `CUDA graph` replays the dense noise as one graph (`GraphedNoise`).
 Prints a markdown table of images/s.
 """
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from noisystudent.batch_noise import BatchNoise, step_generator  # noqa: E402
+from noisystudent.batch_noise import BatchNoise, GraphedNoise, step_generator  # noqa: E402
 from noisystudent.data.transforms import TrainTransform  # noqa: E402
 
 CASES = [  # name, size, channels, mean, std, crop padding, hflip, cutout
@@ -86,6 +87,13 @@ def main() -> None:
                 s, cpu = timed(fn, args.seconds, sync)
                 label = f"batched {'dense' if dense else 'sparse'} {'f64' if precise else 'f32'}"
                 rows.append((name, label, args.device, args.batch / s, args.batch / cpu))
+                if dense and dev.type == "cuda":        # the same noise replayed as one CUDA graph
+                    g = GraphedNoise(noise, tuple(x.shape), dev)
+                    hw = tuple(x.shape[-2:])
+                    draw = lambda: noise.draw(args.batch, hw, step_generator(0, next(step)))  # noqa: E731
+                    fn = lambda: (g(x, draw()).float() - m) / sd  # noqa: E731
+                    s, cpu = timed(fn, args.seconds, sync)
+                    rows.append((name, label + " CUDA graph", args.device, args.batch / s, args.batch / cpu))
     print(f"\nbatch {args.batch}, RandAugment m{args.magnitude} n{args.layers}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} torch threads, {platform.machine()}"
           + (f", {torch.cuda.get_device_name(dev)}" if dev.type == "cuda" else ""))

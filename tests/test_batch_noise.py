@@ -14,7 +14,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from timm.data import auto_augment as aa
 
-from noisystudent.batch_noise import RAND_OPS, BatchNoise, NoiseDraw, apply_op, step_generator
+from noisystudent.batch_noise import RAND_OPS, BatchNoise, GraphedNoise, NoiseDraw, apply_op, step_generator
 from noisystudent.config import DataConfig, NoiseConfig
 from noisystudent.data.transforms import TrainTransform, cutout_
 
@@ -160,6 +160,40 @@ def test_from_config_is_the_cpu_transforms_config():
     assert not BatchNoise.from_config(data).randaugment
 
 
+def test_the_whole_chain_in_the_cpu_order(monkeypatch):
+    """Crop, flip, two RandAugment layers, Cutout with chosen draws = the same steps done by
+    torchvision and timm on PIL images, in TrainTransform's order (grey level exact)."""
+    imgs = _images(5, 12, 3, seed=2)
+    d = _draw(5, crop=torch.tensor([[0, 4], [2, 2], [4, 0], [1, 3], [3, 1]]),
+              flip=torch.tensor([True, False, True, False, True]),
+              op=torch.tensor([[3, 8], [13, 1], [11, 10], [4, 14], [0, 12]]),
+              apply=torch.tensor([[True, True], [True, True], [True, False], [True, True], [False, True]]),
+              magnitude=torch.tensor([[9.0, 9.0], [7.5, 9.0], [9.0, 9.0], [9.0, 6.0], [9.0, 8.0]], dtype=torch.float64),
+              negate=torch.tensor([[True, False], [False, False], [True, True], [False, True], [False, True]]),
+              bicubic=torch.tensor([[False, True], [True, False], [True, True], [False, False], [False, True]]),
+              cutout=torch.tensor([[0, 0], [6, 6], [11, 3], [5, 11], [2, 8]]))
+    out = dataclasses.replace(NOISE, crop_padding=2, cutout=0.5).apply(_batch(imgs), d)
+    hp = {"translate_pct": 0.125, "img_mean": FILL3}
+    for i, a in enumerate(imgs):
+        top, left = int(d.crop[i, 0]), int(d.crop[i, 1])
+        im = TF.crop(TF.pad(Image.fromarray(a), 2, padding_mode="reflect"), top, left, 12, 12)
+        im = TF.hflip(im) if d.flip[i] else im
+        for k in range(2):
+            if not d.apply[i, k]:
+                continue
+            name = RAND_OPS[int(d.op[i, k])]
+            neg = bool(d.negate[i, k])
+            monkeypatch.setattr(aa, "_randomly_negate", (lambda v: -v) if neg else (lambda v: v))
+            level = aa.LEVEL_TO_ARG[name]
+            args = level(float(d.magnitude[i, k]), hp) if level else ()
+            im = aa.NAME_TO_OP[name](im, *args, fillcolor=FILL3,
+                                     resample=Image.BICUBIC if d.bicubic[i, k] else Image.BILINEAR)
+        ref = np.array(im)
+        cy, cx = int(d.cutout[i, 0]), int(d.cutout[i, 1])
+        ref[max(0, cy - 3):max(0, cy + 3), max(0, cx - 3):max(0, cx + 3)] = FILL3
+        np.testing.assert_array_equal(out[i].permute(1, 2, 0).numpy(), ref, err_msg=f"image {i}")
+
+
 # 3. the same distribution as timm's RandAugment ----------------------------------------------------
 
 def test_op_choice_probability_sign_and_filter_match_timm():
@@ -276,3 +310,13 @@ def test_cuda_gives_the_cpu_result():
     x = _batch(_images(32, 16, 3))
     d = NOISE.draw(32, (16, 16), torch.Generator().manual_seed(9))
     assert torch.equal(NOISE.apply(x.cuda(), d).cpu(), NOISE.apply(x, d))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_graph_replays_the_eager_noise():
+    x = _batch(_images(32, 16, 3)).cuda()
+    g = GraphedNoise(NOISE, tuple(x.shape), "cuda")
+    for seed in range(3):
+        d = NOISE.draw(32, (16, 16), torch.Generator().manual_seed(seed))
+        assert torch.equal(g(x, d).cpu(), NOISE.apply(x.cpu(), d))

@@ -22,7 +22,7 @@ import torch
 
 from . import batch_ops as ops
 
-__all__ = ["RAND_OPS", "BatchNoise", "NoiseDraw", "step_generator", "apply_op"]
+__all__ = ["RAND_OPS", "BatchNoise", "NoiseDraw", "GraphedNoise", "step_generator", "apply_op"]
 
 # timm's _RAND_TRANSFORMS (the 'rand-' set without 'inc1'), in its order; tests check it is still timm's
 RAND_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd", "Color",
@@ -126,21 +126,60 @@ class BatchNoise:
         """uint8 (B, C, H, W) -> uint8 (B, C, H, W): crop, flip, RandAugment, Cutout, as drawn."""
         if x.dtype != torch.uint8 or x.dim() != 4:
             raise ValueError(f"expected a uint8 (B, C, H, W) batch, got {x.dtype} {tuple(x.shape)}")
+        d = d.to(x.device)                      # a few hundred bytes; everything below stays there
+        return self._apply(x, d, _fill(self.fill, x.shape[1]).to(x.device))
+
+    def _apply(self, x: torch.Tensor, d: NoiseDraw, fill: torch.Tensor) -> torch.Tensor:
+        # no host<->device traffic and no syncs in here when dense: GraphedNoise captures it
         dev = x.device
-        fill = _fill(self.fill, x.shape[1])
         y = x.float()
         if self.crop_padding > 0:
-            y = _crop(y, d.crop.to(dev), self.crop_padding)
+            y = _crop(y, d.crop, self.crop_padding)
         if self.hflip:
-            y = torch.where(d.flip.to(dev).view(-1, 1, 1, 1), y.flip(-1), y)
+            y = torch.where(d.flip.view(-1, 1, 1, 1), y.flip(-1), y)
         if self.randaugment:
             dense = dev.type == "cuda" if self.dense is None else self.dense
             for layer in range(d.op.shape[1]):
                 y = _ra_layer(y, d.op[:, layer], d.apply[:, layer], d.magnitude[:, layer], d.negate[:, layer],
                               d.bicubic[:, layer], fill, self.ra_translate, dense, self.precise)
         if self.cutout > 0:
-            y = _cutout(y, d.cutout.to(dev), self.cutout, fill)
+            y = _cutout(y, d.cutout, self.cutout, fill)
         return y.to(torch.uint8)
+
+
+class GraphedNoise:
+    """`BatchNoise.apply` (dense) for one batch shape on a CUDA device, captured as a CUDA graph:
+    a replay is one launch, where eager dense noise issues ~1,100 small kernels per batch (32 px,
+    2 layers) and costs the host more time than a small model's training step.
+
+        g = GraphedNoise(noise, (256, 3, 32, 32), "cuda")
+        out = g(x_uint8_on_cuda, noise.draw(256, (32, 32), gen))    # same result as noise.apply
+
+    The output tensor is reused by the next call: consume (or clone) it before calling again.
+    """
+
+    def __init__(self, noise: "BatchNoise", shape: tuple[int, int, int, int], device="cuda"):
+        b, c, h, w = shape
+        self.noise = dataclasses.replace(noise, dense=True)
+        self.x = torch.zeros(shape, dtype=torch.uint8, device=device)
+        self.draw = noise.draw(b, (h, w), torch.Generator().manual_seed(0)).to(device)
+        self.fill = _fill(noise.fill, c).to(device)
+        side = torch.cuda.Stream()              # warm-up off the capturing stream, as torch.cuda.graphs asks
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self.noise._apply(self.x, self.draw, self.fill)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = self.noise._apply(self.x, self.draw, self.fill)
+
+    def __call__(self, x: torch.Tensor, d: NoiseDraw) -> torch.Tensor:
+        self.x.copy_(x)
+        for f in dataclasses.fields(NoiseDraw):
+            getattr(self.draw, f.name).copy_(getattr(d, f.name), non_blocking=True)
+        self.graph.replay()
+        return self.out
 
 
 def _fill(fill, c: int) -> torch.Tensor:
@@ -173,7 +212,7 @@ def _cutout(y: torch.Tensor, centre: torch.Tensor, frac: float, fill: torch.Tens
     inr = (r >= y0[:, None]) & (r < y0[:, None] + side)
     inc = (q >= x0[:, None]) & (q < x0[:, None] + side)
     mask = (inr[:, :, None] & inc[:, None, :])[:, None]
-    return torch.where(mask, fill.to(y.device).view(1, c, 1, 1), y)
+    return torch.where(mask, fill.view(1, c, 1, 1), y)
 
 
 # RandAugment ----------------------------------------------------------------------------------------
@@ -245,20 +284,22 @@ def _warp_group(x, op, f, bicubic, fill, precise):
 
 def _ra_layer(y, op, apply, m, negate, bicubic, fill, translate, dense, precise):
     """One RandAugment layer: each image runs the op it drew (or none); ops are grouped by kind so a
-    layer is five batched calls, not one per image."""
-    dev = y.device
-    op, apply, m, negate, bicubic = (t.to(dev) for t in (op, apply, m, negate, bicubic))
+    layer is four or five batched calls, not one per image."""
     h, w = y.shape[-2:]
     ints, f = _levels(op, m, negate, h, w, translate)
-    is_affine = torch.zeros_like(apply)
+    is_affine, is_lut = torch.zeros_like(apply), torch.zeros_like(apply)     # no host->device copies
     for i in _AFFINE_KIND:
         is_affine |= op == i
-    is_lut = torch.isin(op, torch.tensor([_ID[k] for k in _LUT_NAMES], device=dev))
+    for name in _LUT_NAMES:
+        is_lut |= op == _ID[name]
     groups = [(apply & is_lut, lambda x, s: _lut_group(x, op[s], ints[s], f[s], dense)),
               (apply & (op == _ID["Color"]), lambda x, s: ops.color(x, f[s])),
-              (apply & (op == _ID["Sharpness"]), lambda x, s: ops.sharpness(x, f[s])),
-              (apply & is_affine & ~bicubic, lambda x, s: _warp_group(x, op[s], f[s], False, fill, precise)),
-              (apply & is_affine & bicubic, lambda x, s: _warp_group(x, op[s], f[s], True, fill, precise))]
+              (apply & (op == _ID["Sharpness"]), lambda x, s: ops.sharpness(x, f[s]))]
+    if dense:                                   # one set of coordinates and taps, both filters
+        groups.append((apply & is_affine, lambda x, s: _warp_group(x, op, f, bicubic, fill, precise)))
+    else:                                       # each image computes only its own filter
+        groups += [(apply & is_affine & ~bicubic, lambda x, s: _warp_group(x, op[s], f[s], False, fill, precise)),
+                   (apply & is_affine & bicubic, lambda x, s: _warp_group(x, op[s], f[s], True, fill, precise))]
     everyone = slice(None)
     for mask, fn in groups:
         if dense:
@@ -273,9 +314,9 @@ def _ra_layer(y, op, apply, m, negate, bicubic, fill, translate, dense, precise)
 def apply_op(x: torch.Tensor, name: str, magnitude: float, *, negate: bool = False, bicubic: bool = False,
              fill=(128,), translate: float = 0.125, dense: bool = False, precise: bool = True) -> torch.Tensor:
     """One RandAugment op at one magnitude on every image of a uint8 batch (for tests and checks)."""
-    b = x.shape[0]
-    full = lambda v, dt: torch.full((b,), v, dtype=dt)
+    b, dev = x.shape[0], x.device
+    full = lambda v, dt: torch.full((b,), v, dtype=dt, device=dev)  # noqa: E731
     y = _ra_layer(x.float(), full(_ID[name], torch.int64), full(True, torch.bool),
                   full(float(magnitude), torch.float64), full(negate, torch.bool), full(bicubic, torch.bool),
-                  _fill(fill, x.shape[1]), translate, dense, precise)
+                  _fill(fill, x.shape[1]).to(dev), translate, dense, precise)
     return y.to(torch.uint8)

@@ -122,14 +122,12 @@ def color(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return _blend(gray_l(x), x, factor)
 
 
-_SMOOTH = torch.tensor([[1.0, 1, 1], [1, 5, 1], [1, 1, 1]])
-
-
 def sharpness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """ImageEnhance.Sharpness: blend with ImageFilter.SMOOTH (3x3 kernel / 13, rounded), whose
     one-pixel border PIL copies unfiltered. The integer kernel sum keeps the rounding exact."""
     n, c, h, w = x.shape
-    k = _SMOOTH.to(x.device, x.dtype).expand(c, 1, 3, 3)
+    k = torch.ones(c, 1, 3, 3, device=x.device, dtype=x.dtype)        # ImageFilter.SMOOTH: 1s, 5 centre
+    k[:, :, 1, 1] = 5
     s = F.conv2d(x, k, groups=c)                                       # (n, c, h-2, w-2) integers
     smooth = x.clone()
     smooth[:, :, 1:-1, 1:-1] = torch.floor(s / 13 + 0.5).clamp(0, 255)
@@ -173,16 +171,19 @@ def _cubic_(v1, v2, v3, v4, d):
     return p4.mul_(d).add_(p3).mul_(d).add_(p2).mul_(d).add_(v2)
 
 
-def warp(x: torch.Tensor, coef: torch.Tensor, fill: torch.Tensor, bicubic: bool,
+def warp(x: torch.Tensor, coef: torch.Tensor, fill: torch.Tensor, bicubic: bool | torch.Tensor,
          dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Image.transform(AFFINE) for a batch: one (a..f) row per image, `fill` (C,) outside.
 
-    `dtype` is the precision of coordinates and interpolation: float64 is PIL's (C doubles) and
-    gives its result to the grey level; float32 is faster and can move a truncated pixel by one.
+    `bicubic` is one filter for all, or a per-image bool tensor (both computed from one set of
+    taps, then picked: the dense GPU path). `dtype` is the precision of coordinates and
+    interpolation: float64 is PIL's (C doubles) and gives its result to the grey level; float32
+    is faster and can move a truncated pixel by one.
     """
     n, c, h, w = x.shape
     if x.device.type == "cpu" and n > _CPU_CHUNK:     # temporaries of 64 images stay in a 1-2 MB L2
-        return torch.cat([warp(x[i:i + _CPU_CHUNK], coef[i:i + _CPU_CHUNK], fill, bicubic, dtype)
+        pick = lambda i: bicubic[i:i + _CPU_CHUNK] if torch.is_tensor(bicubic) else bicubic  # noqa: E731
+        return torch.cat([warp(x[i:i + _CPU_CHUNK], coef[i:i + _CPU_CHUNK], fill, pick(i), dtype)
                           for i in range(0, n, _CPU_CHUNK)])
     dev = x.device
     co = coef.to(dev, dtype)
@@ -197,20 +198,20 @@ def warp(x: torch.Tensor, coef: torch.Tensor, fill: torch.Tensor, bicubic: bool,
     dx, dy = (xs - x0)[:, None], (ys - y0)[:, None]
     x0, y0 = x0.long(), y0.long()
     flat = x.reshape(n, c, h * w).to(dtype)
-    offsets = (-1, 0, 1, 2) if bicubic else (0, 1)
-    cols = [(x0 + o).clamp_(0, w - 1) for o in offsets]             # clamped taps = PIL's XCLIP/YCLIP
-    rows = [(y0 + o).clamp_(0, h - 1).mul_(w) for o in offsets]
-
-    def tap(i: int, j: int) -> torch.Tensor:
-        return flat.gather(2, (rows[j] + cols[i])[:, None].expand(n, c, -1))
-
-    if bicubic:
-        v = _cubic_(*[_cubic_(tap(0, j), tap(1, j), tap(2, j), tap(3, j), dx) for j in range(4)], dy).clamp_(0, 255)
-    else:
-        top, bot = tap(0, 0), tap(0, 1)
-        top = tap(1, 0).sub_(top).mul_(dx).add_(top)                  # a + (b - a) * d, PIL's BILINEAR
-        bot = tap(1, 1).sub_(bot).mul_(dx).add_(bot)
+    cubic = bicubic is True or torch.is_tensor(bicubic)
+    linear = bicubic is False or torch.is_tensor(bicubic)
+    offsets = (-1, 0, 1, 2) if cubic else (0, 1)
+    cols = {o: (x0 + o).clamp_(0, w - 1) for o in offsets}          # clamped taps = PIL's XCLIP/YCLIP
+    rows = {o: (y0 + o).clamp_(0, h - 1).mul_(w) for o in offsets}
+    taps = {(i, j): flat.gather(2, (rows[j] + cols[i])[:, None].expand(n, c, -1)) for j in offsets for i in offsets}
+    if linear:                                  # PIL's BILINEAR, a + (b - a) * d; leaves the taps intact
+        top = (taps[1, 0] - taps[0, 0]).mul_(dx).add_(taps[0, 0])
+        bot = (taps[1, 1] - taps[0, 1]).mul_(dx).add_(taps[0, 1])
         v = bot.sub_(top).mul_(dy).add_(top)
+    if cubic:
+        r = [_cubic_(taps[-1, j], taps[0, j], taps[1, j], taps[2, j], dx) for j in offsets]
+        vc = _cubic_(*r, dy).clamp_(0, 255)
+        v = torch.where(bicubic.to(dev).view(-1, 1, 1), vc, v) if linear else vc
     v = v.trunc_().to(x.dtype)
-    out = torch.where(inside[:, None], v, fill.to(dev, x.dtype).view(1, c, 1))
+    out = torch.where(inside[:, None], v, fill.to(x.dtype).view(1, c, 1))
     return out.view(n, c, h, w)
