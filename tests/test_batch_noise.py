@@ -305,7 +305,7 @@ def test_shapes_and_dtypes(c, h, w):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: checks the on-device noise against the CPU result")
 def test_cuda_gives_the_cpu_result():
     x = _batch(_images(32, 16, 3))
     d = NOISE.draw(32, (16, 16), torch.Generator().manual_seed(9))
@@ -313,7 +313,7 @@ def test_cuda_gives_the_cpu_result():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: checks the on-device noise against the CPU result")
 def test_cuda_graph_replays_the_eager_noise():
     x = _batch(_images(32, 16, 3)).cuda()
     g = GraphedNoise(NOISE, tuple(x.shape), "cuda")

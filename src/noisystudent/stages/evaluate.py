@@ -3,7 +3,6 @@ covering a subset of the classes, ImageNet-A style), and robustness (corruptions
 FGSM) when enabled."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from ..artifacts import write_json
@@ -51,18 +50,10 @@ def robustness_images(source: Source, image_size: int, max_images: int, seed: in
     """A deterministic subset of the test set as uint8 NHWC at the model's resolution, so every
     model of a run is attacked/corrupted on the very same images."""
     from ..robustness.evaluate import subset_indices
+    from ..tensor_batches import decode_all        # the one "decode and resize to the model's size"
     idx = subset_indices(len(source), max_images or None, seed)
-    imgs = []
-    for i in idx:
-        a = source.load(int(i))
-        if a.shape[0] != image_size or a.shape[1] != image_size:
-            from PIL import Image
-            im = Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a).resize((image_size, image_size),
-                                                                                Image.BILINEAR)
-            a = np.asarray(im)
-            a = a[:, :, None] if a.ndim == 2 else a
-        imgs.append(a)
-    return np.stack(imgs), source.labels[idx]
+    images, _ = decode_all(source.subset(idx), image_size, skip_bad=False)
+    return images.permute(0, 2, 3, 1).contiguous().numpy(), source.labels[idx]
 
 
 def run_robustness(model, meta: dict, source: Source, ecfg, cache_dir, device, seed: int = 0) -> dict:
