@@ -53,6 +53,29 @@ def test_short_schedule():
     assert "8 passes over 5000" in rw.short_schedule("student r1", 600, 5000, 64)      # enough steps, too few passes
 
 
+def test_feature_map_collapse():
+    msg = rw.feature_map_collapse("teacher", "resnet18", 12, 32)
+    assert "resnet18 downsamples 32x but the images are 12 px" in msg and "data.image_size >= 32" in msg
+    assert "for the teacher" in msg
+    assert "for the student" in rw.feature_map_collapse("student r1", "resnet18", 16, 32)
+    assert rw.feature_map_collapse("teacher", "resnet18", 32, 32) is None       # 1x1 at the last stage only
+    assert rw.feature_map_collapse("teacher", "ns_cnn_s", 12, None) is None     # the model does not say
+
+
+def test_collapse_is_warned_from_the_model(tmp_path):
+    """The stage reads the reduction from timm's feature_info: resnet18 on 12 px images warns,
+    at 32 px it does not; our small-image models do not."""
+    from types import SimpleNamespace
+    from noisystudent.models import create_model
+    from noisystudent.stages.train import warn_collapse
+    for model, size, warned in (("resnet18", 12, True), ("resnet18", 32, False), ("ns_cnn_s", 12, False)):
+        ctx = SimpleNamespace(rank=0, run_dir=tmp_path / f"{model}{size}", cfg=SimpleNamespace(
+            data=SimpleNamespace(image_size=size)), layout=None)
+        into: dict = {}
+        warn_collapse("teacher", model, create_model(model, 3, 3), ctx, None, into)
+        assert bool(into) == warned, (model, size, into)
+
+
 def test_student_worse():
     t, s = {"top1": 0.80}, {"top1": 0.75}
     assert "75.00% on test" in rw.student_worse(1, t, s) and "round-0 teacher (80.00%)" in rw.student_worse(1, t, s)

@@ -1,10 +1,13 @@
 """Warnings about a run that will likely disappoint, each said once and kept for the report.
 
-Four checks, each a pure function that returns a message or None:
+Five checks, each a pure function that returns a message or None:
   - `threshold_filters_nothing`: select.threshold <= 1/num_classes keeps every pool image (the top
     class of a probability vector is always at least 1/num_classes sure);
   - `short_schedule`: too few optimizer steps to fit the labeled set (a tiny labeled set counted in
     epochs: 30 epochs of 100 images at batch 64 are 60 steps);
+  - `feature_map_collapse`: a model that downsamples by more than the image size (resnet18's 32 on
+    12 px images) ends in 1x1 maps, where BatchNorm normalises a handful of values and the
+    gradients can grow without bound (a NaN a few steps in, run to run);
   - `loss_rising`: the training loss at the end of a stage above the loss at its start;
   - `student_worse`: a round's noisy student below its teacher (on val when both have it, else test).
 (A one-class labeled set is not a warning: `RunContext.labeled` refuses it.)
@@ -23,7 +26,7 @@ from pathlib import Path
 
 from .layout import RunLayout
 
-__all__ = ["threshold_filters_nothing", "short_schedule", "loss_rising", "student_worse", "emit",
+__all__ = ["threshold_filters_nothing", "short_schedule", "feature_map_collapse", "loss_rising", "student_worse", "emit",
            "collect", "write_warnings", "read_warnings", "compare_round", "WARNINGS_FILE"]
 
 log = logging.getLogger("noisystudent")
@@ -58,6 +61,18 @@ def short_schedule(tag: str, steps: int, n_labeled: int, batch_size: int) -> str
     section = "teacher" if tag.startswith("teacher") else "student"
     return (f"{tag}: only {steps} optimizer steps ({passes:.0f} passes over {n_labeled} labeled images); "
             f"small-data recipes need >= {MIN_STEPS} steps and >= {MIN_PASSES} passes to fit — raise {section}.steps")
+
+
+def feature_map_collapse(tag: str, model_name: str, image_size: int | None, reduction: int | None) -> str | None:
+    """`reduction`: the model's total downsampling (timm's feature_info[-1]["reduction"]); None when
+    the model does not say (our small-image models, which keep their maps)."""
+    if not image_size or not reduction or image_size >= reduction:
+        return None
+    section = "teacher" if tag.startswith("teacher") else "student"
+    return (f"{tag}: {model_name} downsamples {reduction}x but the images are {image_size} px, so its last stages "
+            f"see 1x1 maps where BatchNorm normalises a handful of values and training can turn NaN; set "
+            f"data.image_size >= {reduction} (images are resized) or use a small-image model in models "
+            f"(ns_cnn_s, ns_wrn_28_2) for the {section}")
 
 
 def loss_rising(tag: str, losses: list[float]) -> str | None:

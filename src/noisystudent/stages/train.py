@@ -80,6 +80,7 @@ def train_teacher(ctx: RunContext) -> StageResult:
         source, n_lab = labeled_source(ctx, t.noise, t.batch_size)
         meta = ctx.model_meta(name, cfg.data.image_size, t.noise, "teacher")
         warns: dict = {}
+        warn_collapse("teacher", name, model, ctx, d, warns)
         warn_short_schedule("teacher", plan_steps(t, source.steps_per_epoch(ctx.world))[0], n_lab, t.batch_size,
                             ctx, d, warns)
         res = fit(model, t, source, out_dir=d, seed=seed_for(cfg.seed, "teacher"), meta=meta,
@@ -126,6 +127,7 @@ def train_student(ctx: RunContext, k: int, variant: str | None = None) -> StageR
                         k, cfg.select.threshold)
         total, warmup = joint_plan(cfg.student, n_pseudo, n_lab, ctx.world)
         warns: dict = {}
+        warn_collapse(tag, name, model, ctx, d, warns)
         warn_short_schedule(tag, total, n_lab, s.batch_size, ctx, d, warns)
         meta = ctx.model_meta(name, cfg.data.image_size, s.noise, "student")
         meta.update(round=k, variant=variant)
@@ -193,6 +195,14 @@ def warn_short_schedule(tag: str, steps: int, n_labeled: int, batch_size: int, c
     set (runwarnings.short_schedule); the warning goes into the stage's own list `into` too."""
     msg = runwarnings.short_schedule(tag, steps, n_labeled, batch_size)
     _emit(ctx, stage_dir, "short_schedule", msg, into)
+
+
+def warn_collapse(tag: str, name: str, model, ctx: RunContext, stage_dir, into: dict) -> None:
+    """Warn when `model` downsamples its input below 1x1 (runwarnings.feature_map_collapse)."""
+    info = getattr(model, "feature_info", None)
+    reduction = info[-1].get("reduction") if isinstance(info, list) and info and isinstance(info[-1], dict) else None
+    msg = runwarnings.feature_map_collapse(tag, name, ctx.cfg.data.image_size, reduction)
+    _emit(ctx, stage_dir, "feature_map_collapse", msg, into)
 
 
 def _warn_loss(ctx: RunContext, stage_dir, tag: str, history: list, into: dict) -> None:
