@@ -164,3 +164,26 @@ def test_run_warns_once_logs_csv_tensorboard_and_bars_stay(tmp_path, capsys, mon
     loss = acc.Scalars("train/loss")
     assert [e.step for e in loss] == [1, 2]
     assert loss[1].value == pytest.approx(float(rows[1]["loss"]), rel=1e-6)
+
+
+def test_report_log_axis_labels_are_plain_text(tmp_path):
+    """The report draws with mathtext off; the confidence histogram's log axis must still read 1, 10,
+    100 (the screenshot showed '$\\mathdefault{10^{1}}$')."""
+    import matplotlib
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from noisystudent.artifacts import write_json
+    from noisystudent.report.plots import _confidence
+    from noisystudent.report.rundata import STYLE, RunData
+    write_json(tmp_path / "summary.json", {"name": "t", "classes": ["a", "b"], "models": []})
+    (tmp_path / "round1" / "labels").mkdir(parents=True)
+    conf = np.concatenate([np.full(300, 0.99), np.linspace(0.5, 0.9, 20)]).astype(np.float32)
+    pq.write_table(pa.table({"confidence": conf}), tmp_path / "round1" / "labels" / "part-00000.parquet")
+    write_json(tmp_path / "round1" / "selection" / "selection.json", {"threshold": 0.6})
+    with matplotlib.rc_context({**STYLE, "text.parse_math": False}):
+        fig = _confidence(RunData(tmp_path))
+        fig.canvas.draw()
+        labels = [t.get_text() for ax in fig.axes for t in ax.get_yticklabels(which="both") if t.get_text()]
+    assert labels and not any("$" in t or "mathdefault" in t for t in labels), labels
+    assert "100" in labels
