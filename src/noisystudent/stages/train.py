@@ -137,12 +137,12 @@ def train_student(ctx: RunContext, k: int, variant: str | None = None) -> StageR
         noise_tf = create_train_transform(cfg.data, s.noise)
         lab = LabeledDataset(ctx.labeled, noise_tf, skip_bad=ctx.policy("labeled") == "skip")
         pseudo, n_pseudo = _pseudo_dataset(ctx, inputs["selection"] / "selection.parquet", noise_tf)
-        if n_pseudo == 0:
-            log.warning("round %d: no pool image passed select.threshold=%s; the student trains on the "
-                        "labeled images only (lower the threshold or train the teacher longer)",
-                        k, cfg.select.threshold)
         total, warmup = joint_plan(cfg.student, n_pseudo, len(lab), ctx.world)
         warns: dict = {}
+        if n_pseudo == 0 and ctx.rank == 0:       # one key per round: its variants share the selection
+            runwarnings.emit(ctx.run_dir, f"no_pseudo_labels:round{k}", f"round {k}: no pool image passed "
+                             f"select.threshold={cfg.select.threshold}; the student trains on the labeled images "
+                             "only (lower the threshold or train the teacher longer)", warns)
         warn_short_schedule(tag, total, len(lab), s.batch_size, ctx, d, warns)
         s_run = dataclasses.replace(s, steps=total, warmup_steps=warmup)
         meta = ctx.model_meta(name, cfg.data.image_size, s.noise, "student")
