@@ -137,15 +137,25 @@ def main():
     ap.add_argument("--ablations", default="none")
     ap.add_argument("--variants", default="no_noise,supervised",
                     help="round-1 variants trained inside the baseline run ('' for none)")
-    ap.add_argument("--seeds", default="0", help="comma-separated seeds, or a count: '3' = 0,1,2")
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds, or a count: '3' = 0,1,2; '2,' = seed 2 only")
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--runs", default=str(ROOT / "runs" / "bench"))
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks"))
     ap.add_argument("--name", default="", help="table name (default: the config's)")
+    ap.add_argument("--combine", nargs="+", metavar="JSON",
+                    help="write the tables from these outputs of earlier runs (e.g. one per seed, run in "
+                         "parallel) instead of training")
     args = ap.parse_args()
     path = resolve_config_path(args.config)
+    if args.combine:
+        parts = [json.loads(Path(f).read_text()) for f in args.combine]
+        rows = [r for p in parts for r in p["rows"]]
+        write_tables(Path(args.out), args.name or Path(path).stem, rows, sum(p["meta"]["total_s"] for p in parts),
+                     sys.argv[1:])
+        return
+    # '3' = seeds 0,1,2 (a count); '2,' or '0,2' = exactly those seeds
     seeds = list(range(int(args.seeds))) if "," not in args.seeds and int(args.seeds) > 1 else \
-        [int(s) for s in args.seeds.split(",")]
+        [int(s) for s in args.seeds.split(",") if s]
     names = [] if args.ablations == "none" else (list(ABLATIONS) if args.ablations == "all" else args.ablations.split(","))
     variants = [v for v in args.variants.split(",") if v]
     rows, t_all = [], time.perf_counter()
@@ -170,7 +180,7 @@ def main():
 
 def machine() -> dict:
     import torch
-    from noisystudent.engine import cpu_has_native_bf16
+    from noisystudent.distributed import cpu_has_native_bf16
     try:
         flags = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
         model = next((l.split(":", 1)[1].strip() for l in flags.splitlines() if l.startswith("Model name")), "")

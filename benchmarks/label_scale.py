@@ -125,7 +125,7 @@ def run_one(n: int, args) -> dict:
         ctx = RunContext(cfg, tmp / "run", "cpu")
         _ = ctx.classes                                  # imports + the labeled set (class names)
         rss_base = _current_rss_mb()
-        tdir = ctx.stage_dir(0, "teacher")
+        tdir = ctx.layout.model(0, "teacher")
         torch.manual_seed(0)
         model = create_model("ns_cnn_s", len(ctx.classes), 1)
         save_model(tdir / "model.pt", model, ctx.model_meta("ns_cnn_s", 28, cfg.teacher.noise, "teacher"))

@@ -50,7 +50,7 @@ def main():
     summary = run(cfg, run_dir=args.runs, force=True, report=False)
     wall = time.perf_counter() - t
     ctx = RunContext(cfg, args.runs)
-    model, meta = load_model(ctx.stage_dir(0, "teacher") / "model.pt")
+    model, meta = load_model(ctx.layout.model(0, "teacher") / "model.pt")
     at32 = evaluate_source(model, meta, ctx.test, 256, "cpu", image_size=32)["top1"]
     by = {m["which"]: m for m in summary["models"]}
     rows = [("train 24 px, test 24 px", by["teacher"]["top1"]), ("train 24 px, test 32 px (no fine-tune)", at32),

@@ -6,6 +6,7 @@ Measures, on CIFAR-10 at 32 px (extracted from ../shared/data if needed; synthet
   * bare train step: forward + backward + SGD on tensors already in memory
   * `engine.fit` teacher epoch (labeled batches, un-noised and with RandAugment)
   * `engine.fit` student epoch (joint batches, ratio 3, RandAugment + dropout + stochastic depth)
+  * both again with the noise applied per batch on the device (`data.augment_on: device`)
   * bare inference vs the `label` stage's `predict_shard`
   * model FLOPs (torch's FlopCounterMode) x images/s as a fraction of a measured matmul peak
 Prints one table and writes docs/benchmarks/throughput.{json,md}.
@@ -32,9 +33,11 @@ os.environ.setdefault("NOISYSTUDENT_PROGRESS", "0")
 from noisystudent.config import DataConfig, NoiseConfig, SourceConfig, TrainConfig  # noqa: E402
 from noisystudent.data import (ArraySource, LabeledDataset, PseudoDataset, create_source,  # noqa: E402
                                create_train_transform)
-from noisystudent.engine import autocast_dtype, fit  # noqa: E402
+from noisystudent.batches import JointBatches, LabeledBatches  # noqa: E402
+from noisystudent.distributed import autocast_dtype  # noqa: E402
+from noisystudent.engine import fit  # noqa: E402
 from noisystudent.models import create_model  # noqa: E402
-from noisystudent.stages.label import predict_shard  # noqa: E402
+from noisystudent.labels import predict_shard  # noqa: E402
 
 DEVICE = torch.device("cpu")
 MEAN, STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
@@ -115,20 +118,35 @@ def bare_infer(name, batch, steps) -> float:
     return batch * steps / (time.perf_counter() - t)
 
 
-def ours_train(name, src, batch, steps, amp, workers, noise: NoiseConfig, ratio=0) -> float:
+def ours_train(name, src, batch, steps, amp, workers, noise: NoiseConfig, ratio=0, on_device=False) -> float:
+    """img/s of `engine.fit`'s second epoch. on_device: the images as one uint8 tensor on DEVICE and
+    the noise applied per batch there (data.augment_on=device), else PIL in DataLoader workers."""
     data = DataConfig(image_size=32, in_chans=3, mean=MEAN, std=STD, crop_padding=4, hflip=True, workers=workers)
-    tf = create_train_transform(data, noise)
     cfg = TrainConfig(model=name, epochs=2, batch_size=batch, lr=0.01, warmup_epochs=0, amp=amp, noise=noise)
     m = create_model(name, 10, 3, noise.drop_rate, noise.drop_path_rate)
-    lab = LabeledDataset(src.subset(np.arange(min(len(src), steps * batch))), tf)
-    pse = None
-    if ratio:
-        n = steps * batch * ratio
-        idx = np.arange(n) % len(src)
-        pse = PseudoDataset(src.subset(idx), np.arange(n), np.full((n, 10), 0.1, np.float32), np.ones(n, int), tf)
+    lab_src = src.subset(np.arange(min(len(src), steps * batch)))
+    n = steps * batch * ratio
+    pse_src = src.subset(np.arange(n) % len(src)) if ratio else None
+    targets, copies = np.full((n, 10), 0.1, np.float32), np.ones(n, int)
+    if on_device:
+        from noisystudent.batch_noise import BatchNoise
+        from noisystudent.tensor_batches import TensorLabeledBatches, TensorPseudoBatches, decode_all
+        bn = BatchNoise.from_config(data, noise if noise.randaugment else None)
+        images, _ = decode_all(lab_src, 32, False)
+        source = TensorLabeledBatches(images.to(DEVICE), lab_src.labels, bn, MEAN, STD, batch)
+        if ratio:
+            pimages, _ = decode_all(pse_src, 32, False)
+            source = JointBatches(source, TensorPseudoBatches(pimages.to(DEVICE), targets, copies, bn, MEAN, STD,
+                                                              batch * ratio))
+    else:
+        tf = create_train_transform(data, noise)
+        lab = LabeledDataset(lab_src, tf)
+        source = LabeledBatches(lab, batch, workers)
+        if ratio:
+            source = JointBatches.of_datasets(lab, PseudoDataset(pse_src, np.arange(n), targets, copies, tf),
+                                              batch, ratio, workers)
     with tempfile.TemporaryDirectory() as d:
-        res = fit(m, cfg, labeled_ds=lab, pseudo_ds=pse, ratio=ratio, out_dir=d, seed=0, meta={},
-                  workers=workers, device=DEVICE)
+        res = fit(m, cfg, source, out_dir=d, seed=0, meta={}, device=DEVICE)
     return res.history[-1]["images_per_s"]       # epoch 2: warm (allocator, thread pool, workers)
 
 
@@ -179,6 +197,12 @@ def main():
                 ours_train(args.model, src, B, S, amp, w, NoiseConfig(True, drop_rate=0.0, drop_path_rate=0.0)), bare, 3)
             add("student joint (ratio 3, all noise)", amp, w,
                 ours_train(args.model, src, B, max(3, S // 4), amp, w, noise, ratio=3), bare_noisy, 3)
+        # the on-device path (data.augment_on=device): no workers, the noise runs on DEVICE
+        add("teacher train (+RandAugment, device)", amp, 0,
+            ours_train(args.model, src, B, S, amp, 0, NoiseConfig(True, drop_rate=0.0, drop_path_rate=0.0),
+                       on_device=True), bare, 3)
+        add("student joint (all noise, device)", amp, 0,
+            ours_train(args.model, src, B, max(3, S // 4), amp, 0, noise, ratio=3, on_device=True), bare_noisy, 3)
     bi = bare_infer(args.model, 256, 8)
     add("label (predict_shard)", "off", 0, ours_label(args.model, src.subset(np.arange(min(2048, len(src)))), 256), bi, 1)
 

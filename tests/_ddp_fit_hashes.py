@@ -23,8 +23,8 @@ def main():
     out = sys.argv[1]
     orig_fit = train_mod.fit
 
-    def fit(model, cfg, **kw):
-        res = orig_fit(model, cfg, **kw)
+    def fit(model, cfg, source, **kw):
+        res = orig_fit(model, cfg, source, **kw)
         rank = int(os.environ.get("RANK", 0))
         with open(os.path.join(out, f"{kw['desc'].replace(' ', '_')}.rank{rank}"), "w") as f:
             f.write(f"{state_hash(res.model.state_dict())} {state_hash(model.state_dict())}\n")

@@ -1,8 +1,8 @@
 """Bad input gets one clear line (exit code != 0, no traceback) and leaves no partial artifact.
 
 Most cases run the CLI in a subprocess, as a user meets them, on tiny generated image folders
-(3 classes, 8x8 PNGs) with a tiny YAML config. Disk-full, divergence after a good epoch and
-`safe_join` are checked in-process, where the fault can be injected.
+(3 classes, 8x8 PNGs) with a tiny YAML config. Disk-full, divergence after a good epoch
+are checked in-process, where the fault can be injected.
 """
 from __future__ import annotations
 
@@ -406,6 +406,7 @@ def test_divergence_after_a_good_epoch_keeps_its_checkpoint(tmp_path, monkeypatc
     does. The run stops with one line naming the kept checkpoint, which is epoch 1's, intact."""
     import noisystudent.engine as engine
     from noisystudent.artifacts import load_checkpoint
+    from noisystudent.batches import LabeledBatches
     from noisystudent.errors import TrainingDiverged
     from noisystudent.models import create_model
     ds, cfg = _tiny_fit_setup()
@@ -413,15 +414,16 @@ def test_divergence_after_a_good_epoch_keeps_its_checkpoint(tmp_path, monkeypatc
     calls = {"n": 0}
     steps = len(ds) // cfg.batch_size
     assert steps >= 3
+    fit_kw = {}
     if how == "loss":
-        real = engine.joint_loss
+        from noisystudent.batches import joint_step_loss
+        real = joint_step_loss(1.0, 0.0)
 
-        def poisoned(logits, *a, **k):
+        def poisoned(logits, b):
             calls["n"] += 1
-            loss, parts = real(logits, *a, **k)
+            loss, parts = real(logits, b)
             return (loss * float("nan") if calls["n"] == steps + 2 else loss), parts    # epoch 2, step 2
-
-        monkeypatch.setattr(engine, "joint_loss", poisoned)
+        fit_kw["loss"] = poisoned
     else:
         bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
 
@@ -431,7 +433,8 @@ def test_divergence_after_a_good_epoch_keeps_its_checkpoint(tmp_path, monkeypatc
                 m.running_mean.fill_(float("inf"))           # train mode uses batch stats: loss stays finite
         bn.register_forward_pre_hook(poison_stats)
     with pytest.raises(TrainingDiverged) as e:
-        engine.fit(model, cfg, labeled_ds=ds, out_dir=tmp_path, seed=0, meta={}, desc="teacher")
+        engine.fit(model, cfg, LabeledBatches(ds, cfg.batch_size), out_dir=tmp_path, seed=0, meta={},
+                   desc="teacher", **fit_kw)
     msg = str(e.value)
     assert "\n" not in msg
     assert ("loss became nan at epoch 2" if how == "loss" else "weights became NaN/inf during epoch 2") in msg
@@ -568,21 +571,19 @@ def test_disk_full_during_a_run_is_one_line_and_the_rerun_continues(data, tmp_pa
 # ------------------------------------------------------------------------------------------------
 # paths
 
-@pytest.mark.parametrize("rel", ["../outside.json", "a/../../outside.json", "/etc/passwd", "a/b/../../../x"])
-def test_safe_join_refuses_paths_escaping_the_root(tmp_path, rel):
-    from noisystudent.artifacts import safe_join
-    root = tmp_path / "root"
-    root.mkdir()
-    with pytest.raises(UserError, match=r"path '.*' escapes its root .*; refusing to write there"):
-        safe_join(root, rel)
 
 
-def test_safe_join_follows_symlinks_and_allows_paths_inside(tmp_path):
-    from noisystudent.artifacts import safe_join
-    root = tmp_path / "root"
-    (root / "a").mkdir(parents=True)
-    (root / "link").symlink_to(tmp_path)                     # a link inside pointing outside
-    with pytest.raises(UserError, match="escapes its root"):
-        safe_join(root, "link/stolen.json")
-    assert safe_join(root, "a/b/../c.json") == (root / "a" / "c.json").resolve()
-    assert safe_join(root, "a") == (root / "a").resolve()
+def test_value_error_inside_a_stage_is_a_user_error_naming_the_stage(tmp_path):
+    """Inner code raising ValueError (bad data/config reaching numpy, torch, pyarrow) becomes one
+    UserError line naming the stage, not 'internal error'; the stage stays unfinished."""
+    from noisystudent.artifacts import read_stage
+    from noisystudent.config import load_config
+    from noisystudent.stages.common import RunContext, run_stage
+
+    def body(d):
+        raise ValueError("expected a non-empty array\nsecond line")
+    ctx = RunContext(load_config("configs/digits-demo.yaml"), tmp_path)
+    with pytest.raises(UserError) as e:
+        run_stage(ctx, tmp_path / "round0" / "teacher", {"x": 1}, {}, body)
+    assert str(e.value) == "round0/teacher: expected a non-empty array"
+    assert read_stage(tmp_path / "round0" / "teacher")["status"] == "running"

@@ -1,16 +1,17 @@
 """Issue 13: the noise and the schedule do what the config says (each test failed before its fix)."""
-import math
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from noisystudent.config import DataConfig, NoiseConfig, SourceConfig, TrainConfig, load_config
+from noisystudent.config import NoiseConfig, SourceConfig, TrainConfig, load_config
 from noisystudent.data import LabeledDataset, create_source
 from noisystudent.data.transforms import TrainTransform, cutout_
-from noisystudent.engine import (autocast_dtype, create_scheduler, effective_ema_decay, ema_decay_at, fit,
-                                 plan_steps)
+from noisystudent.batches import LabeledBatches
+from noisystudent.distributed import autocast_dtype
+from noisystudent.engine import fit
+from noisystudent.schedule import create_scheduler, effective_ema_decay, ema_decay_at, plan_steps
 from noisystudent.errors import UserError
 from noisystudent.models import create_model
 from noisystudent.pseudo import joint_loss, pseudo_weight
@@ -41,7 +42,8 @@ def _fit_digits(tmp_path, **train):
                         lambda a: torch.from_numpy(a).permute(2, 0, 1).float() / 255)
     cfg = TrainConfig(batch_size=8, lr=0.05, noise=NoiseConfig(False, cutout=0.0, drop_rate=0.0, drop_path_rate=0.0),
                       **train)
-    return fit(create_model("ns_cnn_s", 10, 1), cfg, labeled_ds=ds, out_dir=tmp_path, seed=0, meta={})
+    return fit(create_model("ns_cnn_s", 10, 1), cfg, LabeledBatches(ds, cfg.batch_size), out_dir=tmp_path, seed=0,
+               meta={})
 
 
 def test_fit_trains_exactly_the_configured_steps_and_ends_at_lr_min(tmp_path):
@@ -140,7 +142,7 @@ def test_cutout_zeroes_a_square_of_the_configured_side():
 # amp: auto ---------------------------------------------------------------------------------------
 
 def test_amp_auto_picks_bf16_only_where_native(monkeypatch):
-    import noisystudent.engine as eng
+    import noisystudent.distributed as eng
     monkeypatch.setattr(eng, "cpu_has_native_bf16", lambda: False)
     assert autocast_dtype("auto", torch.device("cpu")) is None
     monkeypatch.setattr(eng, "cpu_has_native_bf16", lambda: True)

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from noisystudent.config import NoiseConfig, SourceConfig, TrainConfig
-from noisystudent.data import LabeledDataset, PseudoDataset, create_source, create_train_transform, make_loader
+from noisystudent.data import LabeledDataset, PseudoDataset, create_source, create_train_transform
+from noisystudent.batches import JointBatches, LabeledBatches
 from noisystudent.engine import fit
 from noisystudent.errors import UserError
 from noisystudent.models import count_params, create_model, freeze_stages
@@ -65,7 +66,7 @@ def _cfg(**kw):
 
 def test_training_lowers_the_loss(tmp_path):
     ds = LabeledDataset(_digits(10), _tf())
-    res = fit(create_model("ns_cnn_s", 10, 1), _cfg(epochs=6), labeled_ds=ds, out_dir=tmp_path, seed=0, meta={})
+    res = fit(create_model("ns_cnn_s", 10, 1), _cfg(epochs=6), LabeledBatches(ds, 16), out_dir=tmp_path, seed=0, meta={})
     losses = [h["loss"] for h in res.history]
     assert losses[-1] < losses[0] * 0.8
     assert {"lr", "images_per_s", "epoch", "loss_labeled"} <= set(res.history[0])
@@ -79,7 +80,7 @@ def test_checkpoint_round_trip_and_exact_resume(tmp_path):
     def model():
         torch.manual_seed(1)
         return create_model("ns_cnn_s", 10, 1, 0.3, 0.2)
-    ref = fit(model(), cfg, labeled_ds=ds, out_dir=tmp_path / "a", seed=5, meta={"k": 1}).model.state_dict()
+    ref = fit(model(), cfg, LabeledBatches(ds, cfg.batch_size), out_dir=tmp_path / "a", seed=5, meta={"k": 1}).model.state_dict()
 
     class Killed(Exception):
         pass
@@ -91,10 +92,10 @@ def test_checkpoint_round_trip_and_exact_resume(tmp_path):
         return {}
     calls = []
     with pytest.raises(Killed):
-        fit(model(), cfg, labeled_ds=ds, out_dir=tmp_path / "b", seed=5, meta={}, eval_fn=die_in_epoch_2)
+        fit(model(), cfg, LabeledBatches(ds, cfg.batch_size), out_dir=tmp_path / "b", seed=5, meta={}, eval_fn=die_in_epoch_2)
     ck = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
     assert ck["epoch"] == 1 and ck["ema"] is not None and ck["optimizer"]["state"]
-    res = fit(model(), cfg, labeled_ds=ds, out_dir=tmp_path / "b", seed=5, meta={})
+    res = fit(model(), cfg, LabeledBatches(ds, cfg.batch_size), out_dir=tmp_path / "b", seed=5, meta={})
     assert res.resumed_from == 1 and len(res.history) == 3
     for k, v in ref.items():
         assert torch.equal(v, res.model.state_dict()[k]), k
@@ -107,22 +108,46 @@ def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(tmp_path):
     # It diverges within epoch 1, so there is no checkpoint to keep, and the message must not claim one
     # (tests/test_bad_inputs.py covers divergence after a good epoch: that checkpoint is kept).
     with pytest.raises(TrainingDiverged, match="loss became .* no epoch had finished, so there is no checkpoint"):
-        fit(create_model("ns_cnn_s", 10, 1), cfg, labeled_ds=ds, out_dir=tmp_path, seed=0, meta={})
+        fit(create_model("ns_cnn_s", 10, 1), cfg, LabeledBatches(ds, cfg.batch_size), out_dir=tmp_path, seed=0, meta={})
     assert not (tmp_path / "checkpoint.pt").exists()
 
 
-def test_joint_batches_have_the_configured_ratio():
+def test_joint_batches_have_the_configured_ratio_and_replay():
     lab = LabeledDataset(_digits(), _tf())
     pool = create_source(SourceConfig(kind="digits", per_class=6, subset="rest", fraction=0.1), 1)
     targets = np.eye(10, dtype=np.float32)[np.zeros(len(pool), int)]
     pse = PseudoDataset(pool, np.arange(len(pool)), targets, np.ones(len(pool), int), _tf())
     B, ratio, steps = 4, 3, 5
-    lab_l = make_loader(lab, B, steps * B, seed=1)
-    pse_l = make_loader(pse, B * ratio, steps * B * ratio, seed=2)
-    pairs = list(zip(lab_l, pse_l))
-    assert len(pairs) == steps
-    for (xl, yl, _), (xu, tu, _) in pairs:
-        assert len(xl) == B and len(xu) == ratio * B and tu.shape == (ratio * B, 10)
+    src = JointBatches.of_datasets(lab, pse, B, ratio)
+    assert src.steps_per_epoch() == -(-len(pse) // (B * ratio))      # an epoch is one pass over the pool
+    torch.manual_seed(0)                    # augmentation draws from the RNGs the trainer seeds per epoch
+    batches = list(src.epoch(seed=1, epoch=0, steps=steps))
+    assert len(batches) == steps
+    for b in batches:
+        assert len(b.x) == B + ratio * B and len(b.y) == B and b.targets.shape == (ratio * B, 10)
+    torch.manual_seed(0)
+    again = list(src.epoch(seed=1, epoch=0, steps=steps))           # a resumed epoch sees the same batches
+    assert all(torch.equal(a.x, b.x) and torch.equal(a.y, b.y) for a, b in zip(batches, again))
+    torch.manual_seed(0)
+    other = list(src.epoch(seed=1, epoch=1, steps=steps))
+    assert not all(torch.equal(a.x, b.x) for a, b in zip(batches, other))
+
+
+def test_a_new_mode_is_a_source_and_a_loss(tmp_path):
+    """The trainer takes any batch source and step loss: here pseudo-only batches with a loss that
+    only sees the pseudo rows (no new branch in the loop)."""
+    from noisystudent.batches import PseudoBatches
+    pool = create_source(SourceConfig(kind="digits", per_class=6), 1)
+    targets = np.eye(10, dtype=np.float32)[pool.labels]
+    pse = PseudoDataset(pool, np.arange(len(pool)), targets, np.ones(len(pool), int), _tf())
+    seen = []
+
+    def loss(logits, b):
+        seen.append((len(b.y), len(b.targets)))
+        return -(b.targets * logits.log_softmax(1)).sum(1).mean(), {"loss_pseudo": 0.0}
+    res = fit(create_model("ns_cnn_s", 10, 1), _cfg(epochs=2), PseudoBatches(pse, 12), loss=loss,
+              out_dir=tmp_path, seed=0, meta={})
+    assert len(res.history) == 2 and set(seen) == {(0, 12)}
 
 
 def test_noise_switches_change_model_and_transform():
@@ -149,3 +174,23 @@ def test_noise_switches_change_model_and_transform():
         outs.add(ra(img).numpy().tobytes())
     assert len(outs) > 1
     assert torch.equal(plain(img), plain(img))
+
+
+def test_periodic_validation_keeps_the_best_weights(tmp_path):
+    """eval_every counts optimizer steps (evaluated at the end of the epoch that reaches a multiple,
+    and after the last); best_key keeps the weights that scored best there, also across a resume."""
+    import copy
+    from noisystudent.artifacts import load_checkpoint
+    ds = LabeledDataset(_digits(), _tf())
+    per_epoch = LabeledBatches(ds, 16).steps_per_epoch()
+    scores, snaps = iter([0.5, 0.9, 0.7, 0.6]), []
+
+    def on_val(model):
+        snaps.append(copy.deepcopy(model.state_dict()))
+        return {"val_top1": next(scores)}
+    res = fit(create_model("ns_cnn_s", 10, 1), _cfg(epochs=6), LabeledBatches(ds, 16), out_dir=tmp_path, seed=0,
+              meta={}, eval_fn=on_val, eval_every=2 * per_epoch, best_key="val_top1")
+    assert [h["epoch"] for h in res.history if "val_top1" in h] == [2, 4, 6]
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 4
+    for k, v in snaps[1].items():                          # the weights of the 0.9 evaluation
+        assert torch.equal(v, res.model.state_dict()[k]), k

@@ -13,7 +13,6 @@ import typing
 from pathlib import Path
 
 import pytest
-import yaml
 
 from noisystudent.config import RULES, Config, load_config
 from noisystudent.errors import UserError
@@ -532,7 +531,6 @@ def test_one_failing_plot_never_costs_the_report(finished, copy_run, monkeypatch
 # item 9: huge images, FIFOs, one-class labeled sets, SIGTERM
 
 def test_huge_image_is_refused_and_large_ones_are_kept_small(tmp_path):
-    import numpy as np
     from PIL import Image
     from noisystudent.config import SourceConfig
     from noisystudent.data import BadImage, create_source, open_image

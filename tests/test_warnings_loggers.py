@@ -100,9 +100,10 @@ def test_logging_key_is_validated(tmp_path, monkeypatch):
         load_config(None, ["logging=[csv, wandb]"])
     with pytest.raises(UserError, match="config key 'logging': expected a list"):
         load_config(None, ["logging=csv"])
-    assert load_config(None, ["logging=[csv, tensorboard]"]).logging == ["csv", "tensorboard"]
-    # tensorboard not installed: one line at config time
     import importlib.util
+    if importlib.util.find_spec("tensorboard") is not None:      # installed by `make` (the [logging] extra)
+        assert load_config(None, ["logging=[csv, tensorboard]"]).logging == ["csv", "tensorboard"]
+    # tensorboard not installed: one line at config time
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "tensorboard" else real(n, *a))
     with pytest.raises(UserError, match=r"'tensorboard' needs the tensorboard package: pip install "
@@ -139,7 +140,7 @@ def test_run_warns_once_logs_csv_tensorboard_and_bars_stay(tmp_path, capsys, mon
                    "  test: {kind: imagefolder, root: test}\nlogging: [csv, tensorboard]\nmodels: [ns_cnn_s]\n"
                    "device: cpu\nteacher: {epochs: 2, batch_size: 8}\nstudent: {epochs: 1, batch_size: 4}\n"
                    "select: {threshold: 0.3}\n")
-    monkeypatch.setattr(engine, "_progress_enabled", lambda: True)       # as on a terminal
+    monkeypatch.setattr(engine, "progress_enabled", lambda: True)        # as on a terminal
     run_dir = tmp_path / "r"
     assert main(["run", str(cfg), "--run-dir", str(run_dir)]) == 0
     shown = _visible_lines(capsys.readouterr().err)
@@ -164,6 +165,19 @@ def test_run_warns_once_logs_csv_tensorboard_and_bars_stay(tmp_path, capsys, mon
     loss = acc.Scalars("train/loss")
     assert [e.step for e in loss] == [1, 2]
     assert loss[1].value == pytest.approx(float(rows[1]["loss"]), rel=1e-6)
+
+
+def test_run_eta_counts_steps_and_variants():
+    """The whole-run plan uses the configured optimizer steps and trains one student per variant."""
+    from noisystudent import runlog
+    from noisystudent.config import load_config
+    from conftest import ROOT
+    cfg = load_config(ROOT / "configs" / "fashion-mnist-1k.yaml")      # steps 2000 / 6000, 2 variants, 1 round
+    runlog.set_plan(cfg, 1000, 54000)
+    try:
+        assert runlog._PLAN.total == 2000 * 64 + (1 + 2) * 6000 * 32 * 4
+    finally:
+        runlog.clear_plan()
 
 
 def test_report_log_axis_labels_are_plain_text(tmp_path):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import io
 import json
 import os
 import re
@@ -18,15 +17,16 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from .errors import UserError
+from .layout import RunLayout
 
 __all__ = [
     "atomic_write", "write_json", "read_json", "file_hash", "save_checkpoint", "load_checkpoint",
-    "StageRecord", "read_stage", "write_stage", "safe_join", "remove_stale_temps",
+    "StageRecord", "read_stage", "write_stage", "remove_stale_temps",
     "lock_run_dir", "is_run_dir", "is_our_temp", "RUN_RESULTS", "remove_run_results",
 ]
 
@@ -100,7 +100,9 @@ def remove_stale_temps(root: str | Path) -> int:
 def is_run_dir(root: str | Path) -> bool:
     """A folder this tool made: it has the `config.yaml` every command writes first, or a stage record."""
     root = Path(root)
-    return (root / "config.yaml").is_file() or any(root.glob("round*/*/stage.json"))
+    lay = RunLayout(root)
+    return lay.config.is_file() or any((d / "stage.json").is_file()
+                                       for k in lay.rounds() for d in lay.round_dir(k).iterdir())
 
 
 _HELD_LOCKS: dict[str, Any] = {}      # run dir -> open lock file, held until the process exits
@@ -121,9 +123,9 @@ def lock_run_dir(root: str | Path) -> None:
         return
     try:
         root.mkdir(parents=True, exist_ok=True)
-        f = open(root / ".lock", "a+")
+        f = open(RunLayout(root).lock, "a+")
     except OSError as e:
-        raise _cannot_write(root / ".lock", e) from None
+        raise _cannot_write(RunLayout(root).lock, e) from None
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -139,7 +141,7 @@ def lock_run_dir(root: str | Path) -> None:
         f.flush()
     except OSError as e:
         f.close()
-        raise _cannot_write(root / ".lock", e) from None
+        raise _cannot_write(RunLayout(root).lock, e) from None
     _HELD_LOCKS[key] = f
 
 
@@ -149,11 +151,6 @@ def _cannot_write(path: Path, e: OSError) -> UserError:
                          "same command")
     return UserError(f"cannot write {path} ({e.strerror or e}); check the folder's permissions and free "
                      "space, or use another --run-dir")
-
-
-def write_bytes_atomic(path: str | Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    with atomic_write(path, "wb") as f:
-        write(f)
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -288,16 +285,16 @@ def write_stage(stage_dir: str | Path, *, status: str, fingerprint: str, config:
     write_json(stage_dir / "stage.json", rec)
 
 
-# What a finished run adds at the top of its folder: the digest of every stage's results and the report.
-RUN_RESULTS = ("summary.json", "report.md", "report.html", "plots")
+# What a finished run adds at the top of its folder (RunLayout.results): the summary and the report.
+RUN_RESULTS = tuple(p.name for p in RunLayout(Path(".")).results())
 
 
 def remove_run_results(run_dir: str | Path) -> list[str]:
     """Remove summary.json and the report before a stage is (re)done: until the run finishes again
     they would show the old results as current. Returns what was removed."""
     gone = []
-    for name in RUN_RESULTS:
-        p = Path(run_dir) / name
+    for p in RunLayout(run_dir).results():
+        name = p.name
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)
             gone.append(name)
@@ -312,12 +309,3 @@ def reset_dir(path: str | Path) -> None:
     path = Path(path)
     if path.exists():
         shutil.rmtree(path)
-
-
-def safe_join(root: str | Path, rel: str) -> Path:
-    """Join `rel` under `root`, refusing paths (from configs/manifests) that escape it."""
-    root_r = Path(root).resolve()
-    out = (root_r / rel).resolve()
-    if out != root_r and root_r not in out.parents:
-        raise UserError(f"path '{rel}' escapes its root {root}; refusing to write there")
-    return out

@@ -29,17 +29,17 @@ def resolve_config_path(name: str) -> Path:
 
 def parse_source_spec(spec: str):
     """`kind:root[:split]` -> SourceConfig, e.g. imagefolder:data/test, idx:data/fmnist:test, digits:test."""
-    from .config import SourceConfig, _coerce
+    from .config import SourceConfig, coerce
     parts = spec.split(":")
     kind = parts[0]
     if kind == "digits":
-        return _coerce({"kind": "digits", "split": parts[1] if len(parts) > 1 else "test"}, SourceConfig, "--data")
+        return coerce({"kind": "digits", "split": parts[1] if len(parts) > 1 else "test"}, SourceConfig, "--data")
     if len(parts) < 2 or not parts[1]:
         raise UserError(f"--data '{spec}': expected KIND:PATH[:SPLIT], e.g. imagefolder:cifar10/test")
     d = {"kind": kind, "root": parts[1]}
     if len(parts) > 2:
         d["split"] = parts[2]
-    return _coerce(d, SourceConfig, "--data")
+    return coerce(d, SourceConfig, "--data")
 
 
 def _load(args):
@@ -76,7 +76,7 @@ def cmd_train(args):
     cfg = _load(args)
     ctx = _ctx(args, cfg)
     claim_run_dir(ctx, args.force)
-    tdir = ctx.stage_dir(0, "teacher")
+    tdir = ctx.layout.model(0, "teacher")
     if args.restart:
         if ctx.rank == 0:           # one rank deletes; the others wait, so none sees a half-removed folder
             invalidate_stage(ctx, tdir)     # and everything made from it: it is not current any more
@@ -112,7 +112,7 @@ def cmd_evaluate(args):
     from .artifacts import write_json
     from .config import EvalConfig
     from .data import create_source
-    from .engine import resolve_device
+    from .distributed import resolve_device
     from .stages.common import load_model
     from .stages.evaluate import evaluate_source, run_robustness
     if not args.checkpoint or not args.data:
@@ -148,7 +148,7 @@ def cmd_config(args):
 
 def cmd_predict(args):
     from .prediction import predict, write_predictions
-    from .engine import resolve_device
+    from .distributed import resolve_device
     device = str(resolve_device(args.device or "auto"))
     rows = predict(args.checkpoint, args.data, top_k=args.top_k, batch_size=args.batch_size, device=device,
                    workers=args.workers)
@@ -178,33 +178,31 @@ def _version() -> str:
         return "unknown"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="noisystudent", description="Noisy Student Training: teacher -> "
-                                "pseudo-labels -> noised, equal-or-larger student, in rounds.")
-    p.add_argument("--version", action="version", version=f"noisystudent {_version()}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _add_common(sp, config=True):
+    """The arguments every pipeline command shares (config + overrides, run dir, device)."""
+    if config:
+        sp.add_argument("config", help="YAML config path or bundled name (digits-demo, fashion-mnist-1k, cifar10-4k, ...)")
+        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set student.epochs=5 (repeatable)")
+        sp.add_argument("--force", action="store_true",
+                        help="reuse a run directory that holds a different experiment")
+    sp.add_argument("--run-dir", default=None, help="run directory (default runs/<name>)")
+    sp.add_argument("--device", default=None, help="auto|cpu|cuda|cuda:N (default: config's)")
 
-    def common(sp, config=True):
-        if config:
-            sp.add_argument("config", help="YAML config path or bundled name (digits-demo, fashion-mnist-1k, cifar10-4k, ...)")
-            sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                            help="override a config key, e.g. --set student.epochs=5 (repeatable)")
-            sp.add_argument("--force", action="store_true",
-                            help="reuse a run directory that holds a different experiment")
-        sp.add_argument("--run-dir", default=None, help="run directory (default runs/<name>)")
-        sp.add_argument("--device", default=None, help="auto|cpu|cuda|cuda:N (default: config's)")
 
+def _add_pipeline_commands(sub) -> None:
+    """run, demo, train and the one-stage commands (label, select, student, finetune)."""
     sp = sub.add_parser("run", help="the whole loop: teacher -> (label -> select -> student) x rounds")
-    common(sp)
+    _add_common(sp)
     sp.add_argument("--no-report", action="store_true", help="skip report.md/html and plots")
     sp.set_defaults(fn=cmd_run)
 
     sp = sub.add_parser("demo", help="the full loop on scikit-learn's bundled digits (< 3 min on 2 CPU cores)")
-    common(sp, config=False)
+    _add_common(sp, config=False)
     sp.set_defaults(fn=cmd_demo, set=[])
 
     sp = sub.add_parser("train", help="train and evaluate the supervised teacher (round0/teacher)")
-    common(sp)
+    _add_common(sp)
     g = sp.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", help="continue from checkpoint.pt (the default; "
                    "with this flag it is an error if there is nothing to resume)")
@@ -216,10 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
                        ("student", "train round K's noised student"),
                        ("finetune", "fine-tune round K's model at the test resolution")):
         sp = sub.add_parser(name, help=text)
-        common(sp)
+        _add_common(sp)
         sp.add_argument("--round", type=int, default=1, help="round K (default 1)")
         sp.set_defaults(fn=_stage_cmd(name))
 
+
+def _add_model_commands(sub) -> None:
+    """Commands on one model file: evaluate, predict, export."""
     sp = sub.add_parser("evaluate", help="evaluate a model file on a labeled set")
     sp.add_argument("--checkpoint", required=False, help="a model.pt written by noisystudent")
     sp.add_argument("--data", required=False, help="KIND:PATH[:SPLIT], e.g. imagefolder:cifar10/test, digits:test")
@@ -248,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default=None, help="output file (default: beside the checkpoint)")
     sp.set_defaults(fn=cmd_export)
 
+
+def _add_setup_commands(sub) -> None:
+    """Commands around a run: init (starter config), config (print it resolved), report."""
     sp = sub.add_parser("init", help="write DIR/config.yaml: a commented starter config for your own images")
     sp.add_argument("dir", help="directory for config.yaml (created if missing)")
     sp.add_argument("--force", action="store_true", help="overwrite an existing config.yaml")
@@ -263,6 +267,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("report", help="write report.md/html and plots for a run directory")
     sp.add_argument("run_dir")
     sp.set_defaults(fn=cmd_report)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="noisystudent", description="Noisy Student Training: teacher -> "
+                                "pseudo-labels -> noised, equal-or-larger student, in rounds.")
+    p.add_argument("--version", action="version", version=f"noisystudent {_version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_pipeline_commands(sub)
+    _add_model_commands(sub)
+    _add_setup_commands(sub)
     return p
 
 
@@ -294,10 +308,6 @@ def _note(msg: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    import signal
-    import threading
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_sigterm)
     logging.basicConfig(level=logging.INFO, format="noisystudent: %(message)s", stream=sys.stderr)
     from .distributed import maybe_init_distributed, shutdown_distributed
     import signal

@@ -27,13 +27,15 @@ __all__ = [
     "SourceConfig", "DataConfig", "NoiseConfig", "TrainConfig", "StudentConfig", "LabelConfig",
     "SelectConfig", "FinetuneConfig", "EvalConfig", "Config",
     "load_config", "safe_load_yaml", "RULES", "config_from_dict", "config_to_dict", "apply_overrides", "config_hash",
+    "coerce",
 ]
 
 
 @dataclass
 class SourceConfig:
     """Where images come from. `kind` picks the reader; ids are stable (relative path or index)."""
-    kind: Literal["imagefolder", "folder", "idx", "digits", "tar", "manifest"] = "digits"
+    kind: str = "digits"                # a registered source kind (data.list_sources()): imagefolder,
+                                        # folder, idx, digits, tar, manifest, or one you register
     root: str = ""                      # directory / file prefix / manifest path (unused for digits)
     split: str = "train"                # idx: train|test (t10k); digits: train|test; others: unused
     per_class: Optional[int] = None     # draw N labeled images per class with `seed`...
@@ -66,6 +68,10 @@ class DataConfig:
     workers: int = 0                    # DataLoader worker processes (0 = in the main process)
     cache: bool = True                  # decode each image once into a uint8 array in RAM
     bad_images: Literal["auto", "skip", "fail"] = "auto"   # auto: skip in the pool, fail elsewhere
+    # where the training noise runs: cpu = PIL per image in DataLoader workers; device = images decoded
+    # once into a tensor on the training device, noised a batch at a time; auto = device on a GPU
+    # when the decoded images fit in a quarter of its free memory (stages/batching.py)
+    augment_on: Literal["auto", "cpu", "device"] = "auto"
 
 
 @dataclass
@@ -89,7 +95,7 @@ class TrainConfig:
     epochs: int = 30
     steps: int = 0                      # optimizer steps in all; > 0 overrides `epochs` (recipes that transfer)
     batch_size: int = 64
-    optimizer: Literal["sgd", "adamw"] = "sgd"
+    optimizer: str = "sgd"              # any of timm.optim.list_optimizers(); sgd = Nesterov SGD
     lr: float = 0.05                    # for batch_size; scaled linearly by the total batch
     weight_decay: float = 5e-4
     momentum: float = 0.9
@@ -101,6 +107,10 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False
     grad_clip: float = 0.0
+    # validation on data.val every `val_every` optimizer steps (at the end of the epoch that reaches
+    # it, and after the last); keep_best: keep the weights that scored best there instead of the last
+    val_every: int = 0
+    keep_best: bool = False
     # initial weights (default: random): timm's pretrained weights (hub or local cache), a local timm
     # weights file (offline), or your own model.pt; the classifier is re-initialised when the class
     # count differs. init_checkpoint wins over pretrained_file, which wins over pretrained.
@@ -213,7 +223,7 @@ def _type_name(tp) -> str:
 _FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
-def _coerce(value: Any, tp, key: str):
+def coerce(value: Any, tp, key: str):
     """Check/convert `value` to annotation `tp`, or raise UserError naming `key`."""
     origin = typing.get_origin(tp)
     if origin is Literal:
@@ -232,7 +242,7 @@ def _coerce(value: Any, tp, key: str):
                     return None
                 continue
             try:
-                return _coerce(value, arg, key)
+                return coerce(value, arg, key)
             except UserError as e:
                 errors.append(e)
         if len(errors) == 1:            # Optional[X]: X's own message names the element at fault
@@ -268,7 +278,7 @@ def _coerce(value: Any, tp, key: str):
             raise UserError(f"config key '{key}': expected a list, got {value!r}")
         (item,) = typing.get_args(tp) or (None,)
         # each element is checked like a key of its own: 'evaluate.severities[2]: expected an integer'
-        return value if item is None else [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+        return value if item is None else [coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     return value
 
 
@@ -282,7 +292,7 @@ def _from_dict(cls, data: dict, prefix: str = ""):
         close = difflib.get_close_matches(str(k), names, n=1)
         hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
         raise UserError(f"unknown config key '{prefix}{k}'{hint}; allowed keys: {', '.join(names)}")
-    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    kwargs = {k: coerce(v, hints[k], prefix + k) for k, v in data.items()}
     return cls(**kwargs)
 
 
@@ -328,7 +338,7 @@ _TRAIN_RULES = {
     "noise.ra_magnitude": Range(0, 30), "noise.ra_layers": GE0, "noise.ra_mstd": Range(0, 100),
     "noise.ra_prob": Range(0, 1), "noise.ra_translate": Range(0, 1), "noise.cutout": UNIT,
     "noise.drop_rate": UNIT, "noise.drop_path_rate": UNIT,
-    "steps": GE0, "warmup_steps": Range(0, optional=True),
+    "steps": GE0, "warmup_steps": Range(0, optional=True), "val_every": GE0,
 }
 _SOURCE_RULES = {"per_class": Range(0, lo_open=True, optional=True), "fraction": Range(0, 1, lo_open=True),
                  "seed": GE0}
@@ -409,12 +419,22 @@ def _validate(cfg: Config) -> None:
             need(len(v) == cfg.data.in_chans, f"data.{key}", f"needs one value per channel "
                  f"(data.in_chans={cfg.data.in_chans}), got {len(v)}")
     _check_excludes(cfg.data)
+    from timm.optim import list_optimizers
+    for sec in ("teacher", "student"):
+        opt = getattr(cfg, sec).optimizer
+        need(opt in list_optimizers(), f"{sec}.optimizer", f"unknown optimizer {opt!r}; allowed: any of "
+             f"timm.optim.list_optimizers(), e.g. sgd, adamw, lamb, lion")
+        need(not getattr(cfg, sec).keep_best or (getattr(cfg, sec).val_every > 0 and cfg.data.val is not None),
+             f"{sec}.keep_best", "needs a validation set (data.val) and val_every > 0")
     need(cfg.data.val is None or cfg.data.val.kind != "folder", "data.val.kind",
          "a validation set needs labels (imagefolder, idx, digits, ...), not 'folder'")
+    from .data.sources import list_sources      # validated against the registry: user kinds count
     for name in ("labeled", "unlabeled", "test", "val"):
         s: SourceConfig = getattr(cfg.data, name)
         if s is None:
             continue
+        need(s.kind in list_sources(), f"data.{name}.kind", f"unknown source '{s.kind}'; choose one of "
+             + ", ".join(list_sources()))
         if s.kind != "digits":
             need(bool(s.root), f"data.{name}.root", f"is required for kind '{s.kind}'")
 
@@ -447,7 +467,7 @@ def _check_excludes(d: DataConfig) -> None:
 
 def config_from_dict(data: dict | None) -> Config:
     cfg = _from_dict(Config, data or {})
-    cfg.data.extra_test = [_coerce(s, SourceConfig, f"data.extra_test[{i}]")
+    cfg.data.extra_test = [coerce(s, SourceConfig, f"data.extra_test[{i}]")
                            for i, s in enumerate(cfg.data.extra_test)]
     # Sources without their own seed take the run's, so `--set seed=N` redraws the labeled set (and
     # its complement, the pool, consistently) as well as the initialisation and augmentation.

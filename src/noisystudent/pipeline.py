@@ -62,10 +62,10 @@ def check_inputs(ctx: RunContext) -> None:
 def claim_run_dir(ctx: RunContext, force: bool = False) -> None:
     """Refuse to mix two experiments in one folder; check the inputs; sweep what a killed run left
     (temp files); record the resolved config. Nothing is written before the checks pass."""
-    path = ctx.run_dir / "config.yaml"
+    path = ctx.layout.config
     new = config_to_dict(ctx.cfg)
     if not force and ctx.run_dir.is_dir() and not is_run_dir(ctx.run_dir) \
-            and any(p.name != ".lock" for p in ctx.run_dir.iterdir()):
+            and any(p != ctx.layout.lock for p in ctx.run_dir.iterdir()):
         raise UserError(f"{ctx.run_dir} is not empty and is not a noisystudent run directory (no config.yaml); "
                         "use a new or empty --run-dir (or --force to use this folder anyway)")
     if path.exists() and not force:
@@ -152,8 +152,8 @@ def run(cfg: Config, run_dir: str | Path | None = None, device: str | None = Non
         runwarnings.write_warnings(ctx.run_dir, warns)
         if warns:
             log.info("%d warning(s) for this run: %s and the report's Warnings section", len(warns),
-                     ctx.run_dir / runwarnings.WARNINGS_FILE)
-        write_json(ctx.run_dir / "summary.json", summary)
+                     ctx.layout.warnings)
+        write_json(ctx.layout.summary, summary)
         if report:
             from .report import write_report
             write_report(ctx.run_dir)
@@ -167,23 +167,23 @@ def _read(path: Path):
 def build_summary(ctx: RunContext) -> dict:
     """Deterministic digest of a run (accuracies, selection stats, robustness); no timings, so an
     interrupted-and-resumed run has exactly the summary of an uninterrupted one."""
-    cfg, rd = ctx.cfg, ctx.run_dir
+    cfg, lay = ctx.cfg, ctx.layout
     rows, selection = [], []
     for k in range(0, cfg.rounds + 1):
         for which in ("teacher", "student", *(variant_stage(v) for v in cfg.variants), "finetune"):
-            ev = _read(rd / f"round{k}" / f"eval_{which}" / "eval.json")
+            ev = _read(lay.eval(k, which) / "eval.json")
             if ev is None:
                 continue
-            st = _read(rd / f"round{k}" / which / "stage.json") or {}
+            st = _read(lay.model(k, which) / "stage.json") or {}
             row = {"round": k, "which": which, "model": ev["model"], "image_size": ev["image_size"],
                    "params": st.get("info", {}).get("params"), "top1": ev["top1"], "top5": ev["top5"],
                    "ece": ev["ece"], "val_top1": (ev.get("val") or {}).get("top1"),
                    "extra": {n: e["top1"] for n, e in ev.get("extra", {}).items()}}
-            rob = _read(rd / f"round{k}" / f"eval_{which}" / "robustness.json")
+            rob = _read(lay.eval(k, which) / "robustness.json")
             if rob is not None:
                 row["robustness"] = rob
             rows.append(row)
-        sel = _read(rd / f"round{k}" / "selection" / "selection.json")
+        sel = _read(lay.selection(k) / "selection.json")
         if sel is not None:
             selection.append({"round": k, "selected_unique": sum(sel["counts_selected_unique"]),
                               "selected_with_copies": sum(sel["counts_selected_with_copies"]),

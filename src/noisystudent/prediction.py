@@ -71,16 +71,16 @@ def predict(model_or_path, images, *, top_k: int = 5, batch_size: int = 256, dev
             workers: int = 0, skip_bad: bool = True) -> list[dict]:
     """One row per decodable image: sample_id, pred (index), pred_class, confidence, top_classes,
     top_probs (top_k of them), and label/label_class when the source has labels."""
-    from .data import eval_batches
+    from .inference import iter_logits
     dev = torch.device(device)
     model, meta = _load(model_or_path, dev)
     src = as_source(images, meta["in_chans"])
     classes = list(meta["classes"])
     k = max(1, min(top_k, len(classes)))
     rows = []
-    for x, idx in eval_batches(src, batch_size, meta["image_size"], meta["mean"], meta["std"],
-                               workers=workers, skip_bad=skip_bad):
-        probs = torch.softmax(model(x.to(dev)).float(), dim=1).cpu()
+    for views, idx in iter_logits(model, src, meta["image_size"], meta["mean"], meta["std"], batch_size=batch_size,
+                                  device=dev, workers=workers, skip_bad=skip_bad):
+        probs = torch.softmax(views[0], dim=1)
         p, c = probs.topk(k, dim=1)
         for j, i in enumerate(idx.tolist()):
             row = {"sample_id": src.ids[i], "pred": int(c[j, 0]), "pred_class": classes[int(c[j, 0])],

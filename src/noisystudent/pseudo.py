@@ -1,29 +1,18 @@
 """Pseudo-label maths: from teacher logits to student targets, filtering, balancing and the loss.
 
 Noisy Student (Xie et al., CVPR 2020, section 3 and appendix A) turns teacher predictions on the
-unlabeled pool into training targets in four steps, each a pure function here:
+unlabeled pool into targets in four pure steps: `probs_from_logits` (softmax at a temperature; the
+teacher runs without noise), `confidence_mask` (drop rows whose max probability is below a
+threshold, paper: 0.3), `balance` (each class gets its labeled-set share: the most confident rows
+of over-full classes, duplicates of short ones) and `make_targets` (soft, the paper's default, or
+one-hot). `joint_loss` is the student's loss on labeled and pseudo-labeled rows together.
+`class_histograms` + `thresholds_from_histograms` turn "top K per class" into per-class
+thresholds, so that selection.py can stream pools too big for memory.
 
-1. `probs_from_logits`  - softmax at a temperature (the teacher runs *without* noise).
-2. `confidence_mask`    - drop images whose max probability is below a threshold (paper: 0.3).
-3. `balance`            - make every class contribute the same share as in the labeled set:
-                          keep the most confident images of over-full classes and duplicate the
-                          images of short ones ("we duplicate images in classes where there are
-                          not enough images ... take the images with the highest confidence").
-4. `make_targets`       - soft (the probability vector, paper default) or hard (one-hot) targets.
-
-The student then trains on labeled and pseudo-labeled images together; `joint_loss` is that loss.
-
-For pools too big for memory, `class_histograms` + `thresholds_from_histograms` turn the
-"top-K per class" rule into a per-class confidence threshold computed from 0.01-wide histograms,
-so a second streaming pass only keeps rows that can still make the top K (see selection.py).
-
-Every confidence comparison in this module happens in float32, the dtype the label shards store,
-so that a threshold of 0.3 means exactly the same thing in the histogram, in the mask and in the
-streaming pass (mixing float32 and float64 comparisons would put a few boundary rows on different
-sides in different places).
-
-Nothing here reads files or touches global random state: randomness comes from an explicit
-`torch.Generator`, so the same inputs and seed always give the same selection.
+Every confidence comparison happens in float32, the dtype the label shards store, so a threshold
+of 0.3 means the same in the histogram, the mask and the streaming pass (mixing float32 and
+float64 comparisons would put boundary rows on different sides in different places). Nothing here
+reads files or touches global random state: randomness comes from an explicit `torch.Generator`.
 """
 
 from __future__ import annotations
@@ -140,6 +129,38 @@ def per_class_targets(per_class: int | Sequence[int] | torch.Tensor, num_classes
     return targets
 
 
+def _balance_targets(
+    pred: torch.Tensor, confidence: torch.Tensor, per_class: int | Sequence[int] | torch.Tensor
+) -> torch.Tensor:
+    """K_c per class for `balance`, after checking pred (long) and confidence agree with it."""
+    if pred.shape != confidence.shape or pred.dim() != 1:
+        raise ValueError("pred and confidence must be 1-D tensors of the same length")
+    if isinstance(per_class, int):
+        num_classes = int(pred.max()) + 1 if pred.numel() else 0
+    else:
+        num_classes = len(per_class)
+    targets = per_class_targets(per_class, num_classes)
+    if pred.numel() and (int(pred.min()) < 0 or int(pred.max()) >= num_classes):
+        raise ValueError(f"pred values must lie in [0, {num_classes})")
+    return targets
+
+
+def _balance_class(
+    rows: torch.Tensor, confidence: torch.Tensor, k: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row indices, copies) that give one class exactly k > 0 examples from its n > 0 `rows`."""
+    n = rows.numel()
+    if n >= k:
+        # A stable sort on descending confidence keeps equal confidences in ascending row
+        # order, which is exactly the "lower index wins ties" rule.
+        order = torch.sort(confidence[rows], descending=True, stable=True).indices
+        return rows[order[:k]], torch.ones(k, dtype=torch.long)
+    count = torch.full((n,), k // n, dtype=torch.long)
+    extra = torch.randperm(n, generator=generator)[: k % n]
+    count[extra] += 1
+    return rows, count
+
+
 def balance(
     pred: torch.Tensor,
     confidence: torch.Tensor,
@@ -165,37 +186,19 @@ def balance(
     classes consume the generator, so the same inputs and generator state give the same result.
     """
     pred = pred.long()
-    if pred.shape != confidence.shape or pred.dim() != 1:
-        raise ValueError("pred and confidence must be 1-D tensors of the same length")
-    if isinstance(per_class, int):
-        num_classes = int(pred.max()) + 1 if pred.numel() else 0
-    else:
-        num_classes = len(per_class)
-    targets = per_class_targets(per_class, num_classes)
-    if pred.numel() and (int(pred.min()) < 0 or int(pred.max()) >= num_classes):
-        raise ValueError(f"pred values must lie in [0, {num_classes})")
+    targets = _balance_targets(pred, confidence, per_class)
     confidence = confidence.float()
 
     chosen: list[torch.Tensor] = []
     copies: list[torch.Tensor] = []
-    for c in range(num_classes):
+    for c in range(targets.numel()):
         k = int(targets[c])
         rows = torch.nonzero(pred == c, as_tuple=True)[0]  # ascending row indices
-        n = rows.numel()
-        if k == 0 or n == 0:
+        if k == 0 or rows.numel() == 0:
             continue
-        if n >= k:
-            # A stable sort on descending confidence keeps equal confidences in ascending row
-            # order, which is exactly the "lower index wins ties" rule.
-            order = torch.sort(confidence[rows], descending=True, stable=True).indices
-            chosen.append(rows[order[:k]])
-            copies.append(torch.ones(k, dtype=torch.long))
-        else:
-            count = torch.full((n,), k // n, dtype=torch.long)
-            extra = torch.randperm(n, generator=generator)[: k % n]
-            count[extra] += 1
-            chosen.append(rows)
-            copies.append(count)
+        class_rows, class_copies = _balance_class(rows, confidence, k, generator)
+        chosen.append(class_rows)
+        copies.append(class_copies)
 
     if not chosen:
         return torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)

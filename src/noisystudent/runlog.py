@@ -3,15 +3,18 @@ one line per training epoch (loss, lr, images/s, time left in the stage and, und
 whole run), whether or not stderr is a terminal. `on_epoch` is the trainer's one hook per epoch: the
 line, and the rows for the configured CSV/TensorBoard loggers (loggers.py).
 
-The whole-run ETA counts training images: the teacher's (labeled x epochs) and, per round, the
-student's (student.epochs passes over the pool in batches of B labeled + ratio x B pseudo-labeled). Until the selection exists the whole pool stands in for it, so the
-estimate is an upper bound early on; labeling and evaluation time is not counted.
+The whole-run ETA counts training images: the teacher's and, per round, the student's (`steps`, or
+epochs over the pool, in batches of B labeled + ratio x B pseudo-labeled), plus one student per
+round-1 variant. Until the selection exists the whole pool stands in for it, so the estimate is an
+upper bound early on; labeling and evaluation time is not counted.
 """
 from __future__ import annotations
 
 import logging
 import time
 from pathlib import Path
+
+from .layout import RunLayout
 
 __all__ = ["attach_run_log", "note", "epoch_line", "on_epoch", "RunPlan", "set_plan", "fmt_duration"]
 
@@ -23,7 +26,7 @@ _PLAN: "RunPlan | None" = None
 def attach_run_log(run_dir: Path) -> Path:
     """Send the `noisystudent` logger to run_dir/run.log too (appending; one handler per process)."""
     global _HANDLER
-    path = Path(run_dir) / "run.log"
+    path = RunLayout(run_dir).run_log
     if _HANDLER is not None and getattr(_HANDLER, "baseFilename", None) == str(path.resolve()):
         return path
     if _HANDLER is not None:
@@ -71,11 +74,13 @@ def set_plan(cfg, n_labeled: int, n_pool: int) -> None:
     global _PLAN
     import math
     s, t = cfg.student, cfg.teacher
-    # as engine.fit counts steps: whole batches; a student step is B labeled + ratio x B pseudo
-    per_round = math.ceil(n_pool / (s.batch_size * s.ratio)) * s.batch_size * (s.ratio + 1) * s.epochs
-    total = math.ceil(n_labeled / t.batch_size) * t.batch_size * t.epochs + cfg.rounds * per_round
-    if cfg.ablation_no_noise and cfg.rounds:
-        total += per_round
+    # as engine.fit counts: `steps` when set, else whole epochs of whole batches; a student step is
+    # B labeled + ratio x B pseudo-labeled images (the pool stands in for the selection)
+    t_steps = t.steps or math.ceil(n_labeled / t.batch_size) * t.epochs
+    s_steps = s.steps or math.ceil(n_pool / (s.batch_size * s.ratio)) * s.epochs
+    per_round = s_steps * s.batch_size * (s.ratio + 1)
+    variants = set(cfg.variants) | ({"no_noise"} if cfg.ablation_no_noise else set())
+    total = t_steps * t.batch_size + (cfg.rounds + (len(variants) if cfg.rounds else 0)) * per_round
     _PLAN = RunPlan(total) if total > 0 else None
 
 

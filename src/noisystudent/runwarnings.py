@@ -21,12 +21,14 @@ import logging
 import math
 from pathlib import Path
 
+from .layout import RunLayout
+
 __all__ = ["threshold_filters_nothing", "short_schedule", "loss_rising", "student_worse", "emit",
            "collect", "write_warnings", "read_warnings", "compare_round", "WARNINGS_FILE"]
 
 log = logging.getLogger("noisystudent")
 
-WARNINGS_FILE = "warnings.json"
+WARNINGS_FILE = RunLayout(".").warnings.name
 MIN_STEPS, MIN_PASSES = 500, 20     # short_schedule: fewer steps, or passes over the labeled set, warn
 LOSS_WINDOW = 0.1                   # loss_rising compares the mean of the first and the last 10% of epochs
 LOSS_MIN_EPOCHS = 4                 # with fewer epochs there is no trend to tell from batch noise
@@ -93,7 +95,7 @@ def student_worse(k: int, teacher: dict, student: dict) -> str | None:
 def read_warnings(run_dir: Path) -> list[dict] | None:
     """warnings.json as a list of {key, message}, or None when absent or unreadable."""
     import json
-    path = Path(run_dir) / WARNINGS_FILE
+    path = RunLayout(run_dir).warnings
     try:
         items = json.loads(path.read_text()) if path.is_file() else None
     except (OSError, ValueError):
@@ -105,7 +107,7 @@ def read_warnings(run_dir: Path) -> list[dict] | None:
 
 def write_warnings(run_dir: Path, items: dict[str, str]) -> None:
     from .artifacts import write_json
-    write_json(Path(run_dir) / WARNINGS_FILE, [{"key": k, "message": m} for k, m in items.items()])
+    write_json(RunLayout(run_dir).warnings, [{"key": k, "message": m} for k, m in items.items()])
 
 
 def emit(run_dir: Path | None, key: str, msg: str | None, into: dict | None = None) -> None:
@@ -133,7 +135,7 @@ def emit(run_dir: Path | None, key: str, msg: str | None, into: dict | None = No
 
 def _eval(run_dir: Path, k: int, which: str) -> dict | None:
     from .artifacts import read_json
-    p = Path(run_dir) / f"round{k}" / f"eval_{which}" / "eval.json"
+    p = RunLayout(run_dir).eval(k, which) / "eval.json"
     try:
         return read_json(p) if p.is_file() else None
     except (OSError, ValueError):
@@ -152,13 +154,13 @@ def collect(run_dir: Path, cfg, num_classes: int) -> dict[str, str]:
     """Every current warning of the run, rebuilt from its files: config checks, each stage's own
     (stage.json info.warnings, in pipeline order), then the teacher/student comparisons."""
     from .artifacts import read_stage
-    run_dir = Path(run_dir)
+    lay = RunLayout(run_dir)
     items: dict[str, str] = {}
     if cfg.rounds > 0 and (m := threshold_filters_nothing(cfg.select.threshold, num_classes)):
         items["select.threshold"] = m
-    rounds = sorted(int(p.name[5:]) for p in run_dir.glob("round*") if p.name[5:].isdigit())
+    rounds = lay.rounds()
     for k in rounds:
-        for d in sorted((run_dir / f"round{k}").iterdir()):
+        for d in sorted(lay.round_dir(k).iterdir()):
             rec = read_stage(d) if d.is_dir() else None
             stage_items = ((rec or {}).get("info") or {}).get("warnings") if rec is not None else None
             if isinstance(stage_items, dict):

@@ -1,17 +1,11 @@
 """Choose the pseudo-labeled training set from the label stage's Parquet shards, streaming.
 
-The label stage writes `part-00000.parquet, part-00001.parquet, ...` with one row per pool image:
-sample_id, probs (fixed_size_list<float16>[C]), pred, confidence, true_label (-1 = unknown),
-teacher. `select_from_labels` applies the paper's filtering and balancing to them without ever
-holding every probability vector in memory:
-
-  pass 1  reads only the scalar columns (pred, confidence, true_label, teacher) batch by batch and
-          accumulates per-class counts and 0.01-wide confidence histograms. From these it derives
-          each class's target K_c and a per-class threshold that the class's top K_c clear
-          (`thresholds_from_histograms`).
-  pass 2  reads again, probs included, and keeps only rows at or above their class threshold:
-          about sum(K_c) rows plus at most one boundary bin per class. `balance` then picks
-          exactly K_c rows per class from those.
+`select_from_labels` applies pseudo.py's filtering and balancing to the shards (format: labels.py)
+without ever holding every probability vector in memory. Pass 1 reads only the scalar columns and
+accumulates per-class counts and 0.01-wide confidence histograms; from these come each class's
+target K_c and a threshold that the class's top K_c clear. Pass 2 reads the probabilities of the
+rows at or above their class threshold only (about sum(K_c) rows, plus at most one boundary bin
+per class), and `balance` picks exactly K_c rows per class from those.
 
 The per-class thresholds are a memory bound, not a change of rule: the result is exactly what
 "threshold everything, then balance in memory" gives, whatever the batch size and however the rows
@@ -20,7 +14,6 @@ are split into shards (rows are always taken in shard order, then row order).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -31,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from noisystudent.errors import UserError
+from noisystudent.labels import SCALAR_COLUMNS, LabelDirError, check_shard_schema, list_label_shards
 from noisystudent.pseudo import (
     auto_per_class,
     balance,
@@ -44,8 +37,6 @@ from noisystudent.pseudo import (
 
 __all__ = ["LabelDirError", "Selection", "list_label_shards", "select_from_labels"]
 
-_SHARD_NAME = re.compile(r"^part-(\d+)\.parquet$")
-_SCALAR_COLUMNS = ["pred", "confidence", "true_label"]
 # Rows kept between passes are cast to this layout, so shards written with e.g. int64 ids or
 # large_string ids still concatenate into one table.
 _KEPT_TYPES = {
@@ -54,14 +45,6 @@ _KEPT_TYPES = {
     "confidence": pa.float32(),
     "true_label": pa.int32(),
 }
-
-
-class LabelDirError(UserError, ValueError):
-    """The label directory is missing, empty, or holds shards that do not match the schema.
-
-    A ValueError (what callers of this module test for) that is also a UserError, so the CLI
-    shows its one-line message instead of a traceback.
-    """
 
 
 @dataclass
@@ -80,39 +63,6 @@ class Selection:
 # --------------------------------------------------------------------------------------------
 # Shards
 # --------------------------------------------------------------------------------------------
-
-
-def list_label_shards(label_dir: str | Path) -> list[Path]:
-    """`part-NNNNN.parquet` files of `label_dir`, ordered by their number (not by name, so
-    part-100000 comes after part-99999). Other files are ignored."""
-    label_dir = Path(label_dir)
-    if not label_dir.is_dir():
-        raise LabelDirError(f"label directory {label_dir} does not exist; run the label stage first")
-    numbered = []
-    for path in label_dir.iterdir():
-        match = _SHARD_NAME.match(path.name)
-        if match:
-            numbered.append((int(match.group(1)), path))
-    if not numbered:
-        raise LabelDirError(
-            f"label directory {label_dir} holds no part-*.parquet shards; run the label stage first"
-        )
-    return [path for _, path in sorted(numbered)]
-
-
-def _check_schema(path: Path, num_classes: int) -> None:
-    schema = pq.read_schema(path)
-    missing = [name for name in ["sample_id", "probs", *_SCALAR_COLUMNS] if name not in schema.names]
-    if missing:
-        raise LabelDirError(f"{path} lacks column(s) {missing}; it was not written by the label stage")
-    probs = schema.field("probs").type
-    if not (pa.types.is_fixed_size_list(probs) and pa.types.is_floating(probs.value_type)):
-        raise LabelDirError(f"{path}: probs must be fixed_size_list<float16>[C], got {probs}")
-    if probs.list_size != num_classes:
-        raise LabelDirError(
-            f"{path}: probs has {probs.list_size} classes but num_classes={num_classes}; "
-            "the labels come from a teacher for a different dataset"
-        )
 
 
 def _numpy(column: pa.Array | pa.ChunkedArray, dtype) -> np.ndarray:
@@ -166,7 +116,7 @@ def _scan_pool(shards: list[Path], num_classes: int, threshold: float, batch_row
     for path in shards:
         parquet = pq.ParquetFile(path)
         has_teacher = "teacher" in parquet.schema_arrow.names
-        columns = _SCALAR_COLUMNS + (["teacher"] if has_teacher else [])
+        columns = SCALAR_COLUMNS + (["teacher"] if has_teacher else [])
         for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
             pred, confidence, true_label = _scalars(batch, num_classes, path)
             rows += pred.numel()
@@ -197,7 +147,7 @@ def _collect_candidates(
             # float16 is what the label stage stores; holding kept rows at that width halves
             # the memory of float32 (the widening to float32 targets happens per selected row).
             ("probs", pa.list_(pa.float16(), num_classes)),
-            *[(name, _KEPT_TYPES[name]) for name in _SCALAR_COLUMNS],
+            *[(name, _KEPT_TYPES[name]) for name in SCALAR_COLUMNS],
         ]
     )
     kept: list[pa.RecordBatch] = []
@@ -267,6 +217,106 @@ def _targets_column(probs: pa.Array, pred: torch.Tensor, num_classes: int, soft:
     return pa.FixedSizeListArray.from_arrays(pa.array(targets.reshape(-1).numpy()), num_classes)
 
 
+def _checked_shards(label_dir: str | Path, num_classes: int, batch_rows: int) -> list[Path]:
+    """The label shards of `label_dir`, each checked against the expected schema."""
+    if batch_rows < 1:
+        raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    shards = list_label_shards(label_dir)
+    for path in shards:
+        check_shard_schema(path, num_classes)
+    return shards
+
+
+def _choose_rows(
+    candidates: pa.Table, pred: torch.Tensor, targets: torch.Tensor | None, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(indices into `candidates`, copies of each): all rows once without targets, else `balance`."""
+    if targets is None:
+        return torch.arange(candidates.num_rows), torch.ones(candidates.num_rows, dtype=torch.long)
+    confidence = torch.from_numpy(_numpy(candidates.column("confidence"), np.float32))
+    generator = torch.Generator().manual_seed(seed)
+    return balance(pred, confidence, targets, generator)
+
+
+def _selected_table(
+    chosen: pa.Table, chosen_pred: torch.Tensor, copies: torch.Tensor, num_classes: int, soft: bool
+) -> pa.Table:
+    """The `Selection.table` of the chosen rows (see `Selection`)."""
+    target = _targets_column(chosen.column("probs").combine_chunks(), chosen_pred, num_classes, soft)
+    return pa.table(
+        {
+            "sample_id": chosen.column("sample_id").combine_chunks(),
+            "target": target,
+            "copies": pa.array(copies.numpy().astype(np.int32)),
+            "pred": chosen.column("pred").combine_chunks(),
+            "confidence": chosen.column("confidence").combine_chunks(),
+            "true_label": chosen.column("true_label").combine_chunks(),
+        }
+    )
+
+
+def _selection_report(
+    stats: _PoolStats,
+    targets: torch.Tensor | None,
+    thresholds: torch.Tensor,
+    chosen_pred: torch.Tensor,
+    copies: torch.Tensor,
+    *,
+    num_classes: int,
+    threshold: float,
+    per_class: str | int | Sequence[int] | None,
+    soft: bool,
+    seed: int,
+) -> dict:
+    """The `Selection.report` counts and settings (pseudo-label accuracy is added by the caller)."""
+    selected_unique = torch.bincount(chosen_pred, minlength=num_classes)
+    selected_copies = torch.bincount(chosen_pred, weights=copies.double(), minlength=num_classes).long()
+    wanted = targets if targets is not None else torch.ones(num_classes, dtype=torch.long)
+    return {
+        "rows": stats.rows,
+        "num_classes": num_classes,
+        "threshold": float(threshold),
+        "per_class_mode": "none" if targets is None else ("auto" if per_class == "auto" else "fixed"),
+        "per_class_target": None if targets is None else targets.tolist(),
+        # Rounded for reading only: the float32 value actually compared is e.g. 0.2899999916.
+        "per_class_thresholds": [round(float(t), 6) for t in thresholds],
+        "counts_before": stats.counts_before.tolist(),
+        "counts_after_threshold": stats.counts_after_threshold.tolist(),
+        "counts_selected_unique": selected_unique.tolist(),
+        "counts_selected_with_copies": selected_copies.tolist(),
+        "selected_unique": int(selected_unique.sum()),
+        "selected_with_copies": int(selected_copies.sum()),
+        # Classes that wanted rows but had none above the threshold: the student sees no pseudo-
+        # labels for them, which the caller should surface.
+        "empty_classes": [
+            c for c in range(num_classes) if wanted[c] > 0 and stats.counts_after_threshold[c] == 0
+        ],
+        "soft": soft,
+        "seed": int(seed),
+        "teachers": stats.teachers,
+    }
+
+
+def _pseudo_label_accuracy(
+    stats: _PoolStats, chosen: pa.Table, chosen_pred: torch.Tensor, copies: torch.Tensor, num_classes: int
+) -> dict:
+    """Accuracy of the pseudo-labels where the true label is known, before and after selection."""
+    # After selection every row counts as often as the student will see it (its copies).
+    true_label = torch.from_numpy(_numpy(chosen.column("true_label"), np.int64))
+    weight = (copies * (true_label >= 0)).double()
+    known_after = torch.bincount(chosen_pred, weights=weight, minlength=num_classes)
+    is_correct = weight * (chosen_pred == true_label)
+    correct_after = torch.bincount(chosen_pred, weights=is_correct, minlength=num_classes)
+    return {
+        # "Per class" means per *predicted* class: the precision of the labels the student
+        # is taught for that class.
+        "before": _accuracy(stats.correct, stats.known),
+        "after": _accuracy(correct_after, known_after),
+    }
+
+
 def select_from_labels(
     label_dir: str | Path,
     *,
@@ -291,14 +341,7 @@ def select_from_labels(
 
     Raises LabelDirError (a ValueError) for a missing/empty directory or mismatched shards.
     """
-    if batch_rows < 1:
-        raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    shards = list_label_shards(label_dir)
-    for path in shards:
-        _check_schema(path, num_classes)
-
+    shards = _checked_shards(label_dir, num_classes, batch_rows)
     stats = _scan_pool(shards, num_classes, threshold, batch_rows)
     confident_pool = int(stats.counts_after_threshold.sum())
     targets = _class_targets(per_class, num_classes, labeled_class_counts, confident_pool)
@@ -309,65 +352,12 @@ def select_from_labels(
 
     candidates = _collect_candidates(shards, num_classes, thresholds, batch_rows, stats.rows)
     pred = torch.from_numpy(_numpy(candidates.column("pred"), np.int64))
-    if targets is None:
-        indices = torch.arange(candidates.num_rows)
-        copies = torch.ones(candidates.num_rows, dtype=torch.long)
-    else:
-        confidence = torch.from_numpy(_numpy(candidates.column("confidence"), np.float32))
-        generator = torch.Generator().manual_seed(seed)
-        indices, copies = balance(pred, confidence, targets, generator)
-
+    indices, copies = _choose_rows(candidates, pred, targets, seed)
     chosen = candidates.take(pa.array(indices.numpy()))
     chosen_pred = pred[indices]
-    target = _targets_column(chosen.column("probs").combine_chunks(), chosen_pred, num_classes, soft)
-    table = pa.table(
-        {
-            "sample_id": chosen.column("sample_id").combine_chunks(),
-            "target": target,
-            "copies": pa.array(copies.numpy().astype(np.int32)),
-            "pred": chosen.column("pred").combine_chunks(),
-            "confidence": chosen.column("confidence").combine_chunks(),
-            "true_label": chosen.column("true_label").combine_chunks(),
-        }
-    )
-
-    selected_unique = torch.bincount(chosen_pred, minlength=num_classes)
-    selected_copies = torch.bincount(chosen_pred, weights=copies.double(), minlength=num_classes).long()
-    wanted = targets if targets is not None else torch.ones(num_classes, dtype=torch.long)
-    report = {
-        "rows": stats.rows,
-        "num_classes": num_classes,
-        "threshold": float(threshold),
-        "per_class_mode": "none" if targets is None else ("auto" if per_class == "auto" else "fixed"),
-        "per_class_target": None if targets is None else targets.tolist(),
-        # Rounded for reading only: the float32 value actually compared is e.g. 0.2899999916.
-        "per_class_thresholds": [round(float(t), 6) for t in thresholds],
-        "counts_before": stats.counts_before.tolist(),
-        "counts_after_threshold": stats.counts_after_threshold.tolist(),
-        "counts_selected_unique": selected_unique.tolist(),
-        "counts_selected_with_copies": selected_copies.tolist(),
-        "selected_unique": int(selected_unique.sum()),
-        "selected_with_copies": int(selected_copies.sum()),
-        # Classes that wanted rows but had none above the threshold: the student sees no pseudo-
-        # labels for them, which the caller should surface.
-        "empty_classes": [
-            c for c in range(num_classes) if wanted[c] > 0 and stats.counts_after_threshold[c] == 0
-        ],
-        "soft": soft,
-        "seed": int(seed),
-        "teachers": stats.teachers,
-    }
+    table = _selected_table(chosen, chosen_pred, copies, num_classes, soft)
+    report = _selection_report(stats, targets, thresholds, chosen_pred, copies, num_classes=num_classes,
+                               threshold=threshold, per_class=per_class, soft=soft, seed=seed)
     if int(stats.known.sum()) > 0:
-        # After selection every row counts as often as the student will see it (its copies).
-        true_label = torch.from_numpy(_numpy(chosen.column("true_label"), np.int64))
-        weight = (copies * (true_label >= 0)).double()
-        known_after = torch.bincount(chosen_pred, weights=weight, minlength=num_classes)
-        is_correct = weight * (chosen_pred == true_label)
-        correct_after = torch.bincount(chosen_pred, weights=is_correct, minlength=num_classes)
-        report["pseudo_label_accuracy"] = {
-            # "Per class" means per *predicted* class: the precision of the labels the student
-            # is taught for that class.
-            "before": _accuracy(stats.correct, stats.known),
-            "after": _accuracy(correct_after, known_after),
-        }
+        report["pseudo_label_accuracy"] = _pseudo_label_accuracy(stats, chosen, chosen_pred, copies, num_classes)
     return Selection(table=table, report=report)

@@ -27,6 +27,17 @@ def seed_for(*parts) -> int:
     return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
 
 
+def load_or_skip(source: Source, i: int, skip_bad: bool):
+    """Image i, or None when it cannot be decoded and `skip_bad` (the collate drops Nones); without
+    `skip_bad` the BadImage propagates (the `fail` policy). Every dataset here loads through this."""
+    try:
+        return source.load(i)
+    except BadImage:
+        if skip_bad:
+            return None
+        raise
+
+
 class LabeledDataset(Dataset):
     """(image tensor, class index, row) from a labeled source."""
 
@@ -37,13 +48,8 @@ class LabeledDataset(Dataset):
         return len(self.source)
 
     def __getitem__(self, i):
-        try:
-            img = self.source.load(i)
-        except BadImage:
-            if self.skip_bad:
-                return None
-            raise
-        return self.transform(img), int(self.source.labels[i]), i
+        img = load_or_skip(self.source, i, self.skip_bad)
+        return None if img is None else (self.transform(img), int(self.source.labels[i]), i)
 
 
 class PseudoDataset(Dataset):
@@ -59,11 +65,8 @@ class PseudoDataset(Dataset):
 
     def __getitem__(self, i):
         row = int(self.rows[i])
-        try:
-            img = self.source.load(row)
-        except BadImage:
-            return None
-        return self.transform(img), self.targets[i], row
+        img = load_or_skip(self.source, row, True)        # the pool's policy: an unreadable image drops out
+        return None if img is None else (self.transform(img), self.targets[i], row)
 
 
 def collate_skip_bad(batch):
@@ -119,12 +122,8 @@ class _EvalDataset(Dataset):
         return len(self.source)
 
     def __getitem__(self, i):
-        try:
-            return self.source.load(i), i
-        except BadImage:
-            if self.skip_bad:
-                return None
-            raise
+        img = load_or_skip(self.source, i, self.skip_bad)
+        return None if img is None else (img, i)
 
 
 def _collate_arrays(batch):

@@ -22,7 +22,7 @@ from PIL import Image
 from ..errors import UserError
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "BadImage", "Source", "ArraySource", "FileSource", "register_source",
+    "IMAGE_EXTENSIONS", "BadImage", "Source", "ArraySource", "FileSource", "register_source", "list_sources",
     "create_source", "draw_per_class", "open_image",
 ]
 
@@ -210,6 +210,11 @@ class _SubsetSource(Source):
 # readers, registered by kind (timm-style registry: `create_source(cfg)` looks the kind up)
 
 _READERS: dict[str, Callable] = {}
+
+
+def list_sources() -> list[str]:
+    """Registered source kinds (the built-in ones and any added with `register_source`)."""
+    return sorted(_READERS)
 
 
 def register_source(kind: str):

@@ -11,30 +11,13 @@ An optional `classes.txt` (one class name per line) beside the shards names the 
 `manifest` — `root` is a `.parquet` or `.csv` file with a `path` column and an optional `label`
 (int, -1/empty = unknown) or `class` (name) column. Paths are relative to the manifest's folder,
 or absolute; ids are the paths exactly as written. Manifest paths are only ever *read*: ids go into
-label/selection tables as strings and are never joined to an output folder (anything that ever
-wants to write under an id must go through `artifacts.safe_join`).
+label/selection tables as strings and are never joined to an output folder.
 
-Why not the `webdataset` library for `tar`? It is an IterableDataset: it streams shards in an order
-of its own choosing (shard shuffling, per-worker/node splitters), and offers no random access. The
-pipeline needs three things it does not give: (1) stable row numbers and ids, so label shards
-`part-NNNNN` (rows [s*shard_size, (s+1)*shard_size)) mean the same images on every rank and on
-every rerun, which is what makes the distributed union equal the single-process output and lets a
-finished label shard never be recomputed; (2) random access to the few selected samples the student
-trains on (`subset` + `load(i)`); (3) bounded memory: an index of (shard, offset, size) is ~20 bytes
-per sample plus the id string (~100 MB for 1M samples), images are never held. So we index each
-shard once and read members with `os.pread` on one lazily opened descriptor per shard and per
-process (opened after a DataLoader worker forks; `pread` has no file position, so even a shared
-descriptor would be safe). Sequential labeling is then a run of positioned reads in file order,
-which the OS read-ahead turns into streaming; random access costs one `pread` per image.
-
-Why a 40-line header scanner instead of iterating `tarfile.TarFile`? Measured on 28x28 PNG shards,
-`tarfile` needs ~27 us per member (1M images: ~30 s per rank before labeling can start) and keeps a
-TarInfo for every member in `TarFile.members` (hundreds of MB for a 1M pool). The scanner reads only
-the 512-byte headers (~4 us per member), verifies their checksums, and understands what
-`tarfile`, GNU tar and WebDataset's writers produce: ustar/GNU headers, ustar name prefixes, GNU
-long names (`L`) and pax headers (`x`: `path`, `size`). Anything else (e.g. sparse members) is
-skipped with a warning. Compressed shards (`.tar.gz`) cannot be read at an offset and are refused
-with a hint to decompress them. Our test fixtures and the benchmark write shards with `tarfile`.
+Why our own tar index rather than the `webdataset` library or `tarfile`: the pipeline needs stable
+row numbers and ids (the same label shards on every rank and rerun), random access to the selected
+samples, and memory that holds no images (~20 bytes per sample plus its id). So each shard's
+512-byte headers are scanned once (ustar/GNU/pax; ~4 us per member vs ~27 us for `tarfile`) and
+members are read with `os.pread`. Compressed shards are refused. Details: docs/scaling.md.
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision import transforms as T
 
-__all__ = ["TrainTransform", "to_tensor_batch", "default_mean_std", "create_train_transform", "randaugment_spec",
+__all__ = ["TrainTransform", "to_tensor_batch", "normalize", "default_mean_std", "create_train_transform", "randaugment_spec",
            "cutout_"]
 
 
@@ -105,6 +105,13 @@ def to_tensor_batch(images: np.ndarray, image_size: int, mean, std) -> torch.Ten
     if x.shape[-1] != image_size or x.shape[-2] != image_size:
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False,
                           antialias=True)
-    m = torch.tensor(mean, dtype=x.dtype).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=x.dtype).view(1, -1, 1, 1)
+    return normalize(x, mean, std)
+
+
+def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """(x - mean) / std per channel for a float NCHW batch in [0, 1]: the model's input. The one
+    normaliser of batches (eval, on-device training noise, robustness); per-image training
+    transforms use torchvision's Normalize, the same formula."""
+    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     return (x - m) / s

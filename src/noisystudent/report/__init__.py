@@ -19,7 +19,8 @@ from ..artifacts import atomic_write
 from ..errors import UserError
 from .extra import EXTRA_PLOTS, environment_blocks
 from .plots import PLOTS
-from .rundata import DPI, ROLE_LABEL, STYLE, RunData, fmt_params, fmt_secs, is_num, pct, role_label, training_stages
+from ..layout import ROLE_LABEL
+from .rundata import DPI, STYLE, RunData, fmt_params, fmt_secs, is_num, pct, role_label, training_stages
 
 __all__ = ["write_report", "ROLE_LABEL"]
 
@@ -77,7 +78,7 @@ def _timing_table(run: RunData):
         info = (run.json(k, which, "stage.json") or {}).get("info") or {}
         if is_num(info.get("train_s")):
             total += info["train_s"]
-        rows.append([f"round{k}/{which}", info.get("epochs", "—"), fmt_secs(info.get("train_s")),
+        rows.append([run.layout.rel(run.layout.model(k, which)), info.get("epochs", "—"), fmt_secs(info.get("train_s")),
                      f"{info['images_per_s']:.0f}" if is_num(info.get("images_per_s")) else "—",
                      info.get("pseudo_images", "—")])
     if rows:
@@ -173,12 +174,8 @@ def _warning_blocks(run_dir: Path) -> list:
             ("ul", [i["message"] for i in items])]
 
 
-def write_report(run_dir: Path) -> list[Path]:
-    """Write report.md, report.html and plots/*.png into `run_dir`; return the files written."""
-    run_dir = Path(run_dir)
-    run = RunData(run_dir)
-    plots_dir = run_dir / "plots"
-    written: list[Path] = []
+def _draw_plots(run: RunData, plots_dir: Path) -> dict[str, tuple[str, str]]:
+    """Every plot that can be drawn, as plots/<name>.png; {name: (relative path, caption)}."""
     images: dict[str, tuple[str, str]] = {}
     # Class names and the run's name are data: a `$` in them must not be read as mathtext.
     with matplotlib.rc_context({**STYLE, "text.parse_math": False}):
@@ -198,8 +195,17 @@ def write_report(run_dir: Path) -> list[Path]:
                 first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
                 log.warning("report: plot %s skipped (%s: %s)", name, type(e).__name__, first)
                 continue
-            written.append(path)
             images[name] = (f"plots/{name}.png", caption)
+    return images
+
+
+def write_report(run_dir: Path) -> list[Path]:
+    """Write report.md, report.html and plots/*.png into `run_dir`; return the files written."""
+    run_dir = Path(run_dir)
+    run = RunData(run_dir)
+    plots_dir = run.layout.plots
+    images = _draw_plots(run, plots_dir)
+    written: list[Path] = [plots_dir / f"{n}.png" for n in images]
 
     b: list = [("h", 1, f"Noisy Student report: {run.name}"),
                ("p", f"Run directory `{run_dir}`; {len(run.classes)} classes, {run.summary.get('rounds', '?')} "
@@ -225,8 +231,8 @@ def write_report(run_dir: Path) -> list[Path]:
           ("table", *timings) if timings[1] else ("p", "No finished training stage yet.")]
     b += environment_blocks(run)
 
-    for path, text in ((run_dir / "report.md", _render_md(b)),
-                       (run_dir / "report.html", _render_html(b, f"Noisy Student report: {run.name}"))):
+    for path, text in ((run.layout.report_md, _render_md(b)),
+                       (run.layout.report_html, _render_html(b, f"Noisy Student report: {run.name}"))):
         with atomic_write(path, "w") as f:
             f.write(text)
         written.append(path)
@@ -235,5 +241,5 @@ def write_report(run_dir: Path) -> list[Path]:
     for old in plots_dir.glob("*.png") if plots_dir.is_dir() else []:
         if old not in written:
             old.unlink(missing_ok=True)
-    log.info("report: %s", run_dir / "report.html")
+    log.info("report: %s", run.layout.report_html)
     return written

@@ -9,9 +9,12 @@ import sys
 from pathlib import Path
 
 from matplotlib.figure import Figure
+
+from ..layout import RunLayout
 import numpy as np
 import yaml
 
+from ..labels import LabelDirError, list_label_shards
 from .rundata import RunData, load_optional
 
 __all__ = ["confusion_plot", "pool_grid_plot", "environment", "write_environment", "environment_blocks",
@@ -39,7 +42,7 @@ def environment() -> dict:
 
 def write_environment(run_dir: Path) -> None:
     from ..artifacts import write_json
-    write_json(Path(run_dir) / "environment.json", environment())
+    write_json(RunLayout(run_dir).environment, environment())
 
 
 def _final(run: RunData) -> dict | None:
@@ -48,7 +51,7 @@ def _final(run: RunData) -> dict | None:
 
 def confusion_plot(run: RunData):
     m = _final(run)
-    ev = load_optional(run.dir / f"round{m['round']}" / f"eval_{m['which']}" / "eval.json") if m else None
+    ev = load_optional(run.layout.eval(m["round"], m["which"]) / "eval.json") if m else None
     cm = np.asarray((ev or {}).get("confusion_matrix") or [], dtype=float)
     if cm.ndim != 2 or not cm.size or len(cm) > 100:
         return None
@@ -75,7 +78,7 @@ def confusion_plot(run: RunData):
 def _pool_source(run: RunData):
     from ..config import config_from_dict
     from ..data import create_source
-    cfg = config_from_dict(yaml.safe_load((run.dir / "config.yaml").read_text()))
+    cfg = config_from_dict(yaml.safe_load(run.layout.config.read_text()))
     return create_source(cfg.data.unlabeled, cfg.data.in_chans or 3, "data.unlabeled")
 
 
@@ -83,11 +86,12 @@ def pool_grid_plot(run: RunData):
     """Rows = classes; left GRID_EACH columns the pool images the teacher was surest of, right the
     ones it was least sure of (among those it assigned to the class)."""
     import pyarrow.parquet as pq
-    k = max((r for r in run.rounds if (run.dir / f"round{r}" / "labels").is_dir()), default=None)
-    if k is None or not (run.dir / "config.yaml").is_file():
+    k = max((r for r in run.rounds if run.layout.labels(r).is_dir()), default=None)
+    if k is None or not run.layout.config.is_file():
         return None
-    parts = sorted((run.dir / f"round{k}" / "labels").glob("part-*.parquet"))
-    if not parts:
+    try:
+        parts = list_label_shards(run.layout.labels(k))
+    except LabelDirError:
         return None
     cols = ["sample_id", "pred", "confidence"]
     t = {c: np.concatenate([pq.read_table(p, columns=[c]).column(c).to_numpy(zero_copy_only=False)
@@ -123,14 +127,14 @@ def pool_grid_plot(run: RunData):
 
 
 def environment_blocks(run: RunData) -> list:
-    env = load_optional(run.dir / "environment.json")
+    env = load_optional(run.layout.environment)
     note = "recorded by the run"
     if not isinstance(env, dict):
         env, note = environment(), "of the machine that wrote this report (the run recorded none)"
     rows = [[k, "—" if v is None else str(v)] for k, v in env.items()]
     blocks = [("h", 2, "Config, versions and hardware"), ("p", f"Versions and hardware {note}."),
               ("table", ["what", "value"], rows)]
-    cfg = run.dir / "config.yaml"
+    cfg = run.layout.config
     if cfg.is_file():
         blocks += [("p", "The resolved config (`config.yaml`; every default filled in):"), ("pre", cfg.read_text())]
     return blocks

@@ -10,7 +10,9 @@ import numpy as np
 import pyarrow.parquet as pq
 from matplotlib.figure import Figure
 
-from .rundata import MAX_BAR_CLASSES, ROLE_LABEL, RunData, is_num, read_jsonl, training_stages
+from ..labels import LabelDirError, list_label_shards
+from ..layout import ROLE_LABEL
+from .rundata import MAX_BAR_CLASSES, RunData, is_num, read_jsonl, training_stages
 
 __all__ = ["PLOTS"]
 
@@ -94,7 +96,7 @@ def _grid(n: int, ncols: int, w: float, h: float, **kw):
 def _confidence_hist(label_dir: Path, threshold) -> tuple[np.ndarray, int, int]:
     """50-bin histogram of the `confidence` column, one row group batch at a time (pools are big)."""
     counts, total, above = np.zeros(50, dtype=np.int64), 0, 0
-    for path in sorted(label_dir.glob("part-*.parquet")):
+    for path in list_label_shards(label_dir):
         for batch in pq.ParquetFile(path).iter_batches(batch_size=1 << 16, columns=["confidence"]):
             c = np.clip(batch.column(0).to_numpy(zero_copy_only=False).astype(np.float32), 0.0, 1.0)
             counts += np.histogram(c, bins=50, range=(0.0, 1.0))[0]
@@ -103,8 +105,15 @@ def _confidence_hist(label_dir: Path, threshold) -> tuple[np.ndarray, int, int]:
     return counts, total, above
 
 
+def _has_shards(label_dir: Path) -> bool:
+    try:
+        return bool(list_label_shards(label_dir))
+    except LabelDirError:
+        return False
+
+
 def _confidence(run: RunData):
-    todo = [k for k in run.rounds if any((run.dir / f"round{k}" / "labels").glob("part-*.parquet"))]
+    todo = [k for k in run.rounds if _has_shards(run.layout.labels(k))]
     if not todo:
         return None
     fig, axes = _grid(len(todo), 3, 3.6, 2.8, sharex=True)
@@ -112,7 +121,7 @@ def _confidence(run: RunData):
     for ax, k in zip(axes, todo):
         sel = run.json(k, "selection", "selection.json") or {}
         thr = sel.get("threshold")
-        counts, total, above = _confidence_hist(run.dir / f"round{k}" / "labels", thr)
+        counts, total, above = _confidence_hist(run.layout.labels(k), thr)
         # Log counts: confident pools pile up near 1.0 and would flatten everything else.
         ax.stairs(counts, edges, fill=True, alpha=0.6, color="C0", label=f"{total} pool images", baseline=0.5)
         ax.set_yscale("log")
@@ -212,7 +221,7 @@ def _curves(run: RunData):
     losses are different quantities."""
     groups = {"teacher": [], "student": []}
     for i, (k, which) in enumerate(training_stages(run)):
-        rows = [r for r in read_jsonl(run.dir / f"round{k}" / which / "metrics.jsonl")
+        rows = [r for r in read_jsonl(run.layout.model(k, which) / "metrics.jsonl")
                 if is_num(r.get("loss")) and is_num(r.get("epoch"))]
         if rows:
             groups["teacher" if which == "teacher" else "student"].append((i, k, which, rows))

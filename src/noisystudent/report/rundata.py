@@ -5,11 +5,11 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import re
 from pathlib import Path
 
 from ..artifacts import read_json
 from ..errors import UserError
+from ..layout import ROLE_LABEL, RunLayout
 
 __all__ = ["RunData", "load_optional", "read_jsonl", "is_num", "pct", "fmt_params", "fmt_secs", "role_label",
            "training_stages"]
@@ -17,13 +17,6 @@ __all__ = ["RunData", "load_optional", "read_jsonl", "is_num", "pct", "fmt_param
 log = logging.getLogger("noisystudent")
 
 DPI = 110
-ROLES = ("teacher", "student", "student_nonoise", "student_no_randaugment", "student_no_dropout_sd",
-         "student_supervised", "student_two_step", "finetune")
-ROLE_LABEL = {"teacher": "teacher", "student": "noisy student", "student_nonoise": "student (no noise)",
-              "student_no_randaugment": "student (no RandAugment/Cutout)",
-              "student_no_dropout_sd": "student (no dropout/SD)",
-              "student_supervised": "supervised, compute-matched", "student_two_step": "student (two-step)",
-              "finetune": "fine-tuned"}
 MAX_BAR_CLASSES = 50      # beyond this, per-class bar charts show the extremes / lines instead
 STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.spines.top": False, "axes.spines.right": False}
 
@@ -44,11 +37,6 @@ def read_jsonl(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             pass                            # one bad line should not hide the rest of the curve
     return rows
-
-
-def round_numbers(run_dir: Path) -> list[int]:
-    return sorted(int(m.group(1)) for p in run_dir.glob("round*")
-                  if p.is_dir() and (m := re.fullmatch(r"round(\d+)", p.name)))
 
 
 def is_num(x) -> bool:
@@ -73,7 +61,7 @@ class RunData:
     def __init__(self, run_dir: Path):
         self.dir = run_dir
         try:
-            summary = read_json(run_dir / "summary.json")
+            summary = read_json(RunLayout(run_dir).summary)
         except (OSError, json.JSONDecodeError):
             summary = None
         if not isinstance(summary, dict):
@@ -83,10 +71,11 @@ class RunData:
         self.name = summary.get("name") or run_dir.name
         self.classes = [str(c) for c in summary.get("classes") or []]
         self.models = [m for m in summary.get("models") or [] if isinstance(m, dict) and {"which", "round"} <= m.keys()]
-        self.rounds = round_numbers(run_dir)
+        self.layout = RunLayout(run_dir)
+        self.rounds = self.layout.rounds()
 
     def json(self, k: int, sub: str, name: str):
-        return load_optional(self.dir / f"round{k}" / sub / name)
+        return load_optional(self.layout.stage(k, sub) / name)
 
     def final_student(self) -> dict | None:
         students = [m for m in self.models if m["which"] == "student"]
@@ -96,7 +85,7 @@ class RunData:
     def robust(self) -> list[tuple[str, dict, dict]]:
         """(label, summary row, robustness.json) for every model with a robustness result. The full
         file, not summary.json's digest of it: the per-corruption curves are only there."""
-        robs = [(m, self.json(m["round"], f"eval_{m['which']}", "robustness.json")) for m in self.models]
+        robs = [(m, load_optional(self.layout.eval(m["round"], m["which"]) / "robustness.json")) for m in self.models]
         return [(f"r{m['round']} {role_label(m)}", m, r) for m, r in robs if isinstance(r, dict)]
 
 
@@ -106,4 +95,4 @@ def role_label(m: dict) -> str:
 
 def training_stages(run: RunData) -> list[tuple[int, str]]:
     """(round, stage) of every training stage folder the run has, in pipeline order."""
-    return [(k, w) for k in run.rounds for w in ROLES if (run.dir / f"round{k}" / w).is_dir()]
+    return run.layout.training_stages()

@@ -1,22 +1,13 @@
 """Model-facing helpers for robustness evaluation: batched prediction and FGSM.
 
 FGSM (Goodfellow et al., 2015): x_adv = clip(x + eps * sign(grad_x loss(f(x), y)), 0, 1), with eps
-and the clip in *pixel* space [0, 1] while the model sees (x - mean) / std.
+and the clip in *pixel* space [0, 1] while the model sees (x - mean) / std. Adversarial images
+stay float (not re-quantised to 8 bits).
 
-We implement FGSM in a few lines rather than using torchattacks because:
-* dependency weight: torchattacks is not a dependency of this package (nor of its robustness
-  extra) and pins its own requirements, for what is ~10 lines here;
-* normalisation: we keep the attack in pixel space and normalise inside the forward pass
-  explicitly, instead of relying on torchattacks' `set_normalization_used` state on the attack
-  object (easy to forget, which silently attacks in normalised space);
-* determinism and exactness: one gradient per batch is reused for every eps, the loss is summed
-  (not averaged, so a sample's gradient does not shrink with batch size and underflow to a zero
-  sign), and eps = 0 reuses the clean logits of that same forward pass, so it equals clean accuracy
-  exactly by construction;
-* mode handling: every submodule's train/eval flag is restored individually afterwards (a model
-  with frozen BatchNorm in a training loop stays exactly as it was).
-
-Adversarial images are kept in float; they are not re-quantised to 8 bits.
+Our own few lines rather than torchattacks (see docs/robustness.md): no extra dependency,
+normalisation explicit in the forward pass, one gradient per batch reused for every eps with a
+summed loss (a sample's gradient never shrinks with batch size), eps = 0 equal to clean accuracy
+by construction, and every submodule's train/eval flag restored afterwards.
 """
 
 from __future__ import annotations
@@ -29,6 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..data.transforms import normalize
 
 __all__ = ["predict", "fgsm_attack", "fgsm_accuracy"]
 
@@ -86,7 +79,7 @@ def predict(
     with _eval_mode(model), torch.no_grad():
         for i in range(0, len(images), batch_size):
             x = _to_unit(torch.from_numpy(images[i:i + batch_size]).to(device).permute(0, 3, 1, 2))
-            out[i:i + batch_size] = model((x - m) / s).argmax(1).cpu().numpy()
+            out[i:i + batch_size] = model(normalize(x, m, s)).argmax(1).cpu().numpy()
     return out
 
 
@@ -94,7 +87,7 @@ def _gradient_sign(model: nn.Module, x: torch.Tensor, y: torch.Tensor, m: torch.
                    s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """sign(d loss / d x) in pixel space, and the clean logits of the same forward pass."""
     x = x.detach().requires_grad_(True)
-    logits = model((x - m) / s)
+    logits = model(normalize(x, m, s))
     loss = F.cross_entropy(logits.float(), y, reduction="sum")
     (grad,) = torch.autograd.grad(loss, x)  # only w.r.t. the input: parameters' .grad untouched
     return grad.sign(), logits.detach()
@@ -160,6 +153,6 @@ def fgsm_accuracy(
                     preds = clean_logits.argmax(1)
                 else:
                     with torch.no_grad():
-                        preds = model(((x + eps * sign).clamp_(0.0, 1.0) - m) / s).argmax(1)
+                        preds = model(normalize((x + eps * sign).clamp_(0.0, 1.0), m, s)).argmax(1)
                 correct[eps] += int((preds == y).sum())
     return {eps: c / len(images) for eps, c in correct.items()}

@@ -4,55 +4,15 @@
 `corrupt_dataset` does it for a whole array with per-image seeds and an optional on-disk cache,
 so that a teacher and its students are scored on byte-identical corrupted images.
 
-We call the `imagecorruptions` package (1.1.2; Michaelis et al., 2019: Hendrycks' code generalised
-to any image size) wherever it still works. Checked on 8, 28, 32, 33 and 224 px inputs (and
-non-square ones) with numpy 2.4, scikit-image 0.26, SciPy 1.17, setuptools 84, these break:
+The maths is the `imagecorruptions` package's (1.1.2). Where it no longer runs (numpy 2,
+scikit-image 0.26, setuptools without `pkg_resources`) we import it with stand-ins for the missing
+modules and re-implement `glass_blur`, `fog` and `impulse_noise` bit for bit with their tables.
+Sides under 32 px are upsampled by pixel replication, corrupted and sampled back (pixelate runs at
+native size); grayscale is corrupted as RGB and returned as luma (noise corruptions keep one
+channel). At small sizes severities compare models scored here, not published ImageNet-C numbers.
 
-* importing the package at all: it does `from pkg_resources import resource_filename`, which
-  recent setuptools no longer ships (ModuleNotFoundError), and `from scipy.ndimage.interpolation
-  import ...`, a namespace SciPy deprecated and will remove in 2.0. We import it with stand-ins for
-  exactly those two modules, only if they are missing; its maths is untouched. `pkg_resources` is
-  only used by `frost` to locate its bundled frost pictures.
-* `glass_blur`: calls `skimage.filters.gaussian(..., multichannel=True)`; scikit-image deprecated
-  that keyword in 0.19 and no longer accepts it (TypeError). Re-implemented with `channel_axis=-1`, same
-  (sigma, max_delta, iterations) table. The pixel "swap" of the reference code,
-  `x[h, w], x[h', w'] = x[h', w'], x[h, w]`, acts on numpy views and therefore only *copies*
-  x[h', w'] into x[h, w]; ImageNet-C was generated that way, so we keep that behaviour (and its
-  random-draw order) bit for bit, but run the sequential loop on a packed Python list (~30x faster).
-* `fog`: its `plasma_fractal` allocates with `np.float_`, removed in NumPy 2.0 (AttributeError).
-  Re-implemented with `np.float64`, same diamond-square maths and (strength, decay) table.
-* `impulse_noise`: runs without error but is silently *not reproducible*: current scikit-image's
-  `random_noise` draws from a fresh `np.random.default_rng()` instead of numpy's global RNG, so
-  seeding has no effect. Re-implemented by passing `random_noise` a generator drawn from the
-  (seeded) global RNG; same salt-and-pepper maths and amounts.
-
-All other 12 corruptions are the package's functions as they are. Known deviations of the package
-itself from the original ImageNet-C scripts (not changed here): motion_blur and snow re-implement
-ImageMagick's motion blur in numpy; elastic_transform is re-parameterised for arbitrary image sizes;
-pixelate upsamples with NEAREST instead of BOX. Float results are truncated to uint8 with
-`np.uint8`, as both reference implementations do (the published ImageNet-C files were further
-saved as JPEG, quality 85; we keep the arrays lossless).
-
-Small images: the package (and its maths: kernel sizes, frost crops) assumes sides >= 32 px.
-An image with a side below 32 px is upsampled by the smallest integer factor k that makes both
-sides >= 32 (pixel replication), corrupted, and reduced back by taking the centre pixel of each
-k x k block. Both steps are exact inverses for an unchanged image, and sub-sampling (unlike block
-averaging) keeps the per-pixel strength of the noise corruptions (averaging would divide the noise
-std by k). Exception: pixelate is defined relative to the image size (keep 60%..25% of the
-resolution), which upsampling would defeat (an 8 px image "pixelated" to 19/32 of 32 px is
-unchanged), so it runs at the native size (sides >= 4 px). Severities are calibrated for 224 px
-ImageNet, so at small resolutions they are *not* comparable with published ImageNet-C numbers;
-they remain a fair common yardstick for models evaluated on the same images.
-
-Grayscale (HW or HW1): replicated to 3 channels, corrupted, and converted back so that the result
-is what the corruption would do to a single-channel image: ITU-R 601 luma (frost adds colour;
-luma is what the package's own grayscale frost uses), except for the three noise corruptions,
-whose noise is drawn independently per channel; averaging channels would weaken it (std x0.67,
-salt becomes light gray), so for them the first channel is kept.
-
-Determinism: the package draws from numpy's *global* RNG. `corrupt` seeds it inside a context and
-restores the previous global state afterwards, so callers' random streams are unaffected. This is
-not thread-safe (the global RNG is shared); parallelise with processes, not threads.
+Not thread-safe: the package draws from numpy's global RNG, which `corrupt` seeds and restores.
+Why each deviation, and references: docs/robustness.md.
 """
 
 from __future__ import annotations
@@ -74,7 +34,7 @@ from PIL import Image
 
 from noisystudent.errors import UserError
 
-__all__ = ["CORRUPTIONS", "SEVERITIES", "corrupt", "corrupt_dataset", "derive_seed"]
+__all__ = ["CORRUPTIONS", "SEVERITIES", "corrupt", "corrupt_dataset", "derive_seed", "array_digest"]
 
 CORRUPTIONS: tuple[str, ...] = (
     "gaussian_noise", "shot_noise", "impulse_noise",
@@ -146,7 +106,7 @@ def _glass_blur(x: Image.Image, severity: int = 1) -> np.ndarray:
         d = np.random.randint(-delta, delta, size=(hh.size, 2))
         src = ((hh + d[:, 1]) * width + (ww + d[:, 0])).tolist()  # (dx, dy) = d[i]
         for dst, s in zip((hh * width + ww).tolist(), src):
-            flat[dst] = flat[s]  # the reference's "swap" only copies; see module docstring
+            flat[dst] = flat[s]  # the reference's "swap" only copies; see docs/robustness.md
     packed = np.array(flat, dtype=np.int64).reshape(height, width)
     x = np.stack([(packed >> 16) & 255, (packed >> 8) & 255, packed & 255], axis=-1).astype(np.uint8)
     return np.clip(gaussian(x / 255.0, sigma=sigma, channel_axis=-1), 0, 1) * 255
@@ -263,18 +223,19 @@ def corrupt(image: np.ndarray, name: str, severity: int, seed: int) -> np.ndarra
 
 
 def derive_seed(seed: int, *parts: object) -> int:
-    """A 32-bit seed that depends only on `seed` and `parts` (e.g. name, severity, image index).
+    """A 32-bit seed that depends only on `seed` and `parts` (e.g. name, severity, image index):
+    the package's one seed hash (`data.loaders.seed_for`, stable across platforms and processes),
+    cut to the 32 bits numpy's legacy global seeding takes."""
+    from ..data.loaders import seed_for
+    return seed_for(seed, *parts) & 0xFFFFFFFF
 
-    Uses a cryptographic hash of the text so it is stable across platforms, processes and
-    numpy versions (Python's hash() is salted per process)."""
-    text = "|".join(str(p) for p in (seed, *parts))
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=4).digest(), "little")
 
-
-def _images_digest(images: np.ndarray, indices: np.ndarray) -> str:
-    h = hashlib.sha256(f"{_CACHE_VERSION}|{images.shape}|{images.dtype}|".encode())
-    h.update(memoryview(np.ascontiguousarray(images)).cast("B"))
-    h.update(memoryview(np.ascontiguousarray(indices, dtype=np.int64)).cast("B"))
+def array_digest(*arrays: np.ndarray, prefix: str = "") -> str:
+    """sha256 of arrays' shapes, dtypes and bytes (the identity of an evaluation set or its cache)."""
+    h = hashlib.sha256(prefix.encode())
+    for a in arrays:
+        h.update(f"|{a.shape}|{a.dtype}|".encode())
+        h.update(memoryview(np.ascontiguousarray(a)).cast("B"))
     return h.hexdigest()
 
 
@@ -337,7 +298,7 @@ def corrupt_dataset(
     if cache_dir is not None:
         cache = Path(cache_dir)
         cache.mkdir(parents=True, exist_ok=True)
-        digest = _images_digest(images, indices)
+        digest = array_digest(images, np.asarray(indices, dtype=np.int64), prefix=str(_CACHE_VERSION))
 
     results: dict[tuple[str, int], np.ndarray] = {}
     for name in names:

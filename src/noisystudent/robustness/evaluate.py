@@ -10,7 +10,6 @@ compare results computed on different data.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -22,11 +21,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .adversarial import fgsm_accuracy, predict
-from .corruptions import CORRUPTIONS, SEVERITIES, corrupt_dataset, derive_seed
+from .corruptions import CORRUPTIONS, SEVERITIES, array_digest, corrupt_dataset, derive_seed
 from .metrics import mean_corruption_error, mean_flip_rate, relative_mce, unnormalized_mean_corruption_error
 from .perturbations import PERTURBATIONS, flip_rate, perturbation_sequence
 
-__all__ = ["evaluate_robustness", "compare_to_baseline", "eps_key"]
+__all__ = ["evaluate_robustness", "compare_to_baseline", "eps_key", "subset_indices"]
 
 DEFAULT_FGSM_EPS: tuple[float, ...] = (1 / 255, 2 / 255, 4 / 255, 8 / 255)
 
@@ -36,14 +35,7 @@ def eps_key(eps: float) -> str:
     return f"{eps:.5f}"
 
 
-def _data_digest(images: np.ndarray, labels: np.ndarray) -> str:
-    h = hashlib.sha256(f"{images.shape}|{images.dtype}|".encode())
-    h.update(memoryview(np.ascontiguousarray(images)).cast("B"))
-    h.update(memoryview(np.ascontiguousarray(labels, dtype=np.int64)).cast("B"))
-    return h.hexdigest()
-
-
-def _subset(n: int, max_images: int | None, seed: int) -> np.ndarray:
+def subset_indices(n: int, max_images: int | None, seed: int) -> np.ndarray:
     """Sorted indices of a seeded random subset (random, not the first k: datasets are often
     sorted by class)."""
     if max_images is None or max_images >= n:
@@ -73,6 +65,76 @@ def _flip_rate(model, images, indices, kind, length, seed, mean, std, batch_size
     return flip_rate(np.concatenate(preds), kind)
 
 
+def _checked_arrays(images, labels) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 NHWC images (NHW gets a channel axis) and their integer labels, or a ValueError."""
+    images, labels = np.asarray(images), np.asarray(labels)
+    if images.dtype != np.uint8 or images.ndim not in (3, 4):
+        raise ValueError(f"images must be a uint8 NHWC array, got {images.dtype} {images.shape}")
+    if images.ndim == 3:  # NHW grayscale -> NHW1
+        images = images[..., np.newaxis]
+    if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be {len(images)} integers, got {labels.dtype} {labels.shape}")
+    if len(images) == 0:
+        raise ValueError("no images to evaluate")
+    return images, labels
+
+
+def _checked_settings(corruptions, severities, perturbations, fgsm_eps) -> tuple[tuple, tuple, tuple, tuple]:
+    """The parts to run as tuples (severities int, eps float); unknown names fail here, before the
+    slow passes, not after them."""
+    corruptions, severities = tuple(corruptions), tuple(int(s) for s in severities)
+    perturbations, fgsm_eps = tuple(perturbations), tuple(float(e) for e in fgsm_eps)
+    if len({eps_key(e) for e in fgsm_eps}) != len(fgsm_eps):
+        raise ValueError(f"fgsm_eps values collide at 5 decimals: {fgsm_eps}")
+    for what, given, allowed in (("corruption", corruptions, CORRUPTIONS), ("severity", severities, SEVERITIES),
+                                 ("perturbation", perturbations, PERTURBATIONS)):
+        unknown = [g for g in given if g not in allowed]
+        if unknown:
+            raise ValueError(f"unknown {what}(s) {unknown}; allowed: {', '.join(map(str, allowed))}")
+    return corruptions, severities, perturbations, fgsm_eps
+
+
+def _corruption_accuracies(model, images, labels, indices, corruptions, severities, seed, cache_dir,
+                           progress, bar, ev) -> dict[str, dict[str, float]]:
+    """{corruption: {str(severity): accuracy}}, one bar step per (corruption, severity)."""
+    accuracy: dict[str, dict[str, float]] = {}
+    for name in corruptions:
+        accuracy[name] = {}
+        for severity in severities:
+            bar.set_postfix_str(f"{name} s{severity}")
+            corrupted = corrupt_dataset(images, name, severity, seed, cache_dir,
+                                        indices=indices, progress=progress)[(name, severity)]
+            accuracy[name][str(severity)] = _accuracy(model, corrupted, labels, **ev)
+            bar.update()
+    return accuracy
+
+
+def _fgsm_accuracies(model, images, labels, fgsm_eps, mean, std, batch_size, device) -> dict[str, float]:
+    """{eps_key(eps): accuracy under FGSM at eps}."""
+    # A uint8 NCHW view: fgsm_accuracy scales each batch, never the whole set, to float.
+    pixels = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    by_eps = fgsm_accuracy(model, pixels, torch.from_numpy(labels), fgsm_eps, mean, std,
+                           batch_size=batch_size, device=device)
+    return {eps_key(e): acc for e, acc in by_eps.items()}
+
+
+def _result(images, labels, clean, accuracy, fgsm, flips, settings) -> dict[str, Any]:
+    """The JSON-serialisable result of `evaluate_robustness`."""
+    errors = {name: [1.0 - accuracy[name][str(s)] for s in settings["severities"]]
+              for name in settings["corruptions"]}
+    return {
+        "num_images": int(len(images)),
+        "clean_accuracy": clean,
+        "corruptions": accuracy,
+        "corruption_error": errors,
+        "mean_corruption_error_unnormalized": unnormalized_mean_corruption_error(errors) if errors else None,
+        "fgsm": fgsm,
+        "flip_rate": flips,
+        "data_sha256": array_digest(images, np.asarray(labels, dtype=np.int64)),
+        "settings": settings,
+    }
+
+
 def evaluate_robustness(
     model: nn.Module,
     images: np.ndarray,
@@ -98,27 +160,10 @@ def evaluate_robustness(
     Pass empty sequences to skip a part (e.g. `perturbations=()`). Accuracies and error rates are
     fractions in [0, 1]. Keys of "corruptions" are severities as strings, of "fgsm" `eps_key(eps)`.
     """
-    images, labels = np.asarray(images), np.asarray(labels)
-    if images.dtype != np.uint8 or images.ndim not in (3, 4):
-        raise ValueError(f"images must be a uint8 NHWC array, got {images.dtype} {images.shape}")
-    if images.ndim == 3:  # NHW grayscale -> NHW1
-        images = images[..., np.newaxis]
-    if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels must be {len(images)} integers, got {labels.dtype} {labels.shape}")
-    if len(images) == 0:
-        raise ValueError("no images to evaluate")
-    corruptions, severities = tuple(corruptions), tuple(int(s) for s in severities)
-    perturbations, fgsm_eps = tuple(perturbations), tuple(float(e) for e in fgsm_eps)
-    if len({eps_key(e) for e in fgsm_eps}) != len(fgsm_eps):
-        raise ValueError(f"fgsm_eps values collide at 5 decimals: {fgsm_eps}")
-    # Fail before the slow passes, not after them.
-    for what, given, allowed in (("corruption", corruptions, CORRUPTIONS), ("severity", severities, SEVERITIES),
-                                 ("perturbation", perturbations, PERTURBATIONS)):
-        unknown = [g for g in given if g not in allowed]
-        if unknown:
-            raise ValueError(f"unknown {what}(s) {unknown}; allowed: {', '.join(map(str, allowed))}")
-
-    indices = _subset(len(images), max_images, seed)
+    images, labels = _checked_arrays(images, labels)
+    corruptions, severities, perturbations, fgsm_eps = _checked_settings(
+        corruptions, severities, perturbations, fgsm_eps)
+    indices = subset_indices(len(images), max_images, seed)
     images, labels = images[indices], labels[indices].astype(np.int64)
     ev = dict(mean=mean, std=std, batch_size=batch_size, device=device)
 
@@ -128,24 +173,13 @@ def evaluate_robustness(
         clean = _accuracy(model, images, labels, **ev)
         bar.update()
 
-        accuracy: dict[str, dict[str, float]] = {}
-        for name in corruptions:
-            accuracy[name] = {}
-            for severity in severities:
-                bar.set_postfix_str(f"{name} s{severity}")
-                corrupted = corrupt_dataset(images, name, severity, seed, cache_dir,
-                                            indices=indices, progress=progress)[(name, severity)]
-                accuracy[name][str(severity)] = _accuracy(model, corrupted, labels, **ev)
-                bar.update()
+        accuracy = _corruption_accuracies(model, images, labels, indices, corruptions, severities, seed,
+                                          cache_dir, progress, bar, ev)
 
         fgsm: dict[str, float] = {}
         if fgsm_eps:
             bar.set_postfix_str("fgsm")
-            # A uint8 NCHW view: fgsm_accuracy scales each batch, never the whole set, to float.
-            pixels = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
-            by_eps = fgsm_accuracy(model, pixels, torch.from_numpy(labels), fgsm_eps, mean, std,
-                                   batch_size=batch_size, device=device)
-            fgsm = {eps_key(e): acc for e, acc in by_eps.items()}
+            fgsm = _fgsm_accuracies(model, images, labels, fgsm_eps, **ev)
             bar.update()
 
         flips: dict[str, float] = {}
@@ -154,22 +188,12 @@ def evaluate_robustness(
             flips[kind] = _flip_rate(model, images, indices, kind, perturbation_length, seed, **ev)
             bar.update()
 
-    errors = {name: [1.0 - accuracy[name][str(s)] for s in severities] for name in corruptions}
-    return {
-        "num_images": int(len(images)),
-        "clean_accuracy": clean,
-        "corruptions": accuracy,
-        "corruption_error": errors,
-        "mean_corruption_error_unnormalized": unnormalized_mean_corruption_error(errors) if errors else None,
-        "fgsm": fgsm,
-        "flip_rate": flips,
-        "data_sha256": _data_digest(images, labels),
-        "settings": {
-            "corruptions": list(corruptions), "severities": list(severities), "fgsm_eps": list(fgsm_eps),
-            "perturbations": list(perturbations), "perturbation_length": int(perturbation_length),
-            "seed": int(seed), "max_images": max_images,
-        },
+    settings = {
+        "corruptions": list(corruptions), "severities": list(severities), "fgsm_eps": list(fgsm_eps),
+        "perturbations": list(perturbations), "perturbation_length": int(perturbation_length),
+        "seed": int(seed), "max_images": max_images,
     }
+    return _result(images, labels, clean, accuracy, fgsm, flips, settings)
 
 
 def _json_float(x: float) -> float | None:

@@ -1,23 +1,14 @@
 """ImageNet-C / ImageNet-P summary metrics (Hendrycks & Dietterich, ICLR 2019). Pure functions.
 
-Notation: E^f_{s,c} is model f's top-1 *error* (a fraction in [0, 1]) on corruption c at
-severity s; "base" is the baseline model (AlexNet in the paper).
+Errors E^f_{s,c} are model f's top-1 error fractions on corruption c at severity s; "base" is the
+baseline model (AlexNet in the paper). Results are ratios (x100 for the paper's percentages);
+definitions of CE, mCE, rCE and mFR are in the function docstrings and docs/robustness.md.
 
-* corruption error      CE_c  = sum_s E^f_{s,c} / sum_s E^base_{s,c}
-* mean corruption error mCE   = mean_c CE_c
-* relative CE           rCE_c = sum_s (E^f_{s,c} - E^f_clean) / sum_s (E^base_{s,c} - E^base_clean)
-* relative mCE                = mean_c rCE_c
-* unnormalised mCE            = mean_c mean_s E^f_{s,c}
-* flip rate ratio       FR_p / FR^base_p,   mFR = mean_p of it
-
-Results are ratios (multiply by 100 for the paper's percentages).
-
-Undefined terms: if a denominator is 0 (baseline never wrong on c, baseline never flips on p),
-or for rCE <= 0 (the baseline is not hurt by c, so the ratio is meaningless or flips sign), the
-per-corruption value is NaN and a RuntimeWarning names it. The mean over corruptions is then NaN
-as well (NaN propagates): averaging over the remaining ones would silently change what "mCE"
-means. Inspect the per-corruption values in that case. Malformed input (errors outside [0, 1],
-mismatched severities, a corruption missing from the baseline) raises ValueError.
+Undefined terms: where a denominator is 0 (the baseline never errs on c, never flips on p), or for
+rCE <= 0 (the baseline is not hurt by c), the per-corruption value is NaN and a RuntimeWarning
+names it. The mean is then NaN too: averaging over the remaining corruptions would silently
+change what "mCE" means. Malformed input (errors outside [0, 1], mismatched severities, a
+corruption missing from the baseline) raises ValueError.
 """
 
 from __future__ import annotations

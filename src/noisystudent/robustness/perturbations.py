@@ -1,20 +1,13 @@
 """ImageNet-P style perturbation sequences and the flip rate (Hendrycks & Dietterich, ICLR 2019).
 
-A perturbation sequence is a short "video" of one image under a slowly changing perturbation. A
-robust model's prediction should not flip between frames; the flip rate measures how often it does.
+A perturbation sequence is a short "video" of one image under a slowly changing perturbation; the
+flip rate measures how often a model's prediction changes between frames. Step sizes follow
+Hendrycks' CIFAR-10-P generator (small images are this project's common case). Noise frames are
+independent draws, so `flip_rate` compares each with the first (clean) frame; other kinds compare
+consecutive frames (ImageNet-P `flip_prob`, difficulty 1).
 
-Step sizes follow Hendrycks' CIFAR-10-P generator (small images are this project's common case):
-translate 1 px, rotate 1 degree, scale 2%, brightness +0.015 on the HSV value channel, gaussian
-noise sigma 0.02 (on [0, 1] pixels). Geometric and brightness sequences are centred on the clean
-image (offsets -(T-1)//2 .. T//2, as CIFAR-P's `i - 15`); geometric frames fill uncovered pixels
-with black, as torchvision's `affine` did there. Noise sequences start with the clean image and
-every later frame is an *independent* noise draw of the same strength, so they are not temporally
-related; `flip_rate` therefore compares each noise frame with the first (clean) frame and, for the
-other kinds, consecutive frames (ImageNet-P `test.py`, `flip_prob`, difficulty 1).
-
-These are not byte-identical to the published ImageNet-P videos (which are MP4-compressed and use
-30 steps); use them to compare models on the same images, not against published mFR numbers
-unless the baseline was also measured here.
+Not byte-identical to the published ImageNet-P videos (MP4, 30 steps): compare models measured
+here, not published mFR numbers. Step sizes and framing details: docs/robustness.md.
 """
 
 from __future__ import annotations

@@ -23,8 +23,9 @@ from ..artifacts import (file_hash, load_checkpoint, read_stage, remove_run_resu
 from ..config import Config, config_hash, config_to_dict
 from ..data import ArraySource, Source, default_mean_std
 from ..data.infer import create_source_noted as _create
-from ..engine import resolve_device, world_info
+from ..distributed import resolve_device, world_info
 from ..errors import UserError
+from ..layout import RunLayout
 from ..models import create_model
 
 __all__ = ["RunContext", "run_stage", "load_model", "save_model", "StageResult", "invalidate_stage"]
@@ -104,7 +105,7 @@ class RunContext:
 
     @functools.cached_property
     def extra_tests(self) -> list[Source]:
-        return [create_source(sc, self.cfg.data.in_chans, f"data.extra_test[{i}]")
+        return [_create(sc, self.cfg.data.in_chans, f"data.extra_test[{i}]")
                 for i, sc in enumerate(self.cfg.data.extra_test)]
 
     def data_fingerprint(self, role: str) -> str | list[str] | None:
@@ -161,8 +162,12 @@ class RunContext:
             return src
         return src.cache(on_bad=self.policy(role))
 
+    @property
+    def layout(self) -> RunLayout:
+        return RunLayout(self.run_dir)
+
     def stage_dir(self, k: int, name: str) -> Path:
-        return self.run_dir / f"round{k}" / name
+        return self.layout.stage(k, name)
 
     def model_meta(self, model_name: str, image_size: int, noise, role: str) -> dict:
         return {"model_name": model_name, "num_classes": len(self.classes), "in_chans": self.cfg.data.in_chans,
@@ -189,23 +194,11 @@ def run_stage(ctx: RunContext, stage_dir: Path, config: dict, inputs: dict[str, 
     `rank0_only` stages (select, evaluate) run `body` on rank 0 while the others wait.
     """
     label = label or str(stage_dir.relative_to(ctx.run_dir))
-    upstream = {}
-    for name, d in inputs.items():
-        rec = read_stage(d)
-        if rec is None or not rec.done:
-            raise UserError(f"{label} needs {d.relative_to(ctx.run_dir)} to be finished first "
-                            "(run `noisystudent run CONFIG`, which runs stages in order)")
-        upstream[name] = {"fingerprint": rec["fingerprint"], "outputs": rec["outputs"]}
+    upstream = _upstream(ctx, inputs, label)
     fp = config_hash({"config": config, "inputs": upstream})
     input_dirs = {name: _rel(ctx, d) for name, d in inputs.items()}
     old = read_stage(stage_dir) if ctx.rank == 0 else None
-    action = _decide(stage_dir, fp, label) if ctx.rank == 0 else None
-    if ctx.world > 1:
-        # Every rank must take the same branch: a rank that skipped while another redoes the stage
-        # would leave the other waiting at a barrier.
-        box = [action]
-        torch.distributed.broadcast_object_list(box, src=0)
-        action = box[0]
+    action = _same_on_all_ranks(ctx, _decide(stage_dir, fp, label) if ctx.rank == 0 else None)
     if action == "skip":
         log.info("%s: done, skipping", label)
         if ctx.rank == 0:       # resume state a kill right after "done" left behind
@@ -219,18 +212,20 @@ def run_stage(ctx: RunContext, stage_dir: Path, config: dict, inputs: dict[str, 
             invalidate_stage(ctx, stage_dir, old_fingerprint=(old or {}).get("fingerprint"))
         else:
             _remove_results(ctx)
-    if ctx.world > 1:
-        torch.distributed.barrier()
+    _barrier(ctx)
     if ctx.rank == 0:
         stage_dir.mkdir(parents=True, exist_ok=True)
         write_stage(stage_dir, status="running", fingerprint=fp, config=config, inputs=upstream,
                     input_dirs=input_dirs)
-    if ctx.world > 1:
-        torch.distributed.barrier()
+    _barrier(ctx)
     log.info("%s: running", label)
-    outputs, info = body(stage_dir) if ctx.rank == 0 or not rank0_only else ([], {})
-    if ctx.world > 1:
-        torch.distributed.barrier()
+    try:
+        outputs, info = body(stage_dir) if ctx.rank == 0 or not rank0_only else ([], {})
+    except ValueError as e:
+        # Inner code (ours, numpy, torch, pyarrow) says "bad value" with ValueError: that is about the
+        # user's data or config, not a bug. One line naming the stage; the stage stays unfinished.
+        raise UserError(f"{label}: {e}".splitlines()[0]) from e
+    _barrier(ctx)
     if ctx.rank == 0:
         write_stage(stage_dir, status="done", fingerprint=fp, config=config, inputs=upstream,
                     outputs={o: True for o in outputs}, info=info, input_dirs=input_dirs)
@@ -238,9 +233,35 @@ def run_stage(ctx: RunContext, stage_dir: Path, config: dict, inputs: dict[str, 
         # line at worst leaves a redundant file).
         for f in cleanup:
             (stage_dir / f).unlink(missing_ok=True)
+    _barrier(ctx)
+    return StageResult(stage_dir, read_stage(stage_dir), False)
+
+
+def _upstream(ctx: RunContext, inputs: dict[str, Path], label: str) -> dict:
+    """Fingerprint and output hashes of each finished upstream stage (the chain of hashes)."""
+    upstream = {}
+    for name, d in inputs.items():
+        rec = read_stage(d)
+        if rec is None or not rec.done:
+            raise UserError(f"{label} needs {d.relative_to(ctx.run_dir)} to be finished first "
+                            "(run `noisystudent run CONFIG`, which runs stages in order)")
+        upstream[name] = {"fingerprint": rec["fingerprint"], "outputs": rec["outputs"]}
+    return upstream
+
+
+def _same_on_all_ranks(ctx: RunContext, action):
+    """Rank 0's decision, on every rank: a rank that skipped while another redoes the stage would
+    leave the other waiting at a barrier."""
+    if ctx.world > 1:
+        box = [action]
+        torch.distributed.broadcast_object_list(box, src=0)
+        action = box[0]
+    return action
+
+
+def _barrier(ctx: RunContext) -> None:
     if ctx.world > 1:
         torch.distributed.barrier()
-    return StageResult(stage_dir, read_stage(stage_dir), False)
 
 
 def _rel(ctx: RunContext, d: Path) -> str:

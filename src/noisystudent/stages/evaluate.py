@@ -8,21 +8,23 @@ import torch
 
 from ..artifacts import write_json
 from ..config import SourceConfig, config_to_dict
-from ..data import Source, eval_batches
+from ..data import Source
 from ..errors import UserError
+from ..inference import iter_logits
 from ..metrics import classification_report
 from .common import RunContext, StageResult, load_model, run_stage
 
 __all__ = ["predict_logits", "evaluate_source", "evaluate_stage", "robustness_images", "run_robustness"]
 
 
-@torch.no_grad()
 def predict_logits(model, source: Source, image_size: int, mean, std, batch_size: int = 256,
                    device="cpu", workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, labels) of a whole labeled source, in eval mode."""
     model.eval()
     out, labels = [], []
-    for x, idx in eval_batches(source, batch_size, image_size, mean, std, workers=workers):
-        out.append(model(x.to(device)).float().cpu())
+    for views, idx in iter_logits(model, source, image_size, mean, std, batch_size=batch_size, device=device,
+                                  workers=workers):
+        out.append(views[0])
         labels.append(torch.from_numpy(source.labels[idx]))
     return torch.cat(out), torch.cat(labels)
 
@@ -48,9 +50,8 @@ def evaluate_source(model, meta: dict, source: Source, batch_size: int = 256, de
 def robustness_images(source: Source, image_size: int, max_images: int, seed: int = 0):
     """A deterministic subset of the test set as uint8 NHWC at the model's resolution, so every
     model of a run is attacked/corrupted on the very same images."""
-    n = len(source)
-    idx = np.arange(n) if not max_images or max_images >= n else \
-        np.sort(np.random.default_rng(seed).permutation(n)[:max_images])
+    from ..robustness.evaluate import subset_indices
+    idx = subset_indices(len(source), max_images or None, seed)
     imgs = []
     for i in idx:
         a = source.load(int(i))
@@ -81,7 +82,7 @@ def run_robustness(model, meta: dict, source: Source, ecfg, cache_dir, device, s
 def evaluate_stage(ctx: RunContext, k: int, which: str) -> StageResult:
     """Evaluate round k's `which` model (teacher, student, student_nonoise, finetune)."""
     cfg, ecfg = ctx.cfg, ctx.cfg.evaluate
-    mdir = ctx.stage_dir(k, which)
+    mdir = ctx.layout.model(k, which)
     config = {"evaluate": config_to_dict(ecfg), "test": config_to_dict(cfg.data.test),
               "val": config_to_dict(cfg.data.val) if cfg.data.val is not None else None,
               "extra_test": [config_to_dict(s) for s in cfg.data.extra_test],
@@ -103,7 +104,7 @@ def evaluate_stage(ctx: RunContext, k: int, which: str) -> StageResult:
         report.update(model=meta["model_name"], role=meta["role"], image_size=meta["image_size"], round=k)
         outputs = ["eval.json"]
         if ecfg.robustness:
-            rob = run_robustness(model, meta, ctx.test, ecfg, ctx.run_dir / "cache" / "robustness",
+            rob = run_robustness(model, meta, ctx.test, ecfg, ctx.layout.cache("robustness"),
                                  ctx.device, seed=cfg.seed)
             write_json(d / "robustness.json", rob)
             outputs.append("robustness.json")
@@ -111,4 +112,4 @@ def evaluate_stage(ctx: RunContext, k: int, which: str) -> StageResult:
         return outputs, {"top1": report["top1"], "ece": report["ece"],
                          "val_top1": report.get("val", {}).get("top1")}
 
-    return run_stage(ctx, ctx.stage_dir(k, f"eval_{which}"), config, {"model": mdir}, body, rank0_only=True)
+    return run_stage(ctx, ctx.layout.eval(k, which), config, {"model": mdir}, body, rank0_only=True)

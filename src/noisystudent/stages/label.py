@@ -10,34 +10,20 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from timm.layers import DropPath
 from tqdm import tqdm
 
 from ..artifacts import atomic_write, file_hash
 from ..config import config_to_dict
-from ..data import eval_batches
-from ..engine import _progress_enabled
-from ..pseudo import probs_from_logits
+from ..distributed import progress_enabled
+from ..labels import predict_shard, shard_name, shard_schema
 from .common import RunContext, StageResult, load_model, run_stage
-from .train import teacher_dir
 
 log = logging.getLogger("noisystudent")
 
-__all__ = ["label_pool", "predict_shard", "shard_schema"]
-
-
-def shard_schema(num_classes: int) -> pa.Schema:
-    return pa.schema([
-        ("sample_id", pa.string()),
-        ("probs", pa.list_(pa.float16(), num_classes)),
-        ("pred", pa.int32()),
-        ("confidence", pa.float32()),
-        ("true_label", pa.int32()),
-        ("teacher", pa.string()),
-    ])
+__all__ = ["label_pool"]
 
 
 def _set_noise(model: torch.nn.Module, on: bool) -> None:
@@ -45,42 +31,8 @@ def _set_noise(model: torch.nn.Module, on: bool) -> None:
     model.eval()
     if on:
         for m in model.modules():
-            if isinstance(m, torch.nn.Dropout) or type(m).__name__ == "DropPath":
+            if isinstance(m, (torch.nn.Dropout, DropPath)):
                 m.train()
-
-
-@torch.no_grad()
-def predict_shard(model, source, start: int, stop: int, *, image_size: int, mean, std, temperature: float,
-                  flip_tta: bool, batch_size: int, device, workers: int = 0, skip_bad: bool = True,
-                  teacher_hash: str = "", keep_true_labels: bool = False) -> pa.Table:
-    probs_l, idx_l = [], []
-    for x, idx in eval_batches(source, batch_size, image_size, mean, std, start=start, stop=stop,
-                               workers=workers, skip_bad=skip_bad):
-        x = x.to(device)
-        p = probs_from_logits(model(x).float(), temperature)
-        if flip_tta:
-            p = 0.5 * (p + probs_from_logits(model(x.flip(-1)).float(), temperature))
-        probs_l.append(p.cpu())
-        idx_l.append(idx)
-    C = model.num_classes if hasattr(model, "num_classes") else None
-    if probs_l:
-        probs = torch.cat(probs_l)
-        rows = np.concatenate(idx_l)
-    else:
-        probs, rows = torch.zeros(0, C or 0), np.zeros(0, dtype=np.int64)
-    conf, pred = probs.max(1)
-    true = source.labels[rows] if len(rows) and keep_true_labels else np.full(len(rows), -1, dtype=np.int64)
-    C = probs.shape[1]
-    flat = pa.array(probs.to(torch.float16).numpy().reshape(-1), type=pa.float16())
-    return pa.table({
-        "sample_id": pa.array([source.ids[i] for i in rows], pa.string()),
-        "probs": pa.FixedSizeListArray.from_arrays(flat, C),
-        "pred": pa.array(pred.numpy().astype(np.int32)),
-        "confidence": pa.array(conf.numpy().astype(np.float32)),
-        # Kept for reports only (pseudo-label accuracy when the pool is a labeled set with labels hidden).
-        "true_label": pa.array(true.astype(np.int32)),
-        "teacher": pa.array([teacher_hash] * len(rows), pa.string()),
-    }, schema=shard_schema(C))
 
 
 def _shard_ok(path, num_classes: int, max_rows: int, k: int) -> bool:
@@ -103,7 +55,7 @@ def _shard_ok(path, num_classes: int, max_rows: int, k: int) -> bool:
 
 def label_pool(ctx: RunContext, k: int) -> StageResult:
     cfg, lc = ctx.cfg, ctx.cfg.label
-    tdir = teacher_dir(ctx, k)
+    tdir = ctx.layout.teacher_of(k)
     config = {"label": config_to_dict(lc), "pool": config_to_dict(cfg.data.unlabeled),
               "image_size": cfg.data.image_size, "mean": ctx.mean, "std": ctx.std,
               "pool_content": ctx.data_fingerprint("unlabeled")}
@@ -118,9 +70,9 @@ def label_pool(ctx: RunContext, k: int) -> StageResult:
         same_dataset = (u.kind, u.root) == (l.kind, l.root) and pool.classes == ctx.classes
         n_shards = max(1, -(-len(pool) // lc.shard_size))
         mine = [s for s in range(n_shards) if s % ctx.world == ctx.rank]
-        todo = [s for s in mine if not _shard_ok(d / f"part-{s:05d}.parquet", len(ctx.classes),
+        todo = [s for s in mine if not _shard_ok(d / shard_name(s), len(ctx.classes),
                                                  min(lc.shard_size, len(pool) - s * lc.shard_size), k)]
-        bar = tqdm(todo, desc=f"label r{k}", disable=not (_progress_enabled() and ctx.rank == 0), leave=True)
+        bar = tqdm(todo, desc=f"label r{k}", disable=not (progress_enabled() and ctx.rank == 0), leave=True)
         for s in bar:
             table = predict_shard(model, pool, s * lc.shard_size, (s + 1) * lc.shard_size,
                                   image_size=meta["image_size"], mean=meta["mean"], std=meta["std"],
@@ -130,17 +82,17 @@ def label_pool(ctx: RunContext, k: int) -> StageResult:
                                   # true labels of a pool drawn from the labeled set (benchmarks) are
                                   # recorded for reports; an out-of-domain pool's labels mean nothing here
                                   keep_true_labels=same_dataset)
-            with atomic_write(d / f"part-{s:05d}.parquet") as f:
+            with atomic_write(d / shard_name(s)) as f:
                 pq.write_table(table, f)
         if ctx.world > 1:
             torch.distributed.barrier()     # every rank's shards are in place before counting
-        files = [f"part-{s:05d}.parquet" for s in range(n_shards)]
+        files = [shard_name(s) for s in range(n_shards)]
         rows = sum(pq.ParquetFile(d / f).metadata.num_rows for f in files) if ctx.rank == 0 else 0
         if ctx.rank == 0 and rows < len(pool):
             log.warning("round %d: skipped %d undecodable pool image(s) of %d (data.bad_images=skip); "
                         "the count is in %s", k, len(pool) - rows, len(pool), d / "stage.json")
         return files, {"pool_size": len(pool), "rows": rows, "skipped_images": len(pool) - rows,
-                       "shards": n_shards, "teacher": thash, "teacher_dir": str(tdir.relative_to(ctx.run_dir))}
+                       "shards": n_shards, "teacher": thash, "teacher_dir": ctx.layout.rel(tdir)}
 
-    return run_stage(ctx, ctx.stage_dir(k, "labels"), config, {"teacher": tdir}, body)
+    return run_stage(ctx, ctx.layout.labels(k), config, {"teacher": tdir}, body)
 

@@ -15,7 +15,7 @@ __all__ = ["select_pseudo_labels"]
 
 def select_pseudo_labels(ctx: RunContext, k: int) -> StageResult:
     cfg = ctx.cfg
-    label_dir = ctx.stage_dir(k, "labels")
+    label_dir = ctx.layout.labels(k)
     config = {"select": config_to_dict(cfg.select), "soft": cfg.student.soft, "seed": cfg.seed,
               "labeled_counts": class_counts(ctx.labeled.labels, len(ctx.classes))}
 
@@ -35,4 +35,4 @@ def select_pseudo_labels(ctx: RunContext, k: int) -> StageResult:
             "selected_unique": sel.table.num_rows, "selected_with_copies": int(sum(report["counts_selected_with_copies"])),
             "pseudo_label_accuracy": report.get("pseudo_label_accuracy")}
 
-    return run_stage(ctx, ctx.stage_dir(k, "selection"), config, {"labels": label_dir}, body, rank0_only=True)
+    return run_stage(ctx, ctx.layout.selection(k), config, {"labels": label_dir}, body, rank0_only=True)

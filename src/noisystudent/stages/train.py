@@ -9,12 +9,13 @@ import dataclasses
 import logging
 import math
 
-import numpy as np
-import pyarrow.parquet as pq
 
 from ..config import NoiseConfig, StudentConfig, TrainConfig, config_to_dict
-from ..data import ArraySource, LabeledDataset, PseudoDataset, create_train_transform, seed_for
-from ..engine import fit, plan_steps, seed_everything
+from ..batches import JointBatches, LabeledBatches, joint_step_loss
+from ..data import LabeledDataset, create_train_transform, seed_for
+from ..distributed import seed_everything
+from ..engine import fit
+from ..schedule import plan_steps
 from ..pseudo import pseudo_weight
 from .. import runwarnings
 from ..variants import variant_config, variant_stage
@@ -23,29 +24,37 @@ from timm.utils.model import unfreeze
 
 from ..models import count_params, create_model, freeze_stages
 from ..models.warmstart import warm_start, warm_start_identity
+from .batching import labeled_source, pseudo_source, selected_pool
 from .common import RunContext, StageResult, load_model, run_stage, save_model
 
 log = logging.getLogger("noisystudent")
 
-__all__ = ["train_teacher", "train_student", "finetune", "teacher_dir", "model_dir"]
+__all__ = ["train_teacher", "train_student", "finetune"]
 
 NO_NOISE = NoiseConfig(randaugment=False, cutout=0.0, drop_rate=0.0, drop_path_rate=0.0)
-
-
-def teacher_dir(ctx: RunContext, k: int):
-    """Round k's teacher: the supervised model for k=1, else the student of round k-1."""
-    return ctx.stage_dir(0, "teacher") if k <= 1 else ctx.stage_dir(k - 1, "student")
-
-
-def model_dir(ctx: RunContext, k: int):
-    return ctx.stage_dir(0, "teacher") if k == 0 else ctx.stage_dir(k, "student")
 
 
 def _data_identity(ctx: RunContext) -> dict:
     d = ctx.cfg.data
     return {"labeled": dataclasses.asdict(d.labeled), "image_size": d.image_size, "in_chans": d.in_chans,
             "mean": ctx.mean, "std": ctx.std, "crop_padding": d.crop_padding, "hflip": d.hflip,
-            "bad_images": d.bad_images, "labeled_content": ctx.data_fingerprint("labeled")}
+            "bad_images": d.bad_images, "labeled_content": ctx.data_fingerprint("labeled"),
+            "augment_on": d.augment_on}
+
+
+def _validation(ctx: RunContext, t: TrainConfig, meta: dict) -> dict:
+    """fit() keywords for periodic validation on data.val (`val_every` steps; `keep_best` keeps the
+    best weights on it), or {} when off or when there is no validation set."""
+    if not t.val_every or ctx.val is None:
+        if t.keep_best:
+            raise UserError("keep_best needs a validation set (data.val) and val_every > 0")
+        return {}
+    from .evaluate import evaluate_source
+
+    def on_val(model) -> dict:
+        r = evaluate_source(model, meta, ctx.val, ctx.cfg.evaluate.batch_size, ctx.device, key="data.val")
+        return {"val_top1": r["top1"]}
+    return {"eval_fn": on_val, "eval_every": t.val_every, "best_key": "val_top1" if t.keep_best else None}
 
 
 def _summary(history: list, model) -> dict:
@@ -61,46 +70,26 @@ def train_teacher(ctx: RunContext) -> StageResult:
     name = cfg.model_for_round(0)
     config = {"train": config_to_dict(t), "model": name, "seed": cfg.seed, "data": _data_identity(ctx)}
     config["warm_start"] = warm_start_identity(t, "teacher")
+    if t.val_every:             # periodic validation (and keep_best) read data.val
+        config["val_content"] = ctx.data_fingerprint("val")
 
     def body(d):
         seed_everything(seed_for(cfg.seed, "init", "teacher"))     # weight init is part of the seed
         model = create_model(name, len(ctx.classes), cfg.data.in_chans, t.noise.drop_rate, t.noise.drop_path_rate)
         started = warm_start(model, t, name, "teacher")
-        ds = LabeledDataset(ctx.labeled, create_train_transform(cfg.data, t.noise),
-                            skip_bad=ctx.policy("labeled") == "skip")
+        source, n_lab = labeled_source(ctx, t.noise, t.batch_size)
         meta = ctx.model_meta(name, cfg.data.image_size, t.noise, "teacher")
         warns: dict = {}
-        warn_short_schedule("teacher", plan_steps(t, math.ceil(len(ds) / (t.batch_size * ctx.world)))[0],
-                            len(ds), t.batch_size, ctx, d, warns)
-        res = fit(model, t, labeled_ds=ds, out_dir=d, seed=seed_for(cfg.seed, "teacher"), meta=meta,
-                  workers=cfg.data.workers, device=ctx.device, desc="teacher")
+        warn_short_schedule("teacher", plan_steps(t, source.steps_per_epoch(ctx.world))[0], n_lab, t.batch_size,
+                            ctx, d, warns)
+        res = fit(model, t, source, out_dir=d, seed=seed_for(cfg.seed, "teacher"), meta=meta,
+                  device=ctx.device, desc="teacher", **_validation(ctx, t, meta))
         _warn_loss(ctx, d, "teacher", res.history, warns)
         if ctx.rank == 0:
             save_model(d / "model.pt", res.model, meta)
         return ["model.pt"], dict(_summary(res.history, res.model), warm_start=started, warnings=warns)
 
-    return run_stage(ctx, ctx.stage_dir(0, "teacher"), config, {}, body, cleanup=["checkpoint.pt"])
-
-
-def _pseudo_dataset(ctx: RunContext, sel_path, transform) -> tuple[PseudoDataset, int]:
-    """Selected pool rows with their targets, repeated by `copies` (class balancing)."""
-    table = pq.read_table(sel_path)
-    ids = table.column("sample_id").to_pylist()
-    targets = np.asarray(table.column("target").to_pylist(), dtype=np.float32)
-    copies = table.column("copies").to_numpy()
-    pool = ctx.pool
-    id2row = {sid: i for i, sid in enumerate(pool.ids)}
-    missing = [s for s in ids if s not in id2row]
-    if missing:
-        raise UserError(f"{sel_path}: {len(missing)} selected ids are not in the unlabeled pool "
-                        f"(e.g. {missing[0]}); the pool changed since labeling — rerun `noisystudent run`")
-    sub = pool.subset([id2row[s] for s in ids])
-    if ctx.cfg.data.cache and not isinstance(sub, ArraySource) and len(sub):
-        sub = sub.cache(on_bad="skip")      # decoded once; undecodable rows drop out here
-        keep = {sid: i for i, sid in enumerate(ids)}
-        pos = np.asarray([keep[s] for s in sub.ids], dtype=np.int64)
-        targets, copies = targets[pos], copies[pos]
-    return PseudoDataset(sub, np.arange(len(sub)), targets, copies, transform), int(copies.sum())
+    return run_stage(ctx, ctx.layout.model(0, "teacher"), config, {}, body, cleanup=["checkpoint.pt", "best.pt"])
 
 
 def joint_plan(s: StudentConfig, n_pseudo: int, n_labeled: int, world: int = 1) -> tuple[int, int]:
@@ -116,69 +105,86 @@ def train_student(ctx: RunContext, k: int, variant: str | None = None) -> StageR
     cfg = ctx.cfg
     s = variant_config(cfg.student, variant) if variant else cfg.student
     name = cfg.model_for_round(k)
-    sdir = ctx.stage_dir(k, variant_stage(variant) if variant else "student")
-    inputs = {"selection": ctx.stage_dir(k, "selection")}
+    sdir = ctx.layout.model(k, variant_stage(variant) if variant else "student")
+    inputs = {"selection": ctx.layout.selection(k)}
     if s.init_from_teacher:
-        inputs["teacher"] = teacher_dir(ctx, k)
+        inputs["teacher"] = ctx.layout.teacher_of(k)
     config = {"train": config_to_dict(s), "model": name, "seed": cfg.seed, "round": k,
               "data": _data_identity(ctx), "variant": variant, "warm_start": warm_start_identity(s, "student")}
+    if s.val_every:
+        config["val_content"] = ctx.data_fingerprint("val")
     tag = f"student r{k}" + (f" ({variant})" if variant else "")
 
     def body(d):
-        seed_everything(seed_for(cfg.seed, "init", "student", k, variant))
-        model = create_model(name, len(ctx.classes), cfg.data.in_chans, s.noise.drop_rate, s.noise.drop_path_rate)
-        started = warm_start(model, s, name, "student")
-        if s.init_from_teacher:
-            teacher, _ = load_model(teacher_dir(ctx, k) / "model.pt", expect_classes=ctx.classes)
-            if type(teacher) is not type(model) or teacher.state_dict().keys() != model.state_dict().keys():
-                raise UserError(f"student.init_from_teacher needs the same architecture, but round {k} "
-                                f"trains {name}; set student.init_from_teacher=false or models[{k}] to the teacher's")
-            model.load_state_dict(teacher.state_dict())
-        noise_tf = create_train_transform(cfg.data, s.noise)
-        lab = LabeledDataset(ctx.labeled, noise_tf, skip_bad=ctx.policy("labeled") == "skip")
-        pseudo, n_pseudo = _pseudo_dataset(ctx, inputs["selection"] / "selection.parquet", noise_tf)
-        total, warmup = joint_plan(cfg.student, n_pseudo, len(lab), ctx.world)
+        model, started = _student_model(ctx, s, name, k, variant)
+        selection = selected_pool(ctx, inputs["selection"] / "selection.parquet")
+        n_pseudo = int(selection[2].sum())
+        n_lab = len(ctx.labeled)
+        total, warmup = joint_plan(cfg.student, n_pseudo, n_lab, ctx.world)
         warns: dict = {}
         if n_pseudo == 0 and ctx.rank == 0:       # one key per round: its variants share the selection
             runwarnings.emit(ctx.run_dir, f"no_pseudo_labels:round{k}", f"round {k}: no pool image passed "
                              f"select.threshold={cfg.select.threshold}; the student trains on the labeled images "
                              "only (lower the threshold or train the teacher longer)", warns)
-        warn_short_schedule(tag, total, len(lab), s.batch_size, ctx, d, warns)
-        s_run = dataclasses.replace(s, steps=total, warmup_steps=warmup)
+        warn_short_schedule(tag, total, n_lab, s.batch_size, ctx, d, warns)
         meta = ctx.model_meta(name, cfg.data.image_size, s.noise, "student")
         meta.update(round=k, variant=variant)
-        common = dict(out_dir=d, meta=meta, workers=cfg.data.workers, device=ctx.device)
-        seed = seed_for(cfg.seed, "student", k, variant)
-        w = pseudo_weight(s.loss_weighting, s.unlabeled_weight, s.ratio)
-        if s.mode == "supervised" or n_pseudo == 0:
-            res = fit(model, s_run, labeled_ds=lab, batch_size=s.batch_size * (1 + s.ratio), seed=seed,
-                      desc=tag, **common)
-            history = res.history
-        elif s.mode == "two_step":     # pseudo-labels only, then the labeled images; same total steps
-            p2 = min(total - 1, s.two_step_epochs * math.ceil(len(lab) / s.batch_size))
-            res = fit(model, dataclasses.replace(s_run, steps=total - p2), labeled_ds=None, pseudo_ds=pseudo,
-                      ratio=s.ratio, unlabeled_weight=w, seed=seed, desc=tag, **common)
-            history = res.history
-            _warn_loss(ctx, d, tag, history, warns)     # each phase on its own: different losses
-            res = fit(res.model, dataclasses.replace(s_run, steps=p2, warmup_steps=min(warmup, p2 // 10)),
-                      labeled_ds=lab, seed=seed_for(cfg.seed, "student2", k), desc=f"{tag} phase 2",
-                      **dict(common, out_dir=d / "phase2"))
-            _warn_loss(ctx, d / "phase2", f"{tag} phase 2", res.history, warns)
-            history = history + res.history
-        else:
-            res = fit(model, s_run, labeled_ds=lab, pseudo_ds=pseudo, ratio=s.ratio, unlabeled_weight=w,
-                      seed=seed, desc=tag, **common)
-            history = res.history
-        if s.mode != "two_step" or n_pseudo == 0:
-            _warn_loss(ctx, d, tag, history, warns)
+        run = dict(cfg=dataclasses.replace(s, steps=total, warmup_steps=warmup), seed=seed_for(cfg.seed, "student", k, variant),
+                   loss=joint_step_loss(pseudo_weight(s.loss_weighting, s.unlabeled_weight, s.ratio), s.label_smoothing),
+                   common=dict(out_dir=d, meta=meta, device=ctx.device, **_validation(ctx, s, meta)))
+        mode = "supervised" if n_pseudo == 0 else s.mode
+        final, history = _fit_student(ctx, model, mode, selection, run, tag, k, warns)
         if ctx.rank == 0:
-            save_model(d / "model.pt", res.model, meta)
-        info = _summary(history, res.model)
-        info.update(pseudo_images=n_pseudo, labeled_images=len(lab), variant=variant, steps=total, warm_start=started,
+            save_model(d / "model.pt", final, meta)
+        info = _summary(history, final)
+        info.update(pseudo_images=n_pseudo, labeled_images=n_lab, variant=variant, steps=total, warm_start=started,
                     warnings=warns)
         return ["model.pt"], info
 
-    return run_stage(ctx, sdir, config, inputs, body, cleanup=["checkpoint.pt", "phase2/checkpoint.pt"])
+    return run_stage(ctx, sdir, config, inputs, body,
+                     cleanup=["checkpoint.pt", "best.pt", "phase2/checkpoint.pt", "phase2/best.pt"])
+
+
+def _student_model(ctx: RunContext, s: StudentConfig, name: str, k: int, variant):
+    """Round k's student before training: from scratch (seeded), warm-started, or the teacher's weights."""
+    seed_everything(seed_for(ctx.cfg.seed, "init", "student", k, variant))
+    model = create_model(name, len(ctx.classes), ctx.cfg.data.in_chans, s.noise.drop_rate, s.noise.drop_path_rate)
+    started = warm_start(model, s, name, "student")
+    if s.init_from_teacher:
+        teacher, _ = load_model(ctx.layout.teacher_of(k) / "model.pt", expect_classes=ctx.classes)
+        if type(teacher) is not type(model) or teacher.state_dict().keys() != model.state_dict().keys():
+            raise UserError(f"student.init_from_teacher needs the same architecture, but round {k} "
+                            f"trains {name}; set student.init_from_teacher=false or models[{k}] to the teacher's")
+        model.load_state_dict(teacher.state_dict())
+    return model, started
+
+
+def _fit_student(ctx: RunContext, model, mode: str, selection, run: dict, tag: str, k: int, warns: dict):
+    """Train in `mode` (joint, supervised, two_step) for run["cfg"].steps; (final model, history).
+    Each mode is a batch source (and, for two_step, a second phase), not a branch in the trainer."""
+    s, common, total = run["cfg"], run["common"], run["cfg"].steps
+    kw = dict(loss=run["loss"], seed=run["seed"], desc=tag)
+    if mode == "supervised":        # the labeled images only, in batches as large as the joint ones
+        source, _ = labeled_source(ctx, s.noise, s.batch_size * (1 + s.ratio))
+        res = fit(model, s, source, **kw, **common)
+        _warn_loss(ctx, common["out_dir"], tag, res.history, warns)
+        return res.model, res.history
+    pseudo = pseudo_source(ctx, s.noise, selection, s.batch_size * s.ratio)
+    labeled, n_lab = labeled_source(ctx, s.noise, s.batch_size)
+    if mode == "joint":             # the paper: joint batches, one forward pass
+        res = fit(model, s, JointBatches(labeled, pseudo), **kw, **common)
+        _warn_loss(ctx, common["out_dir"], tag, res.history, warns)
+        return res.model, res.history
+    # two_step: pseudo-labels only, then the labeled images; the same total steps
+    p2 = min(total - 1, s.two_step_epochs * math.ceil(n_lab / s.batch_size))
+    res = fit(model, dataclasses.replace(s, steps=total - p2), pseudo, **kw,
+              **dict(common, eval_fn=None, best_key=None))
+    res2 = fit(res.model, dataclasses.replace(s, steps=p2, warmup_steps=min(s.warmup_steps or 0, p2 // 10)), labeled,
+               **dict(kw, seed=seed_for(ctx.cfg.seed, "student2", k), desc=f"{tag} phase 2"),
+               **dict(common, out_dir=common["out_dir"] / "phase2"))
+    _warn_loss(ctx, common["out_dir"], tag, res.history, warns)        # each phase on its own: other losses
+    _warn_loss(ctx, common["out_dir"] / "phase2", f"{tag} phase 2", res2.history, warns)
+    return res2.model, res.history + res2.history
 
 
 def warn_short_schedule(tag: str, steps: int, n_labeled: int, batch_size: int, ctx: RunContext | None = None,
@@ -196,9 +202,8 @@ def _warn_loss(ctx: RunContext, stage_dir, tag: str, history: list, into: dict) 
 def _emit(ctx, stage_dir, kind: str, msg, into) -> None:
     if ctx is not None and ctx.rank != 0:
         return
-    run_dir = ctx.run_dir if ctx is not None else None
-    where = stage_dir.relative_to(run_dir).as_posix() if run_dir is not None and stage_dir is not None else ""
-    runwarnings.emit(run_dir, f"{kind}:{where}" if where else kind, msg, into)
+    where = ctx.layout.rel(stage_dir) if ctx is not None and stage_dir is not None else ""
+    runwarnings.emit(ctx.run_dir if ctx is not None else None, f"{kind}:{where}" if where else kind, msg, into)
 
 
 def finetune(ctx: RunContext, k: int) -> StageResult:
@@ -206,7 +211,7 @@ def finetune(ctx: RunContext, k: int) -> StageResult:
     the first `freeze` stages frozen (their BatchNorm statistics included)."""
     cfg, ft = ctx.cfg, ctx.cfg.finetune
     size = ft.image_size or int(ctx.test.load(0).shape[0])
-    src_dir = model_dir(ctx, k)
+    src_dir = ctx.layout.final_model_of(k)
     config = {"finetune": config_to_dict(ft), "image_size": size, "data": _data_identity(ctx)}
     tcfg = TrainConfig(epochs=ft.epochs, batch_size=ft.batch_size, lr=ft.lr, warmup_epochs=0.0,
                        optimizer="sgd", weight_decay=0.0, ema_decay=0.0, noise=NO_NOISE,
@@ -218,8 +223,8 @@ def finetune(ctx: RunContext, k: int) -> StageResult:
         plain = dataclasses.replace(cfg.data, crop_padding=0, hflip=False)
         ds = LabeledDataset(ctx.labeled, create_train_transform(plain, None, image_size=size))
         meta = dict(meta, image_size=size, role=f"{meta['role']}+finetune", finetune=config_to_dict(ft))
-        res = fit(model, tcfg, labeled_ds=ds, out_dir=d, seed=seed_for(cfg.seed, "finetune", k), meta=meta,
-                  workers=cfg.data.workers, device=ctx.device, desc=f"finetune r{k}")
+        res = fit(model, tcfg, LabeledBatches(ds, tcfg.batch_size, cfg.data.workers), out_dir=d,
+                  seed=seed_for(cfg.seed, "finetune", k), meta=meta, device=ctx.device, desc=f"finetune r{k}")
         # Back to ordinary BatchNorm (statistics kept) so model.pt loads into a fresh architecture.
         unfreeze(res.model, frozen, include_bn_running_stats=True)
         if ctx.rank == 0:
@@ -228,5 +233,5 @@ def finetune(ctx: RunContext, k: int) -> StageResult:
         info.update(image_size=size, frozen_modules=len(frozen))
         return ["model.pt"], info
 
-    return run_stage(ctx, ctx.stage_dir(k, "finetune"), config, {"model": src_dir}, body,
+    return run_stage(ctx, ctx.layout.model(k, "finetune"), config, {"model": src_dir}, body,
                      cleanup=["checkpoint.pt"])

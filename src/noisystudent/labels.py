@@ -1,0 +1,115 @@
+"""The label-shard format, defined once: what the `label` stage writes and `select` reads.
+
+One Parquet file per shard of the pool, `part-NNNNN.parquet` (shard s holds pool rows
+[s*shard_size, (s+1)*shard_size)), one row per image: sample_id (the image's stable id), probs
+(fixed_size_list<float16>[C], the un-noised teacher's probabilities), pred, confidence, true_label
+(-1 = unknown; kept for reports when the pool is a labeled set with its labels hidden) and teacher
+(hash of the model.pt that labeled it).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from .inference import iter_logits
+from .errors import UserError
+from .pseudo import probs_from_logits
+
+__all__ = ["shard_schema", "shard_name", "list_label_shards", "check_shard_schema", "predict_shard",
+           "LabelDirError", "SCALAR_COLUMNS"]
+
+_SHARD_NAME = re.compile(r"^part-(\d+)\.parquet$")
+SCALAR_COLUMNS = ["pred", "confidence", "true_label"]
+
+
+def shard_name(s: int) -> str:
+    return f"part-{s:05d}.parquet"
+
+
+def shard_schema(num_classes: int) -> pa.Schema:
+    return pa.schema([
+        ("sample_id", pa.string()),
+        ("probs", pa.list_(pa.float16(), num_classes)),
+        ("pred", pa.int32()),
+        ("confidence", pa.float32()),
+        ("true_label", pa.int32()),
+        ("teacher", pa.string()),
+    ])
+
+
+class LabelDirError(UserError, ValueError):
+    """The label directory is missing, empty, or holds shards that do not match the schema.
+
+    A ValueError (what callers of this module test for) that is also a UserError, so the CLI
+    shows its one-line message instead of a traceback.
+    """
+
+
+def list_label_shards(label_dir: str | Path) -> list[Path]:
+    """`part-NNNNN.parquet` files of `label_dir`, ordered by their number (not by name, so
+    part-100000 comes after part-99999). Other files are ignored."""
+    label_dir = Path(label_dir)
+    if not label_dir.is_dir():
+        raise LabelDirError(f"label directory {label_dir} does not exist; run the label stage first")
+    numbered = []
+    for path in label_dir.iterdir():
+        match = _SHARD_NAME.match(path.name)
+        if match:
+            numbered.append((int(match.group(1)), path))
+    if not numbered:
+        raise LabelDirError(
+            f"label directory {label_dir} holds no part-*.parquet shards; run the label stage first"
+        )
+    return [path for _, path in sorted(numbered)]
+
+
+def check_shard_schema(path: Path, num_classes: int) -> None:
+    """Raise LabelDirError unless `path` has the columns and class count of a label shard."""
+    schema = pq.read_schema(path)
+    missing = [name for name in ["sample_id", "probs", *SCALAR_COLUMNS] if name not in schema.names]
+    if missing:
+        raise LabelDirError(f"{path} lacks column(s) {missing}; it was not written by the label stage")
+    probs = schema.field("probs").type
+    if not (pa.types.is_fixed_size_list(probs) and pa.types.is_floating(probs.value_type)):
+        raise LabelDirError(f"{path}: probs must be fixed_size_list<float16>[C], got {probs}")
+    if probs.list_size != num_classes:
+        raise LabelDirError(
+            f"{path}: probs has {probs.list_size} classes but num_classes={num_classes}; "
+            "the labels come from a teacher for a different dataset"
+        )
+
+
+@torch.no_grad()
+def predict_shard(model, source, start: int, stop: int, *, image_size: int, mean, std, temperature: float,
+                  flip_tta: bool, batch_size: int, device, workers: int = 0, skip_bad: bool = True,
+                  teacher_hash: str = "", keep_true_labels: bool = False) -> pa.Table:
+    probs_l, idx_l = [], []
+    for views, idx in iter_logits(model, source, image_size, mean, std, batch_size=batch_size, device=device,
+                                  workers=workers, skip_bad=skip_bad, start=start, stop=stop, hflip=flip_tta):
+        # flip TTA averages the two views' probabilities (after the temperature), not their logits
+        probs_l.append(torch.stack([probs_from_logits(v, temperature) for v in views]).mean(0))
+        idx_l.append(idx)
+    C = model.num_classes if hasattr(model, "num_classes") else None
+    if probs_l:
+        probs = torch.cat(probs_l)
+        rows = np.concatenate(idx_l)
+    else:
+        probs, rows = torch.zeros(0, C or 0), np.zeros(0, dtype=np.int64)
+    conf, pred = probs.max(1)
+    true = source.labels[rows] if len(rows) and keep_true_labels else np.full(len(rows), -1, dtype=np.int64)
+    C = probs.shape[1]
+    flat = pa.array(probs.to(torch.float16).numpy().reshape(-1), type=pa.float16())
+    return pa.table({
+        "sample_id": pa.array([source.ids[i] for i in rows], pa.string()),
+        "probs": pa.FixedSizeListArray.from_arrays(flat, C),
+        "pred": pa.array(pred.numpy().astype(np.int32)),
+        "confidence": pa.array(conf.numpy().astype(np.float32)),
+        # Kept for reports only (pseudo-label accuracy when the pool is a labeled set with labels hidden).
+        "true_label": pa.array(true.astype(np.int32)),
+        "teacher": pa.array([teacher_hash] * len(rows), pa.string()),
+    }, schema=shard_schema(C))
