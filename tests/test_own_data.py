@@ -196,14 +196,19 @@ def test_run_log_epoch_lines_and_sigterm(tmp_path):
             "--set", "teacher.epochs=400", "--set", "student.steps=0", "--set", "student.warmup_steps=null",
             "--set", "student.epochs=1", "--set", "device=cpu"]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 600          # generous: on a loaded shared CPU start-up alone can take minutes
-    log = run_dir / "run.log"
-    while time.time() < deadline and not (log.is_file() and "teacher epoch 2/400" in log.read_text()):
-        assert proc.poll() is None, proc.communicate()[1]
-        time.sleep(0.2)
-    assert log.is_file() and "teacher epoch 2/400" in log.read_text(), "no epoch finished in 10 min"
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+    try:                                  # a failed check must not leave a 400-epoch run behind
+        deadline = time.time() + 600      # generous: on a loaded shared CPU start-up alone can take minutes
+        log = run_dir / "run.log"
+        while time.time() < deadline and not (log.is_file() and "teacher epoch 2/400" in log.read_text()):
+            assert proc.poll() is None, proc.communicate()[1]
+            time.sleep(0.2)
+        assert log.is_file() and "teacher epoch 2/400" in log.read_text(), "no epoch finished in 10 min"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 143, err
     assert "terminated (SIGTERM): finished work is kept; rerun the same command to resume" in err
     text = log.read_text()

@@ -201,3 +201,42 @@ def test_run_eta_counts_steps_and_variants():
         assert runlog._PLAN.total == 2000 * 64 + (1 + 2) * 6000 * 32 * 4
     finally:
         runlog.clear_plan()
+
+
+def test_report_log_axis_labels_are_plain_text(tmp_path):
+    """The report draws with mathtext off; the confidence histogram's log axis must still read 1, 10,
+    100 (the screenshot showed '$\\mathdefault{10^{1}}$')."""
+    import matplotlib
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from noisystudent.artifacts import write_json
+    from noisystudent.report.plots import _confidence
+    from noisystudent.report.rundata import STYLE, RunData
+    write_json(tmp_path / "summary.json", {"name": "t", "classes": ["a", "b"], "models": []})
+    (tmp_path / "round1" / "labels").mkdir(parents=True)
+    conf = np.concatenate([np.full(300, 0.99), np.linspace(0.5, 0.9, 20)]).astype(np.float32)
+    pq.write_table(pa.table({"confidence": conf}), tmp_path / "round1" / "labels" / "part-00000.parquet")
+    write_json(tmp_path / "round1" / "selection" / "selection.json", {"threshold": 0.6})
+    with matplotlib.rc_context({**STYLE, "text.parse_math": False}):
+        fig = _confidence(RunData(tmp_path))
+        fig.canvas.draw()
+        labels = [t.get_text() for ax in fig.axes for t in ax.get_yticklabels(which="both") if t.get_text()]
+    assert labels and not any("$" in t or "mathdefault" in t for t in labels), labels
+    assert "100" in labels
+
+
+def test_no_pseudo_labels_is_a_kept_warning(tmp_path):
+    """A selection that kept nothing: the student trains on the labeled images, and says so once, in
+    warnings.json too (one key per round, so the round's variants do not repeat it)."""
+    cfg = tmp_path / "c.yaml"
+    make_own_data(tmp_path)
+    cfg.write_text("data:\n  labeled: {kind: imagefolder, root: train}\n  unlabeled: {kind: folder, root: pool}\n"
+                   "  test: {kind: imagefolder, root: test}\nmodels: [ns_cnn_s]\ndevice: cpu\n"
+                   "teacher: {epochs: 1, batch_size: 8}\n"
+                   "student: {epochs: 1, batch_size: 4, noise: {randaugment: false}}\n"   # fast on a busy CPU
+                   "select: {threshold: 0.999}\n")
+    run_dir = tmp_path / "r"
+    assert main(["run", str(cfg), "--run-dir", str(run_dir), "--no-report"]) == 0
+    assert (run_dir / "run.log").read_text().count("round 1: no pool image passed select.threshold=0.999") == 1
+    assert "no_pseudo_labels:round1" in [w["key"] for w in rw.read_warnings(run_dir)]

@@ -126,6 +126,10 @@ def _confidence(run: RunData):
         ax.stairs(counts, edges, fill=True, alpha=0.6, color="C0", label=f"{total} pool images", baseline=0.5)
         ax.set_yscale("log")
         ax.set_ylim(bottom=0.5)
+        # plain "1, 10, 100": the default log labels are mathtext, which the report turns off (a `$` in
+        # a class name must stay a `$`), so they would read "$\mathdefault{10^{1}}$"
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         if is_num(thr):
             ax.axvline(thr, color="C3", ls="--", lw=1.5, label=f"threshold {thr:g}: {above} above")
         _dress(ax, f"round {k}: teacher's pseudo-labels", "confidence (max probability)", "images (log scale)",

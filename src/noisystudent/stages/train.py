@@ -121,13 +121,13 @@ def train_student(ctx: RunContext, k: int, variant: str | None = None) -> StageR
         selection = selected_pool(ctx, inputs["selection"] / "selection.parquet")
         n_pseudo = int(selection[2].sum())
         n_lab = len(ctx.labeled)
-        if n_pseudo == 0:
-            log.warning("round %d: no pool image passed select.threshold=%s; the student trains on the "
-                        "labeled images only (lower the threshold or train the teacher longer)",
-                        k, cfg.select.threshold)
         total, warmup = joint_plan(cfg.student, n_pseudo, n_lab, ctx.world)
         warns: dict = {}
         warn_collapse(tag, name, model, ctx, d, warns)
+        if n_pseudo == 0 and ctx.rank == 0:       # one key per round: its variants share the selection
+            runwarnings.emit(ctx.run_dir, f"no_pseudo_labels:round{k}", f"round {k}: no pool image passed "
+                             f"select.threshold={cfg.select.threshold}; the student trains on the labeled images "
+                             "only (lower the threshold or train the teacher longer)", warns)
         warn_short_schedule(tag, total, n_lab, s.batch_size, ctx, d, warns)
         meta = ctx.model_meta(name, cfg.data.image_size, s.noise, "student")
         meta.update(round=k, variant=variant)
