@@ -66,6 +66,9 @@ class DataConfig:
     workers: int = 0                    # DataLoader worker processes (0 = in the main process)
     cache: bool = True                  # decode each image once into a uint8 array in RAM
     bad_images: Literal["auto", "skip", "fail"] = "auto"   # auto: skip in the pool, fail elsewhere
+    # how changed data is noticed: each file's size + mtime (one stat), or a digest of its bytes,
+    # cached in RUN_DIR/cache (sees files rewritten with their old mtime put back; reads all once)
+    fingerprint: Literal["stat", "content"] = "stat"
 
 
 @dataclass

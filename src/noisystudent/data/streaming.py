@@ -353,14 +353,18 @@ class TarSource(Source):
     def close(self) -> None:
         self._handles.close()
 
-    def _hash_rows(self, h, rows: np.ndarray | None) -> None:
-        # each shard's size + mtime, and where every row's image sits in it: no reads
-        for p in self.shard_paths:
-            try:
-                st = os.stat(p)
-                h.update(f"{p}:{st.st_size}:{st.st_mtime_ns}\0".encode())
-            except OSError:
-                h.update(f"{p}:-\0".encode())
+    def _hash_rows(self, h, rows: np.ndarray | None, content=None) -> None:
+        # each shard's size + mtime (or, given `content`, its bytes' digest), and where every row's
+        # image sits in it
+        if content is not None:
+            h.update(content.digests(self.shard_paths).tobytes())
+        else:
+            for p in self.shard_paths:
+                try:
+                    st = os.stat(p)
+                    h.update(f"{p}:{st.st_size}:{st.st_mtime_ns}\0".encode())
+                except OSError:
+                    h.update(f"{p}:-\0".encode())
         sel = slice(None) if rows is None else np.asarray(rows, dtype=np.int64)
         for a in (self.shard, self.offset, self.size):
             h.update(np.ascontiguousarray(a[sel]).tobytes())
@@ -414,8 +418,8 @@ class ManifestSource(FileSource):
     (absolute paths stay absolute: `root / "/abs/x.png"` is `/abs/x.png`). Read-only by design."""
     manifest: str = ""
 
-    def _hash_rows(self, h, rows: np.ndarray | None) -> None:
-        super()._hash_rows(h, rows)
+    def _hash_rows(self, h, rows: np.ndarray | None, content=None) -> None:
+        super()._hash_rows(h, rows, content)
         h.update(self.manifest.encode())
 
 
