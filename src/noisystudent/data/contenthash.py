@@ -14,7 +14,8 @@ they were read are used but not stored (git's "racily clean" rule).
 
 The cache holds no paths: rows are keyed by a 64-bit hash of the path, sorted, and looked up with one
 vectorised search — 56 bytes a file on disk and in memory, so 1M files cost ~56 MB, not a dict of
-a million strings. Rows of files that are gone stay until the file is deleted (any time; it is only
+a million strings. Two paths whose keys collide could share a row only with the same inode too, i.e.
+as hard links to one file (same bytes). Rows of files that are gone stay until the file is deleted (any time; it is only
 a cache).
 """
 from __future__ import annotations
@@ -52,7 +53,8 @@ def _file_digest(path: str, size: int) -> bytes:
     # sees the end in the same call); a file object costs more than the read itself
     h = hashlib.sha256()
     want, got = min(size + 1, 1 << 20), 0
-    fd = os.open(path, os.O_RDONLY)
+    # O_NONBLOCK: a FIFO swapped in after the stat must not block the open (no effect on files)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     try:
         while chunk := os.read(fd, want):
             h.update(chunk)

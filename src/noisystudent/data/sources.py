@@ -47,8 +47,10 @@ class BadImage(UserError):
         return msg if "data.bad_images" in msg else f"{msg}; fix or remove the file, or set data.bad_images=skip"
 
 
-def open_image(path_or_file, in_chans: int, name: str = "") -> np.ndarray:
-    """Decode to uint8 HWC with `in_chans` channels (grayscale/RGB/RGBA/palette are converted)."""
+def open_image(path_or_file, in_chans: int, name: str = "", max_side: int | None = None) -> np.ndarray:
+    """Decode to uint8 HWC with `in_chans` channels (grayscale/RGB/RGBA/palette are converted), at
+    most `max_side` pixels on the longer side (shrunk as `shrink` would, before the array is made:
+    a 60M-pixel photo then costs one full-size copy in memory, not four)."""
     try:
         if isinstance(path_or_file, (str, os.PathLike)) and not stat.S_ISREG(os.stat(path_or_file).st_mode):
             raise BadImage(f"{name or path_or_file}: not a regular file (a pipe, device or folder); "
@@ -63,20 +65,27 @@ def open_image(path_or_file, in_chans: int, name: str = "") -> np.ndarray:
                 if im.mode != "I" or a.max() > 255:
                     a = a / 257.0
                 im = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))
-            im = im.convert("L" if in_chans == 1 else "RGB")
+            mode = "L" if in_chans == 1 else "RGB"
+            if im.mode != mode:         # convert() to the same mode would copy the whole image
+                im = im.convert(mode)
+            if max_side and max(im.size) > max_side:
+                im = _fit(im, max_side)
             arr = np.asarray(im, dtype=np.uint8)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, zlib.error) as e:
         raise BadImage(f"{name or path_or_file}: cannot decode image ({e})") from None
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
+def _fit(im: Image.Image, max_side: int) -> Image.Image:
+    """At most `max_side` pixels on the longer side, aspect kept (bilinear, antialiased)."""
+    w, h = im.size
+    scale = max_side / max(h, w)
+    return im.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
+
+
 def shrink(a: np.ndarray, max_side: int) -> np.ndarray:
     """uint8 HWC -> at most `max_side` pixels on its longer side, aspect kept (PIL, antialiased)."""
-    h, w = a.shape[:2]
-    scale = max_side / max(h, w)
-    im = Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a)
-    im = im.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
-    out = np.asarray(im)
+    out = np.asarray(_fit(Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a), max_side))
     return out[:, :, None] if out.ndim == 2 else out
 
 
@@ -184,7 +193,8 @@ class FileSource(Source):
     root: Path = Path(".")
 
     def _load(self, i: int) -> np.ndarray:
-        return open_image(self.root / self.ids[i], self.in_chans, name=str(self.root / self.ids[i]))
+        return open_image(self.root / self.ids[i], self.in_chans, name=str(self.root / self.ids[i]),
+                          max_side=self.max_side)
 
     def _hash_rows(self, h, rows: np.ndarray | None, content=None) -> None:
         root, join = str(self.root), os.path.join

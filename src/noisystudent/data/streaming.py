@@ -347,7 +347,7 @@ class TarSource(Source):
         return data
 
     def _load(self, i: int) -> np.ndarray:
-        return open_image(io.BytesIO(self.read_bytes(i)), self.in_chans,
+        return open_image(io.BytesIO(self.read_bytes(i)), self.in_chans, max_side=self.max_side,
                           name=f"{self.shard_paths[int(self.shard[i])]}:{self.ids[i]}")
 
     def close(self) -> None:
