@@ -358,6 +358,10 @@ def test_disk_full_when_the_lock_is_written(tmp_path, monkeypatch):
 
         flush = write
 
+        def close(self):        # a buffered file flushes its pending line again on close, and fails
+            self.f.close()
+            raise OSError(errno.ENOSPC, "No space left on device")
+
         def __getattr__(self, name):
             return getattr(self.f, name)
 
