@@ -201,6 +201,8 @@ def cases(tmp: Path) -> None:
                 pass
             os.close(fd)
             show("8. a full disk (64 KB tmpfs, filled) when .lock is written", *run(cfg, mnt / "run"))
+            subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+            show("8. a read-only filesystem (the tmpfs remounted ro)", *run(cfg, mnt / "run2"))
         finally:
             subprocess.run(["umount", str(mnt)])
     else:
