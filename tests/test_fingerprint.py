@@ -75,13 +75,15 @@ def test_digests_of_files_changed_just_now_are_not_stored(data, tmp_path):
     """ctime ticks coarsely: a digest read in the same tick as a change could hide a second change."""
     paths = [str(p) for p in sorted((data / "pool").glob("*.png"))]
     cache = tmp_path / "c.npz"
-    fresh = ContentHashes(cache)                            # default racy window: 2 s; files are new
+    window = 1000 * 10**9                                   # (2 s by default; this file's are minutes)
+    fresh = ContentHashes(cache, racy_ns=window)
     fresh.digests(paths)
     fresh.flush()
     assert not cache.exists()
-    again = ContentHashes(cache)
+    again = ContentHashes(cache, racy_ns=window)
     again.digests(paths)
     assert again.read_files == len(paths)
+    assert ContentHashes().racy_ns == 2 * 10**9
 
 
 def test_missing_fifo_and_damaged_cache(data, tmp_path, caplog):
@@ -104,11 +106,14 @@ def test_fingerprint_key_is_validated():
         load_config(None, ["data.fingerprint=sha1"])
 
 
-def test_a_run_under_content_redoes_the_stages_that_read_a_rewritten_image(data, tmp_path, caplog):
+def test_a_run_under_content_redoes_the_stages_that_read_a_rewritten_image(data, tmp_path, caplog, monkeypatch):
     """A whole run (in-process: two CLI runs cost minutes on a loaded machine): the teacher and its
     evaluation are redone after a same-size, same-mtime rewrite of a labeled image, and only then;
     the digests are cached in the run directory."""
+    import noisystudent.data.contenthash as contenthash
     from noisystudent.pipeline import run as run_pipeline
+    # the images are seconds old: without this, on a fast machine none would be old enough to store
+    monkeypatch.setattr(contenthash, "RACY_NS", 0)
     cfg = load_config(write_cfg(tmp_path / "c.yaml", data, rounds=0, models=["ns_cnn_s"],
                                 data__fingerprint="content"))
     run_dir = tmp_path / "run"

@@ -70,9 +70,9 @@ class ContentHashes:
     """Digests of files, reusing those stored in `path` (an .npz; None = no cache). `digests()` reads
     only files whose stat changed; `flush()` stores what was read. `read_files` counts the reads."""
 
-    def __init__(self, path: str | Path | None = None, racy_ns: int = RACY_NS):
+    def __init__(self, path: str | Path | None = None, racy_ns: int | None = None):
         self.path = Path(path) if path else None
-        self.racy_ns = racy_ns
+        self.racy_ns = RACY_NS if racy_ns is None else racy_ns     # read now: tests may lower it
         self.read_files = 0
         self._keys: np.ndarray | None = None        # sorted uint64 path keys
         self._meta = self._digest = None            # (m, 4) int64 size/mtime/ctime/ino; (m, 16) uint8
