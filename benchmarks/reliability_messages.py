@@ -23,7 +23,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-import yaml
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -191,7 +190,9 @@ def cases(tmp: Path) -> None:
     show("8. truncated shard in an unfinished label stage", *run(cfg, r8s))
     mnt = tmp / "full"
     mnt.mkdir()
-    if os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)]).returncode == 0:
+    mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs",
+                                                    str(mnt)]).returncode == 0
+    if mounted:
         try:
             fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT)
             try:
