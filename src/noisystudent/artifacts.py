@@ -140,7 +140,10 @@ def lock_run_dir(root: str | Path) -> None:
         f.write(f"pid {os.getpid()}\n")
         f.flush()
     except OSError as e:
-        f.close()
+        # close() flushes the buffered line again and fails the same way (a real full disk does;
+        # found by filling a tmpfs): it must not replace the one-line message
+        with contextlib.suppress(OSError):
+            f.close()
         raise _cannot_write(RunLayout(root).lock, e) from None
     _HELD_LOCKS[key] = f
 

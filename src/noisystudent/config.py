@@ -72,6 +72,9 @@ class DataConfig:
     # once into a tensor on the training device, noised a batch at a time; auto = device on a GPU
     # when the decoded images fit in a quarter of its free memory (stages/batching.py)
     augment_on: Literal["auto", "cpu", "device"] = "auto"
+    # how changed data is noticed: each file's size + mtime (one stat), or a digest of its bytes,
+    # cached in RUN_DIR/cache (sees files rewritten with their old mtime put back; reads all once)
+    fingerprint: Literal["stat", "content"] = "stat"
 
 
 @dataclass

@@ -14,12 +14,15 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 from PIL import Image
 
 from ..errors import UserError
+
+if TYPE_CHECKING:
+    from .contenthash import ContentHashes
 
 __all__ = [
     "IMAGE_EXTENSIONS", "BadImage", "Source", "ArraySource", "FileSource", "register_source", "list_sources",
@@ -44,8 +47,10 @@ class BadImage(UserError):
         return msg if "data.bad_images" in msg else f"{msg}; fix or remove the file, or set data.bad_images=skip"
 
 
-def open_image(path_or_file, in_chans: int, name: str = "") -> np.ndarray:
-    """Decode to uint8 HWC with `in_chans` channels (grayscale/RGB/RGBA/palette are converted)."""
+def open_image(path_or_file, in_chans: int, name: str = "", max_side: int | None = None) -> np.ndarray:
+    """Decode to uint8 HWC with `in_chans` channels (grayscale/RGB/RGBA/palette are converted), at
+    most `max_side` pixels on the longer side (shrunk as `shrink` would, before the array is made:
+    a 60M-pixel photo then costs one full-size copy in memory, not four)."""
     try:
         if isinstance(path_or_file, (str, os.PathLike)) and not stat.S_ISREG(os.stat(path_or_file).st_mode):
             raise BadImage(f"{name or path_or_file}: not a regular file (a pipe, device or folder); "
@@ -60,20 +65,27 @@ def open_image(path_or_file, in_chans: int, name: str = "") -> np.ndarray:
                 if im.mode != "I" or a.max() > 255:
                     a = a / 257.0
                 im = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))
-            im = im.convert("L" if in_chans == 1 else "RGB")
+            mode = "L" if in_chans == 1 else "RGB"
+            if im.mode != mode:         # convert() to the same mode would copy the whole image
+                im = im.convert(mode)
+            if max_side and max(im.size) > max_side:
+                im = _fit(im, max_side)
             arr = np.asarray(im, dtype=np.uint8)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, zlib.error) as e:
         raise BadImage(f"{name or path_or_file}: cannot decode image ({e})") from None
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
+def _fit(im: Image.Image, max_side: int) -> Image.Image:
+    """At most `max_side` pixels on the longer side, aspect kept (bilinear, antialiased)."""
+    w, h = im.size
+    scale = max_side / max(h, w)
+    return im.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
+
+
 def shrink(a: np.ndarray, max_side: int) -> np.ndarray:
     """uint8 HWC -> at most `max_side` pixels on its longer side, aspect kept (PIL, antialiased)."""
-    h, w = a.shape[:2]
-    scale = max_side / max(h, w)
-    im = Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a)
-    im = im.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
-    out = np.asarray(im)
+    out = np.asarray(_fit(Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a), max_side))
     return out[:, :, None] if out.ndim == 2 else out
 
 
@@ -106,20 +118,22 @@ class Source:
                              self.classes, self.in_chans, list(self.skipped), self.max_side, parent=self,
                              index=indices)
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, content: "ContentHashes | None" = None) -> str:
         """A short hash of what the source holds: its ids, labels and classes, and each row's contents
         as cheaply as they can be told apart (file size + modification time for files, the bytes for
-        arrays in memory). Stages that read a source put this into their fingerprint, so adding,
-        removing or replacing an image redoes exactly the stages that read it."""
+        arrays in memory), or, given `content` (data.fingerprint: content), a digest of every file's
+        bytes. Stages that read a source put this into their fingerprint, so adding, removing or
+        replacing an image redoes exactly the stages that read it."""
         import hashlib
         h = hashlib.sha256()
-        h.update(repr((type(self).__name__, self.classes, len(self.ids))).encode())
+        head = (type(self).__name__, self.classes, len(self.ids))     # stat: as before content existed
+        h.update(repr(head + (("content",) if content is not None else ())).encode())
         h.update("\0".join(self.ids).encode("utf-8", "surrogateescape"))
         h.update(np.ascontiguousarray(self.labels, dtype=np.int64).tobytes())
-        self._hash_rows(h, None)
+        self._hash_rows(h, None, content)
         return h.hexdigest()[:16]
 
-    def _hash_rows(self, h, rows: np.ndarray | None) -> None:
+    def _hash_rows(self, h, rows: np.ndarray | None, content=None) -> None:
         """Feed the contents of `rows` (None = all) into `h`. Subclasses know their storage."""
         for i in (range(len(self)) if rows is None else rows):      # generic, slow: decode everything
             h.update(np.ascontiguousarray(self.load(int(i))).tobytes())
@@ -153,8 +167,8 @@ class ArraySource(Source):
     def _load(self, i: int) -> np.ndarray:
         return self.images[i]
 
-    def _hash_rows(self, h, rows: np.ndarray | None) -> None:
-        if isinstance(self.images, np.ndarray):
+    def _hash_rows(self, h, rows: np.ndarray | None, content=None) -> None:
+        if isinstance(self.images, np.ndarray):     # the pixels themselves: `content` adds nothing
             a = self.images if rows is None else self.images[rows]
             h.update(repr(a.shape).encode())
             h.update(np.ascontiguousarray(a).tobytes())
@@ -179,15 +193,20 @@ class FileSource(Source):
     root: Path = Path(".")
 
     def _load(self, i: int) -> np.ndarray:
-        return open_image(self.root / self.ids[i], self.in_chans, name=str(self.root / self.ids[i]))
+        return open_image(self.root / self.ids[i], self.in_chans, name=str(self.root / self.ids[i]),
+                          max_side=self.max_side)
 
-    def _hash_rows(self, h, rows: np.ndarray | None) -> None:
+    def _hash_rows(self, h, rows: np.ndarray | None, content=None) -> None:
+        root, join = str(self.root), os.path.join
+        paths = [join(root, self.ids[int(i)]) for i in (range(len(self)) if rows is None else rows)]
+        if content is not None:
+            h.update(content.digests(paths).tobytes())
+            return
         # size + mtime of every file: one stat each, no reads (see docs/reliability.md for the cost)
-        root, stat, join = str(self.root), os.stat, os.path.join
-        out = []
-        for i in (range(len(self)) if rows is None else rows):
+        out, stat_ = [], os.stat
+        for p in paths:
             try:
-                st = stat(join(root, self.ids[int(i)]))
+                st = stat_(p)
                 out.append(f"{st.st_size}:{st.st_mtime_ns}")
             except OSError:
                 out.append("-")
@@ -202,8 +221,9 @@ class _SubsetSource(Source):
     def _load(self, i: int) -> np.ndarray:
         return self.parent.load(int(self.index[i]))
 
-    def _hash_rows(self, h, rows: np.ndarray | None) -> None:
-        self.parent._hash_rows(h, self.index if rows is None else self.index[np.asarray(rows, dtype=np.int64)])
+    def _hash_rows(self, h, rows: np.ndarray | None, content=None) -> None:
+        self.parent._hash_rows(h, self.index if rows is None else self.index[np.asarray(rows, dtype=np.int64)],
+                               content)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -225,11 +245,26 @@ def register_source(kind: str):
 
 
 def _list_images(root: Path) -> list[str]:
-    """Image files under `root` by extension. Hidden files and folders are not data: macOS `._x.png`
-    resource forks, `.ipynb_checkpoints/`, `.DS_Store`; other non-image files are ignored too."""
-    rels = (p.relative_to(root).as_posix() for p in root.rglob("*")
-            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-    return sorted(r for r in rels if not any(part.startswith(".") for part in r.split("/")))
+    """Image files under `root` by extension, as sorted relative POSIX paths. Hidden files and folders
+    are not data: macOS `._x.png` resource forks, `.ipynb_checkpoints/`, `.DS_Store`; other non-image
+    files are ignored too. Like `Path.rglob`, links to folders are not followed (no cycles).
+
+    os.scandir, not rglob: the entry's type comes with the listing (no stat per file), which makes
+    listing a 1M-file pool several times faster (benchmarks/fingerprint.py, docs/reliability.md)."""
+    out: list[str] = []
+    todo = [(str(root), "")]
+    while todo:
+        folder, prefix = todo.pop()
+        with os.scandir(folder) as it:
+            for e in it:
+                if e.name.startswith("."):
+                    continue
+                if e.is_dir(follow_symlinks=False):
+                    todo.append((e.path, f"{prefix}{e.name}/"))
+                elif os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS and e.is_file():
+                    out.append(prefix + e.name)
+    out.sort()
+    return out
 
 
 @register_source("imagefolder")

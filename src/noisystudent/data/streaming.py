@@ -330,20 +330,24 @@ class TarSource(Source):
         return data
 
     def _load(self, i: int) -> np.ndarray:
-        return open_image(io.BytesIO(self.read_bytes(i)), self.in_chans,
+        return open_image(io.BytesIO(self.read_bytes(i)), self.in_chans, max_side=self.max_side,
                           name=f"{self.shard_paths[int(self.shard[i])]}:{self.ids[i]}")
 
     def close(self) -> None:
         self._handles.close()
 
-    def _hash_rows(self, h, rows: np.ndarray | None) -> None:
-        # each shard's size + mtime, and where every row's image sits in it: no reads
-        for p in self.shard_paths:
-            try:
-                st = os.stat(p)
-                h.update(f"{p}:{st.st_size}:{st.st_mtime_ns}\0".encode())
-            except OSError:
-                h.update(f"{p}:-\0".encode())
+    def _hash_rows(self, h, rows: np.ndarray | None, content=None) -> None:
+        # each shard's size + mtime (or, given `content`, its bytes' digest), and where every row's
+        # image sits in it
+        if content is not None:
+            h.update(content.digests(self.shard_paths).tobytes())
+        else:
+            for p in self.shard_paths:
+                try:
+                    st = os.stat(p)
+                    h.update(f"{p}:{st.st_size}:{st.st_mtime_ns}\0".encode())
+                except OSError:
+                    h.update(f"{p}:-\0".encode())
         sel = slice(None) if rows is None else np.asarray(rows, dtype=np.int64)
         for a in (self.shard, self.offset, self.size):
             h.update(np.ascontiguousarray(a[sel]).tobytes())
@@ -397,8 +401,8 @@ class ManifestSource(FileSource):
     (absolute paths stay absolute: `root / "/abs/x.png"` is `/abs/x.png`). Read-only by design."""
     manifest: str = ""
 
-    def _hash_rows(self, h, rows: np.ndarray | None) -> None:
-        super()._hash_rows(h, rows)
+    def _hash_rows(self, h, rows: np.ndarray | None, content=None) -> None:
+        super()._hash_rows(h, rows, content)
         h.update(self.manifest.encode())
 
 

@@ -55,6 +55,12 @@ class RunContext:
         self.rank, self.world = world_info()
         self.mean, self.std = default_mean_std(cfg.data.in_chans, cfg.data.mean, cfg.data.std)
         self._fingerprints: dict = {}
+        # data.fingerprint: content reads every data file once; the digests are kept in the run
+        # directory, read before the run claims it but written only by `data_fingerprint` (after)
+        self._content = None
+        if cfg.data.fingerprint == "content":
+            from ..data.contenthash import ContentHashes
+            self._content = ContentHashes(self.layout.cache("content-hashes.npz"))
 
     def policy(self, role: str) -> str:
         p = self.cfg.data.bad_images
@@ -83,14 +89,14 @@ class RunContext:
             found = sorted({src.classes[c] for c in src.labels if 0 <= c < len(src.classes)})
             raise UserError(f"config key 'data.labeled': the labeled set has images of only {len(found)} class "
                             f"({', '.join(found)[:80]}); a classifier needs at least 2 classes")
-        self._fingerprints["labeled"] = src.fingerprint()     # of the files, before caching
+        self._fingerprints["labeled"] = src.fingerprint(self._content)     # of the files, before caching
         return self._maybe_cache(src, "labeled")
 
     @functools.cached_property
     def test(self) -> Source:
         src = self._build("test")
         _check_classes(self.labeled, src, "data.labeled", "data.test")
-        self._fingerprints["test"] = src.fingerprint()
+        self._fingerprints["test"] = src.fingerprint(self._content)
         return self._maybe_cache(src, "test")
 
     @functools.cached_property
@@ -100,7 +106,7 @@ class RunContext:
             return None
         src = self._build("val")
         _check_classes(self.labeled, src, "data.labeled", "data.val")
-        self._fingerprints["val"] = src.fingerprint()
+        self._fingerprints["val"] = src.fingerprint(self._content)
         return self._maybe_cache(src, "test")
 
     @functools.cached_property
@@ -110,15 +116,18 @@ class RunContext:
 
     def data_fingerprint(self, role: str) -> str | list[str] | None:
         """Contents of a data source (`Source.fingerprint`), for the stages that read it: 'labeled',
-        'test', 'val', 'unlabeled' or 'extra_test' (a list). Computed once per command."""
+        'test', 'val', 'unlabeled' or 'extra_test' (a list). Computed once per command; called by
+        stages only, so after the run directory is claimed: content digests read so far are saved."""
         if role not in self._fingerprints:
             if role in ("labeled", "test", "val"):
                 if getattr(self, role) is None:     # computes it before caching the images
                     return None
             elif role == "unlabeled":
-                self._fingerprints[role] = self.pool.fingerprint()
+                self._fingerprints[role] = self.pool.fingerprint(self._content)
             else:
-                self._fingerprints[role] = [s.fingerprint() for s in self.extra_tests]
+                self._fingerprints[role] = [s.fingerprint(self._content) for s in self.extra_tests]
+        if self._content is not None and self.rank == 0:
+            self._content.flush()
         return self._fingerprints[role]
 
     @functools.cached_property
