@@ -98,20 +98,64 @@ def plan_ablations(path, base_over, names):
     return plan
 
 
-def _rows(name, summary, run_dir, wall, keep=lambda m: True):
-    def info(stage):
-        p = run_dir / stage / "stage.json"
-        return json.loads(p.read_text()).get("info", {}) if p.is_file() else {}
+_FLOPS: dict = {}
+LOOP_STAGES = {"teacher", "eval_teacher", "labels", "selection", "student", "eval_student", "finetune", "eval_finetune"}
+
+
+def forward_flops(model_name: str, in_chans: int, size: int) -> float:
+    """Forward FLOPs of one image (torch's FlopCounterMode: a multiply-add counts 2)."""
+    key = (model_name, in_chans, size)
+    if key not in _FLOPS:
+        import torch
+        from torch.utils.flop_counter import FlopCounterMode
+        from noisystudent.models import create_model
+        m = create_model(model_name, 10, in_chans).eval()
+        with FlopCounterMode(display=False) as fc, torch.no_grad():
+            m(torch.zeros(1, in_chans, size, size))
+        _FLOPS[key] = float(fc.get_total_flops())
+    return _FLOPS[key]
+
+
+def _info(run_dir: Path, stage: str) -> dict:
+    p = run_dir / stage / "stage.json"
+    return json.loads(p.read_text()).get("info", {}) if p.is_file() else {}
+
+
+def _rows(name, summary, run_dir, wall, keep=lambda m: True, cfg=None):
     rows = []
     for m in summary["models"]:
         if not keep(m):
             continue
-        st = info(f"round{m['round']}/{m['which']}")
+        st = _info(run_dir, f"round{m['round']}/{m['which']}")
+        pflop = None
+        if cfg is not None and st.get("images_seen"):      # training: backward = 2 x forward
+            pflop = 3 * forward_flops(m["model"], cfg.data.in_chans, cfg.data.image_size) * st["images_seen"] / 1e15
         rows.append({"row": name if m["which"] in ("teacher", "student") or name != "baseline" else m["which"],
                      "round": m["round"], "which": m["which"], "model": m["model"], "top1": m["top1"],
                      "val_top1": m.get("val_top1"), "steps": st.get("steps"), "train_s": st.get("train_s"),
-                     "images_seen": st.get("images_seen"), "wall_s": wall})
+                     "images_seen": st.get("images_seen"), "train_pflop": pflop, "wall_s": wall})
     return rows
+
+
+def loop_compute(run_dir: Path, cfg) -> dict:
+    """The loop's own compute (the comparison variants excluded): the teacher's and each round's
+    noisy student's training, plus every labeling pass over the pool (x2 with flip TTA)."""
+    size, chans = cfg.data.image_size, cfg.data.in_chans
+    train = 0.0
+    label = 0.0
+    for k in range(cfg.rounds + 1):
+        which = "teacher" if k == 0 else "student"
+        st = _info(run_dir, f"round{k}/{which}")
+        train += 3 * forward_flops(cfg.model_for_round(k), chans, size) * (st.get("images_seen") or 0)
+        if k >= 1:
+            lab = _info(run_dir, f"round{k}/labels")
+            views = 2 if cfg.label.flip_tta else 1
+            label += views * forward_flops(cfg.model_for_round(k - 1), chans, size) * (lab.get("rows") or 0)
+    # wall: every stage of the loop (teacher, labels, selection, students, their evaluations), not the variants'
+    loop_s = sum(_info(run_dir, f"{d.parent.name}/{d.name}").get("stage_s") or 0.0
+                 for d in sorted(run_dir.glob("round*/*")) if d.name in LOOP_STAGES)
+    return {"train_pflop": train / 1e15, "label_pflop": label / 1e15, "total_pflop": (train + label) / 1e15,
+            "loop_s": loop_s}
 
 
 def run_one(path, overrides, run_dir, reuse_from=None):
@@ -151,31 +195,40 @@ def main():
         parts = [json.loads(Path(f).read_text()) for f in args.combine]
         rows = [r for p in parts for r in p["rows"]]
         write_tables(Path(args.out), args.name or Path(path).stem, rows, sum(p["meta"]["total_s"] for p in parts),
-                     sys.argv[1:])
+                     sys.argv[1:], [c for p in parts for c in p.get("loops", [])])
         return
     # '3' = seeds 0,1,2 (a count); '2,' or '0,2' = exactly those seeds
     seeds = list(range(int(args.seeds))) if "," not in args.seeds and int(args.seeds) > 1 else \
         [int(s) for s in args.seeds.split(",") if s]
     names = [] if args.ablations == "none" else (list(ABLATIONS) if args.ablations == "all" else args.ablations.split(","))
     variants = [v for v in args.variants.split(",") if v]
-    rows, t_all = [], time.perf_counter()
+    rows, loops, t_all = [], [], time.perf_counter()
     for seed in seeds:
         base_over = [*args.set, f"seed={seed}"]
         plan = plan_ablations(path, base_over, names)     # before any training: bad names fail fast
         in_run = list(dict.fromkeys([*variants, *(o[0].split(":", 1)[1] for _, _, o in plan
                                                   if o[0].startswith("@variant:"))]))
         base_dir = Path(args.runs) / f"{Path(path).stem}-s{seed}" / "baseline"
-        summary, wall = run_one(path, [*base_over, f"variants=[{', '.join(in_run)}]"], base_dir)
-        rows += [dict(r, seed=seed) for r in _rows("baseline", summary, base_dir, wall)]
+        over = [*base_over, f"variants=[{', '.join(in_run)}]"]
+        summary, wall = run_one(path, over, base_dir)
+        cfg = load_config(path, over)
+        rows += [dict(r, seed=seed) for r in _rows("baseline", summary, base_dir, wall, cfg=cfg)]
+        compute = loop_compute(base_dir, cfg)
+        loops.append(dict(compute, seed=seed, wall_s=wall))
+        print(f"seed {seed}: the loop spent {compute['total_pflop']:.3f} PFLOP (training "
+              f"{compute['train_pflop']:.3f}, labeling {compute['label_pflop']:.3f}); run wall {wall / 60:.1f} min "
+              f"(with the variants), the loop's stages {compute['loop_s'] / 60:.1f} min", flush=True)
         steps = student_steps(base_dir)
         for name, desc, over in plan:
             if over[0].startswith("@variant:"):
                 continue
             d = Path(args.runs) / f"{Path(path).stem}-s{seed}" / name
             summary, wall = run_one(path, [*base_over, *over, f"student.steps={steps}"], d, base_dir)
-            rows += [dict(r, seed=seed) for r in _rows(name, summary, d, wall, lambda m: m["which"] != "teacher")]
+            rows += [dict(r, seed=seed) for r in _rows(name, summary, d, wall, lambda m: m["which"] != "teacher",
+                                                       load_config(path, [*base_over, *over]))]
             print(json.dumps(rows[-1]), flush=True)
-    write_tables(Path(args.out), args.name or Path(path).stem, rows, time.perf_counter() - t_all, sys.argv[1:])
+    write_tables(Path(args.out), args.name or Path(path).stem, rows, time.perf_counter() - t_all, sys.argv[1:],
+                 loops)
 
 
 def machine() -> dict:
@@ -200,11 +253,12 @@ def _ms(values):
     return f"{100 * np.mean(v):.2f}" + (f" ± {100 * np.std(v, ddof=1):.2f}" if len(v) > 1 else "")
 
 
-def write_tables(out: Path, name: str, rows: list, total_s: float, argv: list):
+def write_tables(out: Path, name: str, rows: list, total_s: float, argv: list, loops: list | None = None):
     out.mkdir(parents=True, exist_ok=True)
     meta = {"config": name, "command": "python benchmarks/accuracy.py " + " ".join(argv), "total_s": total_s,
             "date": time.strftime("%Y-%m-%d"), **machine()}
-    (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    loops = loops or []
+    (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows, "loops": loops}, indent=2))
     groups: dict = {}
     for r in rows:
         groups.setdefault((r["row"], r["round"], r["which"]), []).append(r)
@@ -213,18 +267,24 @@ def write_tables(out: Path, name: str, rows: list, total_s: float, argv: list):
              f"{meta['cpu']}, {meta['cores']} cores (AVX512-BF16: {meta['avx512_bf16']}, native bf16: "
              f"{meta['native_bf16']}), GPU: {meta['gpu']}, torch {meta['torch']}, {meta['date']}, "
              f"total wall {total_s / 60:.1f} min", "",
-             "| row | round | model | role | val top-1 (%) | test top-1 (%) | seeds | steps | train s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| row | round | model | role | val top-1 (%) | test top-1 (%) | seeds | steps | train s | PFLOP |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for (row, rnd, which), rs in groups.items():
         train_s = [r["train_s"] for r in rs if r.get("train_s") is not None]
+        pf = [r["train_pflop"] for r in rs if r.get("train_pflop") is not None]
         lines.append(f"| {row} | {rnd} | {rs[0]['model']} | {which} | {_ms([r['val_top1'] for r in rs])} | "
                      f"{_ms([r['top1'] for r in rs])} | {len(rs)} | {rs[0].get('steps') or ''} | "
-                     f"{sum(train_s) / len(train_s):.0f} |" if train_s else
-                     f"| {row} | {rnd} | {rs[0]['model']} | {which} | {_ms([r['val_top1'] for r in rs])} | "
-                     f"{_ms([r['top1'] for r in rs])} | {len(rs)} | | |")
+                     f"{f'{sum(train_s) / len(train_s):.0f}' if train_s else ''} | "
+                     f"{f'{sum(pf) / len(pf):.3f}' if pf else ''} |")
     lines += ["", "mean ± sample std over seeds; a seed changes the labeled draw, the initialisation and the "
               "augmentation. `steps`: optimizer steps (every student row of a seed trains the same count); "
-              "`train s`: mean training time of the stage."]
+              "`train s`: mean training time of the stage; `PFLOP`: its training compute (forward FLOPs x "
+              "images seen x 3: backward counted as 2 x forward)."]
+    for c in loops:
+        lines.append(f"\nSeed {c['seed']}: the loop (teacher, labeling, each round's noisy student; not the "
+                     f"comparison variants) spent **{c['total_pflop']:.3f} PFLOP** (training {c['train_pflop']:.3f}, "
+                     f"labeling {c['label_pflop']:.3f}) in {c.get('loop_s', 0) / 60:.1f} min of stage wall time; the run "
+                     f"with the variants took {c['wall_s'] / 60:.1f} min.")
     present = [k for k in ABLATIONS if any(r["row"] == k or r["which"].endswith(k) for r in rows)]
     if present:
         lines += ["", "Rows: " + "; ".join(f"`{k}` = {ABLATIONS[k][0]}" for k in present)]

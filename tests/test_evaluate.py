@@ -45,3 +45,16 @@ def test_unknown_class_in_extra_set_is_a_clear_error(tmp_path):
     src = create_source(SourceConfig(kind="imagefolder", root=str(tmp_path / "b")), 1)
     with pytest.raises(UserError, match=r"extra: classes \['cat'\] are not among the model's 10 classes"):
         evaluate_source(model, meta, src, key="extra")
+
+
+def test_flip_tta_scores_the_mean_probability_of_image_and_mirror(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("ns_cnn_s", 10, 1).eval()
+    meta = {"classes": [str(c) for c in range(10)], "image_size": 8, "mean": [0.5], "std": [0.5]}
+    src = create_source(SourceConfig(kind="digits", split="test"), 1).subset(range(40))
+    plain, tta = evaluate_source(model, meta, src), evaluate_source(model, meta, src, flip_tta=True)
+    x = to_tensor_batch(np.stack([src.load(i) for i in range(len(src))]), 8, [0.5], [0.5])
+    with torch.no_grad():
+        p = (model(x).softmax(1) + model(x.flip(-1)).softmax(1)) / 2
+    assert tta["top1"] == pytest.approx((p.argmax(1).numpy() == src.labels).mean())
+    assert plain["top1"] == pytest.approx((model(x).argmax(1).numpy() == src.labels).mean())

@@ -170,6 +170,7 @@ class FinetuneConfig:
 @dataclass
 class EvalConfig:
     batch_size: int = 256
+    flip_tta: bool = False              # score the mean probability over each image and its mirror
     robustness: bool = False
     corruptions: list[str] = field(default_factory=lambda: ["all"])
     severities: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])

@@ -7,7 +7,7 @@ import timm
 import torch.nn as nn
 
 from ..errors import UserError
-from . import small  # noqa: F401  (registers ns_* models in timm's registry)
+from . import air, small  # noqa: F401  (register the ns_* models in timm's registry)
 
 __all__ = ["create_model", "check_model_name", "freeze_stages", "count_params", "stage_groups"]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 import logging
 import math
 from pathlib import Path
@@ -228,6 +229,7 @@ def run_stage(ctx: RunContext, stage_dir: Path, config: dict, inputs: dict[str, 
                     input_dirs=input_dirs)
     _barrier(ctx)
     log.info("%s: running", label)
+    t0 = time.perf_counter()
     try:
         outputs, info = body(stage_dir) if ctx.rank == 0 or not rank0_only else ([], {})
     except ValueError as e:
@@ -236,6 +238,8 @@ def run_stage(ctx: RunContext, stage_dir: Path, config: dict, inputs: dict[str, 
         raise UserError(f"{label}: {e}".splitlines()[0]) from e
     _barrier(ctx)
     if ctx.rank == 0:
+        # stage_s: wall seconds of the invocation that finished the stage (a resumed one: since resuming)
+        info = dict(info or {}, stage_s=round(time.perf_counter() - t0, 2))
         write_stage(stage_dir, status="done", fingerprint=fp, config=config, inputs=upstream,
                     outputs={o: True for o in outputs}, info=info, input_dirs=input_dirs)
         # Resume state is dead weight once the stage is done (written last, so a kill before this

@@ -17,19 +17,25 @@ __all__ = ["predict_logits", "evaluate_source", "evaluate_stage", "robustness_im
 
 
 def predict_logits(model, source: Source, image_size: int, mean, std, batch_size: int = 256,
-                   device="cpu", workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, labels) of a whole labeled source, in eval mode."""
+                   device="cpu", workers: int = 0, flip_tta: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, labels) of a whole labeled source, in eval mode. `flip_tta`: the log of the mean
+    probability over each image and its mirror (so softmax gives the averaged probabilities, as the
+    label stage averages them)."""
     model.eval()
     out, labels = [], []
     for views, idx in iter_logits(model, source, image_size, mean, std, batch_size=batch_size, device=device,
-                                  workers=workers):
-        out.append(views[0])
+                                  workers=workers, hflip=flip_tta):
+        if flip_tta:
+            out.append(torch.stack([v.softmax(1) for v in views]).mean(0).clamp_min(1e-12).log())
+        else:
+            out.append(views[0])
         labels.append(torch.from_numpy(source.labels[idx]))
     return torch.cat(out), torch.cat(labels)
 
 
 def evaluate_source(model, meta: dict, source: Source, batch_size: int = 256, device="cpu",
-                    workers: int = 0, key: str = "test", image_size: int | None = None) -> dict:
+                    workers: int = 0, key: str = "test", image_size: int | None = None,
+                    flip_tta: bool = False) -> dict:
     """Classification report of `model` on a labeled source. A source whose classes are a subset of
     the model's is scored on those classes only (logits restricted, as the ImageNet-A protocol)."""
     classes = list(meta["classes"])
@@ -39,7 +45,7 @@ def evaluate_source(model, meta: dict, source: Source, batch_size: int = 256, de
     if unknown:
         raise UserError(f"{key}: classes {unknown[:5]} are not among the model's {len(classes)} classes")
     logits, labels = predict_logits(model, source, image_size or meta["image_size"], meta["mean"], meta["std"],
-                                    batch_size, device, workers)
+                                    batch_size, device, workers, flip_tta)
     if source.classes != classes:
         cols = torch.tensor([classes.index(c) for c in source.classes])
         logits = logits[:, cols]
@@ -82,17 +88,19 @@ def evaluate_stage(ctx: RunContext, k: int, which: str) -> StageResult:
 
     def body(d):
         model, meta = load_model(mdir / "model.pt", ctx.device, expect_classes=ctx.classes)
-        report = evaluate_source(model, meta, ctx.test, ecfg.batch_size, ctx.device, cfg.data.workers)
+        tta = dict(flip_tta=ecfg.flip_tta)
+        report = evaluate_source(model, meta, ctx.test, ecfg.batch_size, ctx.device, cfg.data.workers, **tta)
         report["extra"] = {}
         if ctx.val is not None:
-            rep = evaluate_source(model, meta, ctx.val, ecfg.batch_size, ctx.device, cfg.data.workers, "val")
+            rep = evaluate_source(model, meta, ctx.val, ecfg.batch_size, ctx.device, cfg.data.workers, "val", **tta)
             report["val"] = {k2: rep[k2] for k2 in ("num_images", "top1", "top5", "ece")}
         for sc, src in zip(cfg.data.extra_test, ctx.extra_tests):
             sc: SourceConfig
             name = sc.name or f"{sc.kind}:{sc.root}"
-            rep = evaluate_source(model, meta, src, ecfg.batch_size, ctx.device, cfg.data.workers, name)
+            rep = evaluate_source(model, meta, src, ecfg.batch_size, ctx.device, cfg.data.workers, name, **tta)
             report["extra"][name] = {k2: rep[k2] for k2 in ("num_images", "top1", "top5", "ece", "classes")}
-        report.update(model=meta["model_name"], role=meta["role"], image_size=meta["image_size"], round=k)
+        report.update(model=meta["model_name"], role=meta["role"], image_size=meta["image_size"], round=k,
+                      flip_tta=ecfg.flip_tta)
         outputs = ["eval.json"]
         if ecfg.robustness:
             rob = run_robustness(model, meta, ctx.test, ecfg, ctx.layout.cache("robustness"),

@@ -77,6 +77,7 @@ def train_teacher(ctx: RunContext) -> StageResult:
         seed_everything(seed_for(cfg.seed, "init", "teacher"))     # weight init is part of the seed
         model = create_model(name, len(ctx.classes), cfg.data.in_chans, t.noise.drop_rate, t.noise.drop_path_rate)
         started = warm_start(model, t, name, "teacher")
+        init_from_data(ctx, model, started)
         source, n_lab = labeled_source(ctx, t.noise, t.batch_size)
         meta = ctx.model_meta(name, cfg.data.image_size, t.noise, "teacher")
         warns: dict = {}
@@ -152,6 +153,8 @@ def _student_model(ctx: RunContext, s: StudentConfig, name: str, k: int, variant
     seed_everything(seed_for(ctx.cfg.seed, "init", "student", k, variant))
     model = create_model(name, len(ctx.classes), ctx.cfg.data.in_chans, s.noise.drop_rate, s.noise.drop_path_rate)
     started = warm_start(model, s, name, "student")
+    if not s.init_from_teacher:
+        init_from_data(ctx, model, started)
     if s.init_from_teacher:
         teacher, _ = load_model(ctx.layout.teacher_of(k) / "model.pt", expect_classes=ctx.classes)
         if type(teacher) is not type(model) or teacher.state_dict().keys() != model.state_dict().keys():
@@ -195,6 +198,23 @@ def warn_short_schedule(tag: str, steps: int, n_labeled: int, batch_size: int, c
     set (runwarnings.short_schedule); the warning goes into the stage's own list `into` too."""
     msg = runwarnings.short_schedule(tag, steps, n_labeled, batch_size)
     _emit(ctx, stage_dir, "short_schedule", msg, into)
+
+
+DATA_INIT_IMAGES = 5000      # labeled images a data-dependent init sees (ns_air: a 12x12 covariance)
+
+
+def init_from_data(ctx: RunContext, model, started) -> None:
+    """Data-dependent initialisation (ns_air's patch-whitening layer) of a model trained from
+    scratch, from the first labeled images normalised as in training; the same on every rank."""
+    if started or not hasattr(model, "init_from_data"):
+        return
+    from ..data.sources import Source
+    from ..data.transforms import normalize
+    from ..tensor_batches import decode_all
+    src: Source = ctx.labeled
+    n = min(len(src), DATA_INIT_IMAGES)
+    images, _ = decode_all(src.subset(range(n)), ctx.cfg.data.image_size, skip_bad=False)
+    model.init_from_data(normalize(images.float() / 255.0, ctx.mean, ctx.std))
 
 
 def warn_collapse(tag: str, name: str, model, ctx: RunContext, stage_dir, into: dict) -> None:
