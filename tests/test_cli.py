@@ -22,7 +22,7 @@ def test_the_entry_point_prints_help():
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["run", "no-such-config"], "config not found: no-such-config (a YAML path, or one of: cifar10-4k, digits-demo"),
+    (["run", "no-such-config"], "config not found: no-such-config (a YAML path, or one of: cifar10-4k, cifar10-4k-fast, digits-demo"),
     (["run", "digits-demo", "--set", "teacher.epoch=3"], "unknown config key 'teacher.epoch' (did you mean 'teacher.epochs'?)"),
     (["run", "digits-demo", "--set", "models=[resnet1800]"], "unknown model 'resnet1800'; did you mean: resnet18"),
     (["evaluate"], "evaluate needs --checkpoint MODEL.pt and --data KIND:PATH[:SPLIT]"),
