@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import pyarrow.parquet as pq
+import pytest
 
 from conftest import TINY, cli
 
@@ -26,6 +27,7 @@ def _run(run_dir):
     return run_dir
 
 
+@pytest.mark.slow       # test_faults compares every resumed stage byte for byte with a reference run
 def test_same_seed_same_machine_gives_the_same_run(tmp_path):
     a, b = _run(tmp_path / "a"), _run(tmp_path / "b")
     shards_a = sorted(p.name for p in (a / "round1/labels").glob("part-*.parquet"))

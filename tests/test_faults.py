@@ -135,7 +135,8 @@ def _wait_started(proc, stage_dir: Path, old_ino, deadline: float) -> bool:
     return False
 
 
-@pytest.mark.parametrize("name", list(CASES))
+# finetune resumes through the same trainer as teacher and student: `make test-all` runs it
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "finetune" else n for n in CASES])
 def test_kill_anywhere_in_stage_then_resume(name, reference, tmp_path):
     ref_dir, took, units = reference
     rel, n_kills, unit = CASES[name]

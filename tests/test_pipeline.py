@@ -83,6 +83,7 @@ def test_changed_stage_config_invalidates_it_and_later_stages(reference_run, tmp
     assert sel["threshold"] == 0.5
 
 
+@pytest.mark.slow       # test_faults' student case kills at random points and checks byte-identical outputs
 def test_kill_during_student_then_resume_gives_identical_summary(reference_run, tmp_path):
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "noisystudent", "run", "digits-demo", "--run-dir", str(run_dir), *_sets(["student.epochs=6"])]
