@@ -22,6 +22,8 @@ import torch.nn as nn
 from timm.layers import DropPath
 from timm.models import register_model
 
+from .small import LinearHead, model_kwargs
+
 __all__ = ["AirNet", "patch_whitening"]
 
 WHITEN_EPS = 5e-4        # added to the patch covariance's eigenvalues: near-constant directions stay tame
@@ -59,7 +61,7 @@ class ConvGroup(nn.Module):
         return x + self.drop_path(self.act(self.bn2(self.conv2(x))))
 
 
-class AirNet(nn.Module):
+class AirNet(LinearHead, nn.Module):
     def __init__(self, widths=(64, 256, 256), num_classes: int = 10, in_chans: int = 3, drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, **_):
         super().__init__()
@@ -91,16 +93,8 @@ class AirNet(nn.Module):
         self.stem.weight.copy_(patch_whitening(images.to(self.stem.weight.device)))
         nn.init.zeros_(self.stem.bias)
 
-    # timm conventions (freezing by group, classifier reset, EMA) as in models/small.py
-    def group_matcher(self, coarse: bool = False):
+    def group_matcher(self, coarse: bool = False):      # timm's convention: freezing by stage
         return dict(stem=r"^stem", blocks=r"^stages\.(\d+)")
-
-    def get_classifier(self):
-        return self.fc
-
-    def reset_classifier(self, num_classes: int, global_pool=None):
-        self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes)
 
     def forward_features(self, x):
         return self.stages(self.stem_act(self.stem(x)))
@@ -114,9 +108,7 @@ class AirNet(nn.Module):
 
 
 def _make(widths, kwargs):
-    for k in ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-        kwargs.pop(k, None)
-    return AirNet(widths, **kwargs)
+    return AirNet(widths, **model_kwargs(kwargs))
 
 
 @register_model

@@ -12,7 +12,26 @@ import torch.nn as nn
 from timm.layers import DropPath
 from timm.models import register_model
 
-__all__ = ["TinyResNet"]
+__all__ = ["TinyResNet", "LinearHead", "model_kwargs"]
+
+
+class LinearHead:
+    """timm's classifier conventions for our nets with a `fc` head over `num_features` (classifier
+    reset for a warm start with another class count); shared by TinyResNet and AirNet."""
+
+    def get_classifier(self):
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool=None):
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.num_features, num_classes)
+
+
+def model_kwargs(kwargs: dict) -> dict:
+    """timm's factory kwargs without the hub ones our nets have no weights for."""
+    for k in ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+        kwargs.pop(k, None)
+    return kwargs
 
 
 class BasicBlock(nn.Module):
@@ -35,7 +54,7 @@ class BasicBlock(nn.Module):
         return skip + self.drop_path(o)
 
 
-class TinyResNet(nn.Module):
+class TinyResNet(LinearHead, nn.Module):
     def __init__(self, widths=(16, 32, 64), depths=(1, 1, 1), num_classes: int = 10, in_chans: int = 3,
                  drop_rate: float = 0.0, drop_path_rate: float = 0.0, stem_width: int | None = None, **_):
         super().__init__()
@@ -66,13 +85,6 @@ class TinyResNet(nn.Module):
     def group_matcher(self, coarse: bool = False):
         return dict(stem=r"^stem", blocks=r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(\d+)")
 
-    def get_classifier(self):
-        return self.fc
-
-    def reset_classifier(self, num_classes: int, global_pool=None):
-        self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes)
-
     def forward_features(self, x):
         return self.act(self.norm(self.stages(self.stem(x))))
 
@@ -85,9 +97,7 @@ class TinyResNet(nn.Module):
 
 
 def _make(widths, depths, kwargs):
-    for k in ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-        kwargs.pop(k, None)
-    return TinyResNet(widths, depths, **kwargs)
+    return TinyResNet(widths, depths, **model_kwargs(kwargs))
 
 
 @register_model

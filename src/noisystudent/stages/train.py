@@ -208,12 +208,10 @@ def init_from_data(ctx: RunContext, model, started) -> None:
     scratch, from the first labeled images normalised as in training; the same on every rank."""
     if started or not hasattr(model, "init_from_data"):
         return
-    from ..data.sources import Source
     from ..data.transforms import normalize
     from ..tensor_batches import decode_all
-    src: Source = ctx.labeled
-    n = min(len(src), DATA_INIT_IMAGES)
-    images, _ = decode_all(src.subset(range(n)), ctx.cfg.data.image_size, skip_bad=False)
+    n = min(len(ctx.labeled), DATA_INIT_IMAGES)
+    images, _ = decode_all(ctx.labeled.subset(range(n)), ctx.cfg.data.image_size, skip_bad=False)
     model.init_from_data(normalize(images.float() / 255.0, ctx.mean, ctx.std))
 
 
