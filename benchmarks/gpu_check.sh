@@ -1,43 +1,94 @@
 #!/usr/bin/env bash
-# GPU readiness check for a lent GPU machine (< 5 minutes): CUDA visible, AMP, channels_last,
-# torch.compile, pinned-memory loaders; throughput on CIFAR-10 32 px; a short accuracy run.
-#   bash benchmarks/gpu_check.sh                       (repo root, after `make setup`)
-#   PY=python3 CIFAR_TAR=/path/cifar10-jpeg.tar.gz OUT_DIR=/tmp/gc bash benchmarks/gpu_check.sh
-# Without an installed package it runs from src/ (PYTHONPATH). Each part runs even if an earlier one
-# failed; the script exits non-zero if any failed. Logs and results land in $OUT_DIR.
+# The GPU checks of one lent GPU session, as one prepared script (~9 minutes on an H200; each part has
+# its own time limit, runs even if an earlier one failed, and leaves its log in $OUT_DIR):
+#   1. env         CUDA visible, bf16, versions
+#   2. tests       the on-device noise against the CPU reference (`pytest -m gpu tests/test_batch_noise.py`)
+#   3. throughput  ours vs a bare loop, WRN-28-2, batch 256, bf16, PIL workers and on-device noise, labeling
+#   4. fast        the fast recipe (cifar10-4k-fast: ns_air_s, one round), whole loop, wall + accuracy
+#   5. loop        the standard-architecture recipe (cifar10-4k: ns_cnn_m -> WRN-28-2), whole loop
+#   6. results     every finished stage's accuracy and wall time -> $OUT_DIR/results.txt
+# Usage (repo root):
+#   bash benchmarks/gpu_check.sh
+#   PY=python3 CIFAR_TAR=data/cifar10-jpeg.tar.gz OUT_DIR=$OUT bash benchmarks/gpu_check.sh   (device tool)
+#   DRY=1 bash benchmarks/gpu_check.sh     (on a CPU, every part shrunk to seconds: checks the script itself)
+# Without an installed package it runs from src/ (PYTHONPATH). Exits non-zero if any part failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${PY:-}" ]; then PY=.venv/bin/python; [ -x "$PY" ] || PY=python3; fi
 CIFAR_TAR=${CIFAR_TAR:-../shared/data/cifar10-jpeg.tar.gz}
 OUT_DIR=${OUT_DIR:-runs/gpu_check}
+RUNS=${RUNS:-runs/gpu}
 export NOISYSTUDENT_PROGRESS=0 PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-mkdir -p "$OUT_DIR"
+mkdir -p "$OUT_DIR" "$RUNS"
+DEV=cuda; TP=(--steps 40 --batch 256 --amp bf16 --workers 8); SHRINK=(); T=1
+if [ -n "${DRY:-}" ]; then   # the same commands at toy size on the CPU
+  DEV=cpu; TP=(--steps 3 --batch 16 --amp off --workers 0); T=3
+  SHRINK=(--set teacher.steps=30 --set teacher.warmup_steps=3 --set student.steps=20 --set student.warmup_steps=2
+          --set data.labeled.per_class=20 --set data.val.per_class=10 --set data.unlabeled.fraction=0.01
+          --set data.test.per_class=10)
+fi
+PARTS=${PARTS:-tests throughput fast loop}   # a subset for a short lease, e.g. PARTS="tests throughput"
+FAST_LIMIT=${FAST_LIMIT:-200}
 failed=()
-part() {  # part NAME TIMEOUT CMD...: run, time, log to $OUT_DIR/NAME.log, remember failures
-  local name=$1 limit=$2; shift 2
+part() {  # part NAME SECONDS CMD...: run under a time limit, log to $OUT_DIR/NAME.log, remember failures
+  local name=$1 limit=$(( $2 * T )); shift 2
+  [ "$name" = env ] || [[ " $PARTS " == *" $name "* ]] || return 0
   local t0=$SECONDS
-  echo "== $name"
-  timeout "$limit" "$@" 2>&1 | tee "$OUT_DIR/$name.log"
-  local rc=${PIPESTATUS[0]}
+  echo "== $name (limit $limit s)"
+  timeout "$limit" "$@" > "$OUT_DIR/$name.log" 2>&1
+  local rc=$?
+  tail -n 25 "$OUT_DIR/$name.log"
   echo "== $name: exit $rc, $((SECONDS - t0)) s"
   [ "$rc" = 0 ] || failed+=("$name")
 }
 part env 60 "$PY" -c '
-import torch, timm
-assert torch.cuda.is_available(), "no CUDA device visible"
-print("device:", torch.cuda.get_device_name(0), "| torch", torch.__version__, "| timm", timm.__version__,
-      "| bf16:", torch.cuda.is_bf16_supported())'
+import os, subprocess, torch, timm
+print("torch", torch.__version__, "| timm", timm.__version__, "| cpus", os.cpu_count())
+if torch.cuda.is_available():
+    print("device:", torch.cuda.get_device_name(0), "| bf16:", torch.cuda.is_bf16_supported())
+    print(subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                         capture_output=True, text=True).stdout)
+elif not os.environ.get("DRY"):
+    raise SystemExit("no CUDA device visible")'
 if [ ! -d data/cifar10/train ]; then
   mkdir -p data/cifar10 && tar xzf "$CIFAR_TAR" -C data/cifar10 || failed+=("extract")
 fi
-# 1) throughput: bare loop vs our engine, fp32 and bf16 autocast, 8 loader workers (the best of 4/8/15 on a 16-core H100 host) + pinned memory
-part throughput 150 "$PY" benchmarks/throughput.py --device cuda --steps 30 --batch 256 --amp off,bf16 \
-  --workers 8 --out "$OUT_DIR"
-# 2) the whole loop on a CIFAR-10 subset (1,000 labels, 20% of the pool): bf16, channels_last,
-#    torch.compile for the teacher, pinned-memory workers; prints the summary table
-part loop 240 "$PY" -m noisystudent run cifar10-4k --run-dir "$OUT_DIR/loop" --device cuda --no-report \
-  --set rounds=1 --set data.labeled.per_class=100 --set data.unlabeled.fraction=0.2 \
-  --set teacher.epochs=40 --set student.epochs=10 --set teacher.batch_size=128 --set student.batch_size=64 \
-  --set teacher.channels_last=true --set student.channels_last=true --set teacher.amp=bf16 --set student.amp=bf16 \
-  --set data.workers=8 --set teacher.compile=true
+if [ -z "${DRY:-}" ]; then
+  part tests 60 "$PY" -m pytest -o addopts= -q -p no:cacheprovider -m gpu tests/test_batch_noise.py \
+    tests/test_tensor_batches.py
+fi
+part throughput 150 "$PY" benchmarks/throughput.py --device "$DEV" "${TP[@]}" --model ns_wrn_28_2 --out "$OUT_DIR/tp"
+# whole loops, noisy student only (the no-noise and supervised variants cost a student each);
+# label.batch_size 1024 and 8 loader workers for the labeling pass; training noise runs on the device
+part fast "$FAST_LIMIT" "$PY" benchmarks/accuracy.py cifar10-4k-fast --seeds 0 --variants "" --runs "$RUNS" \
+  --out "$RUNS/fast-tables" --name cifar10-4k-fast-gpu --set data.workers=8 --set label.batch_size=1024 "${SHRINK[@]}"
+part loop 200 "$PY" benchmarks/accuracy.py cifar10-4k --seeds 0 --variants "" --runs "$RUNS" \
+  --out "$RUNS/loop-tables" --name cifar10-4k-gpu --set data.workers=8 --set label.batch_size=1024 \
+  --set teacher.channels_last=true --set student.channels_last=true "${SHRINK[@]}"
+# what finished, even where a limit cut a run short: accuracy, steps, wall per stage
+"$PY" - "$RUNS" > "$OUT_DIR/results.txt" 2>&1 <<'PYEOF'
+import json, sys, pathlib
+for run in sorted(pathlib.Path(sys.argv[1]).glob("*/baseline")):
+    print(f"# {run.parent.name}")
+    for st in sorted(run.glob("round*/*/stage.json")):
+        s = json.loads(st.read_text())
+        info = s.get("info", {})
+        line = f"{st.parent.parent.name}/{st.parent.name}: status {s.get('status')} stage_s {info.get('stage_s')}"
+        for k in ("steps", "train_s", "images_per_s", "kept"):
+            if k in info:
+                line += f" {k} {info[k]}"
+        pla = info.get("pseudo_label_accuracy") or {}
+        for when in ("before", "after"):
+            if (pla.get(when) or {}).get("overall") is not None:
+                line += f" pseudo_acc_{when} {pla[when]['overall']:.4f}"
+        ev = st.parent / "eval.json"
+        if ev.is_file():
+            d = json.loads(ev.read_text())
+            line += f" | test {100 * d['top1']:.2f} val {100 * ((d.get('val') or {}).get('top1') or float('nan')):.2f}"
+        print(line)
+    log = run / "run.log"
+    if log.is_file():                        # where an unfinished stage stood
+        print("  run.log: " + "\n  run.log: ".join(log.read_text().splitlines()[-3:]))
+PYEOF
+cat "$OUT_DIR/results.txt"
 if [ ${#failed[@]} -eq 0 ]; then echo "gpu_check: OK"; else echo "gpu_check: FAILED: ${failed[*]}"; exit 1; fi

@@ -87,3 +87,20 @@ def test_a_run_on_the_device_path_trains_and_resumes_its_stages(tmp_path):
     assert acc["teacher"] > 0.5 and acc["student"] > 0.5      # 10 classes: chance is 0.1
     again = run(cfg, run_dir=tmp_path / "r", report=False)     # every stage is found done
     assert again["models"] == summary["models"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: checks the graphed noise of a batch source")
+def test_cuda_batches_replay_the_eager_noise_through_a_cuda_graph():
+    """On CUDA the source replays its noise as a CUDA graph (one per batch shape): every step must be
+    exactly the eager on-device batch, and the graph's reused output must not leak between steps."""
+    src, images, rows = _digits()
+    graphed = TensorLabeledBatches(images.cuda(), src.labels[rows], NOISE, [0.5], [0.5], batch_size=8)
+    eager = TensorLabeledBatches(images.cuda(), src.labels[rows], NOISE, [0.5], [0.5], batch_size=8)
+    eager._graph = lambda x: None
+    a = list(graphed.epoch(seed=3, epoch=0, steps=5))
+    b = list(eager.epoch(seed=3, epoch=0, steps=5))
+    assert len(graphed.graphs) == 1 and not eager.graphs
+    assert len({float(x.x.sum()) for x in a}) == 5          # five different batches, not one buffer
+    for x, y in zip(a, b):
+        assert torch.equal(x.x, y.x) and torch.equal(x.y, y.y)

@@ -39,6 +39,11 @@ __all__ = ["fit", "Trainer", "FitResult"]
 
 log = logging.getLogger("noisystudent")
 
+# On a GPU the loss is read (a host sync) every this many steps, not every step: a sync per step
+# stalls the CPU that queues the next batch's work. A divergence is still caught within this many
+# steps, before any checkpoint.
+_CUDA_CHECK_EVERY = 50
+
 
 @dataclass
 class FitResult:
@@ -122,37 +127,54 @@ class Trainer:
         # the stage's last bar stays on screen; earlier epochs are cleared (their log line stays)
         bar = tqdm(batches, total=steps, desc=f"{self.desc} {epoch + 1}/{self.epochs}",
                    leave=epoch + 1 == self.epochs, disable=not (progress_enabled() and self.rank == 0))
-        t0, n_img, sums = time.perf_counter(), 0, {"loss": 0.0, "loss_labeled": 0.0, "loss_pseudo": 0.0}
+        t0, n_img, sums = time.perf_counter(), 0, {}
+        # Loss sums and the divergence watch stay on the device and are read every `check` steps:
+        # a host sync per step (`.item()`, `if tensor`) keeps the CPU from queueing the next batch's
+        # noise while the GPU trains, which starved it (issue 15). On the CPU a read is free: every step.
+        check = 1 if self.device.type != "cuda" else _CUDA_CHECK_EVERY
+        watch = _DivergenceWatch()
         for i, batch in enumerate(bar):
             step = epoch * self.per_epoch + i
             self.scheduler.step_update(step)
             skip = batch is None            # every image of the batch was undecodable (skip policy)
             if self.world > 1:              # all ranks skip together, or DDP's all-reduce would hang
                 skip = any_rank(skip, self.device)
-            if skip:
-                continue
-            loss, parts = self.train_step(batch.to(self.device, non_blocking=pin), step, epoch, i)
-            n_img += len(batch)
-            sums["loss"] += loss
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-            bar.set_postfix(loss=f"{loss:.3f}")
+            if not skip:
+                loss, parts = self.train_step(batch.to(self.device, non_blocking=pin), step)
+                watch.see(loss, i)
+                n_img += len(batch)
+                for k, v in {"loss": loss, **parts}.items():
+                    sums[k] = sums[k] + v.detach() if k in sums else v.detach().clone()
+            if (i + 1) % check == 0 or i + 1 == steps:    # every rank reaches this at the same i
+                self._check_loss(watch, epoch)
+                if "loss" in sums and not bar.disable:
+                    bar.set_postfix(loss=f"{float(loss):.3f}")
+        sums = {k: float(v) for k, v in sums.items()}
+        for k in ("loss", "loss_labeled", "loss_pseudo"):
+            sums.setdefault(k, 0.0)
         return {"sums": sums, "images": n_img, "seconds": time.perf_counter() - t0, "steps": steps}
 
-    def train_step(self, b: Batch, step: int, epoch: int, i: int) -> tuple[float, dict]:
-        """One optimizer step on batch `b` (already on the device); returns (loss, its parts)."""
+    def _check_loss(self, watch: "_DivergenceWatch", epoch: int) -> None:
+        """Raise TrainingDiverged if any step since the last check had a non-finite loss (the weights
+        that step touched are never checkpointed: the last good checkpoint stays)."""
+        bad = watch.first_bad()
+        diverged = bad is not None
+        if self.world > 1:          # all ranks stop together (one rank raising alone hangs the others)
+            diverged = any_rank(diverged, self.device)
+        if diverged:
+            where, value = bad if bad is not None else ("?", "non-finite on another rank")
+            raise TrainingDiverged(f"{self.desc}: loss became {value} at epoch {epoch + 1}, step {where}; "
+                                   f"{self._last_good(epoch)}")
+
+    def train_step(self, b: Batch, step: int) -> tuple[torch.Tensor, dict]:
+        """One optimizer step on batch `b` (already on the device); returns (loss, its parts) as
+        detached device tensors: no host sync here (the caller reads them every few steps)."""
         cfg = self.cfg
         x = b.x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else b.x
         ctx = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
         with ctx:
             logits = self.train_model(x)
         loss, parts = self.loss(logits.float(), b)
-        diverged = not torch.isfinite(loss)
-        if self.world > 1:          # all ranks stop together (one rank raising alone hangs the others)
-            diverged = any_rank(diverged, self.device)
-        if diverged:
-            raise TrainingDiverged(f"{self.desc}: loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; "
-                                   f"{self._last_good(epoch)}")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if cfg.grad_clip > 0:
@@ -163,7 +185,7 @@ class Trainer:
         if self.ema is not None:
             self.ema.decay = ema_decay_at(step, self.ema_decay)
             self.ema.update(self.model)
-        return loss.item(), parts
+        return loss.detach(), {k: torch.as_tensor(v).detach() for k, v in parts.items()}
 
     # -- end of epoch ------------------------------------------------------------------------------
     def end_epoch(self, epoch: int, stats: dict) -> dict:
@@ -252,6 +274,27 @@ class Trainer:
             log.info("%s: keeping the weights of epoch %d (%s %.4f)", self.desc, self.best["epoch"],
                      self.best_key, self.best["score"])
         return FitResult(final, self.history, start)
+
+
+class _DivergenceWatch:
+    """The first step (and its loss) whose loss was not finite, kept on the loss's device."""
+
+    def __init__(self):
+        self.step = self.value = None
+
+    def see(self, loss: torch.Tensor, i: int) -> None:
+        if self.step is None:
+            self.step = torch.full((), -1, dtype=torch.long, device=loss.device)
+            self.value = torch.zeros((), dtype=loss.dtype, device=loss.device)
+        hit = ~torch.isfinite(loss) & (self.step < 0)
+        self.step = torch.where(hit, i + 1, self.step)
+        self.value = torch.where(hit, loss, self.value)
+
+    def first_bad(self) -> tuple[int, float] | None:
+        """(1-based step in the epoch, loss) of the first non-finite loss seen, else None (one sync)."""
+        if self.step is None or int(self.step) < 0:
+            return None
+        return int(self.step), float(self.value)
 
 
 def fit(model: nn.Module, cfg, source, **kw) -> FitResult:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .batch_noise import BatchNoise, step_generator
+from .batch_noise import BatchNoise, GraphedNoise, step_generator
 from .batches import Batch
 from .data.loaders import EpochSampler, load_or_skip, seed_for
 from .data.transforms import normalize
@@ -59,6 +59,10 @@ class _TensorRows:
     def __init__(self, images: torch.Tensor, noise: BatchNoise, mean, std, batch_size: int, tag: str):
         self.images, self.noise, self.batch_size, self.tag = images, noise, batch_size, tag
         self.mean, self.std = list(mean), list(std)
+        # On CUDA the dense noise is replayed as a CUDA graph, one per batch shape: eager, its ~1,100
+        # small kernels per batch cost the host ~17 ms (H200, 2 RandAugment layers, batch 128), more
+        # than a small model's whole training step (docs/benchmarks/gpu.md).
+        self.graphs: dict = {}
 
     def __len__(self) -> int:
         return len(self.images)
@@ -74,8 +78,22 @@ class _TensorRows:
 
     def noised(self, rows: torch.Tensor, seed: int, epoch: int, step: int, rank: int) -> torch.Tensor:
         g = step_generator(seed_for(seed, epoch, self.tag), step, rank)
-        x = self.noise(self.images[rows.to(self.images.device)], g)
-        return normalize(x.float().div_(255.0), self.mean, self.std)
+        x = self.images[rows.to(self.images.device)]
+        d = self.noise.draw(x.shape[0], tuple(x.shape[-2:]), g)
+        graph = self._graph(x)
+        x = graph(x, d) if graph is not None else self.noise.apply(x, d)
+        return normalize(x.float().div_(255.0), self.mean, self.std)    # a new tensor: the graph's
+                                                                        # output buffer may be reused
+
+    def _graph(self, x: torch.Tensor) -> Optional[GraphedNoise]:
+        """The CUDA graph of the noise for x's shape, captured on first use; None off CUDA or when
+        the noise is forced sparse (it needs host syncs, which a graph cannot hold)."""
+        if not x.is_cuda or self.noise.dense is False:
+            return None
+        key = tuple(x.shape)
+        if key not in self.graphs:
+            self.graphs[key] = GraphedNoise(self.noise, key, x.device)
+        return self.graphs[key]
 
 
 class TensorLabeledBatches(_TensorRows):
