@@ -201,17 +201,49 @@ def test_unknown_variant_is_refused():
         load_config(DIGITS, ["variants=[nonoise]"])
 
 
+@pytest.mark.parametrize("entry,message", [
+    ("{light: {noise.ra_magnitud: 5}}", r"unknown config key 'variants\[0\].light.noise.ra_magnitud' \(did you mean"),
+    ("{light: {noise.ra_magnitude: -1}}", r"'variants\[0\].light.noise.ra_magnitude': must be in \[0, 30\]"),
+    ("{light: {lr: x}}", r"'variants\[0\].light.lr': expected a number"),
+    ("{light: {steps: 5}}", r"'variants\[0\].light.steps': a variant trains the noisy student's steps"),
+    ("{no_noise: {lr: 1}}", r"'no_noise' is a built-in"),
+    ("{nonoise: {lr: 1}}", r"'nonoise' is a built-in variant's name or folder"),
+    ("{Light: {lr: 1}}", r"lower-case letters"),
+    ("{light: {}}", r"'variants\[0\].light': expected a mapping of student keys"),
+    ("{a: {lr: 1}, b: {lr: 2}}", r"one-key mapping"),
+])
+def test_declared_variants_are_checked_like_config_keys(entry, message):
+    with pytest.raises(UserError, match=message):
+        load_config(DIGITS, [f"variants=[{entry}]"])
+
+
+def test_declared_variant_changes_only_its_keys():
+    from noisystudent.variants import variant_config, variant_names
+    cfg = load_config(DIGITS, ["variants=[supervised, {light: {student.noise.cutout: 0.1, lr: 0.02}}]"])
+    assert variant_names(cfg.variants) == ["supervised", "light"]
+    v = variant_config(cfg.student, "light", cfg.variants)
+    assert (v.noise.cutout, v.lr) == (0.1, 0.02) and v.noise.ra_magnitude == cfg.student.noise.ra_magnitude
+    assert cfg.student.noise.cutout != 0.1 or cfg.student.lr != 0.02          # the student is untouched
+    with pytest.raises(UserError, match="twice"):
+        load_config(DIGITS, ["variants=[{l: {lr: 0.1}}, {l: {lr: 0.2}}]"])
+
+
 # Variants train beside the student for exactly its number of steps ---------------------------------
 
 def test_variants_are_compute_matched(tmp_path):
     from noisystudent.artifacts import read_json
     from noisystudent.pipeline import run
-    cfg = load_config(DIGITS, ["rounds=1", "variants=[no_noise, supervised, two_step]", "teacher.steps=60",
-                               "student.steps=30", "student.batch_size=8", "data.unlabeled.fraction=0.3"])
+    cfg = load_config(DIGITS, ["rounds=1", "teacher.steps=60", "student.steps=30", "student.batch_size=8",
+                               "variants=[no_noise, supervised, two_step, {light: {noise.ra_magnitude: 3}}]",
+                               "data.unlabeled.fraction=0.3"])
     summary = run(cfg, run_dir=tmp_path, report=False)
     steps = {w: read_json(tmp_path / "round1" / w / "stage.json")["info"]["steps"]
-             for w in ("student", "student_nonoise", "student_supervised", "student_two_step")}
+             for w in ("student", "student_nonoise", "student_supervised", "student_two_step", "student_light")}
     assert set(steps.values()) == {30}, steps
+    # a declared variant trains the student config with its changes, and records them
+    noise = {w: read_json(tmp_path / "round1" / w / "stage.json")["config"]["train"]["noise"]
+             for w in ("student", "student_light")}
+    assert noise["student_light"] == dict(noise["student"], ra_magnitude=3)
     hist = [read_json(tmp_path / "round1" / "student_supervised" / "stage.json")["info"]]
     assert hist[0]["images_seen"] == 30 * 8 * 4           # batches of batch_size x (1 + ratio), labeled only
     assert {m["which"] for m in summary["models"]} >= {"student_supervised", "student_two_step"}

@@ -194,9 +194,10 @@ class Config:
     student: StudentConfig = field(default_factory=StudentConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
-    # extra round-1 students trained beside the noisy one, each one switch flipped (variants.VARIANTS):
-    # no_noise, no_randaugment, no_dropout_sd, hard_labels, supervised (compute-matched baseline), ...
-    variants: list[str] = field(default_factory=list)
+    # extra round-1 students trained beside the noisy one, same selection and steps (variants.py):
+    # built-in names (no_noise, no_randaugment, no_dropout_sd, supervised, two_step) or your own as
+    # {name: {student key: value, ...}}, e.g. {light_noise: {noise.ra_magnitude: 5}}
+    variants: list[Union[str, dict]] = field(default_factory=list)
     ablation_no_noise: bool = False     # shorthand for adding `no_noise` to variants
     # per-epoch metric loggers besides run.log (loggers.py): csv -> <stage>/metrics.csv, tensorboard ->
     # <stage>/tensorboard/ (pip install 'noisystudent[logging]')
@@ -400,6 +401,20 @@ def _get(obj, dotted: str):
     return obj
 
 
+def student_ranges(student: "StudentConfig", prefix: str) -> None:
+    """The `student.*` range rules on one StudentConfig (a variant's), errors naming `prefix`+key."""
+    for table_key, rule in RULES.items():
+        if not table_key.startswith("student."):
+            continue
+        key = table_key.removeprefix("student.")
+        v = _get(student, key)
+        if (v is None and rule.optional) or isinstance(v, str):
+            continue
+        bad = next((x for x in (v if rule.each else [v]) if not rule.ok(x)), None)
+        if bad is not None:
+            raise UserError(f"config key '{prefix}{key}': {rule.message()}")
+
+
 def _validate(cfg: Config) -> None:
     """Range checks that types alone cannot express: every numeric key against `RULES`, then the few
     checks that relate two keys."""
@@ -480,7 +495,7 @@ def config_from_dict(data: dict | None) -> Config:
             s.seed = cfg.seed
     _validate(cfg)
     from .variants import check_variants
-    check_variants(cfg.variants)
+    check_variants(cfg.variants, cfg.student)
     if cfg.ablation_no_noise and "no_noise" not in cfg.variants:
         cfg.variants = ["no_noise", *cfg.variants]
     return cfg

@@ -29,7 +29,7 @@ from .stages.evaluate import evaluate_stage
 from .stages.label import label_pool
 from .stages.select import select_pseudo_labels
 from .stages.train import finetune, train_student, train_teacher
-from .variants import variant_stage
+from .variants import variant_names, variant_stage
 
 __all__ = ["run", "build_summary", "format_table", "claim_run_dir", "check_inputs"]
 
@@ -138,7 +138,7 @@ def run(cfg: Config, run_dir: str | Path | None = None, device: str | None = Non
         evaluate_stage(ctx, k, "student")
         if ctx.rank == 0:
             runwarnings.emit(ctx.run_dir, f"student_worse:round{k}", runwarnings.compare_round(ctx.run_dir, k))
-        for v in (cfg.variants if k == 1 else []):
+        for v in (variant_names(cfg.variants) if k == 1 else []):
             train_student(ctx, k, variant=v)
             evaluate_stage(ctx, k, variant_stage(v))
         if ft:
@@ -170,7 +170,7 @@ def build_summary(ctx: RunContext) -> dict:
     cfg, lay = ctx.cfg, ctx.layout
     rows, selection = [], []
     for k in range(0, cfg.rounds + 1):
-        for which in ("teacher", "student", *(variant_stage(v) for v in cfg.variants), "finetune"):
+        for which in ("teacher", "student", *(variant_stage(v) for v in variant_names(cfg.variants)), "finetune"):
             ev = _read(lay.eval(k, which) / "eval.json")
             if ev is None:
                 continue

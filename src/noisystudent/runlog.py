@@ -79,7 +79,8 @@ def set_plan(cfg, n_labeled: int, n_pool: int) -> None:
     t_steps = t.steps or math.ceil(n_labeled / t.batch_size) * t.epochs
     s_steps = s.steps or math.ceil(n_pool / (s.batch_size * s.ratio)) * s.epochs
     per_round = s_steps * s.batch_size * (s.ratio + 1)
-    variants = set(cfg.variants) | ({"no_noise"} if cfg.ablation_no_noise else set())
+    from .variants import variant_names
+    variants = set(variant_names(cfg.variants)) | ({"no_noise"} if cfg.ablation_no_noise else set())
     total = t_steps * t.batch_size + (cfg.rounds + (len(variants) if cfg.rounds else 0)) * per_round
     _PLAN = RunPlan(total) if total > 0 else None
 

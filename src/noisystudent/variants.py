@@ -1,17 +1,23 @@
-"""Round-1 student variants: the paper's ablations as config (`variants: [no_noise, supervised]`).
+"""Round-1 student variants: the paper's ablations as config.
 
-Each variant is the configured student with one switch flipped, trained in round 1 beside the noisy
-student, on the same selection and for the same number of optimizer steps (so every row of a
-comparison costs the same compute), and evaluated like it. Its folder is `round1/<stage_name>`.
+Each variant is the configured student with some switches changed, trained in round 1 beside the
+noisy student, on the same selection and for the same number of optimizer steps (so every row of a
+comparison costs the same compute), and evaluated like it. Its folder is `round1/student_<name>`.
+A config lists built-in variants by name and declares its own as a one-key mapping of student keys:
+
+    variants:
+      - no_noise                                   # built in (VARIANTS below)
+      - supervised
+      - light_noise: {noise.ra_magnitude: 5, noise.cutout: 0.25}   # ours: student.* keys
 """
 from __future__ import annotations
 
-import dataclasses
+import re
 
 from .config import StudentConfig
 from .errors import UserError
 
-__all__ = ["VARIANTS", "variant_config", "variant_stage", "check_variants"]
+__all__ = ["VARIANTS", "variant_config", "variant_stage", "check_variants", "variant_names", "variant_changes"]
 
 # name -> (description, changes to the student config as {dotted key: value})
 VARIANTS: dict[str, tuple[str, dict]] = {
@@ -29,12 +35,60 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 }
 
 
-def check_variants(names: list[str]) -> None:
-    for i, n in enumerate(names):
-        if n not in VARIANTS:
-            raise UserError(f"config key 'variants[{i}]': unknown variant {n!r}; allowed: {', '.join(VARIANTS)}")
+# a variant trains the noisy student's optimizer steps (compute-matched): these keys would be ignored
+_FIXED = ("steps", "epochs", "warmup_steps", "warmup_epochs")
+_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
+
+
+def _entry(entry, i: int) -> tuple[str, dict | None]:
+    """(name, its student changes or None for a built-in) of `variants[i]`."""
+    if isinstance(entry, str):
+        if entry not in VARIANTS:
+            raise UserError(f"config key 'variants[{i}]': unknown variant {entry!r}; allowed: {', '.join(VARIANTS)}, "
+                            "or your own as {name: {student key: value, ...}}")
+        return entry, None
+    if not (isinstance(entry, dict) and len(entry) == 1):
+        raise UserError(f"config key 'variants[{i}]': expected a built-in name or a one-key mapping "
+                        f"{{name: {{student key: value, ...}}}}, got {entry!r}")
+    (name, changes), = entry.items()
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name in VARIANTS or name == "nonoise":
+        why = "is a built-in variant's name or folder: list the built-in by name, or choose another" \
+            if name in VARIANTS or name == "nonoise" else \
+            "must be lower-case letters, digits and _ (it names the folder student_<name>)"
+        raise UserError(f"config key 'variants[{i}]': variant name {name!r} {why}")
+    if not isinstance(changes, dict) or not changes:
+        raise UserError(f"config key 'variants[{i}].{name}': expected a mapping of student keys to values, "
+                        f"e.g. {{noise.ra_magnitude: 5}}, got {changes!r}")
+    return name, {str(k).removeprefix("student."): v for k, v in changes.items()}
+
+
+def variant_changes(entries: list) -> dict[str, dict]:
+    """{name: {dotted student key: value}} for every variant a config lists, in its order."""
+    return {name: (VARIANTS[name][1] if ch is None else ch) for name, ch in
+            (_entry(e, i) for i, e in enumerate(entries))}
+
+
+def variant_names(entries: list) -> list[str]:
+    return list(variant_changes(entries))
+
+
+def check_variants(entries: list, student: StudentConfig | None = None) -> None:
+    """Names known or well-formed, none twice, and (given `student`) every declared key a student
+    key whose value its type and range accept; the error names the variant and the key."""
+    names = [_entry(e, i)[0] for i, e in enumerate(entries)]
     if len(set(names)) != len(names):
         raise UserError("config key 'variants': a variant is listed twice")
+    if student is None:
+        return
+    for i, e in enumerate(entries):
+        name, ch = _entry(e, i)
+        if ch is None:
+            continue
+        fixed = [k for k in ch if k in _FIXED]
+        if fixed:
+            raise UserError(f"config key 'variants[{i}].{name}.{fixed[0]}': a variant trains the noisy "
+                            "student's steps (compute-matched); change student.steps for every row instead")
+        variant_config(student, name, entries, prefix=f"variants[{i}].{name}.")
 
 
 def variant_stage(name: str) -> str:
@@ -42,9 +96,28 @@ def variant_stage(name: str) -> str:
     return "student_nonoise" if name == "no_noise" else f"student_{name}"
 
 
-def variant_config(student: StudentConfig, name: str) -> StudentConfig:
-    """The student config with the variant's switches applied (a new object; `student` is untouched)."""
-    changes = VARIANTS[name][1]
-    noise = dataclasses.replace(student.noise, **{k.split(".", 1)[1]: v for k, v in changes.items()
-                                                  if k.startswith("noise.")})
-    return dataclasses.replace(student, noise=noise, **{k: v for k, v in changes.items() if "." not in k})
+def variant_config(student: StudentConfig, name: str, entries: list | None = None,
+                   prefix: str = "") -> StudentConfig:
+    """The student config with the variant's changes applied (a new object; `student` is untouched).
+    `entries`: the config's `variants` list, where the declared (non-built-in) ones are found."""
+    from .config import coerce, config_to_dict, student_ranges
+    changes = variant_changes(entries or [name])[name] if entries is not None or name in VARIANTS else {}
+    if entries is not None and name not in variant_changes(entries):
+        raise UserError(f"variant {name!r} is not in this config's variants")
+    d = config_to_dict(student)
+    for key, value in changes.items():
+        *path, leaf = key.split(".")
+        node = d
+        for part in path:
+            if not isinstance(node.get(part), dict):
+                raise UserError(f"config key '{prefix}{key}': {part!r} is not a section of the student config")
+            node = node[part]
+        if leaf not in node:
+            import difflib
+            close = difflib.get_close_matches(leaf, list(node), n=1)
+            hint = f" (did you mean '{'.'.join([*path, close[0]])}'?)" if close else ""
+            raise UserError(f"unknown config key '{prefix}{key}'{hint}")
+        node[leaf] = value
+    out = coerce(d, StudentConfig, prefix.rstrip(".") or "student")
+    student_ranges(out, prefix)
+    return out

@@ -103,9 +103,9 @@ def joint_plan(s: StudentConfig, n_pseudo: int, n_labeled: int, world: int = 1) 
 
 def train_student(ctx: RunContext, k: int, variant: str | None = None) -> StageResult:
     """Round k's student, from scratch (or from the teacher), on labeled + selected pseudo-labels;
-    `variant` (variants.VARIANTS) trains the same student with one switch flipped, same steps."""
+    `variant` (a name in cfg.variants) trains the same student with its changes, same steps."""
     cfg = ctx.cfg
-    s = variant_config(cfg.student, variant) if variant else cfg.student
+    s = variant_config(cfg.student, variant, cfg.variants) if variant else cfg.student
     name = cfg.model_for_round(k)
     sdir = ctx.layout.model(k, variant_stage(variant) if variant else "student")
     inputs = {"selection": ctx.layout.selection(k)}
