@@ -24,7 +24,7 @@ def iter_logits(model, source, image_size: int, mean, std, *, batch_size: int = 
     """Yield ([logits] or, with `hflip`, [logits, logits of the mirrored images], source rows) per
     batch, as float32 CPU tensors. Undecodable images are dropped when `skip_bad`."""
     for x, idx in eval_batches(source, batch_size, image_size, mean, std, start=start, stop=stop,
-                               workers=workers, skip_bad=skip_bad):
+                               workers=workers, skip_bad=skip_bad, device=device):
         x = x.to(device)
         views = [model(x).float().cpu()]
         if hflip:

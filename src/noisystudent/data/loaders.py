@@ -135,18 +135,19 @@ def _collate_arrays(batch):
 
 
 def eval_batches(source: Source, batch_size: int, image_size: int, mean, std, *, start: int = 0,
-                 stop: int | None = None, workers: int = 0, skip_bad: bool = False
+                 stop: int | None = None, workers: int = 0, skip_bad: bool = False, device=None
                  ) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
     """Yield (normalised NCHW float batch, source row indices) for rows [start, stop), clean.
 
     In-memory arrays take a vectorised path (slice, convert, resize once per batch); files are
     decoded by DataLoader workers. Undecodable files are dropped when `skip_bad`, else BadImage.
+    With `device`, each uint8 batch is converted there (`to_tensor_batch`).
     """
     stop = len(source) if stop is None else min(stop, len(source))
     if isinstance(source, ArraySource) and isinstance(source.images, np.ndarray):
         for a in range(start, stop, batch_size):
             b = min(a + batch_size, stop)
-            yield to_tensor_batch(source.images[a:b], image_size, mean, std), np.arange(a, b)
+            yield to_tensor_batch(source.images[a:b], image_size, mean, std, device), np.arange(a, b)
         return
     ds = torch.utils.data.Subset(_EvalDataset(source, skip_bad), range(start, stop))
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
@@ -157,7 +158,7 @@ def eval_batches(source: Source, batch_size: int, image_size: int, mean, std, *,
         imgs, idx = item
         # Images of different sizes are resized one by one before stacking.
         if len({im.shape for im in imgs}) > 1:
-            x = torch.cat([to_tensor_batch(im[None], image_size, mean, std) for im in imgs])
+            x = torch.cat([to_tensor_batch(im[None], image_size, mean, std, device) for im in imgs])
         else:
-            x = to_tensor_batch(np.stack(imgs), image_size, mean, std)
+            x = to_tensor_batch(np.stack(imgs), image_size, mean, std, device)
         yield x, np.asarray(idx)
