@@ -244,6 +244,11 @@ def test_variants_are_compute_matched(tmp_path):
     noise = {w: read_json(tmp_path / "round1" / w / "stage.json")["config"]["train"]["noise"]
              for w in ("student", "student_light")}
     assert noise["student_light"] == dict(noise["student"], ra_magnitude=3)
+    # the summary, the layout and the report name it
+    from noisystudent.layout import RunLayout, role_label
+    assert (1, "student_light") in RunLayout(tmp_path).training_stages()
+    assert role_label("student_light") == "student (light)"
+    assert "student_light" in {m["which"] for m in summary["models"]}
     hist = [read_json(tmp_path / "round1" / "student_supervised" / "stage.json")["info"]]
     assert hist[0]["images_seen"] == 30 * 8 * 4           # batches of batch_size x (1 + ratio), labeled only
     assert {m["which"] for m in summary["models"]} >= {"student_supervised", "student_two_step"}

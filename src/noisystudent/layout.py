@@ -32,6 +32,9 @@ _ROUND = re.compile(r"^round(\d+)$")
 
 
 def role_label(role: str) -> str:
+    """A role's name in tables: ROLE_LABEL's, or 'student (<name>)' for a variant a config declared."""
+    if role not in ROLE_LABEL and role.startswith("student_"):
+        return f"student ({role.removeprefix('student_')})"
     return ROLE_LABEL.get(role, role)
 
 
@@ -125,7 +128,13 @@ class RunLayout:
 
     def training_stages(self) -> list[tuple[int, str]]:
         """(round, role) of every training stage folder present, in pipeline order."""
-        return [(k, r) for k in self.rounds() for r in ROLES if self.model(k, r).is_dir()]
+        out = []
+        for k in self.rounds():
+            present = {p.name for p in self.round_dir(k).iterdir() if p.is_dir()}
+            declared = sorted(n for n in present if n.startswith("student_") and n not in ROLES)   # config's own
+            order = [*ROLES[:-1], *declared, ROLES[-1]]                                           # before finetune
+            out += [(k, r) for r in order if r in present]
+        return out
 
     def rel(self, path: Path) -> str:
         return Path(path).relative_to(self.root).as_posix()

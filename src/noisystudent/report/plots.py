@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 from matplotlib.figure import Figure
 
 from ..labels import LabelDirError, list_label_shards
-from ..layout import ROLE_LABEL
+from ..layout import role_label
 from .rundata import MAX_BAR_CLASSES, RunData, is_num, read_jsonl, training_stages
 
 __all__ = ["PLOTS"]
@@ -232,7 +232,7 @@ def _curves(run: RunData):
     for ax, (g, series) in zip(axes, panels):
         for i, k, which, rows in series:
             ax.plot([r["epoch"] for r in rows], [r["loss"] for r in rows], "o-", ms=3, color=f"C{i % 10}",
-                    label=f"r{k} {ROLE_LABEL[which]}")
+                    label=f"r{k} {role_label(which)}")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ylabel = ("cross-entropy, labeled images" if g == "teacher"
                   else "loss: CE(labeled) + w x softCE(pseudo)")

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from ..artifacts import read_json
 from ..errors import UserError
-from ..layout import ROLE_LABEL, RunLayout
+from ..layout import RunLayout
+from ..layout import role_label as layout_role_label
 
 __all__ = ["RunData", "load_optional", "read_jsonl", "is_num", "pct", "fmt_params", "fmt_secs", "role_label",
            "training_stages"]
@@ -90,7 +91,7 @@ class RunData:
 
 
 def role_label(m: dict) -> str:
-    return ROLE_LABEL.get(m["which"], m["which"])
+    return layout_role_label(m["which"])
 
 
 def training_stages(run: RunData) -> list[tuple[int, str]]:
