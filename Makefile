@@ -33,13 +33,13 @@ CIFAR_TAR ?= ../shared/data/cifar10-jpeg.tar.gz
 data/cifar10/train:           # the JPEG tree the CIFAR configs read
 	mkdir -p data/cifar10 && tar xzf $(CIFAR_TAR) -C data/cifar10
 
-bench-cifar: $(STAMP) data/cifar10/train   # the fast CIFAR-10-4000 recipe (ns_air, 2 rounds): ~1 h on 2 cores, PFLOP printed
+bench-cifar: $(STAMP) data/cifar10/train   # the fast CIFAR-10-4000 recipe (ns_air, one round): ~1 h on 2 cores + variants, PFLOP printed
 	$(BIN)/python benchmarks/accuracy.py cifar10-4k-fast
 
 bench-cifar-wrn: $(STAMP) data/cifar10/train   # the standard-architecture comparison: WRN-28-2 student, ~2 h on 2 cores
 	$(BIN)/python benchmarks/accuracy.py cifar10-4k --ablations none
 
-gpu-check: $(STAMP)           # on a GPU machine, < 5 min
+gpu-check: $(STAMP)           # on a GPU machine, ~9 min (PARTS="tests throughput" for ~2)
 	bash benchmarks/gpu_check.sh
 
 bench-throughput: $(STAMP)
