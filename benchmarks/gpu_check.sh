@@ -5,8 +5,9 @@
 #   2. tests       the on-device noise against the CPU reference (`pytest -m gpu tests/test_batch_noise.py`)
 #   3. throughput  ours vs a bare loop, WRN-28-2, batch 256, bf16, PIL workers and on-device noise, labeling
 #   4. fast        the fast recipe (cifar10-4k-fast: ns_air_s, one round), whole loop, wall + accuracy
-#   5. loop        the standard-architecture recipe (cifar10-4k: ns_cnn_m -> WRN-28-2), whole loop
-#   6. results     every finished stage's accuracy and wall time -> $OUT_DIR/results.txt
+#   5. sanity      the fast net supervised on 49,000 CIFAR-10 labels (issue 14's >= 90% check)
+#   6. loop        the standard-architecture recipe (cifar10-4k: ns_cnn_m -> WRN-28-2), whole loop
+#   7. results     every finished stage's accuracy and wall time -> $OUT_DIR/results.txt
 # Usage (repo root):
 #   bash benchmarks/gpu_check.sh
 #   PY=python3 CIFAR_TAR=data/cifar10-jpeg.tar.gz OUT_DIR=$OUT bash benchmarks/gpu_check.sh   (device tool)
@@ -27,8 +28,8 @@ if [ -n "${DRY:-}" ]; then   # the same commands at toy size on the CPU
           --set data.labeled.per_class=20 --set data.val.per_class=10 --set data.unlabeled.fraction=0.01
           --set data.test.per_class=10)
 fi
-PARTS=${PARTS:-tests throughput fast loop}   # a subset for a short lease, e.g. PARTS="tests throughput"
-FAST_LIMIT=${FAST_LIMIT:-200}
+PARTS=${PARTS:-tests throughput fast sanity loop}   # a subset for a short lease, e.g. PARTS="tests throughput"
+FAST_LIMIT=${FAST_LIMIT:-150}
 failed=()
 part() {  # part NAME SECONDS CMD...: run under a time limit, log to $OUT_DIR/NAME.log, remember failures
   local name=$1 limit=$(( $2 * T )); shift 2
@@ -62,14 +63,20 @@ part throughput 150 "$PY" benchmarks/throughput.py --device "$DEV" "${TP[@]}" --
 # label.batch_size 1024 and 8 loader workers for the labeling pass; training noise runs on the device
 part fast "$FAST_LIMIT" "$PY" benchmarks/accuracy.py cifar10-4k-fast --seeds 0 --variants "" --runs "$RUNS" \
   --out "$RUNS/fast-tables" --name cifar10-4k-fast-gpu --set data.workers=8 --set label.batch_size=1024 "${SHRINK[@]}"
+# ns_air_s on all of train/ but 50 images per class (the validation split the config needs; the
+# pool keeps the last 500): 6,000 steps x 128 = ~16 passes, crop + flip only, flip TTA at test
+part sanity 120 "$PY" -m noisystudent train cifar10-4k-fast --run-dir "$RUNS/sup49k" --device "$DEV" \
+  --set data.labeled.per_class=4900 --set data.val.per_class=50 --set teacher.steps=6000 \
+  --set teacher.warmup_steps=300 --set teacher.noise.randaugment=false --set data.workers=8 "${SHRINK[@]}"
 part loop 200 "$PY" benchmarks/accuracy.py cifar10-4k --seeds 0 --variants "" --runs "$RUNS" \
   --out "$RUNS/loop-tables" --name cifar10-4k-gpu --set data.workers=8 --set label.batch_size=1024 \
   --set teacher.channels_last=true --set student.channels_last=true "${SHRINK[@]}"
 # what finished, even where a limit cut a run short: accuracy, steps, wall per stage
 "$PY" - "$RUNS" > "$OUT_DIR/results.txt" 2>&1 <<'PYEOF'
 import json, sys, pathlib
-for run in sorted(pathlib.Path(sys.argv[1]).glob("*/baseline")):
-    print(f"# {run.parent.name}")
+root = pathlib.Path(sys.argv[1])
+for run in sorted(root.glob("*/baseline")) + sorted(root.glob("sup49k")):
+    print(f"# {run.parent.name if run.name == 'baseline' else run.name}")
     for st in sorted(run.glob("round*/*/stage.json")):
         s = json.loads(st.read_text())
         info = s.get("info", {})

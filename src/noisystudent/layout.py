@@ -126,6 +126,10 @@ class RunLayout:
             return []
         return sorted(int(m.group(1)) for p in self.root.iterdir() if p.is_dir() and (m := _ROUND.match(p.name)))
 
+    def stage_dirs(self) -> list[Path]:
+        """Every stage folder that has a record (stage.json), in path order."""
+        return [p.parent for p in sorted(self.root.glob("round*/*/stage.json"))]
+
     def training_stages(self) -> list[tuple[int, str]]:
         """(round, role) of every training stage folder present, in pipeline order."""
         out = []

@@ -295,10 +295,10 @@ def downstream_stages(ctx: RunContext, stage_dir: Path, old_fingerprint: str | N
     if old_fingerprint is None:
         old_fingerprint = (read_stage(stage_dir) or {}).get("fingerprint")
     recs = {}
-    for p in sorted(ctx.run_dir.glob("round*/*/stage.json")):
-        rec = read_stage(p.parent)
-        if rec is not None and p.parent != stage_dir:
-            recs[p.parent] = rec
+    for d in ctx.layout.stage_dirs():
+        rec = read_stage(d)
+        if rec is not None and d != stage_dir:
+            recs[d] = rec
     found: list[Path] = []
     todo = [(_rel(ctx, stage_dir), old_fingerprint)]
     while todo:
