@@ -22,7 +22,7 @@ def _run(run_dir):
     args = ["run", "digits-demo", "--run-dir", str(run_dir), "--no-report"]
     for s in SETS:
         args += ["--set", s]
-    r = cli(*args, env=ENV)
+    r = cli(*args, env=ENV, real=True)    # a fresh process: no state from earlier tests
     assert r.returncode == 0, r.stderr
     return run_dir
 

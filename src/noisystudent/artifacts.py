@@ -27,7 +27,7 @@ from .layout import RunLayout
 __all__ = [
     "atomic_write", "write_json", "read_json", "file_hash", "save_checkpoint", "load_checkpoint",
     "StageRecord", "read_stage", "write_stage", "remove_stale_temps",
-    "lock_run_dir", "is_run_dir", "is_our_temp", "RUN_RESULTS", "remove_run_results",
+    "lock_run_dir", "release_run_dirs", "is_run_dir", "is_our_temp", "RUN_RESULTS", "remove_run_results",
 ]
 
 
@@ -105,12 +105,13 @@ def is_run_dir(root: str | Path) -> bool:
                                        for k in lay.rounds() for d in lay.round_dir(k).iterdir())
 
 
-_HELD_LOCKS: dict[str, Any] = {}      # run dir -> open lock file, held until the process exits
+_HELD_LOCKS: dict[str, Any] = {}      # run dir -> open lock file, held until released or the process exits
 
 
 def lock_run_dir(root: str | Path) -> None:
-    """Take an exclusive advisory lock on `root/.lock` for the rest of this process, so two commands
-    cannot write one run directory at once (the second would also sweep the first's temp files).
+    """Take an exclusive advisory lock on `root/.lock` until `release_run_dirs()` (the CLI calls it
+    after each command, `pipeline.run` when it returns) or the process ends, so two commands cannot
+    write one run directory at once (the second would also sweep the first's temp files).
     Re-entrant within a process; the OS drops the lock when the process dies, even by SIGKILL, so a
     killed run never leaves a stale lock. A no-op where `fcntl` is missing (Windows)."""
     try:
@@ -146,6 +147,15 @@ def lock_run_dir(root: str | Path) -> None:
             f.close()
         raise _cannot_write(RunLayout(root).lock, e) from None
     _HELD_LOCKS[key] = f
+
+
+def release_run_dirs() -> None:
+    """Drop every run-directory lock this process holds (closing the file releases the flock), so
+    a finished command in a long-lived process (a notebook, a test) does not keep others out."""
+    while _HELD_LOCKS:
+        _, f = _HELD_LOCKS.popitem()
+        with contextlib.suppress(OSError):
+            f.close()
 
 
 def _cannot_write(path: Path, e: OSError) -> UserError:

@@ -341,6 +341,10 @@ def main(argv: list[str] | None = None) -> int:
         if old_handler is not None:
             signal.signal(signal.SIGTERM, old_handler)
         shutdown_distributed(barrier=False)     # no-op when not distributed or already left
+        from .artifacts import release_run_dirs
+        from .runlog import detach_run_log
+        detach_run_log()                        # one command, one run.log and one lock: main may be
+        release_run_dirs()                      # called again in this process (a notebook, tests)
 
 
 if __name__ == "__main__":

@@ -120,7 +120,16 @@ def _read_run_config(path: Path) -> dict:
 
 def run(cfg: Config, run_dir: str | Path | None = None, device: str | None = None, force: bool = False,
         report: bool = True) -> dict:
-    """Run (or resume) the whole Noisy Student loop described by `cfg`; returns the summary."""
+    """Run (or resume) the whole Noisy Student loop described by `cfg`; returns the summary. The run
+    directory is locked while it runs and released when it returns or raises."""
+    from .artifacts import release_run_dirs
+    try:
+        return _run(cfg, run_dir, device, force, report)
+    finally:
+        release_run_dirs()
+
+
+def _run(cfg: Config, run_dir, device, force: bool, report: bool) -> dict:
     ctx = RunContext(cfg, run_dir, device)
     claim_run_dir(ctx, force)
     from . import runlog

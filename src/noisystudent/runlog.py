@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .layout import RunLayout
 
-__all__ = ["attach_run_log", "note", "epoch_line", "on_epoch", "RunPlan", "set_plan", "fmt_duration"]
+__all__ = ["attach_run_log", "detach_run_log", "note", "epoch_line", "on_epoch", "RunPlan", "set_plan", "fmt_duration"]
 
 log = logging.getLogger("noisystudent")
 _HANDLER: logging.Handler | None = None
@@ -39,6 +39,16 @@ def attach_run_log(run_dir: Path) -> Path:
     if log.level == logging.NOTSET or log.level > logging.INFO:
         log.setLevel(logging.INFO)
     return path
+
+
+def detach_run_log() -> None:
+    """Stop sending the logger to the last run's run.log: what a later command in the same process
+    logs (an error before it opens its own run directory, say) must not land in that file."""
+    global _HANDLER
+    if _HANDLER is not None:
+        log.removeHandler(_HANDLER)
+        _HANDLER.close()
+        _HANDLER = None
 
 
 def note(msg: str, level: int = logging.WARNING) -> None:
