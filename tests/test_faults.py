@@ -136,7 +136,13 @@ def _wait_started(proc, stage_dir: Path, old_ino, deadline: float) -> bool:
 
 
 # finetune resumes through the same trainer as teacher and student: `make test-all` runs it
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "finetune" else n for n in CASES])
+# In `make test-all` only (slow): finetune (the engine's resume, as the teacher case; its own test checks
+# the frozen layers) and selection (one atomic write of two files, which the atomic-write tests and
+# the changed-config/rerun pipeline tests cover); the other four stay in `make test`.
+SLOW_CASES = {"finetune", "selection"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_CASES else n for n in CASES])
 def test_kill_anywhere_in_stage_then_resume(name, reference, tmp_path):
     ref_dir, took, units = reference
     rel, n_kills, unit = CASES[name]
