@@ -18,7 +18,7 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
-from .data.loaders import make_loader, seed_for
+from .data.loaders import EpochLoader, seed_for
 from .pseudo import joint_loss
 
 __all__ = ["Batch", "LabeledBatches", "JointBatches", "PseudoBatches", "StepLoss", "joint_step_loss"]
@@ -60,15 +60,17 @@ class _LoaderBatches:
 
     def __init__(self, dataset, batch_size: int, workers: int = 0):
         self.dataset, self.batch_size, self.workers = dataset, batch_size, workers
+        self._loader: EpochLoader | None = None       # built on the first epoch, kept for the rest
 
     def steps_per_epoch(self, world: int = 1) -> int:
         return max(1, math.ceil(len(self.dataset) / (self.batch_size * world)))
 
     def epoch(self, seed: int, epoch: int, steps: int, rank: int = 0, world: int = 1,
               pin: bool = False) -> Iterator[Optional[Batch]]:
-        loader = make_loader(self.dataset, self.batch_size, steps * self.batch_size,
-                             seed_for(seed, epoch, self.tag), self.workers, rank, world, pin)
-        for b in loader:             # None: every image of the batch was undecodable (skip policy)
+        if self._loader is None:
+            self._loader = EpochLoader(self.dataset, self.batch_size, self.workers, pin)
+        for b in self._loader.epoch(steps * self.batch_size, seed_for(seed, epoch, self.tag), rank, world):
+            # None: every image of the batch was undecodable (skip policy)
             yield None if b is None else self.batch(b[0], b[1])
 
 

@@ -1,22 +1,26 @@
 """Datasets and loaders: labeled, pseudo-labeled (joint batches), and clean eval iteration.
 
-Determinism: every sampler and DataLoader is built per epoch from a generator seeded by
-(seed, epoch, stream). DataLoader workers derive their Python/NumPy/torch seeds from that generator,
-so RandAugment draws are a pure function of (seed, epoch) and a run resumed at an epoch boundary
-replays exactly what an uninterrupted run would have done.
+Determinism: the sampler hands every item its own augmentation seed, a pure function of (stream
+seed, rank, position in the epoch); the dataset seeds Python's, NumPy's and torch's RNGs with it
+before the transform. So an image's RandAugment/crop/flip/Cutout draws do not depend on which worker
+decodes it or on how many workers there are, a run resumed at an epoch boundary replays exactly
+what an uninterrupted run would have done, and one DataLoader with persistent workers serves every
+epoch of a stage (`EpochLoader`: no worker start-up per epoch).
 """
 from __future__ import annotations
 
+import contextlib
+import random
 from typing import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from .sources import ArraySource, BadImage, Source
 from .transforms import to_tensor_batch
 
-__all__ = ["LabeledDataset", "PseudoDataset", "EpochSampler", "make_loader", "seed_for",
+__all__ = ["LabeledDataset", "PseudoDataset", "EpochSampler", "EpochLoader", "seed_for",
            "eval_batches", "collate_skip_bad"]
 
 
@@ -38,6 +42,32 @@ def load_or_skip(source: Source, i: int, skip_bad: bool):
         raise
 
 
+@contextlib.contextmanager
+def _seeded(key):
+    """A dataset key: a plain row, or (row, seed) from `SeededItems`, whose seed is applied to every
+    RNG the train transforms draw from (timm's RandAugment: Python's and NumPy's; torchvision's
+    crop/flip and Cutout: torch's CPU generator) while the item is made. In the main process
+    (workers=0) the previous states are restored afterwards, so the training step's own randomness
+    (dropout, stochastic depth) is not tied to the images."""
+    if not isinstance(key, tuple):
+        yield int(key)
+        return
+    i, s = key
+    main = get_worker_info() is None
+    if main:
+        saved = random.getstate(), np.random.get_state(), torch.random.default_generator.get_state()
+    random.seed(s)
+    np.random.seed(s & 0xFFFFFFFF)
+    torch.random.default_generator.manual_seed(s)
+    try:
+        yield int(i)
+    finally:
+        if main:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+            torch.random.default_generator.set_state(saved[2])
+
+
 class LabeledDataset(Dataset):
     """(image tensor, class index, row) from a labeled source."""
 
@@ -47,9 +77,10 @@ class LabeledDataset(Dataset):
     def __len__(self):
         return len(self.source)
 
-    def __getitem__(self, i):
-        img = load_or_skip(self.source, i, self.skip_bad)
-        return None if img is None else (self.transform(img), int(self.source.labels[i]), i)
+    def __getitem__(self, key):
+        with _seeded(key) as i:
+            img = load_or_skip(self.source, i, self.skip_bad)
+            return None if img is None else (self.transform(img), int(self.source.labels[i]), i)
 
 
 class PseudoDataset(Dataset):
@@ -63,10 +94,11 @@ class PseudoDataset(Dataset):
     def __len__(self):
         return len(self.rows)
 
-    def __getitem__(self, i):
-        row = int(self.rows[i])
-        img = load_or_skip(self.source, row, True)        # the pool's policy: an unreadable image drops out
-        return None if img is None else (self.transform(img), self.targets[i], row)
+    def __getitem__(self, key):
+        with _seeded(key) as i:
+            row = int(self.rows[i])
+            img = load_or_skip(self.source, row, True)    # the pool's policy: an unreadable image drops out
+            return None if img is None else (self.transform(img), self.targets[i], row)
 
 
 def collate_skip_bad(batch):
@@ -105,13 +137,41 @@ class EpochSampler(Sampler):
         return self.num_samples
 
 
-def make_loader(dataset, batch_size: int, num_samples: int, seed: int, workers: int = 0,
-                rank: int = 0, world: int = 1, pin_memory: bool = False) -> DataLoader:
-    sampler = EpochSampler(len(dataset), num_samples, seed, rank, world)
-    g = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      generator=g, drop_last=True, collate_fn=collate_skip_bad,
-                      pin_memory=pin_memory, persistent_workers=False)
+class SeededItems(Sampler):
+    """`EpochSampler`'s order as (row, item seed) pairs; `reset` points it at the next epoch."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.reset(0, 0)
+
+    def reset(self, num_samples: int, seed: int, rank: int = 0, world: int = 1) -> None:
+        self.num_samples, self.seed, self.rank, self.world = num_samples, seed, rank, world
+
+    def __iter__(self):
+        order = EpochSampler(self.n, self.num_samples, self.seed, self.rank, self.world)
+        for k, i in enumerate(order):
+            yield i, seed_for(self.seed, "item", self.rank, k)
+
+    def __len__(self):
+        return self.num_samples
+
+
+class EpochLoader:
+    """One DataLoader for all epochs of a stage: workers persist (and prefetch) across epochs
+    instead of starting again each epoch; `epoch(...)` re-points the sampler and iterates."""
+
+    def __init__(self, dataset, batch_size: int, workers: int = 0, pin_memory: bool = False):
+        self.sampler = SeededItems(len(dataset))
+        # its own generator: the iterator's base seed must not come from (and advance) the global
+        # torch RNG that dropout and stochastic depth draw from; items carry their own seeds anyway
+        self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, num_workers=workers,
+                                 generator=torch.Generator().manual_seed(0),
+                                 drop_last=True, collate_fn=collate_skip_bad, pin_memory=pin_memory,
+                                 persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
+
+    def epoch(self, num_samples: int, seed: int, rank: int = 0, world: int = 1):
+        self.sampler.reset(num_samples, seed, rank, world)
+        return iter(self.loader)
 
 
 class _EvalDataset(Dataset):

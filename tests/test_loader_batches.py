@@ -1,0 +1,49 @@
+"""The DataLoader path's batch sources: per-item augmentation seeds, one persistent loader per stage."""
+import numpy as np
+import random
+import torch
+
+from noisystudent.batches import LabeledBatches
+from noisystudent.config import DataConfig, NoiseConfig, SourceConfig
+from noisystudent.data import LabeledDataset, create_source, create_train_transform
+
+DATA = DataConfig(image_size=8, in_chans=1, mean=[0.5], std=[0.5], crop_padding=1, hflip=True)
+NOISE = NoiseConfig(randaugment=True, ra_magnitude=9, cutout=0.25, drop_rate=0.0, drop_path_rate=0.0)
+
+
+def _dataset():
+    src = create_source(SourceConfig(kind="digits", per_class=4), 1)
+    return LabeledDataset(src, create_train_transform(DATA, NOISE))
+
+
+def _epochs(lb, epochs=(0, 1), steps=4):
+    return [[(b.x.clone(), b.y.clone()) for b in lb.epoch(seed=7, epoch=e, steps=steps)] for e in epochs]
+
+
+def test_noise_does_not_depend_on_the_worker_count():
+    """Each image's RandAugment/crop/flip/Cutout come from its own seed, not from a worker's stream:
+    0 and 2 workers give the same batches."""
+    a = _epochs(LabeledBatches(_dataset(), 8, workers=0))
+    b = _epochs(LabeledBatches(_dataset(), 8, workers=2))
+    for ea, eb in zip(a, b):
+        assert all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(ea, eb))
+
+
+def test_one_loader_serves_every_epoch_and_a_fresh_source_replays_any_epoch():
+    lb = LabeledBatches(_dataset(), 8, workers=0)
+    e0, e1 = _epochs(lb)
+    loader = lb._loader
+    assert loader is not None and _epochs(lb, (1,))[0][0][0].shape == (8, 1, 8, 8) and lb._loader is loader
+    assert not torch.equal(e0[0][0], e1[0][0])                          # epochs differ
+    (r1,) = _epochs(LabeledBatches(_dataset(), 8, workers=0), (1,))     # a resumed run starts at epoch 1
+    assert all(torch.equal(x, y) for (x, _), (y, _) in zip(e1, r1))
+
+
+def test_loading_in_the_main_process_leaves_the_training_rngs_alone():
+    """With workers=0 the items' seeds must not reset the RNGs that dropout/stochastic depth use."""
+    torch.manual_seed(123), random.seed(123), np.random.seed(123)
+    expect = torch.rand(3), random.random(), np.random.rand()
+    torch.manual_seed(123), random.seed(123), np.random.seed(123)
+    _epochs(LabeledBatches(_dataset(), 8, workers=0))
+    got = torch.rand(3), random.random(), np.random.rand()
+    assert torch.equal(expect[0], got[0]) and expect[1:] == got[1:]
