@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from .errors import UserError
-from .layout import RunLayout
+from .layout import WRITTEN_SUBDIRS, RunLayout
 
 __all__ = [
     "atomic_write", "write_json", "read_json", "file_hash", "save_checkpoint", "load_checkpoint",
@@ -68,8 +68,6 @@ def atomic_write(path: str | Path, mode: str = "wb"):
 
 # `atomic_write`'s temp names: mkstemp(prefix=".NAME.", suffix=".tmp") adds 8 of these characters.
 _TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
-# Where a run writes: its own files at the top, and these folders. Nothing else is ever swept.
-RUN_SUBDIRS = re.compile(r"round\d+|plots|cache")
 
 
 def is_our_temp(name: str) -> bool:
@@ -88,7 +86,7 @@ def remove_stale_temps(root: str | Path) -> int:
         return 0
     candidates = [p for p in root.iterdir() if p.is_file()]
     for d in root.iterdir():
-        if d.is_dir() and not d.is_symlink() and RUN_SUBDIRS.fullmatch(d.name):
+        if d.is_dir() and not d.is_symlink() and WRITTEN_SUBDIRS.fullmatch(d.name):
             candidates += d.rglob(".*.tmp")
     for p in candidates:
         if is_our_temp(p.name) and p.is_file() and not p.is_symlink():

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["RunLayout", "ROLES", "ROLE_LABEL", "role_label"]
+__all__ = ["RunLayout", "ROLES", "ROLE_LABEL", "role_label", "WRITTEN_SUBDIRS"]
 
 # Every model role, in the order the pipeline makes them within a round.
 ROLES = ("teacher", "student", "student_nonoise", "student_no_randaugment", "student_no_dropout_sd",
@@ -29,6 +29,8 @@ ROLE_LABEL = {"teacher": "teacher", "student": "noisy student", "student_nonoise
               "student_supervised": "supervised, compute-matched", "student_two_step": "student (two-step)",
               "finetune": "fine-tuned"}
 _ROUND = re.compile(r"^round(\d+)$")
+# The folders a run writes into besides its top level (rounds, plots, cache): nothing else is swept.
+WRITTEN_SUBDIRS = re.compile(r"round\d+|plots|cache")
 
 
 def role_label(role: str) -> str:
