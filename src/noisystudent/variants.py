@@ -101,9 +101,10 @@ def variant_config(student: StudentConfig, name: str, entries: list | None = Non
     """The student config with the variant's changes applied (a new object; `student` is untouched).
     `entries`: the config's `variants` list, where the declared (non-built-in) ones are found."""
     from .config import coerce, config_to_dict, student_ranges
-    changes = variant_changes(entries or [name])[name] if entries is not None or name in VARIANTS else {}
-    if entries is not None and name not in variant_changes(entries):
-        raise UserError(f"variant {name!r} is not in this config's variants")
+    declared = variant_changes(entries if entries is not None else ([name] if name in VARIANTS else []))
+    if name not in declared:
+        raise UserError(f"variant {name!r} is not in this config's variants ({', '.join(declared) or 'none'})")
+    changes = declared[name]
     d = config_to_dict(student)
     for key, value in changes.items():
         *path, leaf = key.split(".")
