@@ -31,6 +31,7 @@ os.environ.setdefault("NOISYSTUDENT_PROGRESS", "0")
 
 from noisystudent.cli import resolve_config_path  # noqa: E402
 from noisystudent.config import load_config  # noqa: E402
+from noisystudent.layout import RunLayout  # noqa: E402
 from noisystudent.errors import UserError  # noqa: E402
 from noisystudent.pipeline import run  # noqa: E402
 from noisystudent.variants import VARIANTS  # noqa: E402
@@ -116,8 +117,8 @@ def forward_flops(model_name: str, in_chans: int, size: int) -> float:
     return _FLOPS[key]
 
 
-def _info(run_dir: Path, stage: str) -> dict:
-    p = run_dir / stage / "stage.json"
+def _info(stage_dir: Path) -> dict:
+    p = stage_dir / "stage.json"
     return json.loads(p.read_text()).get("info", {}) if p.is_file() else {}
 
 
@@ -126,7 +127,7 @@ def _rows(name, summary, run_dir, wall, keep=lambda m: True, cfg=None):
     for m in summary["models"]:
         if not keep(m):
             continue
-        st = _info(run_dir, f"round{m['round']}/{m['which']}")
+        st = _info(RunLayout(run_dir).model(m["round"], m["which"]))
         pflop = None
         if cfg is not None and st.get("images_seen"):      # training: backward = 2 x forward
             pflop = 3 * forward_flops(m["model"], cfg.data.in_chans, cfg.data.image_size) * st["images_seen"] / 1e15
@@ -141,19 +142,19 @@ def loop_compute(run_dir: Path, cfg) -> dict:
     """The loop's own compute (the comparison variants excluded): the teacher's and each round's
     noisy student's training, plus every labeling pass over the pool (x2 with flip TTA)."""
     size, chans = cfg.data.image_size, cfg.data.in_chans
+    lay = RunLayout(run_dir)
     train = 0.0
     label = 0.0
     for k in range(cfg.rounds + 1):
         which = "teacher" if k == 0 else "student"
-        st = _info(run_dir, f"round{k}/{which}")
+        st = _info(lay.model(k, which))
         train += 3 * forward_flops(cfg.model_for_round(k), chans, size) * (st.get("images_seen") or 0)
         if k >= 1:
-            lab = _info(run_dir, f"round{k}/labels")
+            lab = _info(lay.labels(k))
             views = 2 if cfg.label.flip_tta else 1
             label += views * forward_flops(cfg.model_for_round(k - 1), chans, size) * (lab.get("rows") or 0)
     # wall: every stage of the loop (teacher, labels, selection, students, their evaluations), not the variants'
-    loop_s = sum(_info(run_dir, f"{d.parent.name}/{d.name}").get("stage_s") or 0.0
-                 for d in sorted(run_dir.glob("round*/*")) if d.name in LOOP_STAGES)
+    loop_s = sum(_info(d).get("stage_s") or 0.0 for d in lay.stage_dirs() if d.name in LOOP_STAGES)
     return {"train_pflop": train / 1e15, "label_pflop": label / 1e15, "total_pflop": (train + label) / 1e15,
             "loop_s": loop_s}
 
@@ -162,17 +163,18 @@ def run_one(path, overrides, run_dir, reuse_from=None):
     cfg = load_config(path, overrides)
     if reuse_from is not None and not run_dir.exists():
         # Seed with the baseline's round0/round1 inputs; fingerprints decide what is really reused.
-        for sub in ("round0", "round1/labels", "round1/selection"):
-            if (reuse_from / sub).exists():
-                shutil.copytree(reuse_from / sub, run_dir / sub)
+        src, dst = RunLayout(reuse_from), RunLayout(run_dir)
+        for a, b in ((src.round_dir(0), dst.round_dir(0)), (src.labels(1), dst.labels(1)),
+                     (src.selection(1), dst.selection(1))):
+            if a.exists():
+                shutil.copytree(a, b)
     t = time.perf_counter()
     summary = run(cfg, run_dir=run_dir, force=True, report=False)
     return summary, time.perf_counter() - t
 
 
 def student_steps(run_dir: Path) -> int | None:
-    p = run_dir / "round1" / "student" / "stage.json"
-    return json.loads(p.read_text()).get("info", {}).get("steps") if p.is_file() else None
+    return _info(RunLayout(run_dir).model(1, "student")).get("steps")
 
 
 def main():
