@@ -112,6 +112,29 @@ def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(tmp_path):
     assert not (tmp_path / "checkpoint.pt").exists()
 
 
+def test_loss_read_every_few_steps_still_names_the_first_bad_step(tmp_path):
+    """On a GPU the trainer reads the loss every `check_every` steps (no host sync per step): a NaN at
+    step 2 found at the step-4 read is still reported as step 2, with the loss value and no checkpoint."""
+    from noisystudent.batches import joint_step_loss
+    from noisystudent.engine import Trainer
+    from noisystudent.errors import TrainingDiverged
+    ds = LabeledDataset(_digits(), _tf())
+    cfg = _cfg(epochs=1)
+    real, calls = joint_step_loss(), {"n": 0}
+
+    def poisoned(logits, b):
+        calls["n"] += 1
+        loss, parts = real(logits, b)
+        return (loss * float("nan") if calls["n"] == 2 else loss), parts
+    tr = Trainer(create_model("ns_cnn_s", 10, 1), cfg, LabeledBatches(ds, cfg.batch_size), out_dir=tmp_path,
+                 seed=0, meta={}, loss=poisoned)
+    tr.check_every = 4
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 1, step 2;"):
+        tr.fit()
+    assert calls["n"] == 4                       # found at the read after step 4, not later
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
 def test_joint_batches_have_the_configured_ratio_and_replay():
     lab = LabeledDataset(_digits(), _tf())
     pool = create_source(SourceConfig(kind="digits", per_class=6, subset="rest", fraction=0.1), 1)

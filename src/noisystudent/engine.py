@@ -71,6 +71,7 @@ class Trainer:
         # evaluation: at the end of every epoch that reaches a multiple of eval_every steps, and the last
         self.eval_fn, self.eval_every, self.best_key = eval_fn, eval_every, best_key
         self.ckpt_path = self.out_dir / "checkpoint.pt"
+        self.check_every = 1 if self.device.type != "cuda" else _CUDA_CHECK_EVERY    # loss reads (syncs)
         self.history: list = []
         self.best: dict | None = None       # {"score", "epoch"} of the weights in best.pt
 
@@ -131,7 +132,7 @@ class Trainer:
         # Loss sums and the divergence watch stay on the device and are read every `check` steps:
         # a host sync per step (`.item()`, `if tensor`) keeps the CPU from queueing the next batch's
         # noise while the GPU trains, which starved it (issue 15). On the CPU a read is free: every step.
-        check = 1 if self.device.type != "cuda" else _CUDA_CHECK_EVERY
+        check = self.check_every
         watch = _DivergenceWatch()
         for i, batch in enumerate(bar):
             step = epoch * self.per_epoch + i
