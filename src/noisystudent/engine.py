@@ -32,7 +32,7 @@ from .data.loaders import seed_for
 from .distributed import (any_rank, autocast_dtype, broadcast_, progress_enabled, resolve_device,
                           seed_everything, world_info)
 from .errors import TrainingDiverged
-from .runlog import on_epoch
+from .runlog import on_epoch, plan_skip
 from .schedule import create_optimizer, create_scheduler, ema_decay_at, effective_ema_decay, plan_steps
 
 __all__ = ["fit", "Trainer", "FitResult"]
@@ -114,6 +114,7 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.history, self.best = list(state["history"]), state.get("best")
         start = int(state["epoch"])
+        plan_skip(sum(r.get("images_per_s", 0.0) * r.get("epoch_s", 0.0) for r in self.history))
         log.info("%s: resuming from %s after epoch %d of %d", self.desc, self.ckpt_path, start, self.epochs)
         return start
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .layout import RunLayout
 
-__all__ = ["attach_run_log", "detach_run_log", "note", "epoch_line", "on_epoch", "RunPlan", "set_plan", "fmt_duration"]
+__all__ = ["attach_run_log", "detach_run_log", "note", "epoch_line", "on_epoch", "RunPlan", "set_plan", "plan_skip", "fmt_duration"]
 
 log = logging.getLogger("noisystudent")
 _HANDLER: logging.Handler | None = None
@@ -93,6 +93,13 @@ def set_plan(cfg, n_labeled: int, n_pool: int) -> None:
     variants = set(variant_names(cfg.variants)) | ({"no_noise"} if cfg.ablation_no_noise else set())
     total = t_steps * t.batch_size + (cfg.rounds + (len(variants) if cfg.rounds else 0)) * per_round
     _PLAN = RunPlan(total) if total > 0 else None
+
+
+def plan_skip(images: float) -> None:
+    """Count a stage's training images as done without timing them: a finished stage that is
+    skipped, or the epochs a resumed stage already has, are not left to do in the run's ETA."""
+    if _PLAN is not None and images:
+        _PLAN.add(float(images))
 
 
 def clear_plan() -> None:

@@ -27,6 +27,7 @@ from ..data.infer import create_source_noted as _create
 from ..distributed import resolve_device, world_info
 from ..errors import UserError
 from ..layout import RunLayout
+from .. import runlog
 from ..models import create_model
 
 __all__ = ["RunContext", "run_stage", "load_model", "save_model", "StageResult", "invalidate_stage"]
@@ -214,7 +215,9 @@ def run_stage(ctx: RunContext, stage_dir: Path, config: dict, inputs: dict[str, 
         if ctx.rank == 0:       # resume state a kill right after "done" left behind
             for f in cleanup:
                 (stage_dir / f).unlink(missing_ok=True)
-        return StageResult(stage_dir, read_stage(stage_dir), True)
+        rec = read_stage(stage_dir)
+        runlog.plan_skip((rec or {}).get("info", {}).get("images_seen") or 0)   # the run's ETA: not left to do
+        return StageResult(stage_dir, rec, True)
     if ctx.rank == 0:
         # Before any work: results made from the old version of this stage must not outlive it, or a
         # run that fails now would leave them looking current (summary.json, eval.json, the report).
