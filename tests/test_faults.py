@@ -136,10 +136,12 @@ def _wait_started(proc, stage_dir: Path, old_ino, deadline: float) -> bool:
 
 
 # finetune resumes through the same trainer as teacher and student: `make test-all` runs it
-# In `make test-all` only (slow): finetune (the engine's resume, as the teacher case; its own test checks
-# the frozen layers) and selection (one atomic write of two files, which the atomic-write tests and
-# the changed-config/rerun pipeline tests cover); the other four stay in `make test`.
-SLOW_CASES = {"finetune", "selection"}
+# In `make test-all` only (slow), where a faster test covers the same code: finetune (the engine's
+# resume, as the teacher case; its own test checks the frozen layers), selection (one atomic write of
+# two files: the atomic-write and rerun pipeline tests), labels (a missing shard is relabeled alone:
+# test_distributed's third launch) and evaluate (the corruption cache's reuse and repair:
+# test_robustness). `make test` keeps the two training stages, teacher and student.
+SLOW_CASES = {"finetune", "selection", "labels", "evaluate"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_CASES else n for n in CASES])
