@@ -273,14 +273,20 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise UserError(f"--set expects key=value, got '{item}'")
         key, text = item.split("=", 1)
-        parts = key.strip().split(".")
-        node = data
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise UserError(f"--set {key}: '{p}' is not a section")
-        node[parts[-1]] = _parse_scalar(text, key.strip())
+        set_dotted(data, key.strip(), _parse_scalar(text, key.strip()), f"--set {key}")
     return data
+
+
+def set_dotted(data: dict, key: str, value, where: str) -> None:
+    """data['a']['b']['c'] = value for key 'a.b.c', making the sections it needs (in place); the keys
+    themselves are checked later, when the dict becomes a dataclass. `where` starts the error."""
+    *path, leaf = key.split(".")
+    node = data
+    for p in path:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise UserError(f"{where}: '{p}' is not a section")
+    node[leaf] = value
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

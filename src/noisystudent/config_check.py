@@ -19,7 +19,6 @@ from .errors import UserError
 __all__ = ["coerce", "from_dict", "Range", "RULES", "validate", "student_ranges"]
 
 
-
 def _type_name(tp) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:
@@ -152,7 +151,7 @@ _TRAIN_RULES = {
 _SOURCE_RULES = {"per_class": Range(0, lo_open=True, optional=True), "fraction": Range(0, 1, lo_open=True),
                  "seed": GE0}
 
-# Every numeric config key and its allowed range: `_validate` checks them all before anything runs
+# Every numeric config key and its allowed range: `validate` checks them all before anything runs
 # (tests/test_config.py loops over this table, and checks that no numeric key is missing from it).
 # `data.extra_test[]` rows apply to every extra test set.
 RULES: dict[str, Range] = {
@@ -205,18 +204,22 @@ def _get(obj, dotted: str):
     return obj
 
 
+def _check_rule(rule: Range, v, key: str) -> None:
+    """One RULES row on one value, or a UserError naming `key`."""
+    if (v is None and rule.optional) or isinstance(v, str):    # select.per_class: 'auto' | 'none' (by type)
+        return
+    bad = next((x for x in (v if rule.each else [v]) if not rule.ok(x)), None)
+    if bad is not None:
+        got = f", got {bad!r}" if isinstance(bad, float) and not math.isfinite(bad) else ""
+        raise UserError(f"config key '{key}': {rule.message()}{got}")
+
+
 def student_ranges(student, prefix: str) -> None:
     """The `student.*` range rules on one StudentConfig (a variant's), errors naming `prefix`+key."""
     for table_key, rule in RULES.items():
-        if not table_key.startswith("student."):
-            continue
-        key = table_key.removeprefix("student.")
-        v = _get(student, key)
-        if (v is None and rule.optional) or isinstance(v, str):
-            continue
-        bad = next((x for x in (v if rule.each else [v]) if not rule.ok(x)), None)
-        if bad is not None:
-            raise UserError(f"config key '{prefix}{key}': {rule.message()}")
+        if table_key.startswith("student."):
+            key = table_key.removeprefix("student.")
+            _check_rule(rule, _get(student, key), prefix + key)
 
 
 def validate(cfg) -> None:
@@ -227,15 +230,7 @@ def validate(cfg) -> None:
             raise UserError(f"config key '{key}': {msg}")
     for table_key, rule in RULES.items():
         for key, v in _lookup(cfg, table_key):
-            if v is None and rule.optional:
-                continue
-            if isinstance(v, str):          # select.per_class: 'auto' | 'none' (checked by type)
-                continue
-            values = v if rule.each else [v]
-            bad = next((x for x in values if not rule.ok(x)), None)
-            if bad is not None:
-                got = f", got {bad!r}" if isinstance(bad, float) and not math.isfinite(bad) else ""
-                need(False, key, rule.message() + got)
+            _check_rule(rule, v, key)
     for key in ("mean", "std"):
         v = getattr(cfg.data, key)
         if v is not None and cfg.data.in_chans is not None:

@@ -75,13 +75,12 @@ def variant_names(entries: list) -> list[str]:
 def check_variants(entries: list, student: StudentConfig | None = None) -> None:
     """Names known or well-formed, none twice, and (given `student`) every declared key a student
     key whose value its type and range accept; the error names the variant and the key."""
-    names = [_entry(e, i)[0] for i, e in enumerate(entries)]
-    if len(set(names)) != len(names):
+    parsed = [_entry(e, i) for i, e in enumerate(entries)]
+    if len({name for name, _ in parsed}) != len(parsed):
         raise UserError("config key 'variants': a variant is listed twice")
     if student is None:
         return
-    for i, e in enumerate(entries):
-        name, ch = _entry(e, i)
+    for i, (name, ch) in enumerate(parsed):
         if ch is None:
             continue
         fixed = [k for k in ch if k in _FIXED]
@@ -100,25 +99,13 @@ def variant_config(student: StudentConfig, name: str, entries: list | None = Non
                    prefix: str = "") -> StudentConfig:
     """The student config with the variant's changes applied (a new object; `student` is untouched).
     `entries`: the config's `variants` list, where the declared (non-built-in) ones are found."""
-    from .config import coerce, config_to_dict, student_ranges
+    from .config import coerce, config_to_dict, set_dotted, student_ranges
     declared = variant_changes(entries if entries is not None else ([name] if name in VARIANTS else []))
     if name not in declared:
         raise UserError(f"variant {name!r} is not in this config's variants ({', '.join(declared) or 'none'})")
-    changes = declared[name]
     d = config_to_dict(student)
-    for key, value in changes.items():
-        *path, leaf = key.split(".")
-        node = d
-        for part in path:
-            if not isinstance(node.get(part), dict):
-                raise UserError(f"config key '{prefix}{key}': {part!r} is not a section of the student config")
-            node = node[part]
-        if leaf not in node:
-            import difflib
-            close = difflib.get_close_matches(leaf, list(node), n=1)
-            hint = f" (did you mean '{'.'.join([*path, close[0]])}'?)" if close else ""
-            raise UserError(f"unknown config key '{prefix}{key}'{hint}")
-        node[leaf] = value
+    for key, value in declared[name].items():       # unknown keys: refused by `coerce`, did-you-mean and all
+        set_dotted(d, key, value, f"config key '{prefix}{key}'")
     out = coerce(d, StudentConfig, prefix.rstrip(".") or "student")
     student_ranges(out, prefix)
     return out

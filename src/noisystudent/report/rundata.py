@@ -9,8 +9,7 @@ from pathlib import Path
 
 from ..artifacts import read_json
 from ..errors import UserError
-from ..layout import RunLayout
-from ..layout import role_label as layout_role_label
+from ..layout import RunLayout, role_label as layout_role_label
 
 __all__ = ["RunData", "load_optional", "read_jsonl", "is_num", "pct", "fmt_params", "fmt_secs", "role_label",
            "training_stages"]
