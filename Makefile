@@ -27,7 +27,7 @@ test-all: $(STAMP)
 	$(BIN)/python -m pytest -m ''
 
 bench-fmnist: $(STAMP)        # 3 seeds: teacher, noisy student, no-noise student, compute-matched supervised
-	$(BIN)/python benchmarks/accuracy.py fashion-mnist-1k --seeds 3
+	$(BIN)/python benchmarks/accuracy.py fashion-mnist-1k --seeds 3 --jobs 3
 
 CIFAR_TAR ?= ../shared/data/cifar10-jpeg.tar.gz
 data/cifar10/train:           # the JPEG tree the CIFAR configs read

@@ -2,6 +2,7 @@
 
     python benchmarks/accuracy.py fashion-mnist-1k [--seeds 0,1,2] [--ablations all|none|a,b,...]
                                   [--variants no_noise,supervised] [--set key=value ...] [--out docs/benchmarks]
+                                  [--jobs 3]
 
 Per seed (`seed=N`: weight init, augmentation AND the labeled draw — sources inherit the run's seed):
   * "baseline": the config as written, plus the round-1 variants (`--variants`, default the no-noise
@@ -12,6 +13,10 @@ Per seed (`seed=N`: weight init, augmentation AND the labeled draw — sources i
     student's step count (`student.steps`), so every row costs the same compute.
 Prints val and test accuracy as mean ± std over seeds and writes docs/benchmarks/<config>.{md,json}.
 Choose recipes on the val column; the test column is for the chosen setting's report.
+
+`--jobs N` runs the seeds as N processes at once, each with cores/N threads (OMP_NUM_THREADS), logs
+in <runs>/<config>-s<seed>.log, then combines their tables: on a 2-core CPU three one-thread
+processes finish three seeds sooner than one two-thread process does them in a row.
 """
 from __future__ import annotations
 
@@ -100,7 +105,7 @@ def plan_ablations(path, base_over, names):
 
 
 _FLOPS: dict = {}
-LOOP_STAGES = {"teacher", "eval_teacher", "labels", "selection", "student", "eval_student", "finetune", "eval_finetune"}
+LOOP_ROLES = ("teacher", "student", "finetune")      # the loop's own models (the comparison variants are not)
 
 
 def forward_flops(model_name: str, in_chans: int, size: int) -> float:
@@ -154,7 +159,10 @@ def loop_compute(run_dir: Path, cfg) -> dict:
             views = 2 if cfg.label.flip_tta else 1
             label += views * forward_flops(cfg.model_for_round(k - 1), chans, size) * (lab.get("rows") or 0)
     # wall: every stage of the loop (teacher, labels, selection, students, their evaluations), not the variants'
-    loop_s = sum(_info(d).get("stage_s") or 0.0 for d in lay.stage_dirs() if d.name in LOOP_STAGES)
+    loop = {d for k in lay.rounds() for d in (lay.labels(k), lay.selection(k),
+                                              *(lay.model(k, r) for r in LOOP_ROLES),
+                                              *(lay.eval(k, r) for r in LOOP_ROLES))}
+    loop_s = sum(_info(d).get("stage_s") or 0.0 for d in lay.stage_dirs() if d in loop)
     return {"train_pflop": train / 1e15, "label_pflop": label / 1e15, "total_pflop": (train + label) / 1e15,
             "loop_s": loop_s}
 
@@ -162,7 +170,8 @@ def loop_compute(run_dir: Path, cfg) -> dict:
 def run_one(path, overrides, run_dir, reuse_from=None):
     cfg = load_config(path, overrides)
     if reuse_from is not None and not run_dir.exists():
-        # Seed with the baseline's round0/round1 inputs; fingerprints decide what is really reused.
+        # Seed with the baseline's round 0 and round 1's labels and selection; fingerprints decide what
+        # is really reused.
         src, dst = RunLayout(reuse_from), RunLayout(run_dir)
         for a, b in ((src.round_dir(0), dst.round_dir(0)), (src.labels(1), dst.labels(1)),
                      (src.selection(1), dst.selection(1))):
@@ -175,6 +184,49 @@ def run_one(path, overrides, run_dir, reuse_from=None):
 
 def student_steps(run_dir: Path) -> int | None:
     return _info(RunLayout(run_dir).model(1, "student")).get("steps")
+
+
+def seed_jobs(argv: list[str], seeds: list[int], jobs: int, out: Path, cores: int | None = None) -> list[dict]:
+    """One child command per seed for `--jobs`: this script with `--seeds "<s>,"`, its output table in
+    `out/seed<s>` (combined afterwards; `out` is under --runs) and cores/jobs threads, the rest of `argv` unchanged."""
+    keep, skip = [], False
+    for i, a in enumerate(argv):                       # drop --seeds/--jobs/--out and their values
+        if skip:
+            skip = False
+            continue
+        flag = a.split("=", 1)[0]
+        if flag in ("--seeds", "--jobs", "--out"):
+            skip = "=" not in a
+            continue
+        keep.append(a)
+    threads = max(1, (cores or os.cpu_count() or 1) // jobs)
+    return [{"seed": s, "out": out / f"seed{s}",
+             "cmd": [sys.executable, str(Path(__file__).resolve()), *keep, "--seeds", f"{s},",
+                     "--out", str(out / f"seed{s}")],
+             "env": {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}} for s in seeds]
+
+
+def run_seed_jobs(jobs_plan: list[dict], jobs: int, log_dir: Path, stem: str) -> None:
+    """Run the children, at most `jobs` at once; exit non-zero naming the seeds that failed."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    pending, running, failed = list(jobs_plan), [], []
+    while pending or running:
+        while pending and len(running) < jobs:
+            j = pending.pop(0)
+            log = log_dir / f"{stem}-s{j['seed']}.log"
+            print(f"seed {j['seed']}: started, log {log}", flush=True)
+            with open(log, "w") as f:
+                running.append((j, log, subprocess.Popen(j["cmd"], env={**os.environ, **j["env"]},
+                                                         stdout=f, stderr=subprocess.STDOUT)))
+        time.sleep(2)
+        for item in [r for r in running if r[2].poll() is not None]:
+            running.remove(item)
+            j, log, proc = item
+            print(f"seed {j['seed']}: {'done' if proc.returncode == 0 else f'FAILED (exit {proc.returncode})'}", flush=True)
+            if proc.returncode:
+                failed.append(f"seed {j['seed']} (see {log})")
+    if failed:
+        raise SystemExit("error: " + ", ".join(failed) + " failed; the other seeds' tables are in their --out folders")
 
 
 def main():
@@ -191,7 +243,11 @@ def main():
     ap.add_argument("--combine", nargs="+", metavar="JSON",
                     help="write the tables from these outputs of earlier runs (e.g. one per seed, run in "
                          "parallel) instead of training")
+    ap.add_argument("--jobs", type=int, default=1, help="seeds run as this many processes at once, "
+                    "each with cores/jobs threads; their tables are combined (default 1: in a row)")
     args = ap.parse_args()
+    if args.jobs < 1:
+        raise SystemExit(f"error: --jobs must be >= 1, got {args.jobs}")
     path = resolve_config_path(args.config)
     if args.combine:
         parts = [json.loads(Path(f).read_text()) for f in args.combine]
@@ -202,6 +258,14 @@ def main():
     # '3' = seeds 0,1,2 (a count); '2,' or '0,2' = exactly those seeds
     seeds = list(range(int(args.seeds))) if "," not in args.seeds and int(args.seeds) > 1 else \
         [int(s) for s in args.seeds.split(",") if s]
+    if args.jobs > 1 and len(seeds) > 1:
+        stem, t0 = args.name or Path(path).stem, time.perf_counter()
+        plan = seed_jobs(sys.argv[1:], seeds, args.jobs, Path(args.runs) / f"{stem}-tables")
+        run_seed_jobs(plan, args.jobs, Path(args.runs), stem)
+        parts = [json.loads((j["out"] / f"{stem}.json").read_text()) for j in plan]
+        write_tables(Path(args.out), stem, [r for p in parts for r in p["rows"]], time.perf_counter() - t0,
+                     sys.argv[1:], [c for p in parts for c in p.get("loops", [])])
+        return
     names = [] if args.ablations == "none" else (list(ABLATIONS) if args.ablations == "all" else args.ablations.split(","))
     variants = [v for v in args.variants.split(",") if v]
     rows, loops, t_all = [], [], time.perf_counter()

@@ -4,7 +4,7 @@ For each pool size (a fresh child process per size, so each peak RSS is its own)
   1. generate N 28x28 grayscale PNGs into WebDataset-style tar shards in a temp dir. A few hundred
      distinct digit-like images are encoded once and their bytes reused; tar headers come from a
      template, so generation runs at disk speed (~1 KB per image: 1M images ~ 1 GB of disk);
-  2. save an (untrained) ns_cnn_s teacher as round0/teacher and run `label_pool` — the label stage
+  2. save an (untrained) ns_cnn_s teacher as the run's round-0 teacher and run `label_pool` — the label stage
      itself: `tar` source index, eval_batches, Parquet shards, stage record;
   3. run `select_from_labels` over the label shards (threshold 0.3, per_class auto). The teacher is
      random, so labels use temperature 0.05 to spread its confidences like a trained model's.

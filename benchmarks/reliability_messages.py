@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from noisystudent.layout import RunLayout
+
 sys.path.insert(0, str(Path(__file__).parent))
 from big_image_rss import config, tiny_data  # noqa: E402
 
@@ -140,9 +142,10 @@ def cases(tmp: Path) -> None:
     rc, err = run(c5, tmp / "r5", report=True)
     show("5. class names $x$, a$b (and name '<b>bold</b> & co')", rc, err, re.compile(r"error|skipped|report"))
     # fenced code blocks (the config) are shown verbatim by Markdown renderers, never rendered
-    md = re.sub(r"```.*?```", "", (tmp / "r5" / "report.md").read_text(), flags=re.S)
+    r5 = RunLayout(tmp / "r5")
+    md = re.sub(r"```.*?```", "", r5.report_md.read_text(), flags=re.S)
     print(f"  report.md: {'&lt;b&gt;bold&lt;/b&gt; &amp; co' in md and '<b>' not in md} (name escaped), "
-          f"plots: {sorted(p.name for p in (tmp / 'r5' / 'plots').glob('*.png'))}")
+          f"plots: {sorted(p.name for p in r5.plots.glob('*.png'))}")
     import noisystudent.report as report
     from matplotlib.figure import Figure
 
@@ -164,7 +167,7 @@ def cases(tmp: Path) -> None:
         show(f"6. --set {s}", *run(cfg, tmp / "r6", s))
 
     # 7: crafted model files
-    state = torch.load(ref / "round0/teacher/model.pt", weights_only=True)
+    state = torch.load(RunLayout(ref).model(0, "teacher") / "model.pt", weights_only=True)
     for what, meta in (("meta.num_classes=1e8", dict(state["meta"], num_classes=100_000_000)),
                        ("meta={}", {}),
                        ("1,000,000 classes, 3 in the weights", dict(state["meta"], num_classes=1_000_000,
@@ -176,16 +179,18 @@ def cases(tmp: Path) -> None:
 
     # 8: damaged records and unfinished artifacts
     r8 = copy("r8")
-    (r8 / "round1/selection/stage.json").write_text("[1, 2]")
-    show("8. round1/selection/stage.json holds [1,2]", *run(cfg, r8))
+    sel_record = RunLayout(r8).selection(1) / "stage.json"
+    sel_record.write_text("[1, 2]")
+    show(f"8. {RunLayout(r8).rel(sel_record)} holds [1,2]", *run(cfg, r8))
     for text, what in (("- a\n", "- a"), ("data: null\n", "data: null"), ("", "empty"), ("a: [1,\n", "not YAML")):
         r = copy(f"r8c{len(what)}{what[0]}".replace(" ", "").replace(":", ""))
-        (r / "config.yaml").write_text(text)
+        RunLayout(r).config.write_text(text)
         show(f"8. run-dir config.yaml: {what}", *run(cfg, r))
     r8s = copy("r8s")
-    rec = json.loads((r8s / "round1/labels/stage.json").read_text())
-    (r8s / "round1/labels/stage.json").write_text(json.dumps(dict(rec, status="running", outputs={})))
-    shard = r8s / "round1/labels/part-00000.parquet"
+    labels = RunLayout(r8s).labels(1)
+    rec = json.loads((labels / "stage.json").read_text())
+    (labels / "stage.json").write_text(json.dumps(dict(rec, status="running", outputs={})))
+    shard = labels / "part-00000.parquet"
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
     show("8. truncated shard in an unfinished label stage", *run(cfg, r8s))
     mnt = tmp / "full"
@@ -234,13 +239,15 @@ def cases(tmp: Path) -> None:
             shutil.rmtree(d9o / split / c)
     show("9. a one-class labeled set", *run(config(tmp / "c9o.yaml", d9o), tmp / "r9o"))
     long_cfg = config(tmp / "c9t.yaml", data, top={"teacher": {"epochs": 100000, "batch_size": 6}})
-    p = subprocess.Popen([sys.executable, "-m", "noisystudent", "run", str(long_cfg), "--run-dir", str(tmp / "r9t"),
+    r9t = RunLayout(tmp / "r9t")
+    teacher_running = f"{r9t.rel(r9t.model(0, 'teacher'))}: running"
+    p = subprocess.Popen([sys.executable, "-m", "noisystudent", "run", str(long_cfg), "--run-dir", str(r9t.root),
                           "--no-report"], stderr=subprocess.PIPE, text=True,
                          env=dict(os.environ, OMP_NUM_THREADS="1"))
     lines = []
     for ln in p.stderr:
         lines.append(ln)
-        if "round0/teacher: running" in ln:
+        if teacher_running in ln:
             p.send_signal(signal.SIGTERM)
             break
     lines += p.stderr.readlines()

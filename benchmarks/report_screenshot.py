@@ -108,9 +108,11 @@ def main():
     ap.add_argument("--run-dir", default=None)
     ap.add_argument("--out", default=str(ROOT / "docs" / "report-screenshot.png"))
     args = ap.parse_args()
+    from noisystudent.layout import RunLayout
     run_dir = Path(args.run_dir) if args.run_dir else make_run(Path(tempfile.mkdtemp(prefix="ns_shot_")))
-    png = screenshot(run_dir / "report.html", Path(args.out))
-    problems = check(run_dir / "report.html", png)
+    page = RunLayout(run_dir).report_html
+    png = screenshot(page, Path(args.out))
+    problems = check(page, png)
     print(f"screenshot: {png} ({Image.open(png).size[0]}x{Image.open(png).size[1]}); run: {run_dir}")
     if problems:
         sys.exit("report check failed: " + "; ".join(problems))

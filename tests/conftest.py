@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from noisystudent.layout import RunLayout
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 os.environ.setdefault("NOISYSTUDENT_PROGRESS", "0")
@@ -20,6 +22,17 @@ TINY = [
     "student.epochs=4", "student.batch_size=8", "student.ratio=3",
     "label.shard_size=128", "evaluate.batch_size=128",
 ]
+
+
+# The run directory's paths relative to its root, as log lines, stage records and warning keys spell
+# them: rel(REL.labels(1)) is round 1's label stage as `noisystudent run` names it. For a real run,
+# RunLayout(run_dir) and its own .rel.
+REL = RunLayout(Path())
+
+
+def rel(path: Path) -> str:
+    """A path of `REL` as a run-relative posix string, e.g. for rel(REL.eval(0, "teacher"))."""
+    return REL.rel(path)
 
 
 @pytest.fixture

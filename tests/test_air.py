@@ -75,6 +75,7 @@ def test_train_stage_initialises_from_the_labeled_images(tmp_path):
     from noisystudent.stages.common import RunContext, load_model
     from noisystudent.config import load_config
     from noisystudent.tensor_batches import decode_all
+    from noisystudent.layout import RunLayout
     from own_data import make_own_data
     make_own_data(tmp_path, size=32)
     cfg = tmp_path / "c.yaml"
@@ -82,7 +83,7 @@ def test_train_stage_initialises_from_the_labeled_images(tmp_path):
                    "  test: {kind: imagefolder, root: test}\nmodels: [ns_air_s]\ndevice: cpu\n"
                    "teacher: {epochs: 0, batch_size: 8}\n")
     assert main(["train", str(cfg), "--run-dir", str(tmp_path / "r")]) == 0
-    model, _ = load_model(tmp_path / "r" / "round0" / "teacher" / "model.pt")
+    model, _ = load_model(RunLayout(tmp_path / "r").model(0, "teacher") / "model.pt")
     ctx = RunContext(load_config(cfg), tmp_path / "r2", "cpu")
     images, _ = decode_all(ctx.labeled, 32, skip_bad=False)
     expect = patch_whitening(normalize(images.float() / 255.0, ctx.mean, ctx.std))

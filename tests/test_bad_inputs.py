@@ -21,6 +21,7 @@ from PIL import Image
 from conftest import cli
 
 from noisystudent.errors import UserError
+from noisystudent.layout import RunLayout
 
 CLASSES = ["cat", "dog", "fox"]
 THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -108,15 +109,16 @@ def assert_no_partial(run_dir: Path) -> None:
     if not run_dir.exists():
         return
     assert sorted(run_dir.rglob("*.tmp")) == []
-    assert not (run_dir / "summary.json").exists()
-    for rec_path in run_dir.glob("round*/*/stage.json"):
+    assert not RunLayout(run_dir).summary.exists()
+    for rec_path in [d / "stage.json" for d in RunLayout(run_dir).stage_dirs()]:
         rec = json.loads(rec_path.read_text())
         if rec["status"] == "done":
             assert all((rec_path.parent / f).is_file() for f in rec["outputs"]), rec_path
 
 
-def stage_info(run_dir: Path, rel: str) -> dict:
-    return json.loads((run_dir / rel / "stage.json").read_text())
+def stage_info(stage: Path) -> dict:
+    """The stage record of the stage folder `stage` (a RunLayout path)."""
+    return json.loads((stage / "stage.json").read_text())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -128,9 +130,10 @@ def test_corrupt_pool_images_are_skipped_and_counted(data, tmp_path):
     r = run(write_cfg(tmp_path / "c.yaml", data), tmp_path / "run")
     assert r.returncode == 0, r.stderr
     assert "skipped 2 undecodable pool image(s) of 12" in r.stderr
-    info = stage_info(tmp_path / "run", "round1/labels")["info"]
+    lay = RunLayout(tmp_path / "run")
+    info = stage_info(lay.labels(1))["info"]
     assert info["skipped_images"] == 2 and info["rows"] == 10
-    sel = json.loads((tmp_path / "run" / "round1/selection/selection.json").read_text())
+    sel = json.loads((lay.selection(1) / "selection.json").read_text())
     assert sel["pool_skipped_images"] == 2
 
 
@@ -147,7 +150,7 @@ def test_corrupt_labeled_image_with_skip_policy_trains_on_the_rest(data, tmp_pat
     (data / "train" / "dog" / "1.png").write_bytes(b"\x89PNG garbage")
     r = run(write_cfg(tmp_path / "c.yaml", data, data__bad_images="skip"), tmp_path / "run")
     assert r.returncode == 0, r.stderr
-    assert (tmp_path / "run" / "summary.json").is_file()
+    assert RunLayout(tmp_path / "run").summary.is_file()
 
 
 def test_corrupt_pool_image_with_fail_policy_stops_with_one_line(data, tmp_path):
@@ -157,8 +160,9 @@ def test_corrupt_pool_image_with_fail_policy_stops_with_one_line(data, tmp_path)
     assert_one_line_error(r, f"{data / 'pool' / '005.png'}: cannot decode image")
     assert r.returncode == 2
     assert_no_partial(run_dir)
-    assert stage_info(run_dir, "round0/teacher")["status"] == "done"     # finished work is kept
-    assert stage_info(run_dir, "round1/labels")["status"] == "running"
+    lay = RunLayout(run_dir)
+    assert stage_info(lay.model(0, "teacher"))["status"] == "done"     # finished work is kept
+    assert stage_info(lay.labels(1))["status"] == "running"
 
 
 def test_non_image_files_are_ignored(data, tmp_path):
@@ -172,7 +176,7 @@ def test_non_image_files_are_ignored(data, tmp_path):
     # `fail`: any of those files, if read, would stop the run
     r = run(write_cfg(tmp_path / "c.yaml", data, data__bad_images="fail"), tmp_path / "run")
     assert r.returncode == 0, r.stderr
-    info = stage_info(tmp_path / "run", "round1/labels")["info"]
+    info = stage_info(RunLayout(tmp_path / "run").labels(1))["info"]
     assert info["pool_size"] == 12 and info["skipped_images"] == 0
 
 
@@ -202,7 +206,7 @@ def test_grayscale_rgb_and_palette_images_mix(data, tmp_path):
         run_dir = tmp_path / f"run{chans}"
         r = run(write_cfg(tmp_path / f"c{chans}.yaml", data, data__in_chans=chans), run_dir)
         assert r.returncode == 0, r.stderr
-        assert stage_info(run_dir, "round1/labels")["info"]["skipped_images"] == 0
+        assert stage_info(RunLayout(run_dir).labels(1))["info"]["skipped_images"] == 0
 
 
 @pytest.mark.parametrize("case, fragment", [
@@ -301,7 +305,7 @@ def test_second_command_on_a_busy_run_directory_is_refused_untouched(finished, t
     import subprocess
     import sys
     base, data, cfg, run_dir = finished
-    live_temp = run_dir / "round0" / ".model.pt.live1234.tmp"    # as if the holder were mid-write
+    live_temp = RunLayout(run_dir).round_dir(0) / ".model.pt.live1234.tmp"    # as if the holder were mid-write
     live_temp.write_bytes(b"partial")
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from noisystudent.artifacts import "
                                f"lock_run_dir; lock_run_dir({str(run_dir)!r}); print('locked', flush=True); "
@@ -322,7 +326,7 @@ def test_second_command_on_a_busy_run_directory_is_refused_untouched(finished, t
 
 def test_evaluate_checkpoint_with_other_class_count(finished):
     base, data, cfg, run_dir = finished
-    model = run_dir / "round0/teacher/model.pt"
+    model = RunLayout(run_dir).model(0, "teacher") / "model.pt"
     r = cli("evaluate", "--checkpoint", str(model), "--data", "digits:test", "--out", str(base / "e.json"), env=THREADS)
     assert_one_line_error(r, "classes ['0', '1', '2', '3', '4'] are not among the model's 3 classes")
     assert not (base / "e.json").exists()
@@ -330,7 +334,7 @@ def test_evaluate_checkpoint_with_other_class_count(finished):
 
 def test_evaluate_checkpoint_of_another_architecture(finished, tmp_path):
     base, data, cfg, run_dir = finished
-    state = torch.load(run_dir / "round0/teacher/model.pt", weights_only=True)
+    state = torch.load(RunLayout(run_dir).model(0, "teacher") / "model.pt", weights_only=True)
     state["meta"]["model_name"] = "ns_cnn_m"           # says ns_cnn_m, holds ns_cnn_s weights
     torch.save(state, tmp_path / "model.pt")
     r = cli("evaluate", "--checkpoint", str(tmp_path / "model.pt"), "--data", f"imagefolder:{data / 'test'}",
@@ -352,7 +356,7 @@ class Payload:
 def test_checkpoint_needing_arbitrary_unpickling_is_refused(finished, tmp_path):
     base, data, cfg, run_dir = finished
     marker = tmp_path / "code-ran"
-    state = torch.load(run_dir / "round0/teacher/model.pt", weights_only=True)
+    state = torch.load(RunLayout(run_dir).model(0, "teacher") / "model.pt", weights_only=True)
     state["meta"]["extra"] = Payload(marker)
     torch.save(state, tmp_path / "evil.pt")
     r = cli("evaluate", "--checkpoint", str(tmp_path / "evil.pt"), "--data", f"imagefolder:{data / 'test'}",
@@ -369,7 +373,7 @@ def test_checkpoint_needing_arbitrary_unpickling_is_refused(finished, tmp_path):
 
 def test_truncated_checkpoint_is_one_line(finished, tmp_path):
     base, data, cfg, run_dir = finished
-    blob = (run_dir / "round0/teacher/model.pt").read_bytes()
+    blob = (RunLayout(run_dir).model(0, "teacher") / "model.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(blob[: len(blob) // 2])
     r = cli("evaluate", "--checkpoint", str(tmp_path / "cut.pt"), "--data", f"imagefolder:{data / 'test'}",
             env=THREADS)
@@ -387,8 +391,9 @@ def test_nan_loss_from_huge_lr_stops_with_one_line(data, tmp_path):
     assert "lower the learning rate or enable grad_clip" in line
     assert r.returncode == 2
     assert_no_partial(run_dir)
-    assert stage_info(run_dir, "round0/teacher")["status"] == "running"
-    assert not (run_dir / "round0/teacher/model.pt").exists()
+    teacher = RunLayout(run_dir).model(0, "teacher")
+    assert stage_info(teacher)["status"] == "running"
+    assert not (teacher / "model.pt").exists()
 
 
 def _tiny_fit_setup():
@@ -546,6 +551,7 @@ def test_disk_full_during_a_run_is_one_line_and_the_rerun_continues(data, tmp_pa
     from noisystudent.cli import main
     cfg = write_cfg(tmp_path / "c.yaml", data)
     run_dir = tmp_path / "run"
+    lay = RunLayout(run_dir)
     real_replace = os.replace
 
     def full_at_checkpoint(src, dst, *a, **k):
@@ -558,14 +564,14 @@ def test_disk_full_during_a_run_is_one_line_and_the_rerun_continues(data, tmp_pa
     assert main(argv) == 2
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
-    assert lines == [f"error: disk full while writing {run_dir / 'round0/teacher/checkpoint.pt'}; nothing was "
+    assert lines == [f"error: disk full while writing {lay.model(0, 'teacher') / 'checkpoint.pt'}; nothing was "
                      "written there — free space and rerun the same command to continue"]
     assert "Traceback" not in err
     assert_no_partial(run_dir)
-    assert not (run_dir / "round0/teacher/checkpoint.pt").exists()
+    assert not (lay.model(0, "teacher") / "checkpoint.pt").exists()
     monkeypatch.setattr(artifacts.os, "replace", real_replace)
     assert main(argv) == 0, capsys.readouterr().err
-    assert (run_dir / "summary.json").is_file()
+    assert lay.summary.is_file()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -583,7 +589,8 @@ def test_value_error_inside_a_stage_is_a_user_error_naming_the_stage(tmp_path):
     def body(d):
         raise ValueError("expected a non-empty array\nsecond line")
     ctx = RunContext(load_config("configs/digits-demo.yaml"), tmp_path)
+    lay = RunLayout(tmp_path)
     with pytest.raises(UserError) as e:
-        run_stage(ctx, tmp_path / "round0" / "teacher", {"x": 1}, {}, body)
-    assert str(e.value) == "round0/teacher: expected a non-empty array"
-    assert read_stage(tmp_path / "round0" / "teacher")["status"] == "running"
+        run_stage(ctx, lay.model(0, "teacher"), {"x": 1}, {}, body)
+    assert str(e.value) == f"{lay.rel(lay.model(0, 'teacher'))}: expected a non-empty array"
+    assert read_stage(lay.model(0, "teacher"))["status"] == "running"

@@ -48,16 +48,52 @@ def test_loop_compute_counts_training_and_labeling(accuracy, tmp_path):
     """PFLOP = forward FLOPs x images x 3 for training, x views for labeling; variants not counted."""
     import json
     from noisystudent.config import load_config
+    from noisystudent.layout import RunLayout
     cfg = load_config(ROOT / "configs" / "cifar10-4k-fast.yaml", ["rounds=1"])
-    for stage, info in {"round0/teacher": {"images_seen": 1000, "stage_s": 60},
-                        "round1/labels": {"rows": 500, "stage_s": 6},
-                        "round1/student": {"images_seen": 2000, "stage_s": 120},
-                        "round1/student_supervised": {"images_seen": 2000, "stage_s": 120}}.items():
-        (tmp_path / stage).mkdir(parents=True)
-        (tmp_path / stage / "stage.json").write_text(json.dumps({"info": info}))
+    lay = RunLayout(tmp_path)
+    for stage, info in {lay.model(0, "teacher"): {"images_seen": 1000, "stage_s": 60},
+                        lay.labels(1): {"rows": 500, "stage_s": 6},
+                        lay.model(1, "student"): {"images_seen": 2000, "stage_s": 120},
+                        lay.model(1, "student_supervised"): {"images_seen": 2000, "stage_s": 120}}.items():
+        stage.mkdir(parents=True)
+        (stage / "stage.json").write_text(json.dumps({"info": info}))
     f = accuracy.forward_flops("ns_air_s", 3, 32)
     assert 0.2e9 < f < 0.3e9
     c = accuracy.loop_compute(tmp_path, cfg)
     assert c["train_pflop"] == pytest.approx(3 * f * 3000 / 1e15)
     assert c["label_pflop"] == pytest.approx(2 * f * 500 / 1e15)        # flip TTA: two views
     assert c["loop_s"] == pytest.approx(186)
+
+
+def test_jobs_split_seeds_into_one_thread_children(accuracy, tmp_path):
+    argv = ["fashion-mnist-1k", "--seeds", "3", "--jobs=3", "--set", "models=[ns_cnn_s, ns_cnn_m]",
+            "--out", "docs/benchmarks", "--name", "fm"]
+    plan = accuracy.seed_jobs(argv, [0, 1, 2], 3, tmp_path, cores=2)
+    assert [j["seed"] for j in plan] == [0, 1, 2]
+    cmd = plan[2]["cmd"]
+    # the config, --set (value kept whole) and --name pass through; --seeds/--jobs/--out are the child's own
+    assert cmd[2:] == ["fashion-mnist-1k", "--set", "models=[ns_cnn_s, ns_cnn_m]", "--name", "fm",
+                       "--seeds", "2,", "--out", str(tmp_path / "seed2")]
+    assert plan[0]["env"]["OMP_NUM_THREADS"] == "1"                 # 2 cores // 3 jobs, at least 1
+    assert accuracy.seed_jobs(argv, [0, 1], 2, tmp_path, cores=16)[1]["env"]["OMP_NUM_THREADS"] == "8"
+
+
+def test_seed_table_reads_eval_files_of_every_seed(tmp_path):
+    import json
+    from noisystudent.layout import RunLayout
+    spec = importlib.util.spec_from_file_location("bench_seed_table", ROOT / "benchmarks" / "seed_table.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    runs = []
+    for seed, (tv, tt, sv, st) in enumerate([(0.80, 0.79, 0.84, 0.83), (0.82, 0.81, 0.86, 0.85)]):
+        lay = RunLayout(tmp_path / f"s{seed}")
+        for k, role, v, t in ((0, "teacher", tv, tt), (1, "student", sv, st)):
+            lay.model(k, role).mkdir(parents=True)
+            lay.eval(k, role).mkdir(parents=True)
+            (lay.eval(k, role) / "eval.json").write_text(json.dumps({"top1": t, "val": {"top1": v}, "model": "m"}))
+        runs.append(lay.root)
+    lay.model(1, "student_supervised").mkdir()          # trained in seed 1 only, not evaluated: no row
+    out = mod.table(runs).splitlines()
+    assert len(out) == 4
+    assert out[2].startswith("| 0 | teacher | m | 81.00 ± 1.41 | 80.00 ± 1.41 | 80.00 / 79.00, 82.00 / 81.00")
+    assert out[3].startswith("| 1 | noisy student | m | 85.00 ± 1.41 | 84.00 ± 1.41 |")

@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from conftest import TINY, cli
+from conftest import REL, TINY, cli, rel
+from noisystudent.layout import RunLayout
 
 
 @pytest.mark.parametrize("cmd", ["run", "demo", "train", "label", "select", "student", "finetune", "evaluate", "report",
@@ -41,15 +42,16 @@ def test_user_errors_are_one_line(args, fragment, tmp_path):
 
 def test_train_then_evaluate_checkpoint(tmp_path):
     run_dir = tmp_path / "r"
+    lay = RunLayout(run_dir)
     sets = [x for o in TINY for x in ("--set", o)]
     r = cli("train", "digits-demo", "--run-dir", str(run_dir), *sets)
     assert r.returncode == 0, r.stderr
     assert "teacher ns_cnn_s: top-1" in r.stdout
-    ck = run_dir / "round0/teacher/model.pt"
+    ck = lay.model(0, "teacher") / "model.pt"
     r = cli("evaluate", "--checkpoint", str(ck), "--data", "digits:test", "--out", str(tmp_path / "e.json"))
     assert r.returncode == 0, r.stderr
     ev = json.loads((tmp_path / "e.json").read_text())
-    stage_eval = json.loads((run_dir / "round0/eval_teacher/eval.json").read_text())
+    stage_eval = json.loads((lay.eval(0, "teacher") / "eval.json").read_text())
     assert ev["top1"] == stage_eval["top1"] and ev["num_images"] == 297
     assert len(ev["confusion_matrix"]) == 10 and set(ev["per_class_accuracy"]) == {str(i) for i in range(10)}
     # --resume with a finished teacher is fine; --resume on an empty dir is a clear error
@@ -57,16 +59,16 @@ def test_train_then_evaluate_checkpoint(tmp_path):
     assert r.returncode == 2 and "nothing to resume" in r.stderr
     # a stage whose inputs are missing says which
     r = cli("student", "digits-demo", "--run-dir", str(run_dir), "--round", "1", *sets)
-    assert r.returncode == 2 and "needs round1/selection to be finished first" in r.stderr
+    assert r.returncode == 2 and f"needs {rel(REL.selection(1))} to be finished first" in r.stderr
     # a plain rerun skips the finished teacher; --restart trains it again from scratch
-    model = run_dir / "round0/teacher/model.pt"
+    model = lay.model(0, "teacher") / "model.pt"
     before = (model.stat().st_ino, model.stat().st_mtime_ns)
     assert cli("train", "digits-demo", "--run-dir", str(run_dir), *sets).returncode == 0
     assert (model.stat().st_ino, model.stat().st_mtime_ns) == before
     r = cli("train", "digits-demo", "--run-dir", str(run_dir), "--restart", *sets)
     assert r.returncode == 0, r.stderr
     assert (model.stat().st_ino, model.stat().st_mtime_ns) != before
-    assert len((run_dir / "round0/teacher/metrics.jsonl").read_text().splitlines()) == 8   # epochs, not 16
+    assert len((lay.model(0, "teacher") / "metrics.jsonl").read_text().splitlines()) == 8   # epochs, not 16
 
 
 def test_finetune_runs_at_the_new_resolution(tmp_path):
@@ -75,12 +77,13 @@ def test_finetune_runs_at_the_new_resolution(tmp_path):
     cfg = load_config("configs/digits-demo.yaml", [*TINY, "rounds=1", "ablation_no_noise=false",
                                                   "finetune.enabled=true", "finetune.image_size=12",
                                                   "finetune.epochs=1", "finetune.freeze=1"])
-    summary = run(cfg, run_dir=tmp_path / "r", report=False)
+    lay = RunLayout(tmp_path / "r")
+    summary = run(cfg, run_dir=lay.root, report=False)
     ft = [m for m in summary["models"] if m["which"] == "finetune"]
     assert [m["round"] for m in ft] == [0, 1] and all(m["image_size"] == 12 for m in ft)
-    info = json.loads((tmp_path / "r/round1/finetune/stage.json").read_text())["info"]
+    info = json.loads((lay.model(1, "finetune") / "stage.json").read_text())["info"]
     assert info["image_size"] == 12 and info["frozen_modules"] > 0
     # the fine-tuned file loads into a fresh architecture (frozen BN converted back)
     from noisystudent.stages import load_model
-    m, meta = load_model(tmp_path / "r/round1/finetune/model.pt")
+    m, meta = load_model(lay.model(1, "finetune") / "model.pt")
     assert meta["image_size"] == 12

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import TINY, cli
+from noisystudent.layout import RunLayout
 
 SETS = [*TINY, "rounds=1", "ablation_no_noise=false", "label.shard_size=64", "teacher.epochs=4",
         "student.epochs=2"]
@@ -29,25 +30,27 @@ def _run(run_dir):
 
 @pytest.mark.slow       # test_faults compares every resumed stage byte for byte with a reference run
 def test_same_seed_same_machine_gives_the_same_run(tmp_path):
-    a, b = _run(tmp_path / "a"), _run(tmp_path / "b")
-    shards_a = sorted(p.name for p in (a / "round1/labels").glob("part-*.parquet"))
-    shards_b = sorted(p.name for p in (b / "round1/labels").glob("part-*.parquet"))
+    a, b = RunLayout(_run(tmp_path / "a")), RunLayout(_run(tmp_path / "b"))
+    shards_a = sorted(p.name for p in a.labels(1).glob("part-*.parquet"))
+    shards_b = sorted(p.name for p in b.labels(1).glob("part-*.parquet"))
     assert shards_a == shards_b and len(shards_a) > 1
     for name in shards_a:           # pseudo-labels: same bytes, hence the same table
-        pa_, pb_ = a / "round1/labels" / name, b / "round1/labels" / name
+        pa_, pb_ = a.labels(1) / name, b.labels(1) / name
         assert pq.read_table(pa_).equals(pq.read_table(pb_)), name
         assert pa_.read_bytes() == pb_.read_bytes(), name
-    sa, sb = a / "round1/selection/selection.parquet", b / "round1/selection/selection.parquet"
+    sa, sb = a.selection(1) / "selection.parquet", b.selection(1) / "selection.parquet"
     assert pq.read_table(sa).equals(pq.read_table(sb))
     assert sa.read_bytes() == sb.read_bytes()
-    assert (a / "round1/selection/selection.json").read_text() == (b / "round1/selection/selection.json").read_text()
-    for model in ("round0/teacher/model.pt", "round1/student/model.pt"):
-        assert (a / model).read_bytes() == (b / model).read_bytes(), model
-    summary_a = json.loads((a / "summary.json").read_text())
-    summary_b = json.loads((b / "summary.json").read_text())
+    assert (a.selection(1) / "selection.json").read_text() == (b.selection(1) / "selection.json").read_text()
+    for k, role in ((0, "teacher"), (1, "student")):
+        model_a, model_b = a.model(k, role) / "model.pt", b.model(k, role) / "model.pt"
+        assert model_a.read_bytes() == model_b.read_bytes(), a.rel(model_a)
+    summary_a = json.loads(a.summary.read_text())
+    summary_b = json.loads(b.summary.read_text())
     assert summary_a == summary_b
     assert [m["top1"] for m in summary_a["models"]] == [m["top1"] for m in summary_b["models"]]
     # every stage's fingerprint and output hashes agree, so either folder could resume the other
-    for rec in a.glob("round*/*/stage.json"):
-        ra, rb = json.loads(rec.read_text()), json.loads((b / rec.relative_to(a)).read_text())
-        assert (ra["fingerprint"], ra["outputs"]) == (rb["fingerprint"], rb["outputs"]), rec.parent.name
+    for stage in a.stage_dirs():
+        ra = json.loads((stage / "stage.json").read_text())
+        rb = json.loads((b.root / a.rel(stage) / "stage.json").read_text())
+        assert (ra["fingerprint"], ra["outputs"]) == (rb["fingerprint"], rb["outputs"]), stage.name

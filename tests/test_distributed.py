@@ -22,8 +22,9 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from noisystudent.artifacts import load_checkpoint
+from noisystudent.layout import RunLayout
 
-from conftest import ROOT
+from conftest import REL, ROOT, rel
 
 sys.path.insert(0, str(ROOT / "tests"))
 from _ddp_fit_hashes import state_hash  # noqa: E402
@@ -38,8 +39,8 @@ SETS = [
     "label.shard_size=64", "evaluate.batch_size=128", "select.threshold=0.1",
     "ablation_no_noise=false", "finetune.enabled=false",
 ]
-STAGES = ["round0/teacher", "round0/eval_teacher", "round1/labels", "round1/selection",
-          "round1/student", "round1/eval_student"]
+STAGES = [rel(p) for p in (REL.model(0, "teacher"), REL.eval(0, "teacher"), REL.labels(1), REL.selection(1),
+                           REL.model(1, "student"), REL.eval(1, "student"))]
 
 
 def _free_port() -> int:
@@ -86,32 +87,33 @@ def _run_args(run_dir, sets):
 def _snapshot(run_dir):
     """(stage.json bytes, label shard mtimes) of a run."""
     recs = {s: (run_dir / s / "stage.json").read_bytes() for s in STAGES}
-    shards = {p.name: p.stat().st_mtime_ns for p in sorted((run_dir / "round1" / "labels").glob("part-*.parquet"))}
+    shards = {p.name: p.stat().st_mtime_ns for p in sorted(RunLayout(run_dir).labels(1).glob("part-*.parquet"))}
     return recs, shards
 
 
 def test_torchrun_two_cpu_processes(tmp_path):
     run_dir, hashes = tmp_path / "run", tmp_path / "hashes"
+    lay = RunLayout(run_dir)
     hashes.mkdir()
     sets = SETS + _tar_pool(tmp_path / "pool")
 
     # 1. the whole loop on 2 ranks
     p = _torchrun(str(ROOT / "tests" / "_ddp_fit_hashes.py"), str(hashes), *_run_args(run_dir, sets))
-    assert p.stderr.count("round1/labels: running") == 1, "only rank 0 logs progress"
-    for desc, stage in (("teacher", "round0/teacher"), ("student_r1", "round1/student")):
+    assert p.stderr.count(f"{lay.rel(lay.labels(1))}: running") == 1, "only rank 0 logs progress"
+    for desc, stage in (("teacher", lay.model(0, "teacher")), ("student_r1", lay.model(1, "student"))):
         r0 = (hashes / f"{desc}.rank0").read_text().split()
         r1 = (hashes / f"{desc}.rank1").read_text().split()
         assert r0 == r1, f"{desc}: the ranks hold different weights (final/EMA, raw model)"
-        saved = load_checkpoint(run_dir / stage / "model.pt")["model"]
+        saved = load_checkpoint(stage / "model.pt")["model"]
         assert state_hash(saved) == r0[0], f"{desc}: model.pt differs from what the ranks hold"
-        assert not (run_dir / stage / "checkpoint.pt").exists()
-        metrics = [json.loads(x) for x in (run_dir / stage / "metrics.jsonl").read_text().splitlines()]
+        assert not (stage / "checkpoint.pt").exists()
+        metrics = [json.loads(x) for x in (stage / "metrics.jsonl").read_text().splitlines()]
         assert [m["epoch"] for m in metrics] == list(range(1, len(metrics) + 1))
-    info = json.loads((run_dir / "round1" / "labels" / "stage.json").read_text())["info"]
+    info = json.loads((lay.labels(1) / "stage.json").read_text())["info"]
     assert info["shards"] >= 3 and info["rows"] == info["pool_size"] == 375
-    sel = json.loads((run_dir / "round1" / "selection" / "stage.json").read_text())["info"]
+    sel = json.loads((lay.selection(1) / "stage.json").read_text())["info"]
     assert sel["selected_unique"] > 0, "the student should see pseudo-labels in this test"
-    student = json.loads((run_dir / "round1" / "student" / "stage.json").read_text())["info"]
+    student = json.loads((lay.model(1, "student") / "stage.json").read_text())["info"]
     assert student["pseudo_images"] > 0                  # selected tar samples, read by random access
 
     # single-process labeling with the same teacher writes the same shards
@@ -119,22 +121,22 @@ def test_torchrun_two_cpu_processes(tmp_path):
     from noisystudent.stages.common import RunContext
     from noisystudent.stages.label import label_pool
     single = tmp_path / "single"
-    shutil.copytree(run_dir / "round0" / "teacher", single / "round0" / "teacher")
+    shutil.copytree(lay.model(0, "teacher"), RunLayout(single).model(0, "teacher"))
     res = label_pool(RunContext(load_config(CONFIG, sets), single, "cpu"), 1)
     assert not res.skipped
-    ddp_parts = sorted(p.name for p in (run_dir / "round1" / "labels").glob("part-*.parquet"))
-    one_parts = sorted(p.name for p in (single / "round1" / "labels").glob("part-*.parquet"))
+    ddp_parts = sorted(p.name for p in lay.labels(1).glob("part-*.parquet"))
+    one_parts = sorted(p.name for p in RunLayout(single).labels(1).glob("part-*.parquet"))
     assert ddp_parts == one_parts and len(ddp_parts) == info["shards"]
     for name in ddp_parts:
-        a = pq.read_table(run_dir / "round1" / "labels" / name)
-        b = pq.read_table(single / "round1" / "labels" / name)
+        a = pq.read_table(lay.labels(1) / name)
+        b = pq.read_table(RunLayout(single).labels(1) / name)
         assert a.column("sample_id").to_pylist() == b.column("sample_id").to_pylist()
         assert a.column("sample_id")[0].as_py().startswith("digits-")      # <shard>/<key>
         pa_ = np.stack(a.column("probs").to_numpy(zero_copy_only=False)).astype(np.float32)
         pb_ = np.stack(b.column("probs").to_numpy(zero_copy_only=False)).astype(np.float32)
         np.testing.assert_allclose(pa_, pb_, rtol=1e-3, atol=1e-3)     # float16 precision
         assert a.column("pred").to_pylist() == b.column("pred").to_pylist()
-    ddp_rec = json.loads((run_dir / "round1" / "labels" / "stage.json").read_text())
+    ddp_rec = json.loads((lay.labels(1) / "stage.json").read_text())
     assert res.record["fingerprint"] == ddp_rec["fingerprint"]
 
     # 2. rerun after completion: everything is skipped, nothing rewritten
@@ -146,7 +148,7 @@ def test_torchrun_two_cpu_processes(tmp_path):
     assert _snapshot(run_dir) == before
 
     # 3. labeling killed after some shards: only the missing shard is computed
-    labels = run_dir / "round1" / "labels"
+    labels = lay.labels(1)
     rec = json.loads((labels / "stage.json").read_text())
     rec["status"] = "running"
     (labels / "stage.json").write_text(json.dumps(rec))
@@ -155,9 +157,9 @@ def test_torchrun_two_cpu_processes(tmp_path):
     gone.unlink()
     shards = {q.name: q.stat().st_mtime_ns for q in labels.glob("part-*.parquet")}
     p = _torchrun("-m", "noisystudent", *_run_args(run_dir, sets))
-    assert "round1/labels: running" in p.stderr
+    assert f"{lay.rel(labels)}: running" in p.stderr
     for s in STAGES:
-        if s != "round1/labels":
+        if s != lay.rel(labels):
             assert f"{s}: done, skipping" in p.stderr, (s, p.stderr[-3000:])
     for name, mtime in shards.items():
         assert (labels / name).stat().st_mtime_ns == mtime, f"{name} was recomputed"

@@ -28,7 +28,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPORT_LINES, ROOT, TINY
+from conftest import REL, REPORT_LINES, ROOT, TINY, rel
+from noisystudent.layout import RunLayout
 
 SEED = 20240611
 CORRUPTIONS, SEVERITIES = ["gaussian_noise", "fog"], [1, 3]
@@ -40,14 +41,14 @@ FAULT_SETS = [*TINY, "ablation_no_noise=false", "label.shard_size=32", "data.unl
 # slower under contention. All runs here (the reference included) use it, so results are comparable.
 ENV = dict(os.environ, NOISYSTUDENT_PROGRESS="0", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
 
-# name -> (stage folder, kills aimed at it, what counts as a unit of progress)
+# name -> (stage folder relative to the run, kills aimed at it, what counts as a unit of progress)
 CASES = {
-    "teacher": ("round0/teacher", 4, "epochs"),
-    "labels": ("round1/labels", 4, "shards"),
-    "selection": ("round1/selection", 3, None),
-    "student": ("round1/student", 3, "epochs"),
-    "finetune": ("round1/finetune", 3, "epochs"),
-    "evaluate": ("round0/eval_teacher", 3, "cache"),
+    "teacher": (rel(REL.model(0, "teacher")), 4, "epochs"),
+    "labels": (rel(REL.labels(1)), 4, "shards"),
+    "selection": (rel(REL.selection(1)), 3, None),
+    "student": (rel(REL.model(1, "student")), 3, "epochs"),
+    "finetune": (rel(REL.model(1, "finetune")), 3, "epochs"),
+    "evaluate": (rel(REL.eval(0, "teacher")), 3, "cache"),
 }
 KILLS: dict[str, list[str]] = {}
 
@@ -86,7 +87,7 @@ def _progress(stage_dir: Path, unit: str | None) -> int:
     if unit == "shards":
         return len(list(stage_dir.glob("part-*.parquet")))
     if unit == "cache":         # corrupted copies of the test subset, cached under <run>/cache
-        return len(list((stage_dir.parent.parent / "cache").rglob("*.npy")))
+        return len(list(RunLayout(stage_dir.parent.parent).cache().rglob("*.npy")))
     return 0
 
 
@@ -95,7 +96,7 @@ def _temps(run_dir: Path) -> list[Path]:
 
 
 def _summary(run_dir: Path) -> dict:
-    return json.loads((run_dir / "summary.json").read_text())
+    return json.loads(RunLayout(run_dir).summary.read_text())
 
 
 def _files_state(paths) -> dict:
@@ -111,15 +112,15 @@ def reference(tmp_path_factory):
     with open(log, "w") as err:
         proc = subprocess.Popen(_cmd(run_dir), cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=err)
         while proc.poll() is None:
-            for name, (rel, _, _) in CASES.items():
-                st = _status(run_dir / rel)
+            for name, (stage_rel, _, _) in CASES.items():
+                st = _status(run_dir / stage_rel)
                 if st == "running" and name not in started:
                     started[name] = time.monotonic()
                 elif st == "done" and name not in took:
                     took[name] = time.monotonic() - started.get(name, time.monotonic())
             time.sleep(0.002)
     assert proc.returncode == 0, log.read_text()
-    units = {name: max(1, _progress(run_dir / rel, unit)) for name, (rel, _, unit) in CASES.items()}
+    units = {name: max(1, _progress(run_dir / stage_rel, unit)) for name, (stage_rel, _, unit) in CASES.items()}
     units["evaluate"] = len(CORRUPTIONS) * len(SEVERITIES)     # the teacher's resolution only
     REPORT_LINES.append(f"fault suite: reference run {time.monotonic() - t0:.1f}s; stage seconds "
                         + ", ".join(f"{n} {took.get(n, 0):.2f}" for n in CASES))
@@ -147,16 +148,17 @@ SLOW_CASES = {"finetune", "selection", "labels", "evaluate"}
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_CASES else n for n in CASES])
 def test_kill_anywhere_in_stage_then_resume(name, reference, tmp_path):
     ref_dir, took, units = reference
-    rel, n_kills, unit = CASES[name]
+    stage_rel, n_kills, unit = CASES[name]
     run_dir = tmp_path / "run"
+    lay = RunLayout(run_dir)
     shutil.copytree(ref_dir, run_dir)
-    stage = run_dir / rel
+    stage = run_dir / stage_rel
 
     def fresh():                # the stage (and the summary) as if never run
         shutil.rmtree(stage, ignore_errors=True)
-        (run_dir / "summary.json").unlink(missing_ok=True)
+        lay.summary.unlink(missing_ok=True)
         if name == "evaluate":  # corrupted test images are cached: make the stage compute them again
-            shutil.rmtree(run_dir / "cache", ignore_errors=True)
+            shutil.rmtree(lay.cache(), ignore_errors=True)
     fresh()
     resets = 0
     rng = random.Random(f"{SEED}-{name}")
@@ -198,7 +200,7 @@ def test_kill_anywhere_in_stage_then_resume(name, reference, tmp_path):
                 seen.clear()
             targets += sorted(rng.uniform(0, U) for _ in range(n_kills))
             continue
-        assert not (run_dir / "summary.json").exists() or _status(stage) == "done"
+        assert not lay.summary.exists() or _status(stage) == "done"
         if _status(stage) != "running":
             continue    # landed before this stage started or after it finished: does not count
         done = _progress(stage, unit)
@@ -206,7 +208,7 @@ def test_kill_anywhere_in_stage_then_resume(name, reference, tmp_path):
         snap = {"metrics": _metrics(stage), "temps": bool(_temps(run_dir)),
                 "ckpt_epoch": (torch.load(ckpt, weights_only=True)["epoch"] if ckpt.is_file() else None),
                 "files": _files_state(list(stage.glob("part-*.parquet"))
-                                      + list((run_dir / "cache").rglob("*.npy")) if name in ("labels", "evaluate")
+                                      + list(lay.cache().rglob("*.npy")) if name in ("labels", "evaluate")
                                       else [])}
         snapshots.append(snap)
         what = {"epochs": f"after epoch {done}", "shards": f"after {done}/{U} shards",
@@ -224,23 +226,24 @@ def test_kill_anywhere_in_stage_then_resume(name, reference, tmp_path):
             break
     assert final.returncode == 0, final.stderr
     KILLS[name] = landed
-    REPORT_LINES.append(f"fault suite: {name:9s} ({rel}): {len(landed)} kill points landed "
+    REPORT_LINES.append(f"fault suite: {name:9s} ({stage_rel}): {len(landed)} kill points landed "
                         f"({tries} tries): " + "; ".join(landed))
     print(f"\n{name}: {len(landed)} kills: {landed}")
-    assert len(landed) >= 2, f"only {len(landed)} kills landed inside {rel}: {landed}"
+    assert len(landed) >= 2, f"only {len(landed)} kills landed inside {stage_rel}: {landed}"
 
     # 1. the result is the uninterrupted run's, stage by stage and in the summary
     assert _summary(run_dir) == _summary(ref_dir)
-    ref_rec = json.loads((ref_dir / rel / "stage.json").read_text())
+    ref_rec = json.loads((ref_dir / stage_rel / "stage.json").read_text())
     rec = json.loads((stage / "stage.json").read_text())
     assert rec["status"] == "done" and rec["fingerprint"] == ref_rec["fingerprint"]
     assert rec["outputs"] == ref_rec["outputs"]                    # byte-identical outputs
     # 2. finished stages were skipped, before and after this one (after: only because the outputs match)
-    stages = sorted({str(p.parent.relative_to(ref_dir)) for p in ref_dir.glob("round*/*/stage.json")})
+    ref_lay = RunLayout(ref_dir)
+    stages = sorted({ref_lay.rel(d) for d in ref_lay.stage_dirs()})
     for s in stages:
-        if s != rel:
+        if s != stage_rel:
             assert f"{s}: done, skipping" in final.stderr, (s, final.stderr)
-    assert f"{rel}: done, skipping" not in final.stderr
+    assert f"{stage_rel}: done, skipping" not in final.stderr
     # 3. finished work inside the stage was not redone
     resumed_logs = logs[1:]
     for i, snap in enumerate(snapshots):
@@ -253,7 +256,7 @@ def test_kill_anywhere_in_stage_then_resume(name, reference, tmp_path):
                 assert any(f"resuming from {stage / 'checkpoint.pt'} after epoch {snap['ckpt_epoch']} of"
                            in text for text in resumed_logs), resumed_logs
         for fname, state in snap["files"].items():    # label shards / corruption cache: same file
-            matches = [p for p in [stage / fname, *(run_dir / "cache").rglob(fname)] if p.is_file()]
+            matches = [p for p in [stage / fname, *lay.cache().rglob(fname)] if p.is_file()]
             assert matches and (matches[0].stat().st_ino, matches[0].stat().st_mtime_ns) == state, fname
         if snap["temps"]:
             assert any("temp file(s) an interrupted run left behind" in text for text in resumed_logs)

@@ -232,24 +232,25 @@ def test_declared_variant_changes_only_its_keys():
 
 def test_variants_are_compute_matched(tmp_path):
     from noisystudent.artifacts import read_json
+    from noisystudent.layout import RunLayout, role_label
     from noisystudent.pipeline import run
+    lay = RunLayout(tmp_path)
     cfg = load_config(DIGITS, ["rounds=1", "teacher.steps=60", "student.steps=30", "student.batch_size=8",
                                "variants=[no_noise, supervised, two_step, {light: {noise.ra_magnitude: 3}}]",
                                "data.unlabeled.fraction=0.3"])
     summary = run(cfg, run_dir=tmp_path, report=False)
-    steps = {w: read_json(tmp_path / "round1" / w / "stage.json")["info"]["steps"]
+    steps = {w: read_json(lay.model(1, w) / "stage.json")["info"]["steps"]
              for w in ("student", "student_nonoise", "student_supervised", "student_two_step", "student_light")}
     assert set(steps.values()) == {30}, steps
     # a declared variant trains the student config with its changes, and records them
-    noise = {w: read_json(tmp_path / "round1" / w / "stage.json")["config"]["train"]["noise"]
+    noise = {w: read_json(lay.model(1, w) / "stage.json")["config"]["train"]["noise"]
              for w in ("student", "student_light")}
     assert noise["student_light"] == dict(noise["student"], ra_magnitude=3)
     # the summary, the layout and the report name it
-    from noisystudent.layout import RunLayout, role_label
-    assert (1, "student_light") in RunLayout(tmp_path).training_stages()
+    assert (1, "student_light") in lay.training_stages()
     assert role_label("student_light") == "student (light)"
     assert "student_light" in {m["which"] for m in summary["models"]}
-    hist = [read_json(tmp_path / "round1" / "student_supervised" / "stage.json")["info"]]
+    hist = [read_json(lay.model(1, "student_supervised") / "stage.json")["info"]]
     assert hist[0]["images_seen"] == 30 * 8 * 4           # batches of batch_size x (1 + ratio), labeled only
     assert {m["which"] for m in summary["models"]} >= {"student_supervised", "student_two_step"}
     assert all(m["val_top1"] is not None for m in summary["models"])

@@ -14,6 +14,7 @@ from noisystudent.config import SourceConfig, load_config
 from noisystudent.data import create_source
 from noisystudent.data.contenthash import MISSING, NOT_REGULAR, OK, ContentHashes
 from noisystudent.errors import UserError
+from noisystudent.layout import RunLayout
 
 from test_bad_inputs import _img, make_data, write_cfg
 
@@ -56,7 +57,7 @@ def test_content_fingerprint_ignores_a_touch(data):
 
 def test_digest_cache_is_reused_and_never_fooled_by_size_and_mtime(data, tmp_path):
     paths = [str(p) for p in sorted((data / "train").rglob("*.png"))]
-    cache = tmp_path / "run" / "cache" / "content-hashes.npz"
+    cache = RunLayout(tmp_path / "run").cache("content-hashes.npz")
     first = ContentHashes(cache, racy_ns=0)
     a = first.digests(paths)
     assert first.read_files == len(paths) and (a[:, 0] == OK).all()
@@ -117,14 +118,16 @@ def test_a_run_under_content_redoes_the_stages_that_read_a_rewritten_image(data,
     cfg = load_config(write_cfg(tmp_path / "c.yaml", data, rounds=0, models=["ns_cnn_s"],
                                 data__fingerprint="content"))
     run_dir = tmp_path / "run"
+    lay = RunLayout(run_dir)
+    teacher_stages = {lay.rel(lay.model(0, "teacher")), lay.rel(lay.eval(0, "teacher"))}
 
     def redone() -> set[str]:
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="noisystudent"):
             run_pipeline(cfg, run_dir, device="cpu", report=False)
         return {m.split(": ")[0] for m in caplog.messages if m.endswith(": running")}
-    assert redone() == {"round0/teacher", "round0/eval_teacher"}
-    assert (run_dir / "cache" / "content-hashes.npz").is_file()
+    assert redone() == teacher_stages
+    assert lay.cache("content-hashes.npz").is_file()
     assert redone() == set()
     _same_size_rewrite(data / "train" / "cat" / "0.png", seed=4)
-    assert redone() == {"round0/teacher", "round0/eval_teacher"}
+    assert redone() == teacher_stages

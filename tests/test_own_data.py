@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from noisystudent.cli import main
+from noisystudent.layout import RunLayout
 from own_data import make_own_data
 
 TINY_RUN = ["--set", "teacher.epochs=1", "--set", "student.epochs=1", "--set", "teacher.batch_size=8",
@@ -122,6 +123,7 @@ def test_own_data_start_to_finish(tmp_path, capsys):
         text = text.replace(old, new)
     cfg.write_text(text)
     run_dir = tmp_path / "run"
+    lay = RunLayout(run_dir)
     fast = ["--set", "teacher.epochs=2", "--set", "student.epochs=1", "--set", "teacher.batch_size=8",
             "--set", "student.batch_size=4", "--set", "device=cpu"]
     assert main(["config", str(cfg)]) == 0
@@ -129,10 +131,11 @@ def test_own_data_start_to_finish(tmp_path, capsys):
     assert "in_chans: 3" in shown and "image_size: 32" in shown and str(data["pool"]) in shown
     assert main(["run", str(cfg), "--run-dir", str(run_dir), *fast]) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
-    assert "student" in out and (run_dir / "report.html").is_file()
-    assert "teacher epoch 2/2: loss" in (run_dir / "run.log").read_text()
-    page = (run_dir / "report.html").read_text()
-    assert "top-5" not in page and "plots/confusion.png" in page and "plots/pool_grid.png" in page
+    assert "student" in out and lay.report_html.is_file()
+    assert "teacher epoch 2/2: loss" in lay.run_log.read_text()
+    page = lay.report_html.read_text()
+    assert "top-5" not in page
+    assert lay.rel(lay.plots / "confusion.png") in page and lay.rel(lay.plots / "pool_grid.png") in page
     import shutil
     if shutil.which("chromium"):           # the report as a browser shows it: every figure loads, not blank
         import importlib.util
@@ -140,9 +143,9 @@ def test_own_data_start_to_finish(tmp_path, capsys):
         spec = importlib.util.spec_from_file_location("shot", ROOT / "benchmarks" / "report_screenshot.py")
         shot = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(shot)
-        png = shot.screenshot(run_dir / "report.html", tmp_path / "shot.png", height=2000)
-        assert shot.check(run_dir / "report.html", png) == []
-    model = run_dir / "round1" / "student" / "model.pt"
+        png = shot.screenshot(lay.report_html, tmp_path / "shot.png", height=2000)
+        assert shot.check(lay.report_html, png) == []
+    model = lay.model(1, "student") / "model.pt"
 
     # predict: one row per pool image, top-k = min(5, classes)
     preds = tmp_path / "preds.csv"
@@ -176,9 +179,10 @@ def test_own_data_start_to_finish(tmp_path, capsys):
     save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(weights))
     cfg.write_text(text.replace("  # pretrained_file: weights.safetensors", "  pretrained_file: resnet18-local.safetensors"))
     assert main(["train", str(cfg), "--run-dir", str(tmp_path / "warm"), *fast, "--set", "teacher.epochs=0"]) == 0
-    info = json.loads((tmp_path / "warm" / "round0" / "teacher" / "stage.json").read_text())["info"]
+    warm_teacher = RunLayout(tmp_path / "warm").model(0, "teacher")
+    info = json.loads((warm_teacher / "stage.json").read_text())["info"]
     assert "classifier re-initialised" in info["warm_start"] and "resnet18-local.safetensors" in info["warm_start"]
-    warm, _ = load_model(tmp_path / "warm" / "round0" / "teacher" / "model.pt")
+    warm, _ = load_model(warm_teacher / "model.pt")
     assert torch.equal(warm.conv1.weight, src.conv1.weight)          # epochs=0: the loaded weights as they are
 
 
@@ -198,7 +202,7 @@ def test_run_log_epoch_lines_and_sigterm(tmp_path):
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:                                  # a failed check must not leave a 400-epoch run behind
         deadline = time.time() + 600      # generous: on a loaded shared CPU start-up alone can take minutes
-        log = run_dir / "run.log"
+        log = RunLayout(run_dir).run_log
         while time.time() < deadline and not (log.is_file() and "teacher epoch 2/400" in log.read_text()):
             assert proc.poll() is None, proc.communicate()[1]
             time.sleep(0.2)
@@ -216,7 +220,7 @@ def test_run_log_epoch_lines_and_sigterm(tmp_path):
     for part in ("loss ", "lr ", "img/s", "left in the stage", "left in the run"):
         assert part in line, line
     assert "terminated (SIGTERM)" in text.splitlines()[-1]          # the log ends saying why it stopped
-    assert (run_dir / "round0" / "teacher" / "checkpoint.pt").is_file()
+    assert (RunLayout(run_dir).model(0, "teacher") / "checkpoint.pt").is_file()
 
 
 def _own_config(tmp_path, extra: str = ""):
@@ -240,7 +244,7 @@ def test_teacher_init_checkpoint(tmp_path, ckpt_classes):
     save_model(tmp_path / "old.pt", old, {"model_name": "ns_cnn_s", "num_classes": ckpt_classes})
     cfg = _own_config(tmp_path, "teacher: {model: ns_cnn_s, epochs: 0, init_checkpoint: old.pt}\n")
     assert main(["train", str(cfg), "--run-dir", str(tmp_path / "r")]) == 0
-    tdir = tmp_path / "r" / "round0" / "teacher"
+    tdir = RunLayout(tmp_path / "r").model(0, "teacher")
     info = json.loads((tdir / "stage.json").read_text())["info"]
     assert str(tmp_path / "old.pt") in info["warm_start"]
     assert ("classifier re-initialised" in info["warm_start"]) == (ckpt_classes != 3)
@@ -282,7 +286,7 @@ def test_student_pretrained_from_the_local_timm_cache(tmp_path, monkeypatch):
     cfg = _own_config(tmp_path, "models: [ns_cnn_s, test_efficientnet]\nteacher: {epochs: 1, batch_size: 8}\n"
                       "student: {epochs: 0, pretrained: true}\n")
     assert main(["run", str(cfg), "--run-dir", str(tmp_path / "r"), "--no-report"]) == 0
-    sdir = tmp_path / "r" / "round1" / "student"
+    sdir = RunLayout(tmp_path / "r").model(1, "student")
     info = json.loads((sdir / "stage.json").read_text())["info"]
     assert "timm:test_efficientnet" in info["warm_start"] and "classifier re-initialised" in info["warm_start"]
     from noisystudent.stages.common import load_model

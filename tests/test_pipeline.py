@@ -8,10 +8,14 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT, TINY, cli
+from conftest import REL, ROOT, TINY, cli, rel
+from noisystudent.layout import RunLayout
 
-STAGES = ["round0/teacher", "round0/eval_teacher", "round1/labels", "round1/selection", "round1/student",
-          "round1/eval_student", "round2/labels", "round2/selection", "round2/student", "round2/eval_student"]
+# every stage of a 2-round run, in order: the teacher and its eval, then per round labels, selection,
+# the student and its eval
+STAGES = [rel(p) for p in (REL.model(0, "teacher"), REL.eval(0, "teacher"),
+                           *[p for k in (1, 2) for p in (REL.labels(k), REL.selection(k), REL.model(k, "student"),
+                                                         REL.eval(k, "student"))])]
 
 
 def _sets(extra=(), report=False):
@@ -22,7 +26,7 @@ def _sets(extra=(), report=False):
 
 
 def _summary(run_dir):
-    return json.loads((run_dir / "summary.json").read_text())
+    return json.loads(RunLayout(run_dir).summary.read_text())
 
 
 @pytest.fixture(scope="module")
@@ -35,26 +39,28 @@ def reference_run(tmp_path_factory):
 
 def test_run_writes_every_artifact(reference_run):
     run_dir, r = reference_run
+    lay = RunLayout(run_dir)
     for s in STAGES:
         rec = json.loads((run_dir / s / "stage.json").read_text())
         assert rec["status"] == "done" and rec["fingerprint"], s
-    for s in ("round0/teacher", "round1/student", "round2/student"):
-        assert (run_dir / s / "model.pt").is_file() and (run_dir / s / "metrics.jsonl").is_file()
-        assert not (run_dir / s / "checkpoint.pt").exists()          # resume state removed when done
-    shards = sorted((run_dir / "round1/labels").glob("part-*.parquet"))
+    for d in (lay.model(0, "teacher"), lay.model(1, "student"), lay.model(2, "student")):
+        assert (d / "model.pt").is_file() and (d / "metrics.jsonl").is_file()
+        assert not (d / "checkpoint.pt").exists()          # resume state removed when done
+    shards = sorted(lay.labels(1).glob("part-*.parquet"))
     table = pq.read_table(shards)
     assert set(table.column_names) >= {"sample_id", "probs", "pred", "confidence", "teacher"}
     # (1,500 - 80 labeled - 200 val) x 0.25
     assert len(table) == 305 and len(set(table.column("sample_id").to_pylist())) == 305
-    sel = json.loads((run_dir / "round1/selection/selection.json").read_text())
+    sel = json.loads((lay.selection(1) / "selection.json").read_text())
     assert sel["threshold"] == 0.3 and sum(sel["counts_selected_with_copies"]) > 0
     s = _summary(run_dir)
     assert [m["which"] for m in s["models"]] == ["teacher", "student", "student"]
     assert [m["model"] for m in s["models"]] == ["ns_cnn_s", "ns_cnn_s", "ns_cnn_m"]
     assert "teacher" in r.stdout and "student" in r.stdout and "%" in r.stdout   # the results table
-    assert (run_dir / "config.yaml").is_file()
-    for f in ("report.md", "report.html", "plots/accuracy.png", "plots/confidence.png", "plots/selection.png"):
-        assert (run_dir / f).is_file(), f
+    assert lay.config.is_file()
+    plots = ("accuracy", "confidence", "selection")                              # plot names
+    for f in (lay.report_md, lay.report_html, *(lay.plots / f"{p}.png" for p in plots)):
+        assert f.is_file(), f
 
 
 def test_rerun_skips_everything(reference_run, tmp_path):
@@ -72,35 +78,37 @@ def test_changed_stage_config_invalidates_it_and_later_stages(reference_run, tmp
     import shutil
     run_dir = tmp_path / "run"
     shutil.copytree(reference_run[0], run_dir)
+    lay = RunLayout(run_dir)
     r = cli("run", "digits-demo", "--run-dir", str(run_dir), *_sets(["select.threshold=0.5"]))
     assert r.returncode == 0, r.stderr
-    assert "round1/selection: config or inputs changed" in r.stderr
+    assert f"{lay.rel(lay.selection(1))}: config or inputs changed" in r.stderr
     for s in STAGES[:3]:
         assert f"{s}: done, skipping" in r.stderr
     for s in STAGES[3:]:
         assert f"{s}: done, skipping" not in r.stderr, s
-    sel = json.loads((run_dir / "round1/selection/selection.json").read_text())
+    sel = json.loads((lay.selection(1) / "selection.json").read_text())
     assert sel["threshold"] == 0.5
 
 
 @pytest.mark.slow       # test_faults' student case kills at random points and checks byte-identical outputs
 def test_kill_during_student_then_resume_gives_identical_summary(reference_run, tmp_path):
     run_dir = tmp_path / "run"
+    lay = RunLayout(run_dir)
     cmd = [sys.executable, "-m", "noisystudent", "run", "digits-demo", "--run-dir", str(run_dir), *_sets(["student.epochs=6"])]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={**__import__("os").environ, "NOISYSTUDENT_PROGRESS": "0"})
-    ckpt = run_dir / "round1/student/checkpoint.pt"
+    ckpt = lay.model(1, "student") / "checkpoint.pt"
     deadline = time.time() + 120
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     assert ckpt.exists(), "student never checkpointed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (run_dir / "summary.json").exists()
+    assert not lay.summary.exists()
     r = cli("run", "digits-demo", "--run-dir", str(run_dir), *_sets(["student.epochs=6"]))
     assert r.returncode == 0, r.stderr
-    assert "round0/teacher: done, skipping" in r.stderr
-    hist = [json.loads(line) for line in (run_dir / "round1/student/metrics.jsonl").read_text().splitlines()]
+    assert f"{lay.rel(lay.model(0, 'teacher'))}: done, skipping" in r.stderr
+    hist = [json.loads(line) for line in (lay.model(1, "student") / "metrics.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in hist] == [1, 2, 3, 4, 5, 6]
     # an uninterrupted run with the same seed
     ref = tmp_path / "ref"

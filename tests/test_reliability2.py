@@ -16,10 +16,11 @@ import pytest
 
 from noisystudent.config import RULES, Config, load_config
 from noisystudent.errors import UserError
+from noisystudent.layout import RunLayout
 
 from test_bad_inputs import THREADS, assert_one_line_error, make_data, run, write_cfg
 
-from conftest import cli
+from conftest import REL, cli, rel
 
 
 # ------------------------------------------------------------------------------------------------
@@ -192,8 +193,9 @@ def copy_run(finished, tmp_path):
     return run_dir
 
 
-def _rec(run_dir: Path, rel: str) -> dict:
-    return json.loads((run_dir / rel / "stage.json").read_text())
+def _rec(run_dir: Path, stage: Path) -> dict:
+    """The stage record of `stage` (a path of REL, relative to the run) in `run_dir`."""
+    return json.loads((run_dir / stage / "stage.json").read_text())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -202,38 +204,41 @@ def _rec(run_dir: Path, rel: str) -> dict:
 def test_failed_redo_removes_stale_results(finished, copy_run):
     base, data, cfg, ref = finished
     run_dir = copy_run
-    assert (run_dir / "summary.json").is_file() and (run_dir / "report.md").is_file()
+    lay = RunLayout(run_dir)
+    assert lay.summary.is_file() and lay.report_md.is_file()
     r = run(cfg, run_dir, "student.lr=1e30")
     assert_one_line_error(r, "student r1: loss became ")
     assert r.returncode == 2
-    for gone in ("summary.json", "report.md", "report.html", "plots", "round1/eval_student"):
-        assert not (run_dir / gone).exists(), gone
-    assert "round1/eval_student: removed, it was made from round1/student, which is being redone" in r.stderr
+    for gone in (lay.summary, lay.report_md, lay.report_html, lay.plots, lay.eval(1, "student")):
+        assert not gone.exists(), gone
+    assert (f"{lay.rel(lay.eval(1, 'student'))}: removed, it was made from {lay.rel(lay.model(1, 'student'))}, "
+            "which is being redone") in r.stderr
     # what the redone stage does not feed is kept
-    for kept in ("round0/teacher", "round0/eval_teacher", "round1/labels", "round1/selection"):
+    for kept in (REL.model(0, "teacher"), REL.eval(0, "teacher"), REL.labels(1), REL.selection(1)):
         assert _rec(run_dir, kept) == _rec(ref, kept), kept
     r = cli("report", str(run_dir))
-    assert_one_line_error(r, f"{run_dir} has no readable summary.json")
+    assert_one_line_error(r, f"{run_dir} has no readable {lay.summary.name}")
     # the rerun with the old config is the old run again
     r = run(cfg, run_dir)
     assert r.returncode == 0, r.stderr
-    assert json.loads((run_dir / "summary.json").read_text()) == json.loads((ref / "summary.json").read_text())
+    assert json.loads(lay.summary.read_text()) == json.loads(RunLayout(ref).summary.read_text())
 
 
 def test_restart_invalidates_everything_made_from_the_teacher(finished, copy_run):
     from noisystudent.stages.common import RunContext, downstream_stages
     base, data, cfg, ref = finished
     ctx = RunContext(load_config(cfg), copy_run)
-    got = sorted(str(p.relative_to(copy_run)) for p in downstream_stages(ctx, copy_run / "round0/teacher"))
-    assert got == ["round0/eval_teacher", "round1/eval_student", "round1/labels", "round1/selection",
-                   "round1/student"]
+    lay = RunLayout(copy_run)
+    got = sorted(lay.rel(p) for p in downstream_stages(ctx, lay.model(0, "teacher")))
+    assert got == [rel(p) for p in (REL.eval(0, "teacher"), REL.eval(1, "student"), REL.labels(1), REL.selection(1),
+                                    REL.model(1, "student"))]
     # records without input_dirs (older runs) are followed through their input fingerprints
-    for p in copy_run.glob("round*/*/stage.json"):
+    for p in [d / "stage.json" for d in lay.stage_dirs()]:
         rec = json.loads(p.read_text())
         rec.pop("input_dirs", None)
         p.write_text(json.dumps(rec))
-    got2 = sorted(str(p.relative_to(copy_run)) for p in downstream_stages(ctx, copy_run / "round1/labels"))
-    assert got2 == ["round1/eval_student", "round1/selection", "round1/student"]
+    got2 = sorted(lay.rel(p) for p in downstream_stages(ctx, lay.labels(1)))
+    assert got2 == [rel(p) for p in (REL.eval(1, "student"), REL.selection(1), REL.model(1, "student"))]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -247,7 +252,8 @@ def test_non_empty_foreign_folder_is_refused_and_user_files_are_kept(finished, t
     for f in user_files:
         f.write_text("my work")
     r = run(cfg, folder)
-    assert_one_line_error(r, f"{folder} is not empty and is not a noisystudent run directory (no config.yaml); "
+    assert_one_line_error(r, f"{folder} is not empty and is not a noisystudent run directory "
+                             f"(no {RunLayout(folder).config.name}); "
                              "use a new or empty --run-dir (or --force to use this folder anyway)")
     assert sorted(p.name for p in folder.iterdir()) == ["notes", "todo.tmp"]
     r = cli("run", str(cfg), "--run-dir", str(folder), "--no-report", "--force", env=THREADS)
@@ -258,10 +264,11 @@ def test_non_empty_foreign_folder_is_refused_and_user_files_are_kept(finished, t
 
 def test_sweep_removes_only_our_temp_names_in_our_folders(tmp_path):
     from noisystudent.artifacts import atomic_write, remove_stale_temps
-    ours = [tmp_path / ".summary.json.k3j_9x0a.tmp", tmp_path / "round1" / "labels" / ".part-00000.parquet.abcdefgh.tmp",
-            tmp_path / "cache" / "robustness" / ".fog-s1.npy.0a1b2c3d.tmp"]
-    theirs = [tmp_path / "notes" / "draft.tmp", tmp_path / "notes" / ".x.abcdefgh.tmp", tmp_path / "round1" / "draft.tmp",
-              tmp_path / "round1" / ".draft.tmp", tmp_path / "a.tmp"]
+    lay = RunLayout(tmp_path)
+    ours = [tmp_path / f".{lay.summary.name}.k3j_9x0a.tmp", lay.labels(1) / ".part-00000.parquet.abcdefgh.tmp",
+            lay.cache("robustness") / ".fog-s1.npy.0a1b2c3d.tmp"]
+    theirs = [tmp_path / "notes" / "draft.tmp", tmp_path / "notes" / ".x.abcdefgh.tmp", lay.round_dir(1) / "draft.tmp",
+              lay.round_dir(1) / ".draft.tmp", tmp_path / "a.tmp"]
     for p in ours + theirs:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text("x")
@@ -270,8 +277,8 @@ def test_sweep_removes_only_our_temp_names_in_our_folders(tmp_path):
     assert all(p.exists() for p in theirs)
     # the names atomic_write really uses are among those swept
     import noisystudent.artifacts as artifacts
-    with atomic_write(tmp_path / "round2" / "x.json", "w") as f:
-        (name,) = [p.name for p in (tmp_path / "round2").iterdir()]
+    with atomic_write(lay.round_dir(2) / "x.json", "w") as f:
+        (name,) = [p.name for p in lay.round_dir(2).iterdir()]
         assert artifacts.is_our_temp(name), name
         f.write("{}")
 
@@ -292,14 +299,17 @@ def test_damaged_stage_record_reads_as_none(tmp_path, content):
 
 def test_damaged_stage_record_is_redone(finished, copy_run):
     base, data, cfg, ref = finished
-    (copy_run / "round1/selection/stage.json").write_text("[1, 2]")
+    lay = RunLayout(copy_run)
+    (lay.selection(1) / "stage.json").write_text("[1, 2]")
     r = run(cfg, copy_run)
     assert r.returncode == 0, r.stderr
-    assert "round1/selection: stage.json is damaged (not a stage record); redoing the stage" in r.stderr
-    assert _rec(copy_run, "round1/selection")["outputs"] == _rec(ref, "round1/selection")["outputs"]
+    assert (f"{lay.rel(lay.selection(1))}: stage.json is damaged (not a stage record); "
+            "redoing the stage") in r.stderr
+    assert _rec(copy_run, REL.selection(1))["outputs"] == _rec(ref, REL.selection(1))["outputs"]
     # what was made from it is redone too (its input cannot be trusted), and comes out the same
-    assert "round1/student: removed, it was made from round1/selection, which is being redone" in r.stderr
-    assert json.loads((copy_run / "summary.json").read_text()) == json.loads((ref / "summary.json").read_text())
+    assert (f"{lay.rel(lay.model(1, 'student'))}: removed, it was made from {lay.rel(lay.selection(1))}, "
+            "which is being redone") in r.stderr
+    assert json.loads(lay.summary.read_text()) == json.loads(RunLayout(ref).summary.read_text())
 
 
 @pytest.mark.parametrize("content, why", [
@@ -311,19 +321,21 @@ def test_damaged_stage_record_is_redone(finished, copy_run):
 ])
 def test_damaged_run_config_is_one_line(tmp_path, content, why):
     from noisystudent.pipeline import _read_run_config
-    (tmp_path / "config.yaml").write_text(content)
+    run_config = RunLayout(tmp_path).config
+    run_config.write_text(content)
     with pytest.raises(UserError) as e:
-        _read_run_config(tmp_path / "config.yaml")
-    assert str(e.value).startswith(f"{tmp_path / 'config.yaml'} is damaged ({why}")
+        _read_run_config(run_config)
+    assert str(e.value).startswith(f"{run_config} is damaged ({why}")
     assert str(e.value).endswith(f"so it cannot tell which experiment {tmp_path} holds; restore it, or rerun with "
                                  "--force to reuse the folder (stages whose inputs changed are redone)")
 
 
 def test_damaged_run_config_through_the_cli(finished, copy_run):
     base, data, cfg, ref = finished
-    (copy_run / "config.yaml").write_text("- a\n")
+    run_config = RunLayout(copy_run).config
+    run_config.write_text("- a\n")
     r = run(cfg, copy_run)
-    assert_one_line_error(r, f"{copy_run / 'config.yaml'} is damaged (not a mapping of config sections but a list)")
+    assert_one_line_error(r, f"{run_config} is damaged (not a mapping of config sections but a list)")
     r = cli("run", str(cfg), "--run-dir", str(copy_run), "--no-report", "--force", env=THREADS)
     assert r.returncode == 0, r.stderr
     assert r.stderr.count("done, skipping") == 6
@@ -331,16 +343,17 @@ def test_damaged_run_config_through_the_cli(finished, copy_run):
 
 def test_truncated_shard_of_an_unfinished_label_stage_is_relabeled(finished, copy_run):
     base, data, cfg, ref = finished
-    labels = copy_run / "round1/labels"
-    rec = _rec(copy_run, "round1/labels")
+    lay = RunLayout(copy_run)
+    labels = lay.labels(1)
+    rec = _rec(copy_run, REL.labels(1))
     (labels / "stage.json").write_text(json.dumps(dict(rec, status="running", outputs={})))
     shard = labels / "part-00000.parquet"
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
     r = run(cfg, copy_run)
     assert r.returncode == 0, r.stderr
     assert f"round 1: {shard} is damaged (" in r.stderr
-    assert _rec(copy_run, "round1/labels")["outputs"] == rec["outputs"]      # relabeled identically
-    assert "round1/selection: done, skipping" in r.stderr
+    assert _rec(copy_run, REL.labels(1))["outputs"] == rec["outputs"]      # relabeled identically
+    assert f"{lay.rel(lay.selection(1))}: done, skipping" in r.stderr
 
 
 def test_disk_full_when_the_lock_is_written(tmp_path, monkeypatch):
@@ -395,23 +408,25 @@ def test_changed_data_redoes_exactly_the_stages_that_read_it(tmp_path, caplog):
         with caplog.at_level(logging.INFO, logger="noisystudent"):
             run_pipeline(load_config(cfg, list(sets)), run_dir, device="cpu", report=False)
         return {m.split(": ")[0] for m in caplog.messages if m.endswith(": running")}
-    everything = {"round0/teacher", "round0/eval_teacher", "round1/labels", "round1/selection",
-                  "round1/student", "round1/eval_student"}
+    teacher, teacher_eval, labels, selection, student, student_eval = (
+        rel(p) for p in (REL.model(0, "teacher"), REL.eval(0, "teacher"), REL.labels(1), REL.selection(1),
+                         REL.model(1, "student"), REL.eval(1, "student")))
+    everything = {teacher, teacher_eval, labels, selection, student, student_eval}
     assert redone() == everything
     # the pool: one image removed, five added -> labeled again, and all after it
     (data / "pool" / "000.png").unlink()
     for i in range(5):
         _img(i % 3, 5000 + i).save(data / "pool" / f"new{i}.png")
-    assert redone() == everything - {"round0/teacher", "round0/eval_teacher"}
-    assert _rec(run_dir, "round1/labels")["info"]["rows"] == 16
+    assert redone() == everything - {teacher, teacher_eval}
+    assert _rec(run_dir, REL.labels(1))["info"]["rows"] == 16
     # a student setting then works (before: "selected ids are not in the unlabeled pool" forever)
-    assert redone("student.lr=0.04") == {"round1/student", "round1/eval_student"}
+    assert redone("student.lr=0.04") == {student, student_eval}
     # a labeled image replaced in place (same name): a new teacher, and everything after it
     _img(0, 777).save(data / "train" / "cat" / "0.png")
     assert redone("student.lr=0.04") == everything
     # a test image replaced in place: the evaluations only
     _img(2, 778).save(data / "test" / "fox" / "1.png")
-    assert redone("student.lr=0.04") == {"round0/eval_teacher", "round1/eval_student"}
+    assert redone("student.lr=0.04") == {teacher_eval, student_eval}
     # nothing changed: nothing redone
     assert redone("student.lr=0.04") == set()
 
@@ -444,7 +459,7 @@ def test_source_fingerprints_see_contents(tmp_path):
 def _crafted(finished, tmp_path, **meta_changes):
     import torch
     base, data, cfg, ref = finished
-    state = torch.load(ref / "round0/teacher/model.pt", weights_only=True)
+    state = torch.load(RunLayout(ref).model(0, "teacher") / "model.pt", weights_only=True)
     if meta_changes.pop("clear", False):
         state["meta"] = {}
     state["meta"].update(meta_changes)
@@ -499,15 +514,16 @@ def test_dollar_in_class_names_and_html_in_the_name(tmp_path):
         for c, new in zip(CLASSES, ["$cat", "dog$", "f$o$x"]):
             (data / split / c).rename(data / split / new)
     cfg = write_cfg(tmp_path / "c.yaml", data, name="<script>alert(1)</script>$x$")
-    r = cli("run", str(cfg), "--run-dir", str(tmp_path / "run"), env=THREADS)
+    lay = RunLayout(tmp_path / "run")
+    r = cli("run", str(cfg), "--run-dir", str(lay.root), env=THREADS)
     assert r.returncode == 0, r.stderr
     assert "plot" not in r.stderr and "skipped" not in r.stderr, r.stderr
-    assert {p.name for p in (tmp_path / "run" / "plots").iterdir()} >= {"accuracy.png", "per_class_delta.png"}
-    md = (tmp_path / "run" / "report.md").read_text()
+    assert {p.name for p in lay.plots.iterdir()} >= {"accuracy.png", "per_class_delta.png"}
+    md = lay.report_md.read_text()
     # fenced code blocks (the config section) are shown verbatim by every Markdown renderer, not run
     md = re.sub(r"```.*?```", "", md, flags=re.S)
     assert "<script>" not in md and "&lt;script&gt;alert(1)&lt;/script&gt;$x$" in md
-    assert "<script>" not in (tmp_path / "run" / "report.html").read_text()
+    assert "<script>" not in lay.report_html.read_text()
 
 
 def test_one_failing_plot_never_costs_the_report(finished, copy_run, monkeypatch):
@@ -522,10 +538,11 @@ def test_one_failing_plot_never_costs_the_report(finished, copy_run, monkeypatch
     monkeypatch.setattr(plots, "PLOTS", [("broken", "a broken plot", broken), *plots.PLOTS])
     import noisystudent.report as report
     monkeypatch.setattr(report, "PLOTS", plots.PLOTS)
+    lay = RunLayout(copy_run)
     written = write_report(copy_run)
     names = {p.name for p in written}
-    assert "broken.png" not in names and {"accuracy.png", "report.md", "report.html"} <= names
-    assert not list((copy_run / "plots").glob("*.tmp")) and not (copy_run / "plots" / "broken.png").exists()
+    assert "broken.png" not in names and {"accuracy.png", lay.report_md.name, lay.report_html.name} <= names
+    assert not list(lay.plots.glob("*.tmp")) and not (lay.plots / "broken.png").exists()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -588,13 +605,14 @@ def test_sigterm_says_how_to_resume(finished, tmp_path):
     from conftest import ROOT
     base, data, cfg, ref = finished
     run_dir = tmp_path / "run"
+    teacher_metrics = RunLayout(run_dir).model(0, "teacher") / "metrics.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "noisystudent", "run", str(cfg), "--run-dir", str(run_dir),
                              "--no-report", "--set", "teacher.epochs=500"], cwd=ROOT, stderr=subprocess.PIPE,
                             text=True, env=dict(os.environ, **THREADS, NOISYSTUDENT_PROGRESS="0"))
     deadline = time.monotonic() + 240          # a loaded machine can take long just to import torch
-    while not (run_dir / "round0/teacher/metrics.jsonl").exists() and time.monotonic() < deadline:
+    while not teacher_metrics.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert proc.poll() is None and (run_dir / "round0/teacher/metrics.jsonl").exists()
+    assert proc.poll() is None and teacher_metrics.exists()
     proc.send_signal(signal.SIGTERM)
     err = proc.communicate(timeout=60)[1]
     assert proc.returncode == 143, err

@@ -6,6 +6,7 @@ from PIL import Image
 
 from conftest import ROOT
 from noisystudent.errors import UserError
+from noisystudent.layout import RunLayout
 
 # Two rounds, the no-noise ablation and fine-tuning: every optional kind of model appears. A low
 # threshold so an undertrained teacher still selects pseudo-labels. About 2 s on 2 CPU cores.
@@ -46,19 +47,20 @@ def run_dir(tmp_path_factory):
 
 
 def _check_written(run_dir, files, plots):
+    lay = RunLayout(run_dir)
     if files is not None:
-        assert set(files) == {run_dir / "report.md", run_dir / "report.html",
-                              *(run_dir / "plots" / f"{p}.png" for p in plots)}
-    assert {p.stem for p in (run_dir / "plots").glob("*.png")} == plots      # nothing stale left over
+        assert set(files) == {lay.report_md, lay.report_html, *(lay.plots / f"{p}.png" for p in plots)}
+    assert {p.stem for p in lay.plots.glob("*.png")} == plots               # nothing stale left over
     assert not [p for p in run_dir.rglob("*.tmp")]                           # atomic writes cleaned up
     for p in plots:
-        with Image.open(run_dir / "plots" / f"{p}.png") as im:
+        with Image.open(lay.plots / f"{p}.png") as im:
             im.verify()
             assert im.format == "PNG" and im.size[0] > 300
-        assert (run_dir / "plots" / f"{p}.png").stat().st_size < 400_000
-    md, page = (run_dir / "report.md").read_text(), (run_dir / "report.html").read_text()
+        assert (lay.plots / f"{p}.png").stat().st_size < 400_000
+    md, page = lay.report_md.read_text(), lay.report_html.read_text()
     for p in plots:
-        assert f"(plots/{p}.png)" in md and f'src="plots/{p}.png"' in page
+        png = lay.rel(lay.plots / f"{p}.png")                                # as the report links it
+        assert f"({png})" in md and f'src="{png}"' in page
     return md, page
 
 
@@ -66,12 +68,13 @@ def test_report_without_then_with_robustness(run_dir):
     from noisystudent.config import load_config
     from noisystudent.pipeline import run
     from noisystudent.report import write_report
+    lay = RunLayout(run_dir)
 
     # 1) no robustness files: no robustness section, no robustness plots
     files = write_report(run_dir)
     md, page = _check_written(run_dir, files, BASE_PLOTS)
     assert "Robustness" not in md and "mCE" not in page
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads(lay.summary.read_text())
     assert {m["which"] for m in summary["models"]} == {"teacher", "student", "student_nonoise", "finetune"}
     assert md.startswith(f"# Noisy Student report: {summary['name']}")
     # The results table: one row per evaluated model, with summary.json's accuracies.
@@ -82,13 +85,13 @@ def test_report_without_then_with_robustness(run_dir):
         assert f"<td>{100 * m['top1']:.2f}%</td>" in page
     sel = summary["selection"][0]
     assert f"| {sel['selected_unique']} | {sel['selected_with_copies']} |" in md
-    assert "round1/student" in md and "train time" in md                    # timings table
+    assert lay.rel(lay.model(1, "student")) in md and "train time" in md                    # timings table
 
     # 2) robustness results for the teacher and each student; the summary is rebuilt by rerunning
     #    (every stage is skipped), which adds mCE/mFR relative to the teacher.
     for (k, which), (clean, slope) in {(0, "teacher"): (0.5, 0.08), (1, "student"): (0.55, 0.05),
                                        (2, "student"): (0.6, 0.04), (1, "student_nonoise"): (0.52, 0.07)}.items():
-        (run_dir / f"round{k}" / f"eval_{which}" / "robustness.json").write_text(
+        (lay.eval(k, which) / "robustness.json").write_text(
             json.dumps(_fake_robustness(clean, slope)))
     run(load_config(ROOT / "configs" / "digits-demo.yaml", OVERRIDES), run_dir=run_dir, report=False)
     files = write_report(run_dir)
@@ -102,8 +105,8 @@ def test_report_without_then_with_robustness(run_dir):
 
     # 3) robustness gone again (e.g. re-evaluated without it): its stale plots go too. This time
     #    the pipeline itself writes the report at the end of the run.
-    for f in run_dir.glob("round*/eval_*/robustness.json"):
-        f.unlink()
+    for k, role in lay.training_stages():                                    # every evaluated model
+        (lay.eval(k, role) / "robustness.json").unlink(missing_ok=True)
     run(load_config(ROOT / "configs" / "digits-demo.yaml", OVERRIDES), run_dir=run_dir, report=True)
     md, _ = _check_written(run_dir, None, BASE_PLOTS)
     assert "Robustness" not in md
@@ -118,4 +121,4 @@ def test_missing_summary_is_a_user_error(tmp_path):
     from noisystudent.report import write_report
     with pytest.raises(UserError, match="noisystudent run"):
         write_report(tmp_path)
-    assert not (tmp_path / "report.md").exists()
+    assert not RunLayout(tmp_path).report_md.exists()

@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from noisystudent.layout import RunLayout
 from noisystudent.pseudo import balance, confidence_mask, make_targets
 from noisystudent.selection import select_from_labels
 
@@ -63,7 +64,7 @@ def brute_force(directory, per_class, threshold=0.3, soft=True, seed=0):
 
 
 def test_selection_matches_in_memory_and_hand_counts(tmp_path):
-    label_dir = write_shards(tmp_path / "labels", [8, 8, 7])
+    label_dir = write_shards(RunLayout(tmp_path).labels(1), [8, 8, 7])
     selection = select_from_labels(label_dir, num_classes=C, per_class=4, batch_rows=3)
     table, report = selection.table, selection.report
 
@@ -101,7 +102,7 @@ def test_selection_matches_in_memory_and_hand_counts(tmp_path):
 
 
 def test_pseudo_label_accuracy(tmp_path):
-    label_dir = write_shards(tmp_path / "labels", [23])
+    label_dir = write_shards(RunLayout(tmp_path).labels(1), [23])
     selection = select_from_labels(label_dir, num_classes=C, per_class=4)
     accuracy = selection.report["pseudo_label_accuracy"]
     # Before: 20 rows have a known label, 2 of them are wrong (one in class 0, one in class 2).
@@ -118,7 +119,7 @@ def test_pseudo_label_accuracy(tmp_path):
 
 def test_no_true_labels_means_no_accuracy(tmp_path):
     rows = [(p, c, -1) for p, c, _ in ROWS]
-    label_dir = write_shards(tmp_path / "labels", [23], rows=rows)
+    label_dir = write_shards(RunLayout(tmp_path).labels(1), [23], rows=rows)
     assert "pseudo_label_accuracy" not in select_from_labels(label_dir, num_classes=C, per_class=4).report
 
 
@@ -136,7 +137,7 @@ def test_result_independent_of_batch_rows_and_shard_split(tmp_path):
 
 
 def test_seed_determinism(tmp_path):
-    label_dir = write_shards(tmp_path / "labels", [12, 11])
+    label_dir = write_shards(RunLayout(tmp_path).labels(1), [12, 11])
 
     def copies(seed):
         selection = select_from_labels(label_dir, num_classes=C, per_class=4, seed=seed)
@@ -148,7 +149,7 @@ def test_seed_determinism(tmp_path):
 
 
 def test_auto_per_class_and_hard_targets(tmp_path):
-    label_dir = write_shards(tmp_path / "labels", [23])
+    label_dir = write_shards(RunLayout(tmp_path).labels(1), [23])
     # 19 rows pass 0.3; labeled proportions [0.5, 0.25, 0.25, 0] -> K = [9.5, 4.75, 4.75, 0] rounded
     selection = select_from_labels(label_dir, num_classes=C, labeled_class_counts=[2, 1, 1, 0], soft=False)
     report = selection.report
@@ -162,7 +163,7 @@ def test_auto_per_class_and_hard_targets(tmp_path):
 
 
 def test_no_balancing_keeps_everything_above_threshold(tmp_path):
-    label_dir = write_shards(tmp_path / "labels", [23])
+    label_dir = write_shards(RunLayout(tmp_path).labels(1), [23])
     selection = select_from_labels(label_dir, num_classes=C, per_class=None, threshold=0.5, batch_rows=5)
     confidences = [r[1] for r in ROWS if r[1] >= 0.5]
     assert selection.table["confidence"].to_pylist() == pytest.approx(confidences)
@@ -177,7 +178,7 @@ def test_errors(tmp_path):
         select_from_labels(tmp_path / "empty", num_classes=C)
     with pytest.raises(ValueError, match="does not exist"):
         select_from_labels(tmp_path / "missing", num_classes=C)
-    label_dir = write_shards(tmp_path / "labels", [23])
+    label_dir = write_shards(RunLayout(tmp_path).labels(1), [23])
     with pytest.raises(ValueError, match="labeled_class_counts"):
         select_from_labels(label_dir, num_classes=C, per_class="auto")
     with pytest.raises(ValueError, match="num_classes=5"):

@@ -9,7 +9,10 @@ import pytest
 
 from noisystudent import runwarnings as rw
 from noisystudent.cli import main
+from noisystudent.layout import RunLayout
 from own_data import make_own_data
+
+from conftest import REL, rel
 
 
 # ------------------------------------------------------------------------------------------------
@@ -100,16 +103,18 @@ def test_emit_once_and_collect(tmp_path, caplog):
     assert caplog.text.count("something is off") == 1
     assert rw.read_warnings(run) == [{"key": "k", "message": "something is off"}]
     # collect: config check, a stage's own list, the round comparison; the emitted-only 'k' is gone
-    (run / "round1" / "student").mkdir(parents=True)
-    write_stage(run / "round1" / "student", status="done", fingerprint="x", config={}, inputs={},
-                info={"warnings": {"short_schedule:round1/student": "short"}})
-    write_json(run / "round0" / "eval_teacher" / "eval.json", {"top1": 0.9})
-    write_json(run / "round1" / "eval_student" / "eval.json", {"top1": 0.8})
+    lay = RunLayout(run)
+    short, worse = f"short_schedule:{lay.rel(lay.model(1, 'student'))}", f"student_worse:{lay.rel(lay.round_dir(1))}"
+    lay.model(1, "student").mkdir(parents=True)
+    write_stage(lay.model(1, "student"), status="done", fingerprint="x", config={}, inputs={},
+                info={"warnings": {short: "short"}})
+    write_json(lay.eval(0, "teacher") / "eval.json", {"top1": 0.9})
+    write_json(lay.eval(1, "student") / "eval.json", {"top1": 0.8})
     cfg = SimpleNamespace(rounds=1, select=SimpleNamespace(threshold=0.3))
     items = rw.collect(run, cfg, num_classes=3)
-    assert list(items) == ["select.threshold", "short_schedule:round1/student", "student_worse:round1"]
+    assert list(items) == ["select.threshold", short, worse]
     assert rw.collect(run, SimpleNamespace(rounds=1, select=SimpleNamespace(threshold=0.5)), 3).keys() \
-        == {"short_schedule:round1/student", "student_worse:round1"}
+        == {short, worse}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -165,25 +170,27 @@ def test_run_warns_once_logs_csv_tensorboard_and_bars_stay(tmp_path, capsys, mon
                    "select: {threshold: 0.3}\n")
     monkeypatch.setattr(engine, "progress_enabled", lambda: True)        # as on a terminal
     run_dir = tmp_path / "r"
+    lay = RunLayout(run_dir)
     assert main(["run", str(cfg), "--run-dir", str(run_dir)]) == 0
     shown = _visible_lines(capsys.readouterr().err)
     assert any(ln.startswith("teacher 2/2: 100%") for ln in shown), shown       # the stage's last bar stays
     assert not any(ln.startswith("teacher 1/2") for ln in shown)               # earlier epochs' bars cleared
     assert main(["run", str(cfg), "--run-dir", str(run_dir)]) == 0            # rerun: every stage skipped
-    log = (run_dir / "run.log").read_text()
+    log = lay.run_log.read_text()
     assert log.count("select.threshold=0.3 is <= 1/3 classes") == 1, log
     assert log.count("teacher: only 6 optimizer steps") == 1
-    keys = [w["key"] for w in json.loads((run_dir / "warnings.json").read_text())]
-    assert keys[:3] == ["select.threshold", "short_schedule:round0/teacher", "short_schedule:round1/student"]
-    page = (run_dir / "report.html").read_text()
+    keys = [w["key"] for w in json.loads(lay.warnings.read_text())]
+    assert keys[:3] == ["select.threshold", f"short_schedule:{rel(REL.model(0, 'teacher'))}",
+                        f"short_schedule:{rel(REL.model(1, 'student'))}"]
+    page = lay.report_html.read_text()
     assert "<h2>Warnings</h2>" in page and "filters nothing" in page
     # CSV: one row per epoch per stage
-    rows = list(csv.DictReader((run_dir / "round0" / "teacher" / "metrics.csv").open()))
+    rows = list(csv.DictReader((lay.model(0, "teacher") / "metrics.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2"] and float(rows[1]["loss"]) > 0
-    assert len(list(csv.DictReader((run_dir / "round1" / "student" / "metrics.csv").open()))) == 1
+    assert len(list(csv.DictReader((lay.model(1, "student") / "metrics.csv").open()))) == 1
     # TensorBoard: the same rows, read back with tensorboard's own reader
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    acc = EventAccumulator(str(run_dir / "round0" / "teacher" / "tensorboard"))
+    acc = EventAccumulator(str(lay.model(0, "teacher") / "tensorboard"))
     acc.Reload()
     loss = acc.Scalars("train/loss")
     assert [e.step for e in loss] == [1, 2]
@@ -245,11 +252,12 @@ def test_report_log_axis_labels_are_plain_text(tmp_path):
     from noisystudent.artifacts import write_json
     from noisystudent.report.plots import _confidence
     from noisystudent.report.rundata import STYLE, RunData
-    write_json(tmp_path / "summary.json", {"name": "t", "classes": ["a", "b"], "models": []})
-    (tmp_path / "round1" / "labels").mkdir(parents=True)
+    lay = RunLayout(tmp_path)
+    write_json(lay.summary, {"name": "t", "classes": ["a", "b"], "models": []})
+    lay.labels(1).mkdir(parents=True)
     conf = np.concatenate([np.full(300, 0.99), np.linspace(0.5, 0.9, 20)]).astype(np.float32)
-    pq.write_table(pa.table({"confidence": conf}), tmp_path / "round1" / "labels" / "part-00000.parquet")
-    write_json(tmp_path / "round1" / "selection" / "selection.json", {"threshold": 0.6})
+    pq.write_table(pa.table({"confidence": conf}), lay.labels(1) / "part-00000.parquet")
+    write_json(lay.selection(1) / "selection.json", {"threshold": 0.6})
     with matplotlib.rc_context({**STYLE, "text.parse_math": False}):
         fig = _confidence(RunData(tmp_path))
         fig.canvas.draw()
@@ -270,5 +278,5 @@ def test_no_pseudo_labels_is_a_kept_warning(tmp_path):
                    "select: {threshold: 0.999}\n")
     run_dir = tmp_path / "r"
     assert main(["run", str(cfg), "--run-dir", str(run_dir), "--no-report"]) == 0
-    assert (run_dir / "run.log").read_text().count("round 1: no pool image passed select.threshold=0.999") == 1
-    assert "no_pseudo_labels:round1" in [w["key"] for w in rw.read_warnings(run_dir)]
+    assert RunLayout(run_dir).run_log.read_text().count("round 1: no pool image passed select.threshold=0.999") == 1
+    assert f"no_pseudo_labels:{rel(REL.round_dir(1))}" in [w["key"] for w in rw.read_warnings(run_dir)]

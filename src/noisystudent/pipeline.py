@@ -2,16 +2,7 @@
 evaluation of every model. This is the only place that sequences stages; each stage reads and
 writes files only, so any prefix of the run can be reused and a rerun resumes where it stopped.
 
-    runs/NAME/
-      config.yaml                     resolved config of the latest invocation
-      round0/teacher/                 model.pt, metrics.jsonl, stage.json
-      round0/eval_teacher/            eval.json (+ robustness.json)
-      roundK/labels/                  part-00000.parquet ... (teacher predictions on the pool)
-      roundK/selection/               selection.parquet, selection.json
-      roundK/student/                 model.pt, metrics.jsonl      (round K+1's teacher)
-      roundK/eval_student/            eval.json (+ robustness.json)
-      roundK/finetune/, eval_finetune/  when finetune.enabled
-      summary.json, report.md, report.html, plots/
+The run directory's folders and files are listed, and named, in layout.py (RunLayout).
 """
 from __future__ import annotations
 

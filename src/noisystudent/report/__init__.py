@@ -45,7 +45,7 @@ def _results_table(run: RunData):
 def _selection_table(run: RunData):
     rows = []
     for s in run.summary.get("selection") or []:
-        full = run.json(s.get("round", -1), "selection", "selection.json") or {}
+        full = run.json(run.layout.selection(s.get("round", -1)), "selection.json") or {}
         acc = s.get("pseudo_label_accuracy") or full.get("pseudo_label_accuracy") or {}
         above = full.get("counts_after_threshold")
         rows.append([s.get("round"), f"{full['threshold']:g}" if is_num(full.get("threshold")) else "—",
@@ -75,7 +75,7 @@ def _robustness_table(run: RunData):
 def _timing_table(run: RunData):
     rows, total = [], 0.0
     for k, which in training_stages(run):
-        info = (run.json(k, which, "stage.json") or {}).get("info") or {}
+        info = (run.json(run.layout.model(k, which), "stage.json") or {}).get("info") or {}
         if is_num(info.get("train_s")):
             total += info["train_s"]
         rows.append([run.layout.rel(run.layout.model(k, which)), info.get("epochs", "—"), fmt_secs(info.get("train_s")),

@@ -59,8 +59,8 @@ def _accuracy(run: RunData):
 
 def _per_class_delta(run: RunData):
     final = run.final_student()
-    teacher = run.json(0, "eval_teacher", "eval.json")
-    student = run.json(final["round"], "eval_student", "eval.json") if final else None
+    teacher = run.json(run.layout.eval(0, "teacher"), "eval.json")
+    student = run.json(run.layout.eval(final["round"], "student"), "eval.json") if final else None
     if not (isinstance(teacher, dict) and isinstance(student, dict)):
         return None
     t, s = teacher.get("per_class_accuracy") or {}, student.get("per_class_accuracy") or {}
@@ -119,7 +119,7 @@ def _confidence(run: RunData):
     fig, axes = _grid(len(todo), 3, 3.6, 2.8, sharex=True)
     edges = np.linspace(0, 1, 51)
     for ax, k in zip(axes, todo):
-        sel = run.json(k, "selection", "selection.json") or {}
+        sel = run.json(run.layout.selection(k), "selection.json") or {}
         thr = sel.get("threshold")
         counts, total, above = _confidence_hist(run.layout.labels(k), thr)
         # Log counts: confident pools pile up near 1.0 and would flatten everything else.
@@ -139,7 +139,7 @@ def _confidence(run: RunData):
 
 
 def _selection(run: RunData):
-    sels = [(k, s) for k in run.rounds if isinstance(s := run.json(k, "selection", "selection.json"), dict)
+    sels = [(k, s) for k in run.rounds if isinstance(s := run.json(run.layout.selection(k), "selection.json"), dict)
             and s.get("counts_after_threshold") and s.get("counts_selected_with_copies")]
     if not sels:
         return None

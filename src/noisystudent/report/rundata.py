@@ -74,8 +74,9 @@ class RunData:
         self.layout = RunLayout(run_dir)
         self.rounds = self.layout.rounds()
 
-    def json(self, k: int, sub: str, name: str):
-        return load_optional(self.layout.stage(k, sub) / name)
+    def json(self, folder: Path, name: str):
+        """A JSON file of a stage folder (from `self.layout`), or None when absent or unreadable."""
+        return load_optional(folder / name)
 
     def final_student(self) -> dict | None:
         students = [m for m in self.models if m["which"] == "student"]

@@ -1,0 +1,65 @@
+"""Val / test top-1 of every evaluated model in a few run directories (one per seed), as mean ± std.
+
+    python benchmarks/seed_table.py runs/fmnm/fashion-mnist-1k-s{0,1,2}/baseline
+
+Reads each run's eval.json files through RunLayout, so it also works on runs that are unfinished or
+were extended by `next_round.py` (no summary.json needed). Prints a markdown table, one row per
+(round, role) present in every run, with each seed's val / test beside the mean.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from noisystudent.layout import RunLayout, role_label  # noqa: E402
+
+
+def evals(run_dir: Path) -> dict[tuple[int, str], dict]:
+    """{(round, role): eval.json} of every training stage that has been evaluated."""
+    lay = RunLayout(run_dir)
+    out = {}
+    for k, role in lay.training_stages():
+        f = lay.eval(k, role) / "eval.json"
+        if f.is_file():
+            out[(k, role)] = json.loads(f.read_text())
+    return out
+
+
+def mean_std(xs: list[float]) -> str:
+    return f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs):.2f}" if len(xs) > 1 else f"{xs[0]:.2f}"
+
+
+def table(run_dirs: list[Path]) -> str:
+    per_run = [evals(d) for d in run_dirs]
+    keys = [k for k in per_run[0] if all(k in e for e in per_run)]
+    lines = ["| round | role | model | val top-1 (%) | test top-1 (%) | per seed val / test |",
+             "|---|---|---|---|---|---|"]
+    for k in keys:
+        rows = [e[k] for e in per_run]
+        val = [100 * r["val"]["top1"] for r in rows if r.get("val")]
+        test = [100 * r["top1"] for r in rows]
+        seeds = ", ".join(f"{100 * r['val']['top1']:.2f} / {100 * r['top1']:.2f}" if r.get("val") else
+                          f"- / {100 * r['top1']:.2f}" for r in rows)
+        lines.append(f"| {k[0]} | {role_label(k[1])} | {rows[0].get('model', '?')} | "
+                     f"{mean_std(val) if val else '-'} | {mean_std(test)} | {seeds} |")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dirs", nargs="+", type=Path)
+    args = ap.parse_args()
+    missing = [str(d) for d in args.run_dirs if not RunLayout(d).round_dir(0).is_dir()]
+    if missing:
+        raise SystemExit(f"error: not a run directory (no round0/): {', '.join(missing)}")
+    print(table(args.run_dirs))
+
+
+if __name__ == "__main__":
+    main()
