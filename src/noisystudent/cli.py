@@ -9,10 +9,13 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
+from .layout import RunLayout
 
 __all__ = ["main", "resolve_config_path", "parse_source_spec"]
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+
+_REL = RunLayout(Path())       # run-dir names for help texts (relative to any run)
 
 
 def resolve_config_path(name: str) -> Path:
@@ -201,12 +204,13 @@ def _add_pipeline_commands(sub) -> None:
     _add_common(sp, config=False)
     sp.set_defaults(fn=cmd_demo, set=[])
 
-    sp = sub.add_parser("train", help="train and evaluate the supervised teacher (round0/teacher)")
+    teacher_dir = _REL.rel(_REL.model(0, "teacher"))
+    sp = sub.add_parser("train", help=f"train and evaluate the supervised teacher ({teacher_dir})")
     _add_common(sp)
     g = sp.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", help="continue from checkpoint.pt (the default; "
                    "with this flag it is an error if there is nothing to resume)")
-    g.add_argument("--restart", action="store_true", help="discard round0/teacher and train from scratch")
+    g.add_argument("--restart", action="store_true", help=f"discard {teacher_dir} and train from scratch")
     sp.set_defaults(fn=cmd_train)
 
     for name, text in (("label", "teacher of round K predicts the unlabeled pool"),
