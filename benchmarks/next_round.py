@@ -17,8 +17,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from noisystudent.artifacts import lock_run_dir, release_run_dirs  # noqa: E402
 from noisystudent.cli import resolve_config_path  # noqa: E402
 from noisystudent.config import load_config  # noqa: E402
+from noisystudent.runlog import attach_run_log  # noqa: E402
 from noisystudent.stages.common import RunContext  # noqa: E402
 from noisystudent.stages.evaluate import evaluate_stage  # noqa: E402
 from noisystudent.stages.label import label_pool  # noqa: E402
@@ -36,11 +38,14 @@ def main():
     k = args.round
     cfg = load_config(resolve_config_path(args.config), [*args.set, f"rounds={k}", "variants=[]"])
     ctx = RunContext(cfg, args.run_dir)
+    lock_run_dir(ctx.run_dir)          # no `noisystudent run` on the same folder meanwhile
+    attach_run_log(ctx.run_dir)        # progress lines in run.log, as for a normal run
     t = time.perf_counter()
     label_pool(ctx, k)
     select_pseudo_labels(ctx, k)
     train_student(ctx, k)
     evaluate_stage(ctx, k, "student")
+    release_run_dirs()
     ev = json.loads((ctx.layout.eval(k, "student") / "eval.json").read_text())
     print(f"round {k} student: val {100 * (ev.get('val') or {}).get('top1', float('nan')):.2f}  "
           f"test {100 * ev['top1']:.2f}  ({time.perf_counter() - t:.0f} s)")
