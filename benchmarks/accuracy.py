@@ -190,7 +190,7 @@ def seed_jobs(argv: list[str], seeds: list[int], jobs: int, out: Path, cores: in
     """One child command per seed for `--jobs`: this script with `--seeds "<s>,"`, its output table in
     `out/seed<s>` (combined afterwards; `out` is under --runs) and cores/jobs threads, the rest of `argv` unchanged."""
     keep, skip = [], False
-    for i, a in enumerate(argv):                       # drop --seeds/--jobs/--out and their values
+    for a in argv:                                     # drop --seeds/--jobs/--out and their values
         if skip:
             skip = False
             continue
@@ -229,6 +229,12 @@ def run_seed_jobs(jobs_plan: list[dict], jobs: int, log_dir: Path, stem: str) ->
         raise SystemExit("error: " + ", ".join(failed) + " failed; the other seeds' tables are in their --out folders")
 
 
+def combine(parts: list[dict], out: Path, name: str, total_s: float) -> None:
+    """One table from the JSON outputs of per-seed runs (`--combine`, or `--jobs`' children)."""
+    write_tables(out, name, [r for p in parts for r in p["rows"]], total_s, sys.argv[1:],
+                 [c for p in parts for c in p.get("loops", [])])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("config")
@@ -251,9 +257,7 @@ def main():
     path = resolve_config_path(args.config)
     if args.combine:
         parts = [json.loads(Path(f).read_text()) for f in args.combine]
-        rows = [r for p in parts for r in p["rows"]]
-        write_tables(Path(args.out), args.name or Path(path).stem, rows, sum(p["meta"]["total_s"] for p in parts),
-                     sys.argv[1:], [c for p in parts for c in p.get("loops", [])])
+        combine(parts, Path(args.out), args.name or Path(path).stem, sum(p["meta"]["total_s"] for p in parts))
         return
     # '3' = seeds 0,1,2 (a count); '2,' or '0,2' = exactly those seeds
     seeds = list(range(int(args.seeds))) if "," not in args.seeds and int(args.seeds) > 1 else \
@@ -263,8 +267,7 @@ def main():
         plan = seed_jobs(sys.argv[1:], seeds, args.jobs, Path(args.runs) / f"{stem}-tables")
         run_seed_jobs(plan, args.jobs, Path(args.runs), stem)
         parts = [json.loads((j["out"] / f"{stem}.json").read_text()) for j in plan]
-        write_tables(Path(args.out), stem, [r for p in parts for r in p["rows"]], time.perf_counter() - t0,
-                     sys.argv[1:], [c for p in parts for c in p.get("loops", [])])
+        combine(parts, Path(args.out), stem, time.perf_counter() - t0)
         return
     names = [] if args.ablations == "none" else (list(ABLATIONS) if args.ablations == "all" else args.ablations.split(","))
     variants = [v for v in args.variants.split(",") if v]
@@ -311,7 +314,8 @@ def machine() -> dict:
             "torch": torch.__version__, "python": platform.python_version()}
 
 
-def _ms(values):
+def mean_std(values) -> str:
+    """Fractions as '87.36 ± 0.23' (percent, sample std); one value alone; '—' for none."""
     import numpy as np
     v = [x for x in values if x is not None]
     if not v:
@@ -338,8 +342,8 @@ def write_tables(out: Path, name: str, rows: list, total_s: float, argv: list, l
     for (row, rnd, which), rs in groups.items():
         train_s = [r["train_s"] for r in rs if r.get("train_s") is not None]
         pf = [r["train_pflop"] for r in rs if r.get("train_pflop") is not None]
-        lines.append(f"| {row} | {rnd} | {rs[0]['model']} | {which} | {_ms([r['val_top1'] for r in rs])} | "
-                     f"{_ms([r['top1'] for r in rs])} | {len(rs)} | {rs[0].get('steps') or ''} | "
+        lines.append(f"| {row} | {rnd} | {rs[0]['model']} | {which} | {mean_std([r['val_top1'] for r in rs])} | "
+                     f"{mean_std([r['top1'] for r in rs])} | {len(rs)} | {rs[0].get('steps') or ''} | "
                      f"{f'{sum(train_s) / len(train_s):.0f}' if train_s else ''} | "
                      f"{f'{sum(pf) / len(pf):.3f}' if pf else ''} |")
     lines += ["", "mean ± sample std over seeds; a seed changes the labeled draw, the initialisation and the "

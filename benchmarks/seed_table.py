@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks")]
 
+from accuracy import mean_std  # noqa: E402  (this folder: the accuracy table's formatting)
 from noisystudent.layout import RunLayout, role_label  # noqa: E402
 
 
@@ -31,10 +31,6 @@ def evals(run_dir: Path) -> dict[tuple[int, str], dict]:
     return out
 
 
-def mean_std(xs: list[float]) -> str:
-    return f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs):.2f}" if len(xs) > 1 else f"{xs[0]:.2f}"
-
-
 def table(run_dirs: list[Path]) -> str:
     per_run = [evals(d) for d in run_dirs]
     keys = [k for k in per_run[0] if all(k in e for e in per_run)]
@@ -42,12 +38,12 @@ def table(run_dirs: list[Path]) -> str:
              "|---|---|---|---|---|---|"]
     for k in keys:
         rows = [e[k] for e in per_run]
-        val = [100 * r["val"]["top1"] for r in rows if r.get("val")]
-        test = [100 * r["top1"] for r in rows]
+        val = [r["val"]["top1"] for r in rows if r.get("val")]
+        test = [r["top1"] for r in rows]
         seeds = ", ".join(f"{100 * r['val']['top1']:.2f} / {100 * r['top1']:.2f}" if r.get("val") else
                           f"- / {100 * r['top1']:.2f}" for r in rows)
         lines.append(f"| {k[0]} | {role_label(k[1])} | {rows[0].get('model', '?')} | "
-                     f"{mean_std(val) if val else '-'} | {mean_std(test)} | {seeds} |")
+                     f"{mean_std(val)} | {mean_std(test)} | {seeds} |")
     return "\n".join(lines)
 
 
