@@ -1,13 +1,13 @@
-"""Accuracy benchmark: a config end to end over seeds, its round-1 variants, and the paper's ablations.
+"""Accuracy benchmark: a config end to end over seeds, its student variants, and the paper's ablations.
 
     python benchmarks/accuracy.py fashion-mnist-1k [--seeds 0,1,2] [--ablations all|none|a,b,...]
                                   [--variants no_noise,supervised] [--set key=value ...] [--out docs/benchmarks]
                                   [--jobs 3]
 
 Per seed (`seed=N`: weight init, augmentation AND the labeled draw — sources inherit the run's seed):
-  * "baseline": the config as written, plus the round-1 variants (`--variants`, default the no-noise
-    student and the compute-matched supervised baseline), trained beside the noisy student on the same
-    selection for the same number of optimizer steps (see noisystudent.variants);
+  * "baseline": the config as written, plus the variants (`--variants`, default the no-noise student
+    and the compute-matched supervised baseline), trained beside the noisy student of the config's
+    `variants_round` on the same selection for the same number of optimizer steps (noisystudent.variants);
   * every ablation: one round with a switch flipped, in its own run directory seeded with the
     baseline's teacher (fingerprints decide what is really reused), its student held to the baseline
     student's step count (`student.steps`), so every row costs the same compute.
@@ -240,7 +240,7 @@ def main():
     ap.add_argument("config")
     ap.add_argument("--ablations", default="none")
     ap.add_argument("--variants", default="no_noise,supervised",
-                    help="round-1 variants trained inside the baseline run ('' for none)")
+                    help="variants trained inside the baseline run, in the config's variants_round ('' for none)")
     ap.add_argument("--seeds", default="0", help="comma-separated seeds, or a count: '3' = 0,1,2; '2,' = seed 2 only")
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--runs", default=str(ROOT / "runs" / "bench"))

@@ -256,6 +256,24 @@ def test_variants_are_compute_matched(tmp_path):
     assert all(m["val_top1"] is not None for m in summary["models"])
 
 
+def test_variants_train_in_the_configured_round(tmp_path):
+    """`variants_round: 2` compares a two-round recipe's final student with variants on round 2's
+    selection (same steps); round 1 gets none. A round the run does not have is refused by name."""
+    from noisystudent.artifacts import read_json
+    from noisystudent.layout import RunLayout
+    from noisystudent.pipeline import run
+    with pytest.raises(UserError, match=r"config key 'variants_round': must be a round of the run, 1 to rounds=1"):
+        load_config(DIGITS, ["rounds=1", "variants=[no_noise]", "variants_round=2"])
+    lay = RunLayout(tmp_path)
+    cfg = load_config(DIGITS, ["rounds=2", "teacher.steps=40", "student.steps=20", "student.batch_size=8",
+                               "variants=[no_noise]", "variants_round=2", "data.unlabeled.fraction=0.3"])
+    summary = run(cfg, run_dir=tmp_path, report=False)
+    assert not (lay.model(1, "student_nonoise")).exists()
+    info = read_json(lay.model(2, "student_nonoise") / "stage.json")["info"]
+    assert info["steps"] == 20 and info["pseudo_images"] > 0
+    assert (2, "student_nonoise") in {(m["round"], m["which"]) for m in summary["models"]}
+
+
 def test_short_schedule_warns(caplog):
     from noisystudent.stages.train import warn_short_schedule
     with caplog.at_level("WARNING", logger="noisystudent"):

@@ -191,10 +191,13 @@ class Config:
     student: StudentConfig = field(default_factory=StudentConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
-    # extra round-1 students trained beside the noisy one, same selection and steps (variants.py):
+    # extra students trained beside the noisy one, same selection and steps (variants.py):
     # built-in names (no_noise, no_randaugment, no_dropout_sd, supervised, two_step) or your own as
     # {name: {student key: value, ...}}, e.g. {light_noise: {noise.ra_magnitude: 5}}
     variants: list[Union[str, dict]] = field(default_factory=list)
+    # the round whose selection the variants train on: 1 (the paper's ablations) or the last round, so a
+    # multi-round recipe's final student is compared with a no-noise student of the same round
+    variants_round: int = 1
     ablation_no_noise: bool = False     # shorthand for adding `no_noise` to variants
     # per-epoch metric loggers besides run.log (loggers.py): csv -> <stage>/metrics.csv, tensorboard ->
     # <stage>/tensorboard/ (pip install 'noisystudent[logging]')

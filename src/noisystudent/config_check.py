@@ -157,6 +157,7 @@ _SOURCE_RULES = {"per_class": Range(0, lo_open=True, optional=True), "fraction":
 RULES: dict[str, Range] = {
     "seed": GE0,
     "rounds": GE0,
+    "variants_round": GE1,
     **{f"data.{s}.{k}": r for s in ("labeled", "unlabeled", "test", "val", "extra_test[]")
        for k, r in _SOURCE_RULES.items()},
     "data.image_size": Range(4, 8192, optional=True, text="must be >= 4 pixels (and at most 8192)"),
@@ -236,6 +237,8 @@ def validate(cfg) -> None:
         if v is not None and cfg.data.in_chans is not None:
             need(len(v) == cfg.data.in_chans, f"data.{key}", f"needs one value per channel "
                  f"(data.in_chans={cfg.data.in_chans}), got {len(v)}")
+    need(not cfg.variants or cfg.rounds == 0 or cfg.variants_round <= cfg.rounds, "variants_round",
+         f"must be a round of the run, 1 to rounds={cfg.rounds}, got {cfg.variants_round}")
     _check_excludes(cfg.data)
     from timm.optim import list_optimizers
     for sec in ("teacher", "student"):

@@ -138,7 +138,7 @@ def _run(cfg: Config, run_dir, device, force: bool, report: bool) -> dict:
         evaluate_stage(ctx, k, "student")
         if ctx.rank == 0:
             runwarnings.emit(ctx.run_dir, f"student_worse:round{k}", runwarnings.compare_round(ctx.run_dir, k))
-        for v in (variant_names(cfg.variants) if k == 1 else []):
+        for v in (variant_names(cfg.variants) if k == cfg.variants_round else []):
             train_student(ctx, k, variant=v)
             evaluate_stage(ctx, k, variant_stage(v))
         if ft:

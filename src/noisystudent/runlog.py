@@ -5,7 +5,7 @@ line, and the rows for the configured CSV/TensorBoard loggers (loggers.py).
 
 The whole-run ETA counts training images: the teacher's and, per round, the student's (`steps`, or
 epochs over the pool, in batches of B labeled + ratio x B pseudo-labeled), plus one student per
-round-1 variant. Until the selection exists the whole pool stands in for it, so the estimate is an
+variant. Until the selection exists the whole pool stands in for it, so the estimate is an
 upper bound early on; labeling and evaluation time is not counted.
 """
 from __future__ import annotations

@@ -1,8 +1,9 @@
-"""Round-1 student variants: the paper's ablations as config.
+"""Student variants: the paper's ablations as config.
 
-Each variant is the configured student with some switches changed, trained in round 1 beside the
+Each variant is the configured student with some switches changed, trained beside the
 noisy student, on the same selection and for the same number of optimizer steps (so every row of a
-comparison costs the same compute), and evaluated like it. Its folder is `round1/student_<name>`.
+comparison costs the same compute), and evaluated like it. Its folder is `round<K>/student_<name>`, K = `variants_round`
+(1 by default; the last round to compare a multi-round recipe's final student).
 A config lists built-in variants by name and declares its own as a one-key mapping of student keys:
 
     variants:
