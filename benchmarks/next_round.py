@@ -39,13 +39,15 @@ def main():
     cfg = load_config(resolve_config_path(args.config), [*args.set, f"rounds={k}", "variants=[]"])
     ctx = RunContext(cfg, args.run_dir)
     lock_run_dir(ctx.run_dir)          # no `noisystudent run` on the same folder meanwhile
-    attach_run_log(ctx.run_dir)        # progress lines in run.log, as for a normal run
     t = time.perf_counter()
-    label_pool(ctx, k)
-    select_pseudo_labels(ctx, k)
-    train_student(ctx, k)
-    evaluate_stage(ctx, k, "student")
-    release_run_dirs()
+    try:                               # the lock goes on an error too, as `noisystudent run` releases it
+        attach_run_log(ctx.run_dir)    # progress lines in run.log, as for a normal run
+        label_pool(ctx, k)
+        select_pseudo_labels(ctx, k)
+        train_student(ctx, k)
+        evaluate_stage(ctx, k, "student")
+    finally:
+        release_run_dirs()
     ev = json.loads((ctx.layout.eval(k, "student") / "eval.json").read_text())
     print(f"round {k} student: val {100 * (ev.get('val') or {}).get('top1', float('nan')):.2f}  "
           f"test {100 * ev['top1']:.2f}  ({time.perf_counter() - t:.0f} s)")
