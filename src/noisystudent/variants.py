@@ -1,9 +1,10 @@
 """Student variants: the paper's ablations as config.
 
-Each variant is the configured student with some switches changed, trained beside the
-noisy student, on the same selection and for the same number of optimizer steps (so every row of a
-comparison costs the same compute), and evaluated like it. Its folder is `round<K>/student_<name>`, K = `variants_round`
-(1 by default; the last round to compare a multi-round recipe's final student).
+Each variant is the configured student with some switches changed, trained beside the noisy
+student of round K = `variants_round` (1 by default; the last round to compare a multi-round
+recipe's final student), on the same selection and for the same number of optimizer steps (so every
+row of a comparison costs the same compute), and evaluated like it. Its folder is
+`round<K>/student_<name>`.
 A config lists built-in variants by name and declares its own as a one-key mapping of student keys:
 
     variants:
