@@ -264,6 +264,8 @@ def test_variants_train_in_the_configured_round(tmp_path):
     from noisystudent.pipeline import run
     with pytest.raises(UserError, match=r"config key 'variants_round': must be a round of the run, 1 to rounds=1"):
         load_config(DIGITS, ["rounds=1", "variants=[no_noise]", "variants_round=2"])
+    with pytest.raises(UserError, match=r"'variants_round': must be a round of the run"):    # the shorthand too
+        load_config(DIGITS, ["rounds=1", "variants=[]", "ablation_no_noise=true", "variants_round=2"])
     lay = RunLayout(tmp_path)
     cfg = load_config(DIGITS, ["rounds=2", "teacher.steps=40", "student.steps=20", "student.batch_size=8",
                                "variants=[no_noise]", "variants_round=2", "data.unlabeled.fraction=0.3"])

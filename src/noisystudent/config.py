@@ -222,11 +222,12 @@ def config_from_dict(data: dict | None) -> Config:
     for s in [cfg.data.labeled, cfg.data.unlabeled, cfg.data.test, cfg.data.val, *cfg.data.extra_test]:
         if s is not None and s.seed is None:
             s.seed = cfg.seed
+    # the shorthand joins `variants` before the checks, so they (variants_round too) see every variant
+    if cfg.ablation_no_noise and "no_noise" not in cfg.variants:
+        cfg.variants = ["no_noise", *cfg.variants]
     validate(cfg)
     from .variants import check_variants
     check_variants(cfg.variants, cfg.student)
-    if cfg.ablation_no_noise and "no_noise" not in cfg.variants:
-        cfg.variants = ["no_noise", *cfg.variants]
     return cfg
 
 

@@ -90,8 +90,8 @@ def set_plan(cfg, n_labeled: int, n_pool: int) -> None:
     s_steps = s.steps or math.ceil(n_pool / (s.batch_size * s.ratio)) * s.epochs
     per_round = s_steps * s.batch_size * (s.ratio + 1)
     from .variants import variant_names
-    variants = set(variant_names(cfg.variants)) | ({"no_noise"} if cfg.ablation_no_noise else set())
-    total = t_steps * t.batch_size + (cfg.rounds + (len(variants) if cfg.rounds else 0)) * per_round
+    n_variants = len(variant_names(cfg.variants)) if cfg.rounds else 0   # ablation_no_noise is folded in
+    total = t_steps * t.batch_size + (cfg.rounds + n_variants) * per_round
     _PLAN = RunPlan(total) if total > 0 else None
 
 
