@@ -5,9 +5,12 @@
                                   [--jobs 3]
 
 Per seed (`seed=N`: weight init, augmentation AND the labeled draw — sources inherit the run's seed):
-  * "baseline": the config as written, plus the variants (`--variants`, default the no-noise student
-    and the compute-matched supervised baseline), trained beside the noisy student of the config's
-    `variants_round` on the same selection for the same number of optimizer steps (noisystudent.variants);
+  * "baseline": the config as written, plus the variants (`--variants`, default the config's own:
+    e.g. the no-noise student and the compute-matched supervised baseline), trained beside the noisy
+    student of the config's `variants_round` on the same selection for the same number of optimizer
+    steps (noisystudent.variants). A recipe whose teacher is trained as the compute-matched supervised
+    baseline (`variants.supervised_twin_differences` empty) reports the teacher in that row instead of
+    training it twice;
   * every ablation: one round with a switch flipped, in its own run directory seeded with the
     baseline's teacher (fingerprints decide what is really reused), its student held to the baseline
     student's step count (`student.steps`), so every row costs the same compute.
@@ -39,7 +42,7 @@ from noisystudent.config import load_config  # noqa: E402
 from noisystudent.layout import RunLayout  # noqa: E402
 from noisystudent.errors import UserError  # noqa: E402
 from noisystudent.pipeline import run  # noqa: E402
-from noisystudent.variants import VARIANTS  # noqa: E402
+from noisystudent.variants import VARIANTS, supervised_twin_differences, variant_names  # noqa: E402
 
 # name -> (description, overrides). Overrides apply on top of the config with rounds=1; "@variant:X"
 # rows are not separate runs but round-1 variants of the baseline run.
@@ -143,6 +146,20 @@ def _rows(name, summary, run_dir, wall, keep=lambda m: True, cfg=None):
     return rows
 
 
+def with_supervised_twin(rows: list, cfg, trained: list) -> list:
+    """`rows` plus the compute-matched supervised row taken from the teacher's, when the recipe skips
+    the `supervised` stage because its teacher already is that baseline (same model, steps, images per
+    step, noise and schedule: `variants.supervised_twin_differences`). The row says so."""
+    if "supervised" in trained or supervised_twin_differences(cfg):
+        return rows
+    teacher = next((r for r in rows if r["which"] == "teacher"), None)
+    if teacher is None:
+        return rows
+    twin = dict(teacher, row="student_supervised", round=cfg.variants_round, which="student_supervised",
+                twin_of="teacher")
+    return [*rows, twin]
+
+
 def loop_compute(run_dir: Path, cfg) -> dict:
     """The loop's own compute (the comparison variants excluded): the teacher's and each round's
     noisy student's training, plus every labeling pass over the pool (x2 with flip TTA)."""
@@ -239,8 +256,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("config")
     ap.add_argument("--ablations", default="none")
-    ap.add_argument("--variants", default="no_noise,supervised",
-                    help="variants trained inside the baseline run, in the config's variants_round ('' for none)")
+    ap.add_argument("--variants", default=None,
+                    help="variants trained inside the baseline run, in the config's variants_round (default: "
+                         "the config's own `variants`; '' for none)")
     ap.add_argument("--seeds", default="0", help="comma-separated seeds, or a count: '3' = 0,1,2; '2,' = seed 2 only")
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--runs", default=str(ROOT / "runs" / "bench"))
@@ -270,18 +288,20 @@ def main():
         combine(parts, Path(args.out), stem, time.perf_counter() - t0)
         return
     names = [] if args.ablations == "none" else (list(ABLATIONS) if args.ablations == "all" else args.ablations.split(","))
-    variants = [v for v in args.variants.split(",") if v]
+    variants = None if args.variants is None else [v for v in args.variants.split(",") if v]
     rows, loops, t_all = [], [], time.perf_counter()
     for seed in seeds:
         base_over = [*args.set, f"seed={seed}"]
         plan = plan_ablations(path, base_over, names)     # before any training: bad names fail fast
-        in_run = list(dict.fromkeys([*variants, *(o[0].split(":", 1)[1] for _, _, o in plan
-                                                  if o[0].startswith("@variant:"))]))
+        own = variant_names(load_config(path, base_over).variants) if variants is None else variants
+        in_run = list(dict.fromkeys([*own, *(o[0].split(":", 1)[1] for _, _, o in plan
+                                             if o[0].startswith("@variant:"))]))
         base_dir = Path(args.runs) / f"{Path(path).stem}-s{seed}" / "baseline"
         over = [*base_over, f"variants=[{', '.join(in_run)}]"]
         summary, wall = run_one(path, over, base_dir)
         cfg = load_config(path, over)
-        rows += [dict(r, seed=seed) for r in _rows("baseline", summary, base_dir, wall, cfg=cfg)]
+        rows += [dict(r, seed=seed) for r in with_supervised_twin(
+            _rows("baseline", summary, base_dir, wall, cfg=cfg), cfg, in_run)]
         compute = loop_compute(base_dir, cfg)
         loops.append(dict(compute, seed=seed, wall_s=wall))
         print(f"seed {seed}: the loop spent {compute['total_pflop']:.3f} PFLOP (training "
@@ -323,6 +343,69 @@ def mean_std(values) -> str:
     return f"{100 * np.mean(v):.2f}" + (f" ± {100 * np.std(v, ddof=1):.2f}" if len(v) > 1 else "")
 
 
+def comparisons(rows: list) -> list[dict]:
+    """The final noisy student (the baseline's last round) against each other row of the baseline run
+    (teacher, variants), per metric: the difference of the means, the paired difference per seed
+    (mean ± std: seeds share the labeled draw, so this is the sharper test), and whether the
+    difference of the means exceeds the larger of the two rows' std's (issue 13's criterion)."""
+    import numpy as np
+    base = [r for r in rows if r["row"] == "baseline" or r["which"].startswith("student_")]
+    students = [r for r in base if r["which"] == "student"]
+    if not students:
+        return []
+    last = max(r["round"] for r in students)
+    final = {r["seed"]: r for r in students if r["round"] == last}
+    out = []
+    others: dict = {}
+    for r in base:
+        if r["which"] == "teacher" or r["which"].startswith("student_"):
+            others.setdefault(r["which"], {})[r["seed"]] = r
+    for which, by_seed in others.items():
+        seeds = sorted(set(final) & set(by_seed))
+        if not seeds:
+            continue
+        row = {"vs": which, "seeds": len(seeds)}
+        for metric in ("val_top1", "top1"):
+            a = [final[s][metric] for s in seeds]
+            b = [by_seed[s][metric] for s in seeds]
+            if any(x is None for x in a + b):
+                continue
+            d = 100 * (np.array(a) - np.array(b))
+            sd = lambda v: 100 * float(np.std(v, ddof=1)) if len(v) > 1 else float("nan")
+            row[metric] = {"delta": float(d.mean()), "paired_std": float(np.std(d, ddof=1)) if len(d) > 1 else None,
+                           "larger_std": max(sd(a), sd(b)), "wins": int((d > 0).sum()),
+                           "holds": bool(len(d) > 1 and d.mean() > max(sd(a), sd(b)))}
+        out.append(row)
+    return out
+
+
+def _comparison_lines(rows: list) -> list[str]:
+    comp = comparisons(rows)
+    if not comp or all("val_top1" not in c and "top1" not in c for c in comp):
+        return []
+    lines = ["", "The final noisy student against each row (points; paired = the per-seed difference, mean "
+             "± std; 'holds' = the difference of the means exceeds the larger of the two rows' std's):", "",
+             "| vs | val Δ | val paired | val larger std | holds (val) | test Δ | test paired | test larger std "
+             "| holds (test) | seeds won (val / test) |", "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def cell(c, m, key):
+        if m not in c:
+            return "—"
+        v = c[m][key]
+        if key == "holds":
+            return "yes" if v else "no"
+        return "—" if v is None or v != v else f"{v:+.2f}" if key == "delta" else f"{v:.2f}"
+
+    for c in comp:
+        paired = {m: (f"{c[m]['delta']:+.2f} ± {c[m]['paired_std']:.2f}" if m in c and c[m]["paired_std"] is not None
+                      else "—") for m in ("val_top1", "top1")}
+        wins = " / ".join(f"{c[m]['wins']}/{c['seeds']}" if m in c else "—" for m in ("val_top1", "top1"))
+        lines.append(f"| {c['vs']} | {cell(c, 'val_top1', 'delta')} | {paired['val_top1']} | "
+                     f"{cell(c, 'val_top1', 'larger_std')} | {cell(c, 'val_top1', 'holds')} | {cell(c, 'top1', 'delta')} | "
+                     f"{paired['top1']} | {cell(c, 'top1', 'larger_std')} | {cell(c, 'top1', 'holds')} | {wins} |")
+    return lines
+
+
 def write_tables(out: Path, name: str, rows: list, total_s: float, argv: list, loops: list | None = None):
     out.mkdir(parents=True, exist_ok=True)
     meta = {"config": name, "command": "python benchmarks/accuracy.py " + " ".join(argv), "total_s": total_s,
@@ -350,11 +433,17 @@ def write_tables(out: Path, name: str, rows: list, total_s: float, argv: list, l
               "augmentation. `steps`: optimizer steps (every student row of a seed trains the same count); "
               "`train s`: mean training time of the stage; `PFLOP`: its training compute (forward FLOPs x "
               "images seen x 3: backward counted as 2 x forward)."]
+    lines += _comparison_lines(rows)
     for c in loops:
         lines.append(f"\nSeed {c['seed']}: the loop (teacher, labeling, each round's noisy student; not the "
                      f"comparison variants) spent **{c['total_pflop']:.3f} PFLOP** (training {c['train_pflop']:.3f}, "
                      f"labeling {c['label_pflop']:.3f}) in {c.get('loop_s', 0) / 60:.1f} min of stage wall time; the run "
                      f"with the variants took {c['wall_s'] / 60:.1f} min.")
+    if any(r.get("twin_of") == "teacher" for r in rows):
+        lines += ["", "`student_supervised` (the compute-matched supervised baseline) is the round-0 teacher's "
+                  "row: the teacher is trained as that baseline (the student's model, optimizer steps, images "
+                  "per step, noise and schedule; `noisystudent.variants.supervised_twin_differences` is empty), "
+                  "so the run does not train it twice."]
     present = [k for k in ABLATIONS if any(r["row"] == k or r["which"].endswith(k) for r in rows)]
     if present:
         lines += ["", "Rows: " + "; ".join(f"`{k}` = {ABLATIONS[k][0]}" for k in present)]

@@ -97,3 +97,40 @@ def test_seed_table_reads_eval_files_of_every_seed(tmp_path):
     assert len(out) == 4
     assert out[2].startswith("| 0 | teacher | m | 81.00 ± 1.41 | 80.00 ± 1.41 | 80.00 / 79.00, 82.00 / 81.00")
     assert out[3].startswith("| 1 | noisy student | m | 85.00 ± 1.41 | 84.00 ± 1.41 |")
+
+
+def test_teacher_reported_as_the_supervised_baseline_only_when_it_is_one(accuracy):
+    """The bundled Fashion-MNIST teacher is trained as the compute-matched supervised baseline, so the
+    table reports it in that row (marked) instead of training it twice; a teacher trained otherwise
+    (fewer steps) or a run that trained the variant gets no such row."""
+    from noisystudent.config import load_config
+    cfg = load_config(ROOT / "configs" / "fashion-mnist-1k.yaml", ["variants=[no_noise]"])
+    rows = [{"row": "baseline", "round": 0, "which": "teacher", "top1": 0.85, "val_top1": 0.86},
+            {"row": "baseline", "round": 1, "which": "student", "top1": 0.87, "val_top1": 0.88}]
+    out = accuracy.with_supervised_twin(rows, cfg, ["no_noise"])
+    twin = out[-1]
+    assert len(out) == 3 and twin["which"] == "student_supervised" and twin["twin_of"] == "teacher"
+    assert (twin["top1"], twin["val_top1"], twin["round"]) == (0.85, 0.86, cfg.variants_round)
+    assert accuracy.with_supervised_twin(rows, cfg, ["no_noise", "supervised"]) == rows
+    short = load_config(ROOT / "configs" / "fashion-mnist-1k.yaml", ["teacher.steps=1000"])
+    assert accuracy.with_supervised_twin(rows, short, ["no_noise"]) == rows
+
+
+def test_comparisons_pair_seeds_and_apply_the_larger_std_rule(accuracy):
+    """Final student vs each row: difference of means, paired per-seed differences, and 'holds' only
+    when the difference exceeds the larger of the two rows' sample std's."""
+    rows = []
+    for seed, (t, s1, s2, nn) in enumerate([(0.80, 0.82, 0.84, 0.83), (0.82, 0.83, 0.86, 0.86), (0.81, 0.83, 0.85, 0.84)]):
+        rows += [{"row": "baseline", "round": 0, "which": "teacher", "seed": seed, "val_top1": t, "top1": t},
+                 {"row": "baseline", "round": 1, "which": "student", "seed": seed, "val_top1": s1, "top1": s1},
+                 {"row": "baseline", "round": 2, "which": "student", "seed": seed, "val_top1": s2, "top1": s2},
+                 {"row": "student_nonoise", "round": 2, "which": "student_nonoise", "seed": seed,
+                  "val_top1": nn, "top1": None}]
+    comp = {c["vs"]: c for c in accuracy.comparisons(rows)}
+    t = comp["teacher"]["val_top1"]             # round 2 (the last) is the final student
+    assert t["delta"] == pytest.approx(4.0) and t["paired_std"] == pytest.approx(0.0, abs=1e-9)
+    assert t["larger_std"] == pytest.approx(1.0) and t["holds"] and t["wins"] == 3
+    nn = comp["student_nonoise"]["val_top1"]
+    assert nn["delta"] == pytest.approx(0.6667, abs=1e-3) and nn["wins"] == 2
+    assert nn["larger_std"] == pytest.approx(1.5275, abs=1e-3) and not nn["holds"]
+    assert "top1" not in comp["student_nonoise"]          # a missing value: no test column, not a made-up one

@@ -19,7 +19,8 @@ import re
 from .config import StudentConfig
 from .errors import UserError
 
-__all__ = ["VARIANTS", "variant_config", "variant_stage", "check_variants", "variant_names", "variant_changes"]
+__all__ = ["VARIANTS", "variant_config", "variant_stage", "check_variants", "variant_names", "variant_changes",
+           "supervised_twin_differences"]
 
 # name -> (description, changes to the student config as {dotted key: value})
 VARIANTS: dict[str, tuple[str, dict]] = {
@@ -111,3 +112,37 @@ def variant_config(student: StudentConfig, name: str, entries: list | None = Non
     out = coerce(d, StudentConfig, prefix.rstrip(".") or "student")
     student_ranges(out, prefix)
     return out
+
+
+# TrainConfig keys that change only how fast a stage runs, not what it learns
+_EXECUTION_ONLY = ("channels_last", "compile")
+
+
+def supervised_twin_differences(cfg) -> list[str]:
+    """Why round 0's teacher is NOT the `supervised` variant of `variants_round` ([] = it is).
+
+    The compute-matched supervised baseline is the student's architecture trained on the labeled
+    images alone, for the student's optimizer steps, with batches of batch_size x (1 + ratio) and
+    the student's noise and schedule. A teacher trained that way already is that baseline (another
+    seed of it), so a recipe can skip the `supervised` stage and report the teacher in its row:
+    one stage fewer per run. Pure: reads the config only."""
+    from dataclasses import fields
+    from .config import TrainConfig
+    t, s, k = cfg.teacher, cfg.student, cfg.variants_round
+    why = []
+    if cfg.model_for_round(0) != cfg.model_for_round(k):
+        why.append(f"model {cfg.model_for_round(0)} vs {cfg.model_for_round(k)}")
+    if t.steps <= 0 or t.steps != s.steps:
+        why.append(f"steps {t.steps or f'{t.epochs} epochs'} vs {s.steps or f'{s.epochs} epochs'} "
+                   "(both must be set in steps and equal)")
+    if t.batch_size != s.batch_size * (1 + s.ratio):
+        why.append(f"images per step {t.batch_size} vs {s.batch_size} x (1 + {s.ratio})")
+    if s.init_from_teacher:
+        why.append("student.init_from_teacher")
+    for f in fields(TrainConfig):
+        if f.name in ("model", "steps", "epochs", "batch_size", *_EXECUTION_ONLY):
+            continue
+        a, b = getattr(t, f.name), getattr(s, f.name)
+        if a != b:
+            why.append(f"{f.name} {a!r} vs {b!r}")
+    return why
