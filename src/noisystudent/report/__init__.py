@@ -161,6 +161,24 @@ def _render_html(blocks: list, title: str) -> str:
     return "\n".join(out) + "\n</body></html>\n"
 
 
+def _baseline_note(run: RunData) -> list:
+    """Say so when the teacher doubles as the compute-matched supervised baseline (a recipe that does
+    not train that baseline twice), so a reader knows which row to compare the students with."""
+    if not run.layout.config.is_file() or any(m["which"] == "student_supervised" for m in run.models):
+        return []
+    try:
+        import yaml
+        from ..config import config_from_dict
+        from ..variants import supervised_twin_differences
+        if supervised_twin_differences(config_from_dict(yaml.safe_load(run.layout.config.read_text()))):
+            return []
+    except Exception:       # an unreadable config only costs the report this sentence
+        return []
+    return [("p", "The round-0 teacher is trained as the compute-matched supervised baseline (the student's "
+                  "model, optimizer steps, images per step, noise and schedule), so it is that baseline: "
+                  "compare the students with it.")]
+
+
 def _warning_blocks(run_dir: Path) -> list:
     """The run's warnings (warnings.json, written by `run`), first, where they are read. A run made
     before warnings were kept has no file and no section."""
@@ -217,7 +235,7 @@ def write_report(run_dir: Path) -> list[Path]:
     b += _warning_blocks(run_dir)
 
     b += [("h", 2, "Results"), ("table", *_results_table(run)) if run.models else ("p", "No evaluated models yet."),
-          *img("accuracy", "confusion", "per_class_delta")]
+          *_baseline_note(run), *img("accuracy", "confusion", "per_class_delta")]
     if run.summary.get("selection"):
         b += [("h", 2, "Pseudo-label selection"), ("table", *_selection_table(run)),
               ("p", "Pseudo-label accuracy is shown when the pool came with true labels (hidden from training)."),
