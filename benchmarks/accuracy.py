@@ -246,10 +246,10 @@ def run_seed_jobs(jobs_plan: list[dict], jobs: int, log_dir: Path, stem: str) ->
         raise SystemExit("error: " + ", ".join(failed) + " failed; the other seeds' tables are in their --out folders")
 
 
-def combine(parts: list[dict], out: Path, name: str, total_s: float) -> None:
+def combine(parts: list[dict], out: Path, name: str, total_s: float, wall_label: str = "total wall") -> None:
     """One table from the JSON outputs of per-seed runs (`--combine`, or `--jobs`' children)."""
     write_tables(out, name, [r for p in parts for r in p["rows"]], total_s, sys.argv[1:],
-                 [c for p in parts for c in p.get("loops", [])])
+                 [c for p in parts for c in p.get("loops", [])], wall_label)
 
 
 def main():
@@ -275,7 +275,9 @@ def main():
     path = resolve_config_path(args.config)
     if args.combine:
         parts = [json.loads(Path(f).read_text()) for f in args.combine]
-        combine(parts, Path(args.out), args.name or Path(path).stem, sum(p["meta"]["total_s"] for p in parts))
+        # the parts may have run one after another or side by side: their sum is all that is known
+        combine(parts, Path(args.out), args.name or Path(path).stem, sum(p["meta"]["total_s"] for p in parts),
+                "sum of the combined runs' wall times")
         return
     # '3' = seeds 0,1,2 (a count); '2,' or '0,2' = exactly those seeds
     seeds = list(range(int(args.seeds))) if "," not in args.seeds and int(args.seeds) > 1 else \
@@ -406,7 +408,8 @@ def _comparison_lines(rows: list) -> list[str]:
     return lines
 
 
-def write_tables(out: Path, name: str, rows: list, total_s: float, argv: list, loops: list | None = None):
+def write_tables(out: Path, name: str, rows: list, total_s: float, argv: list, loops: list | None = None,
+                 wall_label: str = "total wall"):
     out.mkdir(parents=True, exist_ok=True)
     meta = {"config": name, "command": "python benchmarks/accuracy.py " + " ".join(argv), "total_s": total_s,
             "date": time.strftime("%Y-%m-%d"), **machine()}
@@ -419,7 +422,7 @@ def write_tables(out: Path, name: str, rows: list, total_s: float, argv: list, l
              f"`{meta['command']}`", "",
              f"{meta['cpu']}, {meta['cores']} cores (AVX512-BF16: {meta['avx512_bf16']}, native bf16: "
              f"{meta['native_bf16']}), GPU: {meta['gpu']}, torch {meta['torch']}, {meta['date']}, "
-             f"total wall {total_s / 60:.1f} min", "",
+             f"{wall_label} {total_s / 60:.1f} min", "",
              "| row | round | model | role | val top-1 (%) | test top-1 (%) | seeds | steps | train s | PFLOP |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for (row, rnd, which), rs in groups.items():
