@@ -320,11 +320,11 @@ def test_damaged_stage_record_is_redone(finished, copy_run):
     ("a: [1,\n", "not readable YAML"),
 ])
 def test_damaged_run_config_is_one_line(tmp_path, content, why):
-    from noisystudent.pipeline import _read_run_config
+    from noisystudent.pipeline import read_run_config
     run_config = RunLayout(tmp_path).config
     run_config.write_text(content)
     with pytest.raises(UserError) as e:
-        _read_run_config(run_config)
+        read_run_config(run_config)
     assert str(e.value).startswith(f"{run_config} is damaged ({why}")
     assert str(e.value).endswith(f"so it cannot tell which experiment {tmp_path} holds; restore it, or rerun with "
                                  "--force to reuse the folder (stages whose inputs changed are redone)")

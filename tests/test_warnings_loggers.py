@@ -251,7 +251,7 @@ def test_report_log_axis_labels_are_plain_text(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
     from noisystudent.artifacts import write_json
-    from noisystudent.report.plots import _confidence
+    from noisystudent.report.plots import PLOTS
     from noisystudent.report.rundata import STYLE, RunData
     lay = RunLayout(tmp_path)
     write_json(lay.summary, {"name": "t", "classes": ["a", "b"], "models": []})
@@ -260,7 +260,8 @@ def test_report_log_axis_labels_are_plain_text(tmp_path):
     pq.write_table(pa.table({"confidence": conf}), lay.labels(1) / "part-00000.parquet")
     write_json(lay.selection(1) / "selection.json", {"threshold": 0.6})
     with matplotlib.rc_context({**STYLE, "text.parse_math": False}):
-        fig = _confidence(RunData(tmp_path))
+        confidence = {name: draw for name, _, draw in PLOTS}["confidence"]     # as write_report finds it
+        fig = confidence(RunData(tmp_path))
         fig.canvas.draw()
         labels = [t.get_text() for ax in fig.axes for t in ax.get_yticklabels(which="both") if t.get_text()]
     assert labels and not any("$" in t or "mathdefault" in t for t in labels), labels

@@ -22,7 +22,7 @@ from .stages.select import select_pseudo_labels
 from .stages.train import finetune, train_student, train_teacher
 from .variants import variant_names, variant_stage
 
-__all__ = ["run", "build_summary", "format_table", "claim_run_dir", "check_inputs"]
+__all__ = ["run", "build_summary", "format_table", "claim_run_dir", "check_inputs", "read_run_config"]
 
 log = logging.getLogger("noisystudent")
 
@@ -60,7 +60,7 @@ def claim_run_dir(ctx: RunContext, force: bool = False) -> None:
         raise UserError(f"{ctx.run_dir} is not empty and is not a noisystudent run directory (no config.yaml); "
                         "use a new or empty --run-dir (or --force to use this folder anyway)")
     if path.exists() and not force:
-        old = _read_run_config(path)
+        old = read_run_config(path)
         for key in IDENTITY_KEYS:
             if old["data"][key] != new["data"][key]:
                 raise UserError(f"{ctx.run_dir} holds a run with a different data.{key}; use another --run-dir "
@@ -86,7 +86,7 @@ def claim_run_dir(ctx: RunContext, force: bool = False) -> None:
         dist.barrier()
 
 
-def _read_run_config(path: Path) -> dict:
+def read_run_config(path: Path) -> dict:
     """The run directory's config.yaml, checked enough to compare the experiment's identity keys."""
     from .config import safe_load_yaml
     why = None

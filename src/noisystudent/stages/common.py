@@ -342,7 +342,7 @@ def _decide(stage_dir: Path, fp: str, label: str) -> str:
         if rec is None and (stage_dir / "stage.json").exists():
             log.warning("%s: stage.json is damaged (not a stage record); redoing the stage", label)
         elif rec is not None:
-            log.warning("%s: config or inputs changed since it ran; redoing it and every stage after it", label)
+            log.warning("%s: config or inputs changed since it ran; redoing it (stages that read its outputs follow; the others are kept)", label)
         return "reset"
     return "resume"
 
