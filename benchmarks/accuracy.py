@@ -291,13 +291,14 @@ def main():
         return
     names = [] if args.ablations == "none" else (list(ABLATIONS) if args.ablations == "all" else args.ablations.split(","))
     variants = None if args.variants is None else [v for v in args.variants.split(",") if v]
+    if variants is None:                                  # the config's own (the seed does not change them)
+        variants = variant_names(load_config(path, args.set).variants)
     rows, loops, t_all = [], [], time.perf_counter()
     for seed in seeds:
         base_over = [*args.set, f"seed={seed}"]
         plan = plan_ablations(path, base_over, names)     # before any training: bad names fail fast
-        own = variant_names(load_config(path, base_over).variants) if variants is None else variants
-        in_run = list(dict.fromkeys([*own, *(o[0].split(":", 1)[1] for _, _, o in plan
-                                             if o[0].startswith("@variant:"))]))
+        in_run = list(dict.fromkeys([*variants, *(o[0].split(":", 1)[1] for _, _, o in plan
+                                                  if o[0].startswith("@variant:"))]))
         base_dir = Path(args.runs) / f"{Path(path).stem}-s{seed}" / "baseline"
         over = [*base_over, f"variants=[{', '.join(in_run)}]"]
         summary, wall = run_one(path, over, base_dir)
@@ -351,32 +352,35 @@ def comparisons(rows: list) -> list[dict]:
     (mean ± std: seeds share the labeled draw, so this is the sharper test), and whether the
     difference of the means exceeds the larger of the two rows' std's (issue 13's criterion)."""
     import numpy as np
-    base = [r for r in rows if r["row"] == "baseline" or r["which"].startswith("student_")]
-    students = [r for r in base if r["which"] == "student"]
+
+    def sd(v):                      # sample std; undefined for one seed
+        return float(np.std(v, ddof=1)) if len(v) > 1 else float("nan")
+
+    students = [r for r in rows if r["row"] == "baseline" and r["which"] == "student"]
     if not students:
         return []
     last = max(r["round"] for r in students)
     final = {r["seed"]: r for r in students if r["round"] == last}
-    out = []
-    others: dict = {}
-    for r in base:
-        if r["which"] == "teacher" or r["which"].startswith("student_"):
+    others: dict = {}               # which -> {seed: row}: the teacher and the baseline run's variants
+    for r in rows:
+        if r["which"] == "teacher" and r["row"] == "baseline" or r["which"].startswith("student_"):
             others.setdefault(r["which"], {})[r["seed"]] = r
+    out = []
     for which, by_seed in others.items():
         seeds = sorted(set(final) & set(by_seed))
         if not seeds:
             continue
         row = {"vs": which, "seeds": len(seeds)}
         for metric in ("val_top1", "top1"):
-            a = [final[s][metric] for s in seeds]
-            b = [by_seed[s][metric] for s in seeds]
-            if any(x is None for x in a + b):
+            pair = [(final[s][metric], by_seed[s][metric]) for s in seeds]
+            if any(x is None for p in pair for x in p):
                 continue
-            d = 100 * (np.array(a) - np.array(b))
-            sd = lambda v: 100 * float(np.std(v, ddof=1)) if len(v) > 1 else float("nan")
-            row[metric] = {"delta": float(d.mean()), "paired_std": float(np.std(d, ddof=1)) if len(d) > 1 else None,
-                           "larger_std": max(sd(a), sd(b)), "wins": int((d > 0).sum()),
-                           "holds": bool(len(d) > 1 and d.mean() > max(sd(a), sd(b)))}
+            a, b = (100 * np.array(v) for v in zip(*pair))          # points
+            d = a - b
+            larger = max(sd(a), sd(b))
+            row[metric] = {"delta": float(d.mean()), "paired_std": sd(d) if len(d) > 1 else None,
+                           "larger_std": larger, "wins": int((d > 0).sum()),
+                           "holds": bool(len(d) > 1 and d.mean() > larger)}
         out.append(row)
     return out
 

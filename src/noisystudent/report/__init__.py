@@ -166,11 +166,9 @@ def _baseline_note(run: RunData) -> list:
     not train that baseline twice), so a reader knows which row to compare the students with."""
     if not run.layout.config.is_file() or any(m["which"] == "student_supervised" for m in run.models):
         return []
+    from ..variants import supervised_twin_differences
     try:
-        import yaml
-        from ..config import config_from_dict
-        from ..variants import supervised_twin_differences
-        if supervised_twin_differences(config_from_dict(yaml.safe_load(run.layout.config.read_text()))):
+        if supervised_twin_differences(run.config):
             return []
     except Exception:       # an unreadable config only costs the report this sentence
         return []

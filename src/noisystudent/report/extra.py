@@ -12,7 +12,6 @@ from matplotlib.figure import Figure
 
 from ..layout import RunLayout
 import numpy as np
-import yaml
 
 from ..labels import LabelDirError, list_label_shards
 from .rundata import RunData, load_optional
@@ -76,9 +75,8 @@ def confusion_plot(run: RunData):
 
 
 def _pool_source(run: RunData):
-    from ..config import config_from_dict
     from ..data import create_source
-    cfg = config_from_dict(yaml.safe_load(run.layout.config.read_text()))
+    cfg = run.config
     return create_source(cfg.data.unlabeled, cfg.data.in_chans or 3, "data.unlabeled")
 
 

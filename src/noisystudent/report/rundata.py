@@ -78,6 +78,14 @@ class RunData:
         """A JSON file of a stage folder (from `self.layout`), or None when absent or unreadable."""
         return load_optional(folder / name)
 
+    @functools.cached_property
+    def config(self):
+        """The run's resolved config (config.yaml) as a `Config`; raises what reading or checking it
+        raises (nothing is cached then)."""
+        import yaml
+        from ..config import config_from_dict
+        return config_from_dict(yaml.safe_load(self.layout.config.read_text()))
+
     def final_student(self) -> dict | None:
         students = [m for m in self.models if m["which"] == "student"]
         return max(students, key=lambda m: m["round"]) if students else None
