@@ -159,7 +159,7 @@ def affine_coefficients(kind: torch.Tensor, value: torch.Tensor, h: int, w: int)
     return out
 
 
-_CPU_CHUNK = 64   # measured on the 2-core EPYC: 256 -> 64 images per call cut bicubic time ~30%
+_CPU_CHUNK = 16   # 2-core EPYC: the 16-tap gather of 16 images stays in L2 (64 images: up to 1.5x slower)
 
 
 def _cubic_(v1, v2, v3, v4, d):
@@ -171,6 +171,9 @@ def _cubic_(v1, v2, v3, v4, d):
     return p4.mul_(d).add_(p3).mul_(d).add_(p2).mul_(d).add_(v2)
 
 
+_PAD = 2   # edge-replicated border: a tap at x0 + o (o in -1..2) reads what PIL's clamped XCLIP/YCLIP reads
+
+
 def warp(x: torch.Tensor, coef: torch.Tensor, fill: torch.Tensor, bicubic: bool | torch.Tensor,
          dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Image.transform(AFFINE) for a batch: one (a..f) row per image, `fill` (C,) outside.
@@ -179,9 +182,14 @@ def warp(x: torch.Tensor, coef: torch.Tensor, fill: torch.Tensor, bicubic: bool 
     taps, then picked: the dense GPU path). `dtype` is the precision of coordinates and
     interpolation: float64 is PIL's (C doubles) and gives its result to the grey level; float32
     is faster and can move a truncated pixel by one.
+
+    All taps come from one gather on the edge-padded image (padding replaces per-tap clamping) and
+    the interpolation runs on all rows of taps at once: a RandAugment layer's geometry is ~125
+    kernels instead of ~213 (each one a node the CUDA graph replays per batch), at the CPU speed
+    of one gather per tap (docs/benchmarks/throughput.md).
     """
     n, c, h, w = x.shape
-    if x.device.type == "cpu" and n > _CPU_CHUNK:     # temporaries of 64 images stay in a 1-2 MB L2
+    if x.device.type == "cpu" and n > _CPU_CHUNK:     # temporaries of a chunk stay in L2
         pick = lambda i: bicubic[i:i + _CPU_CHUNK] if torch.is_tensor(bicubic) else bicubic  # noqa: E731
         return torch.cat([warp(x[i:i + _CPU_CHUNK], coef[i:i + _CPU_CHUNK], fill, pick(i), dtype)
                           for i in range(0, n, _CPU_CHUNK)])
@@ -195,22 +203,25 @@ def warp(x: torch.Tensor, coef: torch.Tensor, fill: torch.Tensor, bicubic: bool 
     inside = (xin >= 0) & (xin < w) & (yin >= 0) & (yin < h)
     xs, ys = xin - 0.5, yin - 0.5
     x0, y0 = torch.floor(xs), torch.floor(ys)
-    dx, dy = (xs - x0)[:, None], (ys - y0)[:, None]
-    x0, y0 = x0.long(), y0.long()
-    flat = x.reshape(n, c, h * w).to(dtype)
+    dx, dy = (xs - x0)[:, None, None], (ys - y0)[:, None]                    # (n, 1, 1, hw), (n, 1, hw)
+    # inside pixels have x0 in [-1, w-1]; clamping the others keeps their (discarded) taps in range
+    x0, y0 = x0.long().clamp_(-1, w - 1), y0.long().clamp_(-1, h - 1)
     cubic = bicubic is True or torch.is_tensor(bicubic)
     linear = bicubic is False or torch.is_tensor(bicubic)
-    offsets = (-1, 0, 1, 2) if cubic else (0, 1)
-    cols = {o: (x0 + o).clamp_(0, w - 1) for o in offsets}          # clamped taps = PIL's XCLIP/YCLIP
-    rows = {o: (y0 + o).clamp_(0, h - 1).mul_(w) for o in offsets}
-    taps = {(i, j): flat.gather(2, (rows[j] + cols[i])[:, None].expand(n, c, -1)) for j in offsets for i in offsets}
+    offsets = torch.arange(-1, 3, device=dev) if cubic else torch.arange(0, 2, device=dev)
+    k, wp = offsets.numel(), w + 2 * _PAD
+    padded = F.pad(x.to(dtype), (_PAD,) * 4, mode="replicate").reshape(n, c, -1)
+    base = (y0 + _PAD) * wp + (x0 + _PAD)                                     # (n, hw)
+    tap_off = (offsets[None, :] * wp + offsets[:, None]).reshape(-1)          # (k*k,): [column i, row j]
+    idx = (base[:, None, :] + tap_off[None, :, None]).reshape(n, 1, -1).expand(n, c, -1)
+    taps = padded.gather(2, idx).view(n, c, k, k, h * w)                      # [.., i, j, pixel]: pixels contiguous
     if linear:                                  # PIL's BILINEAR, a + (b - a) * d; leaves the taps intact
-        top = (taps[1, 0] - taps[0, 0]).mul_(dx).add_(taps[0, 0])
-        bot = (taps[1, 1] - taps[0, 1]).mul_(dx).add_(taps[0, 1])
-        v = bot.sub_(top).mul_(dy).add_(top)
-    if cubic:
-        r = [_cubic_(taps[-1, j], taps[0, j], taps[1, j], taps[2, j], dx) for j in offsets]
-        vc = _cubic_(*r, dy).clamp_(0, 255)
+        o = 1 if cubic else 0                   # where offset 0 sits
+        rows = (taps[:, :, o + 1, o:o + 2] - taps[:, :, o, o:o + 2]).mul_(dx).add_(taps[:, :, o, o:o + 2])
+        v = rows[:, :, 1].sub(rows[:, :, 0]).mul_(dy).add_(rows[:, :, 0])     # rows: (n, c, 2, hw) top, bottom
+    if cubic:                                   # the four rows at once, then down the column
+        r = _cubic_(taps[:, :, 0], taps[:, :, 1], taps[:, :, 2], taps[:, :, 3], dx)     # (n, c, 4, hw)
+        vc = _cubic_(r[:, :, 0], r[:, :, 1], r[:, :, 2], r[:, :, 3], dy).clamp_(0, 255)
         v = torch.where(bicubic.to(dev).view(-1, 1, 1), vc, v) if linear else vc
     v = v.trunc_().to(x.dtype)
     out = torch.where(inside[:, None], v, fill.to(x.dtype).view(1, c, 1))
