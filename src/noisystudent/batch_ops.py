@@ -185,8 +185,8 @@ def warp(x: torch.Tensor, coef: torch.Tensor, fill: torch.Tensor, bicubic: bool 
 
     All taps come from one gather on the edge-padded image (padding replaces per-tap clamping) and
     the interpolation runs on all rows of taps at once: a RandAugment layer's geometry is ~125
-    kernels instead of ~213 (each one a node the CUDA graph replays per batch), at the CPU speed
-    of one gather per tap (docs/benchmarks/throughput.md).
+    kernels instead of ~213 (each one a node the CUDA graph replays per batch); on the CPU it runs
+    about as fast as one gather per tap did (docs/benchmarks/throughput.md).
     """
     n, c, h, w = x.shape
     if x.device.type == "cpu" and n > _CPU_CHUNK:     # temporaries of a chunk stay in L2
