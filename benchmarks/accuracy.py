@@ -33,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 os.environ.setdefault("NOISYSTUDENT_PROGRESS", "0")
@@ -203,6 +205,25 @@ def student_steps(run_dir: Path) -> int | None:
     return _info(RunLayout(run_dir).model(1, "student")).get("steps")
 
 
+def variant_entries(declared: list, chosen: list[str] | None, extra: list[str]) -> list:
+    """The `variants` entries the baseline run trains: the config's own entries (built-in names and
+    `{name: {changes}}` mappings, kept whole so that a config's own variants keep their changes), only
+    those named in `--variants` when it is given (a name the config does not declare must be a
+    built-in), then the built-ins that the planned ablations run as variants."""
+    by_name = dict(zip(variant_names(declared), declared))
+    names = list(by_name) if chosen is None else chosen
+    unknown = [n for n in names if n not in by_name and n not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"error: --variants: {', '.join(unknown)} is neither declared in the config's `variants` "
+                         f"nor built in; built in: {', '.join(VARIANTS)}; declared: {', '.join(by_name) or 'none'}")
+    return [by_name.get(n, n) for n in dict.fromkeys([*names, *extra])]
+
+
+def variants_override(entries: list) -> str:
+    """`variants=[...]` as a --set override that round-trips every entry (YAML flow style)."""
+    return "variants=" + yaml.safe_dump(list(entries), default_flow_style=True, width=10**6).strip()
+
+
 def seed_jobs(argv: list[str], seeds: list[int], jobs: int, out: Path, cores: int | None = None) -> list[dict]:
     """One child command per seed for `--jobs`: this script with `--seeds "<s>,"`, its output table in
     `out/seed<s>` (combined afterwards; `out` is under --runs) and cores/jobs threads, the rest of `argv` unchanged."""
@@ -257,8 +278,8 @@ def main():
     ap.add_argument("config")
     ap.add_argument("--ablations", default="none")
     ap.add_argument("--variants", default=None,
-                    help="variants trained inside the baseline run, in the config's variants_round (default: "
-                         "the config's own `variants`; '' for none)")
+                    help="variants trained inside the baseline run, in the config's variants_round, by name: "
+                         "built-ins or the config's own (default: the config's own `variants`, kept whole; '' for none)")
     ap.add_argument("--seeds", default="0", help="comma-separated seeds, or a count: '3' = 0,1,2; '2,' = seed 2 only")
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--runs", default=str(ROOT / "runs" / "bench"))
@@ -290,17 +311,17 @@ def main():
         combine(parts, Path(args.out), stem, time.perf_counter() - t0)
         return
     names = [] if args.ablations == "none" else (list(ABLATIONS) if args.ablations == "all" else args.ablations.split(","))
-    variants = None if args.variants is None else [v for v in args.variants.split(",") if v]
-    if variants is None:                                  # the config's own (the seed does not change them)
-        variants = variant_names(load_config(path, args.set).variants)
+    chosen = None if args.variants is None else [v for v in args.variants.split(",") if v]
+    declared = load_config(path, args.set).variants      # the config's own (the seed does not change them)
     rows, loops, t_all = [], [], time.perf_counter()
     for seed in seeds:
         base_over = [*args.set, f"seed={seed}"]
         plan = plan_ablations(path, base_over, names)     # before any training: bad names fail fast
-        in_run = list(dict.fromkeys([*variants, *(o[0].split(":", 1)[1] for _, _, o in plan
-                                                  if o[0].startswith("@variant:"))]))
+        entries = variant_entries(declared, chosen, [o[0].split(":", 1)[1] for _, _, o in plan
+                                                     if o[0].startswith("@variant:")])
+        in_run = variant_names(entries)
         base_dir = Path(args.runs) / f"{Path(path).stem}-s{seed}" / "baseline"
-        over = [*base_over, f"variants=[{', '.join(in_run)}]"]
+        over = [*base_over, variants_override(entries)]
         summary, wall = run_one(path, over, base_dir)
         cfg = load_config(path, over)
         rows += [dict(r, seed=seed) for r in with_supervised_twin(

@@ -134,3 +134,19 @@ def test_comparisons_pair_seeds_and_apply_the_larger_std_rule(accuracy):
     assert nn["delta"] == pytest.approx(0.6667, abs=1e-3) and nn["wins"] == 2
     assert nn["larger_std"] == pytest.approx(1.5275, abs=1e-3) and not nn["holds"]
     assert "top1" not in comp["student_nonoise"]          # a missing value: no test column, not a made-up one
+
+
+def test_a_configs_own_variants_reach_the_run_whole(accuracy):
+    """The bench used to pass only variant *names* on to the run, so a config's own variant
+    (`{ra_m9: {noise.ra_magnitude: 9}}`) failed as an unknown built-in."""
+    from noisystudent.config import load_config
+    cfg = ROOT / "configs" / "fashion-mnist-1k.yaml"
+    declared = load_config(cfg, ["variants=[no_noise, {ra_m9: {noise.ra_magnitude: 9}}]"]).variants
+    entries = accuracy.variant_entries(declared, None, ["no_noise", "supervised"])
+    assert entries == ["no_noise", {"ra_m9": {"noise.ra_magnitude": 9}}, "supervised"]
+    # the override round-trips through the config loader with the changes intact
+    assert load_config(cfg, [accuracy.variants_override(entries)]).variants == entries
+    assert accuracy.variant_entries(declared, ["ra_m9"], []) == [{"ra_m9": {"noise.ra_magnitude": 9}}]
+    assert accuracy.variant_entries(declared, ["supervised"], []) == ["supervised"]
+    with pytest.raises(SystemExit, match="--variants: light is neither declared.*declared: no_noise, ra_m9"):
+        accuracy.variant_entries(declared, ["light"], [])
