@@ -41,6 +41,7 @@ os.environ.setdefault("NOISYSTUDENT_PROGRESS", "0")
 
 from noisystudent.cli import resolve_config_path  # noqa: E402
 from noisystudent.config import load_config  # noqa: E402
+from noisystudent.inference import tta_view_count  # noqa: E402
 from noisystudent.layout import RunLayout  # noqa: E402
 from noisystudent.errors import UserError  # noqa: E402
 from noisystudent.pipeline import run  # noqa: E402
@@ -175,7 +176,7 @@ def loop_compute(run_dir: Path, cfg) -> dict:
         train += 3 * forward_flops(cfg.model_for_round(k), chans, size) * (st.get("images_seen") or 0)
         if k >= 1:
             lab = _info(lay.labels(k))
-            views = 2 if cfg.label.flip_tta else 1
+            views = tta_view_count(cfg.label.flip_tta, cfg.label.shift_tta)
             label += views * forward_flops(cfg.model_for_round(k - 1), chans, size) * (lab.get("rows") or 0)
     # wall: every stage of the loop (teacher, labels, selection, students, their evaluations), not the variants'
     loop = {d for k in lay.rounds() for d in (lay.labels(k), lay.selection(k),

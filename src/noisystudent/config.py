@@ -143,6 +143,7 @@ class StudentConfig(TrainConfig):
 class LabelConfig:
     temperature: float = 1.0
     flip_tta: bool = False              # average the teacher's probs over the image and its mirror
+    shift_tta: int = 0                  # pixels: also average over each view moved +-N diagonally (0 = off)
     noised_teacher: bool = False        # the paper's ablation only: label with dropout/SD on
     batch_size: int = 256
     shard_size: int = 4096              # rows per Parquet shard (the unit of resume)
@@ -168,6 +169,7 @@ class FinetuneConfig:
 class EvalConfig:
     batch_size: int = 256
     flip_tta: bool = False              # score the mean probability over each image and its mirror
+    shift_tta: int = 0                  # pixels: also average over each view moved +-N diagonally (0 = off)
     robustness: bool = False
     corruptions: list[str] = field(default_factory=lambda: ["all"])
     severities: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])

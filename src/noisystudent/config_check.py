@@ -184,6 +184,7 @@ RULES: dict[str, Range] = {
     "evaluate.severities": Range(1, 5, each=True, text="each must be in 1..5"),
     "evaluate.fgsm_eps": Range(0, 1, hi_open=True, each=True, text="each must be in [0, 1) (pixel scale; 8/255 = 0.0314)"),
     "evaluate.max_images": GE0,
+    **{f"{sec}.shift_tta": Range(0, 8, text="must be 0 (off) to 8 pixels") for sec in ("label", "evaluate")},
 }
 
 

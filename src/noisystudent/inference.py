@@ -2,8 +2,8 @@
 
 Evaluation (`stages/evaluate.py`), labeling the pool (`labels.predict_shard`) and `predict` all
 read their logits from `iter_logits`, so preprocessing (resize, normalise), device transfer and
-flip test-time augmentation are done the same way everywhere. Setting eval mode (or the noised
-teacher's partial train mode) stays with the caller.
+test-time augmentation (flip, shift) are done the same way everywhere. Setting eval mode (or the
+noised teacher's partial train mode) stays with the caller.
 """
 from __future__ import annotations
 
@@ -11,25 +11,49 @@ from typing import Iterator
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .data import eval_batches
 
-__all__ = ["iter_logits"]
+__all__ = ["iter_logits", "tta_views", "tta_view_count"]
+
+
+def tta_view_count(hflip: bool, shift: int) -> int:
+    """How many forward passes `tta_views` asks for (the label stage's compute counts them)."""
+    return (2 if hflip else 1) * (3 if shift > 0 else 1)
+
+
+def tta_views(x: torch.Tensor, hflip: bool = False, shift: int = 0) -> list[torch.Tensor]:
+    """The test-time views of a normalised NCHW batch: the images, their mirrors with `hflip`, and
+    with `shift` > 0 each of those moved by `shift` pixels diagonally both ways (up-left and
+    down-right, the uncovered border filled by reflection). The first view is always `x` itself.
+    Training's random crop taught the model small translations, so averaging its probabilities
+    over them smooths its errors; airbench94 (Jordan 2024) scores with flips and translations."""
+    views = [x, x.flip(-1)] if hflip else [x]
+    if shift <= 0:
+        return views
+    h, w = x.shape[-2:]
+    if shift >= min(h, w):
+        raise ValueError(f"shift {shift} must be smaller than the image ({h}x{w})")
+    out = []
+    for v in views:
+        p = F.pad(v, (shift, shift, shift, shift), mode="reflect")
+        # output pixel (i, j) = v(i + s, j + s), then v(i - s, j - s)
+        out += [v, p[..., 2 * shift:2 * shift + h, 2 * shift:2 * shift + w], p[..., :h, :w]]
+    return out
 
 
 @torch.no_grad()
 def iter_logits(model, source, image_size: int, mean, std, *, batch_size: int = 256, device="cpu",
                 workers: int = 0, skip_bad: bool = False, start: int = 0, stop: int | None = None,
-                hflip: bool = False, on_device: bool = False) -> Iterator[tuple[list[torch.Tensor], np.ndarray]]:
-    """Yield ([logits] or, with `hflip`, [logits, logits of the mirrored images], source rows) per
-    batch, as float32 CPU tensors, or left on `device` with `on_device` (no host sync per batch: a
-    caller that gathers a shard's worth before copying keeps a GPU busy). Undecodable images are
-    dropped when `skip_bad`."""
+                hflip: bool = False, shift: int = 0, on_device: bool = False
+                ) -> Iterator[tuple[list[torch.Tensor], np.ndarray]]:
+    """Yield (a list of logits, one per test-time view of `tta_views(x, hflip, shift)`: [logits]
+    without TTA, the first entry always the plain images', source rows) per batch, as float32 CPU
+    tensors, or left on `device` with `on_device` (no host sync per batch: a caller that gathers a
+    shard's worth before copying keeps a GPU busy). Undecodable images are dropped when `skip_bad`."""
     move = (lambda t: t.float()) if on_device else (lambda t: t.float().cpu())
     for x, idx in eval_batches(source, batch_size, image_size, mean, std, start=start, stop=stop,
                                workers=workers, skip_bad=skip_bad, device=device):
         x = x.to(device)
-        views = [move(model(x))]
-        if hflip:
-            views.append(move(model(x.flip(-1))))
-        yield views, idx
+        yield [move(model(v)) for v in tta_views(x, hflip, shift)], idx

@@ -87,13 +87,13 @@ def check_shard_schema(path: Path, num_classes: int) -> None:
 @torch.no_grad()
 def predict_shard(model, source, start: int, stop: int, *, image_size: int, mean, std, temperature: float,
                   flip_tta: bool, batch_size: int, device, workers: int = 0, skip_bad: bool = True,
-                  teacher_hash: str = "", keep_true_labels: bool = False) -> pa.Table:
+                  shift_tta: int = 0, teacher_hash: str = "", keep_true_labels: bool = False) -> pa.Table:
     probs_l, idx_l = [], []
     # the shard's probabilities stay on the device until it is done: one host copy per shard
     for views, idx in iter_logits(model, source, image_size, mean, std, batch_size=batch_size, device=device,
                                   workers=workers, skip_bad=skip_bad, start=start, stop=stop, hflip=flip_tta,
-                                  on_device=True):
-        # flip TTA averages the two views' probabilities (after the temperature), not their logits
+                                  shift=shift_tta, on_device=True):
+        # TTA averages the views' probabilities (after the temperature), not their logits
         probs_l.append(torch.stack([probs_from_logits(v, temperature) for v in views]).mean(0))
         idx_l.append(idx)
     C = model.num_classes if hasattr(model, "num_classes") else None

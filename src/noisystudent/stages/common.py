@@ -30,7 +30,8 @@ from ..layout import RunLayout
 from .. import runlog
 from ..models import create_model
 
-__all__ = ["RunContext", "run_stage", "load_model", "save_model", "StageResult", "invalidate_stage"]
+__all__ = ["RunContext", "run_stage", "load_model", "save_model", "StageResult", "invalidate_stage",
+           "stage_section"]
 
 log = logging.getLogger("noisystudent")
 
@@ -192,6 +193,18 @@ class StageResult:
     dir: Path
     record: dict
     skipped: bool
+
+
+# Config keys added after runs existed, with the default that reproduces the older behaviour. While a
+# key keeps that default it stays out of the fingerprint, so upgrading does not redo finished stages
+# (labels and every student after them) that the new key would not have changed.
+ADDED_LATER = {"shift_tta": 0}
+
+
+def stage_section(section) -> dict:
+    """`config_to_dict(section)` for a stage's fingerprint, without ADDED_LATER keys at their default."""
+    d = config_to_dict(section)
+    return {k: v for k, v in d.items() if not (k in ADDED_LATER and v == ADDED_LATER[k])}
 
 
 def run_stage(ctx: RunContext, stage_dir: Path, config: dict, inputs: dict[str, Path],

@@ -11,21 +11,23 @@ from ..data import Source
 from ..errors import UserError
 from ..inference import iter_logits
 from ..metrics import classification_report
-from .common import RunContext, StageResult, load_model, run_stage
+from .common import RunContext, StageResult, load_model, run_stage, stage_section
 
 __all__ = ["predict_logits", "evaluate_source", "evaluate_stage", "robustness_images", "run_robustness"]
 
 
 def predict_logits(model, source: Source, image_size: int, mean, std, batch_size: int = 256,
-                   device="cpu", workers: int = 0, flip_tta: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, labels) of a whole labeled source, in eval mode. `flip_tta`: the log of the mean
-    probability over each image and its mirror (so softmax gives the averaged probabilities, as the
-    label stage averages them)."""
+                   device="cpu", workers: int = 0, flip_tta: bool = False,
+                   shift_tta: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, labels) of a whole labeled source, in eval mode. With test-time views (`flip_tta`:
+    the mirror; `shift_tta`: +-N pixel shifts, `inference.tta_views`), the log of the mean
+    probability over the views (so softmax gives the averaged probabilities, as the label stage
+    averages them)."""
     model.eval()
     out, labels = [], []
     for views, idx in iter_logits(model, source, image_size, mean, std, batch_size=batch_size, device=device,
-                                  workers=workers, hflip=flip_tta):
-        if flip_tta:
+                                  workers=workers, hflip=flip_tta, shift=shift_tta):
+        if len(views) > 1:
             out.append(torch.stack([v.softmax(1) for v in views]).mean(0).clamp_min(1e-12).log())
         else:
             out.append(views[0])
@@ -35,7 +37,7 @@ def predict_logits(model, source: Source, image_size: int, mean, std, batch_size
 
 def evaluate_source(model, meta: dict, source: Source, batch_size: int = 256, device="cpu",
                     workers: int = 0, key: str = "test", image_size: int | None = None,
-                    flip_tta: bool = False) -> dict:
+                    flip_tta: bool = False, shift_tta: int = 0) -> dict:
     """Classification report of `model` on a labeled source. A source whose classes are a subset of
     the model's is scored on those classes only (logits restricted, as the ImageNet-A protocol)."""
     classes = list(meta["classes"])
@@ -45,7 +47,7 @@ def evaluate_source(model, meta: dict, source: Source, batch_size: int = 256, de
     if unknown:
         raise UserError(f"{key}: classes {unknown[:5]} are not among the model's {len(classes)} classes")
     logits, labels = predict_logits(model, source, image_size or meta["image_size"], meta["mean"], meta["std"],
-                                    batch_size, device, workers, flip_tta)
+                                    batch_size, device, workers, flip_tta, shift_tta)
     if source.classes != classes:
         cols = torch.tensor([classes.index(c) for c in source.classes])
         logits = logits[:, cols]
@@ -80,7 +82,7 @@ def evaluate_stage(ctx: RunContext, k: int, which: str) -> StageResult:
     """Evaluate round k's `which` model (teacher, student, student_nonoise, finetune)."""
     cfg, ecfg = ctx.cfg, ctx.cfg.evaluate
     mdir = ctx.layout.model(k, which)
-    config = {"evaluate": config_to_dict(ecfg), "test": config_to_dict(cfg.data.test),
+    config = {"evaluate": stage_section(ecfg), "test": config_to_dict(cfg.data.test),
               "val": config_to_dict(cfg.data.val) if cfg.data.val is not None else None,
               "extra_test": [config_to_dict(s) for s in cfg.data.extra_test],
               "test_content": ctx.data_fingerprint("test"), "val_content": ctx.data_fingerprint("val"),
@@ -88,7 +90,7 @@ def evaluate_stage(ctx: RunContext, k: int, which: str) -> StageResult:
 
     def body(d):
         model, meta = load_model(mdir / "model.pt", ctx.device, expect_classes=ctx.classes)
-        tta = dict(flip_tta=ecfg.flip_tta)
+        tta = dict(flip_tta=ecfg.flip_tta, shift_tta=ecfg.shift_tta)
         report = evaluate_source(model, meta, ctx.test, ecfg.batch_size, ctx.device, cfg.data.workers, **tta)
         report["extra"] = {}
         if ctx.val is not None:
@@ -100,7 +102,7 @@ def evaluate_stage(ctx: RunContext, k: int, which: str) -> StageResult:
             rep = evaluate_source(model, meta, src, ecfg.batch_size, ctx.device, cfg.data.workers, name, **tta)
             report["extra"][name] = {k2: rep[k2] for k2 in ("num_images", "top1", "top5", "ece", "classes")}
         report.update(model=meta["model_name"], role=meta["role"], image_size=meta["image_size"], round=k,
-                      flip_tta=ecfg.flip_tta)
+                      flip_tta=ecfg.flip_tta, shift_tta=ecfg.shift_tta)
         outputs = ["eval.json"]
         if ecfg.robustness:
             rob = run_robustness(model, meta, ctx.test, ecfg, ctx.layout.cache("robustness"),

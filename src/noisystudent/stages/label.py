@@ -19,7 +19,7 @@ from ..artifacts import atomic_write, file_hash
 from ..config import config_to_dict
 from ..distributed import progress_enabled
 from ..labels import predict_shard, shard_name, shard_schema
-from .common import RunContext, StageResult, load_model, run_stage
+from .common import RunContext, StageResult, load_model, run_stage, stage_section
 
 log = logging.getLogger("noisystudent")
 
@@ -56,7 +56,7 @@ def _shard_ok(path, num_classes: int, max_rows: int, k: int) -> bool:
 def label_pool(ctx: RunContext, k: int) -> StageResult:
     cfg, lc = ctx.cfg, ctx.cfg.label
     tdir = ctx.layout.teacher_of(k)
-    config = {"label": config_to_dict(lc), "pool": config_to_dict(cfg.data.unlabeled),
+    config = {"label": stage_section(lc), "pool": config_to_dict(cfg.data.unlabeled),
               "image_size": cfg.data.image_size, "mean": ctx.mean, "std": ctx.std,
               "pool_content": ctx.data_fingerprint("unlabeled")}
 
@@ -76,7 +76,8 @@ def label_pool(ctx: RunContext, k: int) -> StageResult:
         for s in bar:
             table = predict_shard(model, pool, s * lc.shard_size, (s + 1) * lc.shard_size,
                                   image_size=meta["image_size"], mean=meta["mean"], std=meta["std"],
-                                  temperature=lc.temperature, flip_tta=lc.flip_tta, batch_size=lc.batch_size,
+                                  temperature=lc.temperature, flip_tta=lc.flip_tta, shift_tta=lc.shift_tta,
+                                  batch_size=lc.batch_size,
                                   device=ctx.device, workers=cfg.data.workers,
                                   skip_bad=ctx.policy("unlabeled") == "skip", teacher_hash=thash,
                                   # true labels of a pool drawn from the labeled set (benchmarks) are
