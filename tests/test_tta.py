@@ -10,7 +10,8 @@ from noisystudent.errors import UserError
 from noisystudent.inference import tta_view_count, tta_views
 from noisystudent.labels import predict_shard
 from noisystudent.models import create_model
-from noisystudent.stages.common import stage_section
+from noisystudent.config import config_to_dict
+from noisystudent.stages.common import fingerprinted
 from noisystudent.stages.evaluate import evaluate_source
 
 
@@ -101,6 +102,8 @@ def test_shift_tta_is_checked_with_a_message_naming_the_key(tmp_path):
 
 def test_the_key_added_later_stays_out_of_the_fingerprint_at_its_default():
     # a run made before shift_tta existed keeps its labels and students after an upgrade
+    def stage_section(section):     # as a stage hands its section to run_stage, nested
+        return fingerprinted({"section": config_to_dict(section)})["section"]
     assert "shift_tta" not in stage_section(LabelConfig())
     assert "shift_tta" not in stage_section(EvalConfig(flip_tta=True))
     assert stage_section(LabelConfig(shift_tta=2))["shift_tta"] == 2

@@ -31,7 +31,7 @@ from .. import runlog
 from ..models import create_model
 
 __all__ = ["RunContext", "run_stage", "load_model", "save_model", "StageResult", "invalidate_stage",
-           "stage_section"]
+           "fingerprinted"]
 
 log = logging.getLogger("noisystudent")
 
@@ -201,10 +201,15 @@ class StageResult:
 ADDED_LATER = {"shift_tta": 0}
 
 
-def stage_section(section) -> dict:
-    """`config_to_dict(section)` for a stage's fingerprint, without ADDED_LATER keys at their default."""
-    d = config_to_dict(section)
-    return {k: v for k, v in d.items() if not (k in ADDED_LATER and v == ADDED_LATER[k])}
+def fingerprinted(config):
+    """What a stage's fingerprint hashes of its config: all of it (nested dicts and lists too), less
+    the ADDED_LATER keys at their default. The stage record still saves the whole config."""
+    if isinstance(config, dict):
+        return {k: fingerprinted(v) for k, v in config.items()
+                if not (k in ADDED_LATER and v == ADDED_LATER[k])}
+    if isinstance(config, list):
+        return [fingerprinted(v) for v in config]
+    return config
 
 
 def run_stage(ctx: RunContext, stage_dir: Path, config: dict, inputs: dict[str, Path],
@@ -219,7 +224,7 @@ def run_stage(ctx: RunContext, stage_dir: Path, config: dict, inputs: dict[str, 
     """
     label = label or str(stage_dir.relative_to(ctx.run_dir))
     upstream = _upstream(ctx, inputs, label)
-    fp = config_hash({"config": config, "inputs": upstream})
+    fp = config_hash({"config": fingerprinted(config), "inputs": upstream})
     input_dirs = {name: _rel(ctx, d) for name, d in inputs.items()}
     old = read_stage(stage_dir) if ctx.rank == 0 else None
     action = _same_on_all_ranks(ctx, _decide(stage_dir, fp, label) if ctx.rank == 0 else None)

@@ -11,7 +11,7 @@ from ..data import Source
 from ..errors import UserError
 from ..inference import iter_logits
 from ..metrics import classification_report
-from .common import RunContext, StageResult, load_model, run_stage, stage_section
+from .common import RunContext, StageResult, load_model, run_stage
 
 __all__ = ["predict_logits", "evaluate_source", "evaluate_stage", "robustness_images", "run_robustness"]
 
@@ -82,7 +82,7 @@ def evaluate_stage(ctx: RunContext, k: int, which: str) -> StageResult:
     """Evaluate round k's `which` model (teacher, student, student_nonoise, finetune)."""
     cfg, ecfg = ctx.cfg, ctx.cfg.evaluate
     mdir = ctx.layout.model(k, which)
-    config = {"evaluate": stage_section(ecfg), "test": config_to_dict(cfg.data.test),
+    config = {"evaluate": config_to_dict(ecfg), "test": config_to_dict(cfg.data.test),
               "val": config_to_dict(cfg.data.val) if cfg.data.val is not None else None,
               "extra_test": [config_to_dict(s) for s in cfg.data.extra_test],
               "test_content": ctx.data_fingerprint("test"), "val_content": ctx.data_fingerprint("val"),

@@ -19,7 +19,7 @@ from ..artifacts import atomic_write, file_hash
 from ..config import config_to_dict
 from ..distributed import progress_enabled
 from ..labels import predict_shard, shard_name, shard_schema
-from .common import RunContext, StageResult, load_model, run_stage, stage_section
+from .common import RunContext, StageResult, load_model, run_stage
 
 log = logging.getLogger("noisystudent")
 
@@ -56,7 +56,7 @@ def _shard_ok(path, num_classes: int, max_rows: int, k: int) -> bool:
 def label_pool(ctx: RunContext, k: int) -> StageResult:
     cfg, lc = ctx.cfg, ctx.cfg.label
     tdir = ctx.layout.teacher_of(k)
-    config = {"label": stage_section(lc), "pool": config_to_dict(cfg.data.unlabeled),
+    config = {"label": config_to_dict(lc), "pool": config_to_dict(cfg.data.unlabeled),
               "image_size": cfg.data.image_size, "mean": ctx.mean, "std": ctx.std,
               "pool_content": ctx.data_fingerprint("unlabeled")}
 
