@@ -368,16 +368,34 @@ def mean_std(values) -> str:
     return f"{100 * np.mean(v):.2f}" + (f" ± {100 * np.std(v, ddof=1):.2f}" if len(v) > 1 else "")
 
 
-def comparisons(rows: list) -> list[dict]:
-    """The final noisy student (the baseline's last round) against each other row of the baseline run
-    (teacher, variants), per metric: the difference of the means, the paired difference per seed
-    (mean ± std: seeds share the labeled draw, so this is the sharper test), and whether the
-    difference of the means exceeds the larger of the two rows' std's (issue 13's criterion)."""
+def paired_stats(final: dict, other: dict, label: str) -> dict:
+    """`final` against `other` ({seed: {"val_top1": f, "top1": f}} each), per metric over the seeds
+    both have: the difference of the means, the paired difference per seed (mean ± std: seeds share
+    the labeled draw, so this is the sharper test), the seeds won, and whether the difference of the
+    means exceeds the larger of the two rows' std's (issue 13's criterion)."""
     import numpy as np
 
     def sd(v):                      # sample std; undefined for one seed
         return float(np.std(v, ddof=1)) if len(v) > 1 else float("nan")
 
+    seeds = sorted(set(final) & set(other))
+    row = {"vs": label, "seeds": len(seeds)}
+    for metric in ("val_top1", "top1"):
+        pair = [(final[s].get(metric), other[s].get(metric)) for s in seeds]
+        if not pair or any(x is None for p in pair for x in p):
+            continue
+        a, b = (100 * np.array(v) for v in zip(*pair))          # points
+        d = a - b
+        larger = max(sd(a), sd(b))
+        row[metric] = {"delta": float(d.mean()), "paired_std": sd(d) if len(d) > 1 else None,
+                       "larger_std": larger, "wins": int((d > 0).sum()),
+                       "holds": bool(len(d) > 1 and d.mean() > larger)}
+    return row
+
+
+def comparisons(rows: list) -> list[dict]:
+    """The final noisy student (the baseline's last round) against each other row of the baseline run
+    (teacher, variants): `paired_stats` per row."""
     students = [r for r in rows if r["row"] == "baseline" and r["which"] == "student"]
     if not students:
         return []
@@ -387,31 +405,14 @@ def comparisons(rows: list) -> list[dict]:
     for r in rows:
         if r["which"] == "teacher" and r["row"] == "baseline" or r["which"].startswith("student_"):
             others.setdefault(r["which"], {})[r["seed"]] = r
-    out = []
-    for which, by_seed in others.items():
-        seeds = sorted(set(final) & set(by_seed))
-        if not seeds:
-            continue
-        row = {"vs": which, "seeds": len(seeds)}
-        for metric in ("val_top1", "top1"):
-            pair = [(final[s][metric], by_seed[s][metric]) for s in seeds]
-            if any(x is None for p in pair for x in p):
-                continue
-            a, b = (100 * np.array(v) for v in zip(*pair))          # points
-            d = a - b
-            larger = max(sd(a), sd(b))
-            row[metric] = {"delta": float(d.mean()), "paired_std": sd(d) if len(d) > 1 else None,
-                           "larger_std": larger, "wins": int((d > 0).sum()),
-                           "holds": bool(len(d) > 1 and d.mean() > larger)}
-        out.append(row)
-    return out
+    return [paired_stats(final, by_seed, which) for which, by_seed in others.items() if set(final) & set(by_seed)]
 
 
-def _comparison_lines(rows: list) -> list[str]:
-    comp = comparisons(rows)
+def comparison_lines(comp: list, who: str = "The final noisy student") -> list[str]:
+    """Markdown table of `paired_stats` rows ([] when none has a metric)."""
     if not comp or all("val_top1" not in c and "top1" not in c for c in comp):
         return []
-    lines = ["", "The final noisy student against each row (points; paired = the per-seed difference, mean "
+    lines = ["", f"{who} against each row (points; paired = the per-seed difference, mean "
              "± std; 'holds' = the difference of the means exceeds the larger of the two rows' std's):", "",
              "| vs | val Δ | val paired | val larger std | holds (val) | test Δ | test paired | test larger std "
              "| holds (test) | seeds won (val / test) |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -462,7 +463,7 @@ def write_tables(out: Path, name: str, rows: list, total_s: float, argv: list, l
               "augmentation. `steps`: optimizer steps (every student row of a seed trains the same count); "
               "`train s`: mean training time of the stage; `PFLOP`: its training compute (forward FLOPs x "
               "images seen x 3: backward counted as 2 x forward)."]
-    lines += _comparison_lines(rows)
+    lines += comparison_lines(comparisons(rows))
     for c in loops:
         lines.append(f"\nSeed {c['seed']}: the loop (teacher, labeling, each round's noisy student; not the "
                      f"comparison variants) spent **{c['total_pflop']:.3f} PFLOP** (training {c['train_pflop']:.3f}, "

@@ -5,6 +5,11 @@
 Reads each run's eval.json files through RunLayout, so it also works on runs that are unfinished or
 were extended by `next_round.py` (no summary.json needed). Prints a markdown table, one row per
 (round, role) present in every run, with each seed's val / test beside the mean.
+
+    python benchmarks/seed_table.py RUN_DIRS... --vs student_init
+
+`--vs ROLE` also prints ROLE (its last round) against every other row, paired by seed, with
+accuracy.py's rule (does the difference of the means exceed the larger std?).
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks")]
 
-from accuracy import mean_std  # noqa: E402  (this folder: the accuracy table's formatting)
+from accuracy import comparison_lines, mean_std, paired_stats  # noqa: E402  (this folder: the accuracy table's)
 from noisystudent.layout import RunLayout, role_label  # noqa: E402
 
 
@@ -31,9 +36,31 @@ def evals(run_dir: Path) -> dict[tuple[int, str], dict]:
     return out
 
 
-def table(run_dirs: list[Path]) -> str:
+def _common(run_dirs: list[Path]) -> tuple[list[dict], list]:
+    """Every run's evals, and the (round, role) keys that all of them have, in the first run's order."""
     per_run = [evals(d) for d in run_dirs]
-    keys = [k for k in per_run[0] if all(k in e for e in per_run)]
+    return per_run, [k for k in per_run[0] if all(k in e for e in per_run)]
+
+
+def _metrics(e: dict) -> dict:
+    return {"top1": e["top1"], "val_top1": (e.get("val") or {}).get("top1")}
+
+
+def versus(run_dirs: list[Path], role: str) -> list[dict]:
+    """`paired_stats` of `role` (its last round) against every other row all runs have."""
+    per_run, keys = _common(run_dirs)
+    mine = [k for k in keys if k[1] == role]
+    if not mine:
+        have = sorted({k[1] for k in keys})
+        raise SystemExit(f"error: --vs {role!r}: no run evaluated it in all runs; rows: {', '.join(have)}")
+    me = max(mine)
+    final = {i: _metrics(e[me]) for i, e in enumerate(per_run)}
+    return [paired_stats(final, {i: _metrics(e[k]) for i, e in enumerate(per_run)},
+                         f"{k[0]} {role_label(k[1])}") for k in keys if k != me]
+
+
+def table(run_dirs: list[Path]) -> str:
+    per_run, keys = _common(run_dirs)
     lines = ["| round | role | model | val top-1 (%) | test top-1 (%) | per seed val / test |",
              "|---|---|---|---|---|---|"]
     for k in keys:
@@ -50,11 +77,14 @@ def table(run_dirs: list[Path]) -> str:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dirs", nargs="+", type=Path)
+    ap.add_argument("--vs", metavar="ROLE", help="also compare this role (e.g. student_init) with every other row")
     args = ap.parse_args()
     missing = [str(d) for d in args.run_dirs if not RunLayout(d).round_dir(0).is_dir()]
     if missing:
         raise SystemExit(f"error: not a run directory (no round0/): {', '.join(missing)}")
     print(table(args.run_dirs))
+    if args.vs:
+        print("\n".join(comparison_lines(versus(args.run_dirs, args.vs), f"`{args.vs}`")))
 
 
 if __name__ == "__main__":

@@ -99,12 +99,44 @@ def test_seed_table_reads_eval_files_of_every_seed(tmp_path):
     assert out[3].startswith("| 1 | noisy student | m | 85.00 ± 1.41 | 84.00 ± 1.41 |")
 
 
+def test_seed_table_vs_pairs_one_role_with_every_other_row(tmp_path):
+    """`--vs ROLE`: ROLE against each other row, paired by run (seed), with the larger-std rule."""
+    import json
+    from noisystudent.layout import RunLayout
+    spec = importlib.util.spec_from_file_location("bench_seed_table_vs", ROOT / "benchmarks" / "seed_table.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    runs = []
+    # (role, val, test) per seed: init wins on val by 1.0 and 2.0 (paired 1.5 ± 0.71) over the
+    # scratch student; over the teacher by 5 and 6 on val, but loses on test in seed 1.
+    per_seed = [{"teacher": (0.80, 0.80), "student": (0.84, 0.83), "student_init": (0.85, 0.84)},
+                {"teacher": (0.81, 0.86), "student": (0.85, 0.84), "student_init": (0.87, 0.85)}]
+    for seed, rows in enumerate(per_seed):
+        lay = RunLayout(tmp_path / f"s{seed}")
+        for role, (v, t) in rows.items():
+            k = 0 if role == "teacher" else 1
+            lay.model(k, role).mkdir(parents=True)
+            lay.eval(k, role).mkdir(parents=True)
+            (lay.eval(k, role) / "eval.json").write_text(json.dumps({"top1": t, "val": {"top1": v}, "model": "m"}))
+        runs.append(lay.root)
+    comp = {c["vs"]: c for c in mod.versus(runs, "student_init")}
+    assert set(comp) == {"0 teacher", "1 noisy student"}
+    s = comp["1 noisy student"]["val_top1"]
+    assert s["delta"] == pytest.approx(1.5) and s["paired_std"] == pytest.approx(0.7071, abs=1e-3)
+    assert s["wins"] == 2 and s["holds"] is True          # 1.5 > larger std 1.41 (both rows differ by 2 points)
+    t = comp["0 teacher"]["top1"]
+    assert t["wins"] == 1 and t["holds"] is False          # +4, -1: mean +1.5 < larger std 4.24
+    assert any(line.startswith("| 0 teacher | +5.50 |") for line in mod.comparison_lines(list(comp.values()), "x"))
+    with pytest.raises(SystemExit, match="rows: student, student_init, teacher"):
+        mod.versus(runs, "student_nonoise")
+
+
 def test_teacher_reported_as_the_supervised_baseline_only_when_it_is_one(accuracy):
     """The bundled Fashion-MNIST teacher is trained as the compute-matched supervised baseline, so the
     table reports it in that row (marked) instead of training it twice; a teacher trained otherwise
     (fewer steps) or a run that trained the variant gets no such row."""
     from noisystudent.config import load_config
-    cfg = load_config(ROOT / "configs" / "fashion-mnist-1k.yaml", ["variants=[no_noise]"])
+    cfg = load_config(ROOT / "configs" / "fashion-mnist-1k.yaml", ["variants=[no_noise]", "student.init_from_teacher=false"])
     rows = [{"row": "baseline", "round": 0, "which": "teacher", "top1": 0.85, "val_top1": 0.86},
             {"row": "baseline", "round": 1, "which": "student", "top1": 0.87, "val_top1": 0.88}]
     out = accuracy.with_supervised_twin(rows, cfg, ["no_noise"])
@@ -112,8 +144,11 @@ def test_teacher_reported_as_the_supervised_baseline_only_when_it_is_one(accurac
     assert len(out) == 3 and twin["which"] == "student_supervised" and twin["twin_of"] == "teacher"
     assert (twin["top1"], twin["val_top1"], twin["round"]) == (0.85, 0.86, cfg.variants_round)
     assert accuracy.with_supervised_twin(rows, cfg, ["no_noise", "supervised"]) == rows
-    short = load_config(ROOT / "configs" / "fashion-mnist-1k.yaml", ["teacher.steps=1000"])
+    short = load_config(ROOT / "configs" / "fashion-mnist-1k.yaml", ["teacher.steps=1000", "student.init_from_teacher=false"])
     assert accuracy.with_supervised_twin(rows, short, ["no_noise"]) == rows
+    # the bundled recipe starts its student from the teacher: the teacher is not the baseline, the variant is
+    bundled = load_config(ROOT / "configs" / "fashion-mnist-1k.yaml")
+    assert "supervised" in bundled.variants and accuracy.with_supervised_twin(rows, bundled, ["no_noise"]) == rows
 
 
 def test_comparisons_pair_seeds_and_apply_the_larger_std_rule(accuracy):

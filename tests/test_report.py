@@ -131,8 +131,10 @@ def test_report_names_the_teacher_as_the_supervised_baseline_only_when_it_is(tmp
     from noisystudent.config import config_to_dict, load_config
     from noisystudent.report import write_report
     models = [{"round": 0, "which": "teacher", "top1": 0.8}, {"round": 1, "which": "student", "top1": 0.82}]
-    for over, expected in [([], True), (["teacher.steps=1000"], False)]:
-        d = tmp_path / str(expected)
+    scratch = "student.init_from_teacher=false"
+    for i, (over, expected) in enumerate([([scratch], True), ([scratch, "teacher.steps=1000"], False),
+                                          ([], False)]):      # the bundled recipe: its student starts from the teacher
+        d = tmp_path / str(i)
         d.mkdir()
         cfg = load_config(ROOT / "configs" / "fashion-mnist-1k.yaml", over)
         RunLayout(d).config.write_text(yaml.safe_dump(config_to_dict(cfg)))
