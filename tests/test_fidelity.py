@@ -295,6 +295,20 @@ def test_supervised_twin_needs_the_students_model_steps_batch_and_noise():
     assert diff(load_config(base, [scratch, "teacher.channels_last=false"])) == []     # speed only
 
 
+def test_init_from_teacher_with_a_larger_student_fails_before_training():
+    """The bundled Fashion-MNIST recipe starts its student from the teacher; asking for a larger
+    student must fail at load time with the key and the way out, not after the teacher has trained."""
+    from noisystudent.errors import UserError
+    base = ROOT / "configs" / "fashion-mnist-1k.yaml"
+    with pytest.raises(UserError, match=r"'student.init_from_teacher'.*round 1 trains ns_cnn_m from a ns_cnn_s "
+                                        r"teacher; set student.init_from_teacher=false"):
+        load_config(base, ["models=[ns_cnn_s, ns_cnn_m]"])
+    with pytest.raises(UserError, match="round 2 trains ns_cnn_m"):     # a later round's change is caught too
+        load_config(base, ["rounds=2", "models=[ns_cnn_s, ns_cnn_s, ns_cnn_m]"])
+    assert load_config(base, ["models=[ns_cnn_s, ns_cnn_m]", "student.init_from_teacher=false"]).models[1] == "ns_cnn_m"
+    assert load_config(base, ["rounds=3"]).student.init_from_teacher        # one model for every round: fine
+
+
 def test_short_schedule_warns(caplog):
     from noisystudent.stages.train import warn_short_schedule
     with caplog.at_level("WARNING", logger="noisystudent"):

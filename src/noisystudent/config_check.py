@@ -241,6 +241,12 @@ def validate(cfg) -> None:
     need(not cfg.variants or cfg.rounds == 0 or cfg.variants_round <= cfg.rounds, "variants_round",
          f"must be a round of the run, 1 to rounds={cfg.rounds}, got {cfg.variants_round}")
     _check_excludes(cfg.data)
+    if cfg.student.init_from_teacher:       # caught now, not after the teacher has trained for an hour
+        for k in range(1, cfg.rounds + 1):
+            a, b = cfg.model_for_round(k - 1), cfg.model_for_round(k)
+            need(a == b, "student.init_from_teacher", f"starts each student from its teacher's weights, so they "
+                 f"need one architecture, but round {k} trains {b} from a {a} teacher; set "
+                 "student.init_from_teacher=false for a larger student (the paper's: trained from scratch)")
     from timm.optim import list_optimizers
     for sec in ("teacher", "student"):
         opt = getattr(cfg, sec).optimizer
