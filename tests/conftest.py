@@ -12,6 +12,8 @@ from noisystudent.layout import RunLayout
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 os.environ.setdefault("NOISYSTUDENT_PROGRESS", "0")
+# checkpoint after every epoch (default: at most every 30 s): the resume tests kill at epoch boundaries
+os.environ.setdefault("NOISYSTUDENT_CHECKPOINT_S", "0")
 
 TINY = [
     "rounds=2", "ablation_no_noise=false", "variants=[]", "models=[ns_cnn_s, ns_cnn_s, ns_cnn_m]",

@@ -281,8 +281,9 @@ def test_supervised_twin_needs_the_students_model_steps_batch_and_noise():
     difference is named (so a recipe cannot skip the baseline stage by accident)."""
     from noisystudent.variants import supervised_twin_differences as diff
     base = ROOT / "configs" / "fashion-mnist-1k.yaml"
-    scratch = "student.init_from_teacher=false"
-    assert diff(load_config(base, [scratch])) == []     # a student from scratch: the teacher is the baseline
+    # a student from scratch with the teacher's length: the teacher is the baseline
+    scratch = ["student.init_from_teacher=false", "student.steps=5500", "student.warmup_steps=275"]
+    assert diff(load_config(base, scratch)) == []
     assert any("init_from_teacher" in w for w in diff(load_config(base, [])))   # the bundled one starts from it
     for over, needle in [("teacher.steps=1000", "steps 1000 vs 5500"),
                          ("teacher.batch_size=64", "images per step 64 vs 32 x (1 + 3)"),
@@ -290,9 +291,10 @@ def test_supervised_twin_needs_the_students_model_steps_batch_and_noise():
                          ("teacher.lr=0.1", "lr 0.1 vs 0.05"),
                          ("models=[ns_cnn_s, ns_cnn_m]", "model ns_cnn_s vs ns_cnn_m"),
                          ("student.init_from_teacher=true", "init_from_teacher")]:
-        why = diff(load_config(base, [scratch, over]))
+        why = diff(load_config(base, [*scratch, over]))
         assert any(needle in w for w in why), (over, why)
-    assert diff(load_config(base, [scratch, "teacher.channels_last=false"])) == []     # speed only
+    assert diff(load_config(base, [*scratch, "teacher.channels_last=false"])) == []     # speed only
+    assert any("steps 5500 vs 2750" in w for w in diff(load_config(base, scratch[:1])))   # the bundled student is shorter
 
 
 def test_init_from_teacher_with_a_larger_student_fails_before_training():

@@ -11,7 +11,7 @@ from ..data import Source
 from ..errors import UserError
 from ..inference import iter_logits
 from ..metrics import classification_report
-from .common import RunContext, StageResult, load_model, run_stage
+from .common import RunContext, StageResult, channels_last_of, load_model, run_stage
 
 __all__ = ["predict_logits", "evaluate_source", "evaluate_stage", "robustness_images", "run_robustness"]
 
@@ -89,7 +89,8 @@ def evaluate_stage(ctx: RunContext, k: int, which: str) -> StageResult:
               "extra_content": ctx.data_fingerprint("extra_test")}
 
     def body(d):
-        model, meta = load_model(mdir / "model.pt", ctx.device, expect_classes=ctx.classes)
+        model, meta = load_model(mdir / "model.pt", ctx.device, expect_classes=ctx.classes,
+                                 channels_last=channels_last_of(cfg, k))
         tta = dict(flip_tta=ecfg.flip_tta, shift_tta=ecfg.shift_tta)
         report = evaluate_source(model, meta, ctx.test, ecfg.batch_size, ctx.device, cfg.data.workers, **tta)
         report["extra"] = {}

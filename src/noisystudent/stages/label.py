@@ -19,7 +19,7 @@ from ..artifacts import atomic_write, file_hash
 from ..config import config_to_dict
 from ..distributed import progress_enabled
 from ..labels import predict_shard, shard_name, shard_schema
-from .common import RunContext, StageResult, load_model, run_stage
+from .common import RunContext, StageResult, channels_last_of, load_model, run_stage
 
 log = logging.getLogger("noisystudent")
 
@@ -62,7 +62,7 @@ def label_pool(ctx: RunContext, k: int) -> StageResult:
 
     def body(d):
         model, meta = load_model(tdir / "model.pt", ctx.device, expect_classes=ctx.classes,
-                                 noised=lc.noised_teacher)
+                                 noised=lc.noised_teacher, channels_last=channels_last_of(cfg, k - 1))
         _set_noise(model, lc.noised_teacher)
         pool = ctx.pool
         thash = file_hash(tdir / "model.pt")
