@@ -82,16 +82,22 @@ def model_flops(model, size=32) -> float:
     return float(fc.get_total_flops())
 
 
-def bare_train(name, batch, steps, amp, drop=(0.0, 0.0)) -> float:
+def bare_train(name, batch, steps, amp, drop=(0.0, 0.0), *, size=32, chans=3, channels_last=False,
+               compiled=False) -> float:
+    """Images/s of forward + backward + SGD on one in-memory batch (`compiled`: through torch.compile,
+    whose compilation happens in the warm-up steps)."""
     torch.manual_seed(0)
-    m = create_model(name, 10, 3, *drop).to(DEVICE).train()
+    m = create_model(name, 10, chans, *drop).to(DEVICE).train()
     opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
-    x, y = torch.randn(batch, 3, 32, 32, device=DEVICE), torch.randint(0, 10, (batch,), device=DEVICE)
+    x, y = torch.randn(batch, chans, size, size, device=DEVICE), torch.randint(0, 10, (batch,), device=DEVICE)
+    if channels_last:
+        m, x = m.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    fm = torch.compile(m) if compiled else m
     dtype = autocast_dtype(amp, DEVICE)
 
     def step():
         with torch.autocast(DEVICE.type, dtype=dtype, enabled=dtype is not None):
-            loss = torch.nn.functional.cross_entropy(m(x).float(), y)
+            loss = torch.nn.functional.cross_entropy(fm(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
