@@ -26,6 +26,14 @@ TINY = [
 ]
 
 
+def twin_student_overrides(config: Path) -> list[str]:
+    """Overrides that make `config`'s student the teacher's compute-matched twin (from scratch, the
+    teacher's steps and warm-up), read from the config so the tests follow a recipe's lengths."""
+    from noisystudent.config import load_config
+    t = load_config(config).teacher
+    return ["student.init_from_teacher=false", f"student.steps={t.steps}", f"student.warmup_steps={t.warmup_steps}"]
+
+
 # The run directory's paths relative to its root, as log lines, stage records and warning keys spell
 # them: rel(REL.labels(1)) is round 1's label stage as `noisystudent run` names it. For a real run,
 # RunLayout(run_dir) and its own .rel.

@@ -135,8 +135,9 @@ def test_teacher_reported_as_the_supervised_baseline_only_when_it_is_one(accurac
     """A teacher trained as the compute-matched supervised baseline (the Fashion-MNIST recipe with a
     student from scratch of the teacher's length) is reported in that row (marked) instead of being
     trained twice; a teacher trained otherwise (fewer steps) or a run that trained the variant gets no such row."""
+    from conftest import twin_student_overrides
     from noisystudent.config import load_config
-    scratch = ["student.init_from_teacher=false", "student.steps=5500", "student.warmup_steps=275"]   # the teacher's twin
+    scratch = twin_student_overrides(ROOT / "configs" / "fashion-mnist-1k.yaml")   # the teacher's twin
     cfg = load_config(ROOT / "configs" / "fashion-mnist-1k.yaml", ["variants=[no_noise]", *scratch])
     rows = [{"row": "baseline", "round": 0, "which": "teacher", "top1": 0.85, "val_top1": 0.86},
             {"row": "baseline", "round": 1, "which": "student", "top1": 0.87, "val_top1": 0.88}]

@@ -16,7 +16,7 @@ from noisystudent.errors import UserError
 from noisystudent.models import create_model
 from noisystudent.pseudo import joint_loss, pseudo_weight
 
-from conftest import ROOT
+from conftest import ROOT, twin_student_overrides
 
 DIGITS = ROOT / "configs" / "digits-demo.yaml"
 
@@ -282,10 +282,12 @@ def test_supervised_twin_needs_the_students_model_steps_batch_and_noise():
     from noisystudent.variants import supervised_twin_differences as diff
     base = ROOT / "configs" / "fashion-mnist-1k.yaml"
     # a student from scratch with the teacher's length: the teacher is the baseline
-    scratch = ["student.init_from_teacher=false", "student.steps=5500", "student.warmup_steps=275"]
+    scratch = twin_student_overrides(base)
+    bundled = load_config(base)
+    steps = bundled.teacher.steps
     assert diff(load_config(base, scratch)) == []
     assert any("init_from_teacher" in w for w in diff(load_config(base, [])))   # the bundled one starts from it
-    for over, needle in [("teacher.steps=1000", "steps 1000 vs 5500"),
+    for over, needle in [("teacher.steps=1000", f"steps 1000 vs {steps}"),
                          ("teacher.batch_size=64", "images per step 64 vs 32 x (1 + 3)"),
                          ("teacher.noise.cutout=0", "noise"),
                          ("teacher.lr=0.1", "lr 0.1 vs 0.05"),
@@ -294,7 +296,7 @@ def test_supervised_twin_needs_the_students_model_steps_batch_and_noise():
         why = diff(load_config(base, [*scratch, over]))
         assert any(needle in w for w in why), (over, why)
     assert diff(load_config(base, [*scratch, "teacher.channels_last=false"])) == []     # speed only
-    assert any("steps 5500 vs 2750" in w for w in diff(load_config(base, scratch[:1])))   # the bundled student is shorter
+    assert any(f"steps {steps} vs {bundled.student.steps}" in w for w in diff(load_config(base, scratch[:1])))   # the bundled student is shorter
 
 
 def test_init_from_teacher_with_a_larger_student_fails_before_training():

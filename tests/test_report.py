@@ -4,7 +4,7 @@ import json
 import pytest
 from PIL import Image
 
-from conftest import ROOT
+from conftest import ROOT, twin_student_overrides
 from noisystudent.errors import UserError
 from noisystudent.layout import RunLayout
 
@@ -131,7 +131,7 @@ def test_report_names_the_teacher_as_the_supervised_baseline_only_when_it_is(tmp
     from noisystudent.config import config_to_dict, load_config
     from noisystudent.report import write_report
     models = [{"round": 0, "which": "teacher", "top1": 0.8}, {"round": 1, "which": "student", "top1": 0.82}]
-    scratch = ["student.init_from_teacher=false", "student.steps=5500", "student.warmup_steps=275"]   # the teacher's twin
+    scratch = twin_student_overrides(ROOT / "configs" / "fashion-mnist-1k.yaml")   # the teacher's twin
     for i, (over, expected) in enumerate([(scratch, True), ([*scratch, "teacher.steps=1000"], False),
                                           ([], False)]):      # the bundled recipe: its student starts from the teacher
         d = tmp_path / str(i)
