@@ -14,6 +14,8 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 os.environ.setdefault("NOISYSTUDENT_PROGRESS", "0")
 # checkpoint after every epoch (default: at most every 30 s): the resume tests kill at epoch boundaries
 os.environ.setdefault("NOISYSTUDENT_CHECKPOINT_S", "0")
+# log every epoch line (default: at most one every 10 s): tests read the lines of given epochs
+os.environ.setdefault("NOISYSTUDENT_LOG_S", "0")
 
 TINY = [
     "rounds=2", "ablation_no_noise=false", "variants=[]", "models=[ns_cnn_s, ns_cnn_s, ns_cnn_m]",

@@ -293,3 +293,26 @@ def test_student_pretrained_from_the_local_timm_cache(tmp_path, monkeypatch):
     student, _ = load_model(sdir / "model.pt")
     assert torch.equal(student.conv_stem.weight, ref.conv_stem.weight)
     assert student.classifier.weight.shape[0] == 3
+
+
+def test_the_starters_validation_carve_works_as_written(tmp_path):
+    """Uncommenting the template's two val lines (and nothing else but the paths) gives a validation
+    set of N images per class, disjoint from the labeled images, which keep the rest of train/."""
+    from noisystudent.config import load_config
+    from noisystudent.stages.common import RunContext
+    make_own_data(tmp_path / "mydata", per_class=6)
+    assert main(["init", str(tmp_path / "proj")]) == 0
+    cfg = tmp_path / "proj" / "config.yaml"
+    lines = []
+    for line in cfg.read_text().splitlines():
+        if line.startswith("  labeled:   {"):
+            continue                                        # replaced by the carve's labeled line
+        if line.startswith("  # val:") or line.startswith("  # labeled:"):
+            line = "  " + line[4:]
+        lines.append(line.replace("per_class: 20", "per_class: 2").replace("root: train", "root: ../mydata/train")
+                     .replace("root: unlabeled}", "root: ../mydata/pool}").replace("root: test}", "root: ../mydata/test}"))
+    cfg.write_text("\n".join(lines) + "\n")
+    ctx = RunContext(load_config(cfg), tmp_path / "run")
+    lab, val = set(ctx.labeled.ids), set(ctx.val.ids)
+    assert len(val) == 2 * 3 and len(lab) == 4 * 3 and not (lab & val)
+    ctx.check_disjoint()

@@ -282,3 +282,42 @@ def test_no_pseudo_labels_is_a_kept_warning(tmp_path):
     assert main(["run", str(cfg), "--run-dir", str(run_dir), "--no-report"]) == 0
     assert RunLayout(run_dir).run_log.read_text().count("round 1: no pool image passed select.threshold=0.999") == 1
     assert f"no_pseudo_labels:{rel(REL.round_dir(1))}" in [w["key"] for w in rw.read_warnings(run_dir)]
+
+
+# ------------------------------------------------------------------------------------------------
+# epoch lines: at most one every NOISYSTUDENT_LOG_S seconds, always the first and the last
+
+def test_epoch_line_due_first_last_and_after_the_interval():
+    from noisystudent.runlog import line_due
+    assert line_due(1, 100, now=5.0, last=4.9, interval=10)            # the first epoch
+    assert line_due(7, 100, now=5.0, last=None, interval=10)           # the first line of this process (a resume)
+    assert not line_due(7, 100, now=5.0, last=0.0, interval=10)
+    assert line_due(8, 100, now=10.0, last=0.0, interval=10)
+    assert line_due(100, 100, now=0.1, last=0.0, interval=10)          # the last epoch
+    assert line_due(7, 100, now=0.0, last=0.0, interval=0)             # 0: every epoch
+
+
+def test_on_epoch_logs_sparse_lines_but_keeps_every_row(tmp_path, monkeypatch, caplog):
+    """5,500 one-step epochs (a 100-image labeled set) give a handful of lines, not 5,500; the CSV
+    logger (like metrics.jsonl) still gets every epoch; a bad interval is a one-line error."""
+    from noisystudent import runlog
+    from noisystudent.errors import UserError
+    from noisystudent.loggers import close_loggers, configure_loggers
+    clock = iter(range(0, 10_000, 2))                       # each epoch "takes" 2 s
+    monkeypatch.setattr(runlog.time, "monotonic", lambda: float(next(clock)))
+    monkeypatch.setenv("NOISYSTUDENT_LOG_S", "10")
+    configure_loggers(["csv"])
+    history = []
+    with caplog.at_level(logging.INFO, logger="noisystudent"):
+        for e in range(1, 31):
+            row = {"epoch": e, "loss": 1.0, "lr": 0.1, "images_per_s": 100.0, "epoch_s": 2.0}
+            history.append(row)
+            runlog.on_epoch("teacher-t", row, 30, history, out_dir=tmp_path)
+    close_loggers()
+    logged = [int(r.getMessage().split()[2].split("/")[0]) for r in caplog.records if "teacher-t epoch" in r.getMessage()]
+    assert logged == [1, 6, 11, 16, 21, 26, 30]
+    assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 31     # header + every epoch
+    for bad in ("-1", "soon", "nan"):
+        monkeypatch.setenv("NOISYSTUDENT_LOG_S", bad)
+        with pytest.raises(UserError, match="NOISYSTUDENT_LOG_S must be a number of seconds >= 0"):
+            runlog.log_interval_s()

@@ -16,7 +16,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +31,8 @@ from .batches import Batch, StepLoss, joint_step_loss
 from .data.loaders import seed_for
 from .distributed import (any_rank, autocast_dtype, broadcast_, progress_enabled, resolve_device,
                           seed_everything, world_info)
-from .errors import TrainingDiverged, UserError
-from .runlog import on_epoch, plan_skip
+from .errors import TrainingDiverged
+from .runlog import env_seconds, on_epoch, plan_skip
 from .schedule import create_optimizer, create_scheduler, ema_decay_at, effective_ema_decay, plan_steps
 
 __all__ = ["fit", "Trainer", "FitResult"]
@@ -51,14 +50,7 @@ def checkpoint_interval_s() -> float:
     labeled set has hundreds of sub-second epochs (the Fashion-MNIST teacher: 688 of 8 steps), and
     rewriting checkpoint.pt and metrics.jsonl after each cost it ~3% of its time; a kill now loses at
     most this much training, replayed exactly on the rerun."""
-    raw = os.environ.get("NOISYSTUDENT_CHECKPOINT_S", "30")
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not value >= 0:
-        raise UserError(f"NOISYSTUDENT_CHECKPOINT_S must be a number of seconds >= 0, got {raw!r}")
-    return value
+    return env_seconds("NOISYSTUDENT_CHECKPOINT_S", 30)
 
 
 def checkpoint_due(now: float, last: float, interval: float, last_epoch: bool) -> bool:

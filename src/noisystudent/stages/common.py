@@ -58,6 +58,7 @@ class RunContext:
         self.rank, self.world = world_info()
         self.mean, self.std = default_mean_std(cfg.data.in_chans, cfg.data.mean, cfg.data.std)
         self._fingerprints: dict = {}
+        self._built: dict = {}            # section -> its source as built (see _build)
         # data.fingerprint: content reads every data file once; the digests are kept in the run
         # directory, read before the run claims it but written only by `data_fingerprint` (after)
         self._content = None
@@ -74,13 +75,18 @@ class RunContext:
 
     def _build(self, section: str) -> Source:
         """Create a data section's source, first removing the images of the sections it `exclude`s
-        (config validation has ruled out cycles)."""
-        sc = self._source_config(section)
-        excluded: set = set()
-        for other in sc.exclude:
-            excluded.update(getattr(self, "pool" if other == "unlabeled" else other).ids)
-        key = f"data.{'unlabeled' if section == 'pool' else section}"
-        return _create(sc, self.cfg.data.in_chans, key, exclude_ids=excluded)
+        (config validation has ruled out cycles). Built once per section and before that section's
+        checks, so the ids another section excludes never wait on them: a validation set carved out
+        of the labeled images (`labeled: {exclude: [val]}`) is checked against the labeled set that
+        excludes it."""
+        if section not in self._built:
+            sc = self._source_config(section)
+            excluded: set = set()
+            for other in sc.exclude:
+                excluded.update(self._build("pool" if other == "unlabeled" else other).ids)
+            key = f"data.{'unlabeled' if section == 'pool' else section}"
+            self._built[section] = _create(sc, self.cfg.data.in_chans, key, exclude_ids=excluded)
+        return self._built[section]
 
     @functools.cached_property
     def labeled(self) -> Source:
