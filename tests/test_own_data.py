@@ -2,11 +2,15 @@
 the images, relative paths resolve from the config file's directory."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from noisystudent.cli import main
 from noisystudent.layout import RunLayout
 from own_data import make_own_data
+
+from conftest import ROOT
 
 TINY_RUN = ["--set", "teacher.epochs=1", "--set", "student.epochs=1", "--set", "teacher.batch_size=8",
             "--set", "student.batch_size=4", "--set", "models=[ns_cnn_s, ns_cnn_s]", "--set", "device=cpu"]
@@ -316,3 +320,33 @@ def test_the_starters_validation_carve_works_as_written(tmp_path):
     lab, val = set(ctx.labeled.ids), set(ctx.val.ids)
     assert len(val) == 2 * 3 and len(lab) == 4 * 3 and not (lab & val)
     ctx.check_disjoint()
+
+
+@pytest.mark.parametrize("recipe", ["fashion-mnist-1k", "cifar10-4k-fast"])
+def test_init_from_a_bundled_recipe_runs_on_your_folders(tmp_path, capsys, recipe):
+    """`init --recipe NAME`: the recipe's settings (steps, noise, init from teacher, variants) with the
+    three folders as its data and a val set carved from train/; only the roots need editing. An
+    unknown recipe is one line naming the ones there are."""
+    from noisystudent.config import load_config
+    make_own_data(tmp_path / "mydata", per_class=6, size=16)
+    assert main(["init", str(tmp_path / "proj"), "--recipe", recipe]) == 0
+    cfg_path = tmp_path / "proj" / "config.yaml"
+    text = cfg_path.read_text()
+    for old, new in (("root: train,", "root: ../mydata/train,"), ("root: unlabeled}", "root: ../mydata/pool}"),
+                     ("root: test}", "root: ../mydata/test}"), ("per_class: 20}", "per_class: 2}")):
+        assert old in text
+        text = text.replace(old, new)
+    cfg_path.write_text(text)
+    bundled, cfg = load_config(ROOT / "configs" / f"{recipe}.yaml"), load_config(cfg_path)
+    assert cfg.name == "my-run" and cfg.models == bundled.models and cfg.student == bundled.student
+    assert cfg.teacher == bundled.teacher and cfg.variants == bundled.variants
+    assert (cfg.data.image_size, cfg.data.in_chans, cfg.data.mean) == (None, None, None)    # read from the images
+    assert (cfg.data.hflip, cfg.data.crop_padding) == (bundled.data.hflip, bundled.data.crop_padding)
+    run_dir = tmp_path / "run"
+    tiny = ["--set", "teacher.steps=4", "--set", "teacher.warmup_steps=1", "--set", "student.steps=2",
+            "--set", "student.warmup_steps=1", "--set", "variants=[]", "--set", "device=cpu"]
+    assert main(["run", str(cfg_path), "--run-dir", str(run_dir), "--no-report", *tiny]) == 0, capsys.readouterr().err
+    summary = json.loads(RunLayout(run_dir).summary.read_text())
+    assert {(m["round"], m["which"]) for m in summary["models"]} >= {(0, "teacher"), (1, "student")}
+    assert main(["init", str(tmp_path / "other"), "--recipe", "no-such-recipe"]) == 2
+    assert "config not found: no-such-recipe (a YAML path, or one of: " in capsys.readouterr().err

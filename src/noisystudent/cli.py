@@ -137,7 +137,8 @@ def cmd_evaluate(args):
 
 def cmd_init(args):
     from .starter import write_starter
-    out = write_starter(args.dir, args.force)
+    recipe = (args.recipe, resolve_config_path(args.recipe)) if args.recipe else None
+    out = write_starter(args.dir, args.force, recipe)
     print(f"written: {out}\nedit its data paths (relative to {out.parent}), then: noisystudent run {out}")
 
 
@@ -259,6 +260,8 @@ def _add_setup_commands(sub) -> None:
     sp = sub.add_parser("init", help="write DIR/config.yaml: a commented starter config for your own images")
     sp.add_argument("dir", help="directory for config.yaml (created if missing)")
     sp.add_argument("--force", action="store_true", help="overwrite an existing config.yaml")
+    sp.add_argument("--recipe", metavar="NAME", help="start from a bundled recipe (fashion-mnist-1k, "
+                    "cifar10-4k-fast, ...: its steps, noise and schedule) with your folders as its data")
     sp.set_defaults(fn=cmd_init)
 
     sp = sub.add_parser("config", help="print the resolved config (defaults filled in, paths resolved)")
