@@ -2,8 +2,9 @@
 one line per training epoch (loss, lr, images/s, time left in the stage and, under `run`, in the
 whole run), whether or not stderr is a terminal, at most one every `NOISYSTUDENT_LOG_S` seconds
 (default 10; always the first and last epoch): a 100-image labeled set trains the Fashion-MNIST
-teacher in 5,500 one-step epochs, whose lines would bury the log. metrics.jsonl keeps every epoch. `on_epoch` is the trainer's one hook per epoch: the
-line, and the rows for the configured CSV/TensorBoard loggers (loggers.py).
+teacher in 5,500 one-step epochs, whose lines would bury the log; metrics.jsonl keeps every epoch.
+`on_epoch` is the trainer's one hook per epoch: the line, and the rows for the configured
+CSV/TensorBoard loggers (loggers.py).
 
 The whole-run ETA counts training images: the teacher's and, per round, the student's (`steps`, or
 epochs over the pool, in batches of B labeled + ratio x B pseudo-labeled), plus one student per
@@ -20,8 +21,8 @@ from pathlib import Path
 from .errors import UserError
 from .layout import RunLayout
 
-__all__ = ["attach_run_log", "detach_run_log", "note", "epoch_line", "on_epoch", "RunPlan", "set_plan", "plan_skip", "fmt_duration",
-           "env_seconds", "log_interval_s"]
+__all__ = ["attach_run_log", "detach_run_log", "note", "epoch_line", "on_epoch", "RunPlan", "set_plan",
+           "plan_skip", "fmt_duration", "env_seconds", "log_interval_s", "line_due"]
 
 log = logging.getLogger("noisystudent")
 _HANDLER: logging.Handler | None = None
