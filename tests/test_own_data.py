@@ -332,6 +332,7 @@ def test_init_from_a_bundled_recipe_runs_on_your_folders(tmp_path, capsys, recip
     assert main(["init", str(tmp_path / "proj"), "--recipe", recipe]) == 0
     cfg_path = tmp_path / "proj" / "config.yaml"
     text = cfg_path.read_text()
+    assert f"  # image_size: {load_config(ROOT / 'configs' / f'{recipe}.yaml').data.image_size}   #" in text   # a hint
     for old, new in (("root: train,", "root: ../mydata/train,"), ("root: unlabeled}", "root: ../mydata/pool}"),
                      ("root: test}", "root: ../mydata/test}"), ("per_class: 20}", "per_class: 2}")):
         assert old in text

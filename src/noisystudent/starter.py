@@ -75,6 +75,8 @@ def recipe_starter_text(name: str, path: Path) -> str:
     kept = [f"  {k}: {yaml.safe_dump(data[k], default_flow_style=True).strip().removesuffix('...').strip()}"
             + ("   # random mirror: turn off for text, digits, anything asymmetric" if k == "hflip" and data[k] else "")
             for k in _RECIPE_DATA_KEYS if k in data]
+    if data.get("image_size"):
+        kept.insert(0, f"  # image_size: {data['image_size']}   # the recipe's training size: uncomment to resize your images to it")
     body = [("name: my-run                 # results go to runs/<name>/ (or --run-dir)" if ln.startswith("name:") else ln)
             for ln in lines[:start]]
     header = [f"# noisystudent starter from the bundled recipe '{name}' (written by `noisystudent init --recipe {name}`).",
