@@ -137,8 +137,7 @@ def cmd_evaluate(args):
 
 def cmd_init(args):
     from .starter import write_starter
-    recipe = (args.recipe, resolve_config_path(args.recipe)) if args.recipe else None
-    out = write_starter(args.dir, args.force, recipe)
+    out = write_starter(args.dir, args.force, resolve_config_path(args.recipe) if args.recipe else None)
     print(f"written: {out}\nedit its data paths (relative to {out.parent}), then: noisystudent run {out}")
 
 

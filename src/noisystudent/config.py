@@ -205,10 +205,14 @@ class Config:
     # <stage>/tensorboard/ (pip install 'noisystudent[logging]')
     logging: list[Literal["csv", "tensorboard"]] = field(default_factory=list)
 
+    def train_for_round(self, k: int) -> "TrainConfig":
+        """Training settings of round k's model: the teacher's (k=0) or the student's (k>=1)."""
+        return self.teacher if k == 0 else self.student
+
     def model_for_round(self, k: int) -> str:
         """Model name of round k's teacher (k=0) or student (k>=1), from the `models` schedule."""
         if not self.models:
-            return self.teacher.model if k == 0 else self.student.model
+            return self.train_for_round(k).model
         return self.models[min(k, len(self.models) - 1)]
 
     def resolved_run_dir(self) -> Path:

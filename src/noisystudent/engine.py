@@ -32,7 +32,7 @@ from .data.loaders import seed_for
 from .distributed import (any_rank, autocast_dtype, broadcast_, progress_enabled, resolve_device,
                           seed_everything, world_info)
 from .errors import TrainingDiverged
-from .runlog import env_seconds, on_epoch, plan_skip
+from .runlog import env_seconds, interval_due, log_interval_s, on_epoch, plan_skip
 from .schedule import create_optimizer, create_scheduler, ema_decay_at, effective_ema_decay, plan_steps
 
 __all__ = ["fit", "Trainer", "FitResult"]
@@ -55,7 +55,7 @@ def checkpoint_interval_s() -> float:
 
 def checkpoint_due(now: float, last: float, interval: float, last_epoch: bool) -> bool:
     """Checkpoint after this epoch? Always after the last one; else once `interval` s have passed."""
-    return last_epoch or now - last >= interval
+    return interval_due(now, last, interval, always=last_epoch)
 
 
 @dataclass
@@ -85,6 +85,7 @@ class Trainer:
         self.eval_fn, self.eval_every, self.best_key = eval_fn, eval_every, best_key
         self.ckpt_path = self.out_dir / "checkpoint.pt"
         self.ckpt_every_s = checkpoint_interval_s()
+        self.log_every_s = log_interval_s()      # read (and refused if bad) before any training
         self._ckpt_time, self._ckpt_epoch = time.monotonic(), 0    # when, and after how many epochs
         self.check_every = 1 if self.device.type != "cuda" else _CUDA_CHECK_EVERY    # loss reads (syncs)
         self.history: list = []
@@ -236,7 +237,7 @@ class Trainer:
             self._track_best(row, epoch)
         self.history.append(row)
         if self.rank == 0:
-            on_epoch(self.desc, row, self.epochs, self.history, self.out_dir)
+            on_epoch(self.desc, row, self.epochs, self.history, self.out_dir, self.log_every_s)
             now = time.monotonic()
             if checkpoint_due(now, self._ckpt_time, self.ckpt_every_s, epoch + 1 == self.epochs):
                 self._checkpoint(epoch)

@@ -22,7 +22,7 @@ from .errors import UserError
 from .layout import RunLayout
 
 __all__ = ["attach_run_log", "detach_run_log", "note", "epoch_line", "on_epoch", "RunPlan", "set_plan",
-           "plan_skip", "fmt_duration", "env_seconds", "log_interval_s", "line_due"]
+           "plan_skip", "fmt_duration", "env_seconds", "log_interval_s", "interval_due", "line_due"]
 
 log = logging.getLogger("noisystudent")
 _HANDLER: logging.Handler | None = None
@@ -133,22 +133,31 @@ def clear_plan() -> None:
     close_loggers()
 
 
-def on_epoch(desc: str, row: dict, epochs: int, history: list, out_dir=None) -> None:
+def on_epoch(desc: str, row: dict, epochs: int, history: list, out_dir=None, interval: float | None = None) -> None:
     """Called by the trainer (rank 0) after each epoch, `history` ending with `row`. The line is
-    built every epoch (it counts the epoch's images in the run's ETA) and logged when due."""
+    built every epoch (it counts the epoch's images in the run's ETA) and logged when due, at most
+    every `interval` s (the trainer reads `log_interval_s()` once, before training; None: read it now)."""
     text = epoch_line(desc, row, epochs, history)
     now = time.monotonic()
-    if line_due(row["epoch"], epochs, now, _LAST_LINE.get(desc), log_interval_s()):
+    if interval is None:
+        interval = log_interval_s()
+    if line_due(row["epoch"], epochs, now, _LAST_LINE.get(desc), interval):
         log.info("%s", text)
         _LAST_LINE[desc] = now
     from .loggers import log_epoch
     log_epoch(out_dir, row, history)
 
 
+def interval_due(now: float, last: float | None, interval: float, always: bool = False) -> bool:
+    """The rule of the epoch lines and of the trainer's checkpoints: `always`, the first time
+    (`last` None), or once `interval` seconds have passed since `last`."""
+    return always or last is None or now - last >= interval
+
+
 def line_due(epoch: int, epochs: int, now: float, last: float | None, interval: float) -> bool:
     """Log this epoch's line? The first and last epoch of a stage (and of a resumed one) always;
     otherwise once `interval` seconds have passed since the stage's previous line."""
-    return last is None or epoch <= 1 or epoch >= epochs or now - last >= interval
+    return interval_due(now, last, interval, always=epoch <= 1 or epoch >= epochs)
 
 
 def epoch_line(desc: str, row: dict, epochs: int, history: list) -> str:

@@ -14,8 +14,8 @@ __all__ = ["TEMPLATE", "write_starter", "recipe_starter_text", "resolved_config_
 TEMPLATE = Path(__file__).parent / "templates" / "own-data.yaml"
 
 
-def write_starter(directory: str | Path, force: bool = False, recipe: tuple[str, Path] | None = None) -> Path:
-    """Write DIR/config.yaml from the template, or from `recipe` = (name, path of a bundled config)
+def write_starter(directory: str | Path, force: bool = False, recipe: Path | None = None) -> Path:
+    """Write DIR/config.yaml from the template, or from the recipe at `recipe` (a bundled config)
     (refusing to overwrite unless `force`)."""
     d = Path(directory)
     if d.exists() and not d.is_dir():
@@ -23,7 +23,7 @@ def write_starter(directory: str | Path, force: bool = False, recipe: tuple[str,
     out = d / "config.yaml"
     if out.exists() and not force:
         raise UserError(f"{out} already exists; edit it, or pass --force to overwrite it")
-    text = recipe_starter_text(*recipe) if recipe else TEMPLATE.read_text()
+    text = recipe_starter_text(recipe) if recipe else TEMPLATE.read_text()
     d.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     return out
@@ -60,11 +60,11 @@ data:
 """
 
 
-def recipe_starter_text(name: str, path: Path) -> str:
+def recipe_starter_text(path: Path) -> str:
     """The bundled recipe at `path` with its `data:` section replaced by the three-folder layout of
     the starter (plus a validation set carved from train/) and its name by `my-run`; the recipe's
     lengths, noise and comments stay, so the settings chosen on its validation data come along."""
-    text = path.read_text()
+    name, text = path.stem, path.read_text()
     data = (yaml.safe_load(text) or {}).get("data") or {}
     lines = text.splitlines()
     try:

@@ -479,7 +479,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", *, expect_c
 
 def channels_last_of(cfg, k: int) -> bool:
     """Was round k's model trained channels-last? Round 0's is the teacher, later rounds' students."""
-    return (cfg.teacher if k == 0 else cfg.student).channels_last
+    return cfg.train_for_round(k).channels_last
 
 
 def class_counts(labels: np.ndarray, num_classes: int) -> list[int]:
