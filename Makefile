@@ -26,7 +26,7 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -m ''
 
-bench-fmnist: $(STAMP)        # 3 seeds x (teacher 5,500 steps; noisy, no-noise, supervised students from it, 2,750 each): 46-49 min on 2 Intel Xeon cores
+bench-fmnist: $(STAMP)        # 3 seeds x (teacher 5,500 steps; noisy, no-noise, supervised students from it, 2,750 each): 26-49 min on 2 Intel Xeon cores, as the instance's speed (printed first)
 	$(BIN)/python benchmarks/accuracy.py fashion-mnist-1k --seeds 3 --jobs 3
 
 CIFAR_TAR ?= ../shared/data/cifar10-jpeg.tar.gz

@@ -15,6 +15,8 @@ Per seed (`seed=N`: weight init, augmentation AND the labeled draw — sources i
     baseline's teacher (fingerprints decide what is really reused), its student held to the baseline
     student's step count (`student.steps`), so every row costs the same compute.
 Prints val and test accuracy as mean ± std over seeds and writes docs/benchmarks/<config>.{md,json}.
+Before any training it times the bare train step of the config's teacher on one thread and prints it
+with the table (`machine_speed`): instances of one CPU kind differ up to 1.6x, so a wall time needs it.
 Choose recipes on the val column; the test column is for the chosen setting's report.
 
 `--jobs N` runs the seeds as N processes at once, each with cores/N threads (OMP_NUM_THREADS), logs
@@ -242,7 +244,8 @@ def seed_jobs(argv: list[str], seeds: list[int], jobs: int, out: Path, cores: in
     return [{"seed": s, "out": out / f"seed{s}",
              "cmd": [sys.executable, str(Path(__file__).resolve()), *keep, "--seeds", f"{s},",
                      "--out", str(out / f"seed{s}")],
-             "env": {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}} for s in seeds]
+             "env": {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+                     "NOISYSTUDENT_BENCH_CHILD": "1"}} for s in seeds]
 
 
 def run_seed_jobs(jobs_plan: list[dict], jobs: int, log_dir: Path, stem: str) -> None:
@@ -304,6 +307,9 @@ def main():
     # '3' = seeds 0,1,2 (a count); '2,' or '0,2' = exactly those seeds
     seeds = list(range(int(args.seeds))) if "," not in args.seeds and int(args.seeds) > 1 else \
         [int(s) for s in args.seeds.split(",") if s]
+    if not os.environ.get("NOISYSTUDENT_BENCH_CHILD"):     # once, on an idle machine, before any training
+        _SPEED.update(machine_speed(load_config(path, args.set)))
+        print(f"machine speed: bare train step ({_SPEED['bare_what']}): {_SPEED['bare_img_s']:,.0f} img/s", flush=True)
     if args.jobs > 1 and len(seeds) > 1:
         stem, t0 = args.name or Path(path).stem, time.perf_counter()
         plan = seed_jobs(sys.argv[1:], seeds, args.jobs, Path(args.runs) / f"{stem}-tables")
@@ -345,6 +351,29 @@ def main():
                  loops)
 
 
+_SPEED: dict = {}     # machine_speed() of this bench, measured before any training (parent process only)
+
+
+def machine_speed(cfg) -> dict:
+    """The bare train step of the config's teacher (its model, image size, batch, amp, memory format)
+    on one thread, in images/s, best of 2: forward + backward + SGD on one in-memory batch
+    (throughput.bare_train). Two machines of the same CPU kind can differ 1.5x (Intel Xeon
+    model 167: 1,478 vs 2,325 img/s for ns_cnn_s at 28 px); a wall time means little without it."""
+    import torch
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from throughput import bare_train
+    t, d = cfg.train_for_round(0), cfg.data
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rate = max(bare_train(cfg.model_for_round(0), t.batch_size, 20, t.amp, size=d.image_size,
+                              chans=d.in_chans, channels_last=t.channels_last) for _ in range(2))
+    finally:
+        torch.set_num_threads(threads)
+    return {"bare_img_s": rate, "bare_what": f"{cfg.model_for_round(0)} {d.image_size} px x{d.in_chans}, batch "
+            f"{t.batch_size}, amp {t.amp}, {'channels-last' if t.channels_last else 'NCHW'}, 1 thread"}
+
+
 def machine() -> dict:
     import torch
     from noisystudent.distributed import cpu_has_native_bf16
@@ -356,7 +385,7 @@ def machine() -> dict:
     return {"cpu": model or platform.processor() or platform.machine(), "cores": os.cpu_count(),
             "avx512_bf16": "avx512_bf16" in flags, "native_bf16": cpu_has_native_bf16(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "torch": torch.__version__, "python": platform.python_version()}
+            "torch": torch.__version__, "python": platform.python_version(), **_SPEED}
 
 
 def mean_std(values) -> str:
@@ -449,7 +478,8 @@ def write_tables(out: Path, name: str, rows: list, total_s: float, argv: list, l
              f"`{meta['command']}`", "",
              f"{meta['cpu']}, {meta['cores']} cores (AVX512-BF16: {meta['avx512_bf16']}, native bf16: "
              f"{meta['native_bf16']}), GPU: {meta['gpu']}, torch {meta['torch']}, {meta['date']}, "
-             f"{wall_label} {total_s / 60:.1f} min", "",
+             f"{wall_label} {total_s / 60:.1f} min" + (f"; machine speed (bare train step, {meta['bare_what']}): "
+                                                        f"{meta['bare_img_s']:,.0f} img/s" if "bare_img_s" in meta else ""), "",
              "| row | round | model | role | val top-1 (%) | test top-1 (%) | seeds | steps | train s | PFLOP |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for (row, rnd, which), rs in groups.items():

@@ -187,3 +187,17 @@ def test_a_configs_own_variants_reach_the_run_whole(accuracy):
     assert accuracy.variant_entries(declared, ["supervised"], []) == ["supervised"]
     with pytest.raises(SystemExit, match="--variants: light is neither declared.*declared: no_noise, ra_m9"):
         accuracy.variant_entries(declared, ["light"], [])
+
+
+def test_machine_speed_times_the_configs_teacher_step_and_reaches_the_table(accuracy, tmp_path, monkeypatch):
+    from noisystudent.config import load_config
+    cfg = load_config(ROOT / "configs" / "digits-demo.yaml", [])
+    speed = accuracy.machine_speed(cfg)
+    assert speed["bare_img_s"] > 0
+    assert speed["bare_what"].startswith("ns_cnn_s 8 px x1, batch 32,")    # the teacher's model, size, batch
+    monkeypatch.setattr(accuracy, "_SPEED", speed)
+    row = {"row": "baseline", "round": 0, "which": "teacher", "model": "ns_cnn_s", "val_top1": 0.9, "top1": 0.9,
+           "seed": 0, "steps": 10}
+    accuracy.write_tables(tmp_path, "t", [row], 60.0, [])
+    assert f"{speed['bare_img_s']:,.0f} img/s" in (tmp_path / "t.md").read_text()
+    assert (tmp_path / "t.json").read_text().count('"bare_img_s"') == 1

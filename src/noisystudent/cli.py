@@ -8,12 +8,11 @@ import os
 import sys
 from pathlib import Path
 
+from .config import BUNDLED_DIR
 from .errors import UserError
 from .layout import RunLayout
 
 __all__ = ["main", "resolve_config_path", "parse_source_spec"]
-
-CONFIG_DIR = Path(__file__).parent / "configs"
 
 _REL = RunLayout(Path())       # run-dir names for help texts (relative to any run)
 
@@ -23,10 +22,10 @@ def resolve_config_path(name: str) -> Path:
     p = Path(name)
     if p.is_file():
         return p
-    bundled = CONFIG_DIR / (name if name.endswith(".yaml") else f"{name}.yaml")
+    bundled = BUNDLED_DIR / (name if name.endswith(".yaml") else f"{name}.yaml")
     if bundled.is_file():
         return bundled
-    names = sorted(f.stem for f in CONFIG_DIR.glob("*.yaml"))
+    names = sorted(f.stem for f in BUNDLED_DIR.glob("*.yaml"))
     raise UserError(f"config not found: {name} (a YAML path, or one of: {', '.join(names)})")
 
 

@@ -24,7 +24,7 @@ __all__ = [
     "SourceConfig", "DataConfig", "NoiseConfig", "TrainConfig", "StudentConfig", "LabelConfig",
     "SelectConfig", "FinetuneConfig", "EvalConfig", "Config",
     "load_config", "safe_load_yaml", "RULES", "config_from_dict", "config_to_dict", "apply_overrides", "config_hash",
-    "coerce", "Range", "student_ranges",
+    "coerce", "Range", "student_ranges", "BUNDLED_DIR",
 ]
 
 
@@ -321,7 +321,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
-_BUNDLED_DIR = Path(__file__).parent / "configs"
+BUNDLED_DIR = Path(__file__).parent / "configs"   # the bundled recipes (`noisystudent run <name>`)
 
 
 def _base_dir(path: Path) -> Path | None:
@@ -329,7 +329,7 @@ def _base_dir(path: Path) -> Path | None:
     configs (the package's configs/, symlinked from the repo root) name data relative to the current
     directory (the repository root), so theirs stay as written."""
     try:
-        if path.resolve().parent == _BUNDLED_DIR.resolve():
+        if path.resolve().parent == BUNDLED_DIR.resolve():
             return None
     except OSError:
         pass
