@@ -16,7 +16,7 @@ Per seed (`seed=N`: weight init, augmentation AND the labeled draw — sources i
     student's step count (`student.steps`), so every row costs the same compute.
 Prints val and test accuracy as mean ± std over seeds and writes docs/benchmarks/<config>.{md,json}.
 Before any training it times the bare train step of the config's teacher on one thread and prints it
-with the table (`machine_speed`): instances of one CPU kind differ up to 1.6x, so a wall time needs it.
+with the table (`machine_speed`): instances of one CPU kind differ ~1.5x, so a wall time needs it.
 Choose recipes on the val column; the test column is for the chosen setting's report.
 
 `--jobs N` runs the seeds as N processes at once, each with cores/N threads (OMP_NUM_THREADS), logs
@@ -356,9 +356,10 @@ _SPEED: dict = {}     # machine_speed() of this bench, measured before any train
 
 def machine_speed(cfg) -> dict:
     """The bare train step of the config's teacher (its model, image size, batch, amp, memory format)
-    on one thread, in images/s, best of 2: forward + backward + SGD on one in-memory batch
-    (throughput.bare_train). Two machines of the same CPU kind can differ 1.5x (Intel Xeon
-    model 167: 1,478 vs 2,325 img/s for ns_cnn_s at 28 px); a wall time means little without it."""
+    on one CPU thread (also where the runs use a GPU), in images/s, best of 2: forward + backward +
+    SGD on one in-memory batch (throughput.bare_train). Two machines of the same CPU kind can differ
+    ~1.5x (Intel Xeon model 167: 1,478 vs 2,284 img/s for ns_cnn_s at 28 px); a wall time means
+    little without it."""
     import torch
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from throughput import bare_train
@@ -371,7 +372,7 @@ def machine_speed(cfg) -> dict:
     finally:
         torch.set_num_threads(threads)
     return {"bare_img_s": rate, "bare_what": f"{cfg.model_for_round(0)} {d.image_size} px x{d.in_chans}, batch "
-            f"{t.batch_size}, amp {t.amp}, {'channels-last' if t.channels_last else 'NCHW'}, 1 thread"}
+            f"{t.batch_size}, amp {t.amp}, {'channels-last' if t.channels_last else 'NCHW'}, 1 CPU thread"}
 
 
 def machine() -> dict:
