@@ -356,23 +356,28 @@ _SPEED: dict = {}     # machine_speed() of this bench, measured before any train
 
 def machine_speed(cfg) -> dict:
     """The bare train step of the config's teacher (its model, image size, batch, amp, memory format)
-    on one CPU thread (also where the runs use a GPU), in images/s, best of 2: forward + backward +
-    SGD on one in-memory batch (throughput.bare_train). Two machines of the same CPU kind can differ
-    ~1.5x (Intel Xeon model 167: 1,478 vs 2,284 img/s for ns_cnn_s at 28 px); a wall time means
-    little without it."""
+    on the device the runs use (`cfg.device`; on a CPU with one thread), in images/s, best of 2:
+    forward + backward + SGD on one in-memory batch (throughput.bare_train). Two machines of the same
+    CPU kind can differ ~1.5x (Intel Xeon model 167: 1,478 vs 2,284 img/s for ns_cnn_s at 28 px); a
+    wall time means little without it."""
     import torch
+    from noisystudent.distributed import resolve_device
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from throughput import bare_train
+    import throughput
     t, d = cfg.train_for_round(0), cfg.data
-    threads = torch.get_num_threads()
+    dev = resolve_device(cfg.device)
+    threads, saved = torch.get_num_threads(), throughput.DEVICE
     torch.set_num_threads(1)
+    throughput.DEVICE = dev
     try:
-        rate = max(bare_train(cfg.model_for_round(0), t.batch_size, 20, t.amp, size=d.image_size,
-                              chans=d.in_chans, channels_last=t.channels_last) for _ in range(2))
+        rate = max(throughput.bare_train(cfg.model_for_round(0), t.batch_size, 20, t.amp, size=d.image_size,
+                                         chans=d.in_chans, channels_last=t.channels_last) for _ in range(2))
     finally:
         torch.set_num_threads(threads)
+        throughput.DEVICE = saved
+    where = "1 CPU thread" if dev.type == "cpu" else (torch.cuda.get_device_name(dev) if dev.type == "cuda" else str(dev))
     return {"bare_img_s": rate, "bare_what": f"{cfg.model_for_round(0)} {d.image_size} px x{d.in_chans}, batch "
-            f"{t.batch_size}, amp {t.amp}, {'channels-last' if t.channels_last else 'NCHW'}, 1 CPU thread"}
+            f"{t.batch_size}, amp {t.amp}, {'channels-last' if t.channels_last else 'NCHW'}, {where}"}
 
 
 def machine() -> dict:

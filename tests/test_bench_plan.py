@@ -195,6 +195,7 @@ def test_machine_speed_times_the_configs_teacher_step_and_reaches_the_table(accu
     speed = accuracy.machine_speed(cfg)
     assert speed["bare_img_s"] > 0
     assert speed["bare_what"].startswith("ns_cnn_s 8 px x1, batch 32,")    # the teacher's model, size, batch
+    assert speed["bare_what"].endswith("1 CPU thread")                     # no GPU here: the CPU, one thread
     monkeypatch.setattr(accuracy, "_SPEED", speed)
     row = {"row": "baseline", "round": 0, "which": "teacher", "model": "ns_cnn_s", "val_top1": 0.9, "top1": 0.9,
            "seed": 0, "steps": 10}
