@@ -39,6 +39,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(1, str(ROOT / "benchmarks"))   # throughput.py, for machine_speed (also when imported by tests)
 os.environ.setdefault("NOISYSTUDENT_PROGRESS", "0")
 
 from noisystudent.cli import resolve_config_path  # noqa: E402
@@ -362,7 +363,6 @@ def machine_speed(cfg) -> dict:
     wall time means little without it."""
     import torch
     from noisystudent.distributed import resolve_device
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     import throughput
     t, d = cfg.train_for_round(0), cfg.data
     dev = resolve_device(cfg.device)
