@@ -33,7 +33,7 @@ CIFAR_TAR ?= ../shared/data/cifar10-jpeg.tar.gz
 data/cifar10/train:           # the JPEG tree the CIFAR configs read
 	mkdir -p data/cifar10 && tar xzf $(CIFAR_TAR) -C data/cifar10
 
-bench-cifar: $(STAMP) data/cifar10/train   # the fast CIFAR-10-4000 recipe (ns_air, one round): ~1 h on 2 cores + variants, PFLOP printed
+bench-cifar: $(STAMP) data/cifar10/train   # the fast CIFAR-10-4000 recipe (ns_air, one round): loop 30-53 min on 2 cores, + ~1 h for its 2 variants; PFLOP printed
 	$(BIN)/python benchmarks/accuracy.py cifar10-4k-fast
 
 bench-cifar-wrn: $(STAMP) data/cifar10/train   # the standard-architecture comparison: WRN-28-2 student, ~2 h on 2 cores
