@@ -3,11 +3,12 @@
 # its own time limit, runs even if an earlier one failed, and leaves its log in $OUT_DIR):
 #   1. env         CUDA visible, bf16, versions
 #   2. tests       the on-device noise against the CPU reference (`pytest -m gpu tests/test_batch_noise.py`)
-#   3. throughput  ours vs a bare loop, WRN-28-2, batch 256, bf16, PIL workers and on-device noise, labeling
-#   4. fast        the fast recipe (cifar10-4k-fast: ns_air_s, one round), whole loop, wall + accuracy
-#   5. sanity      the fast net supervised on 49,000 CIFAR-10 labels (issue 14's >= 90% check)
-#   6. loop        the standard-architecture recipe (cifar10-4k: ns_cnn_m -> WRN-28-2), whole loop
-#   7. results     every finished stage's accuracy and wall time -> $OUT_DIR/results.txt
+#   3. profile     where a step's time goes (bare vs ours, prefetch off/on, the noise alone, labeling)
+#   4. throughput  ours vs a bare loop, WRN-28-2, batch 256, bf16, PIL workers and on-device noise, labeling
+#   5. fast        the fast recipe (cifar10-4k-fast: ns_air_s, one round), whole loop, wall + accuracy
+#   6. sanity      the fast net supervised on 49,000 CIFAR-10 labels (issue 14's >= 90% check)
+#   7. loop        the standard-architecture recipe (cifar10-4k: ns_cnn_m -> WRN-28-2), whole loop
+#   8. results     every finished stage's accuracy and wall time -> $OUT_DIR/results.txt
 # Usage (repo root):
 #   bash benchmarks/gpu_check.sh
 #   PY=python3 CIFAR_TAR=data/cifar10-jpeg.tar.gz OUT_DIR=$OUT bash benchmarks/gpu_check.sh   (device tool)
@@ -21,15 +22,16 @@ OUT_DIR=${OUT_DIR:-runs/gpu_check}
 RUNS=${RUNS:-runs/gpu}
 export NOISYSTUDENT_PROGRESS=0 PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$OUT_DIR" "$RUNS"
-DEV=cuda; TP=(--steps 40 --batch 256 --amp bf16 --workers 8); SHRINK=(); T=1
+DEV=cuda; TP=(--steps 40 --batch 256 --amp bf16 --workers 8); GP=(--steps 40 --batch 256); SHRINK=(); T=1
 if [ -n "${DRY:-}" ]; then   # the same commands at toy size on the CPU
-  DEV=cpu; TP=(--steps 3 --batch 16 --amp off --workers 0); T=3
+  DEV=cpu; TP=(--steps 3 --batch 16 --amp off --workers 0); GP=(--steps 3 --batch 16 --model ns_cnn_m); T=3
   SHRINK=(--set teacher.steps=30 --set teacher.warmup_steps=3 --set student.steps=20 --set student.warmup_steps=2
           --set data.labeled.per_class=20 --set data.val.per_class=10 --set data.unlabeled.fraction=0.01
           --set data.test.per_class=10)
 fi
-PARTS=${PARTS:-tests throughput fast sanity loop}   # a subset for a short lease, e.g. PARTS="tests throughput"
+PARTS=${PARTS:-tests profile throughput fast sanity loop}   # a subset for a short lease, e.g. PARTS="tests throughput"
 FAST_LIMIT=${FAST_LIMIT:-150}
+LOOP_LIMIT=${LOOP_LIMIT:-200}
 failed=()
 part() {  # part NAME SECONDS CMD...: run under a time limit, log to $OUT_DIR/NAME.log, remember failures
   local name=$1 limit=$(( $2 * T )); shift 2
@@ -58,7 +60,10 @@ if [ -z "${DRY:-}" ]; then
   part tests 60 "$PY" -m pytest -o addopts= -q -p no:cacheprovider -m gpu tests/test_batch_noise.py \
     tests/test_tensor_batches.py
 fi
-part throughput 150 "$PY" benchmarks/throughput.py --device "$DEV" "${TP[@]}" --model ns_wrn_28_2 --out "$OUT_DIR/tp"
+# where a step's time goes: bare vs ours (side-stream prefetch off/on), the noise alone, labeling
+part profile 100 "$PY" benchmarks/gpu_profile.py --device "$DEV" "${GP[@]}" --out "$RUNS/profile"
+part throughput 150 "$PY" benchmarks/throughput.py --device "$DEV" "${TP[@]}" --model ns_wrn_28_2 --out "$RUNS/tp"
+cp "$RUNS/tp/throughput.json" "$OUT_DIR/" 2>/dev/null    # the table is in throughput.log (8 files come back)
 # whole loops, noisy student only (the no-noise and supervised variants cost a student each);
 # label.batch_size 1024 and 8 loader workers for the labeling pass; training noise runs on the device
 part fast "$FAST_LIMIT" "$PY" benchmarks/accuracy.py cifar10-4k-fast --seeds 0 --variants "" --runs "$RUNS" \
@@ -68,7 +73,7 @@ part fast "$FAST_LIMIT" "$PY" benchmarks/accuracy.py cifar10-4k-fast --seeds 0 -
 part sanity 120 "$PY" -m noisystudent train cifar10-4k-fast --run-dir "$RUNS/sup49k" --device "$DEV" \
   --set data.labeled.per_class=4900 --set data.val.per_class=50 --set teacher.steps=9000 \
   --set teacher.warmup_steps=450 --set teacher.noise.randaugment=false --set data.workers=8 "${SHRINK[@]}"
-part loop 200 "$PY" benchmarks/accuracy.py cifar10-4k --seeds 0 --variants "" --runs "$RUNS" \
+part loop "$LOOP_LIMIT" "$PY" benchmarks/accuracy.py cifar10-4k --seeds 0 --variants "" --runs "$RUNS" \
   --out "$RUNS/loop-tables" --name cifar10-4k-gpu --set data.workers=8 --set label.batch_size=1024 \
   --set teacher.channels_last=true --set student.channels_last=true "${SHRINK[@]}"
 # what finished, even where a limit cut a run short: accuracy, steps, wall per stage

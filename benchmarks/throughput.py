@@ -7,7 +7,7 @@ Measures, on CIFAR-10 at 32 px (extracted from ../shared/data if needed; synthet
   * `engine.fit` teacher epoch (labeled batches, un-noised and with RandAugment)
   * `engine.fit` student epoch (joint batches, ratio 3, RandAugment + dropout + stochastic depth)
   * both again with the noise applied per batch on the device (`data.augment_on: device`)
-  * bare inference vs the `label` stage's `predict_shard`
+  * bare inference vs the `label` stage's loop (`predict_shards`)
   * model FLOPs (torch's FlopCounterMode) x images/s as a fraction of a measured matmul peak
 Prints one table and writes docs/benchmarks/throughput.{json,md}.
 """
@@ -37,7 +37,7 @@ from noisystudent.batches import JointBatches, LabeledBatches  # noqa: E402
 from noisystudent.distributed import autocast_dtype  # noqa: E402
 from noisystudent.engine import fit  # noqa: E402
 from noisystudent.models import create_model  # noqa: E402
-from noisystudent.labels import predict_shard  # noqa: E402
+from noisystudent.labels import predict_shard, predict_shards  # noqa: E402
 
 DEVICE = torch.device("cpu")
 MEAN, STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
@@ -127,6 +127,14 @@ def bare_infer(name, batch, steps) -> float:
 def ours_train(name, src, batch, steps, amp, workers, noise: NoiseConfig, ratio=0, on_device=False) -> float:
     """img/s of `engine.fit`'s second epoch. on_device: the images as one uint8 tensor on DEVICE and
     the noise applied per batch there (data.augment_on=device), else PIL in DataLoader workers."""
+    m, cfg, source = ours_setup(name, src, batch, steps, amp, workers, noise, ratio, on_device)
+    with tempfile.TemporaryDirectory() as d:
+        res = fit(m, cfg, source, out_dir=d, seed=0, meta={}, device=DEVICE)
+    return res.history[-1]["images_per_s"]       # epoch 2: warm (allocator, thread pool, workers)
+
+
+def ours_setup(name, src, batch, steps, amp, workers, noise: NoiseConfig, ratio=0, on_device=False):
+    """(model, TrainConfig, batch source) of one `ours_train` measurement: 2 epochs of `steps` steps."""
     data = DataConfig(image_size=32, in_chans=3, mean=MEAN, std=STD, crop_padding=4, hflip=True, workers=workers)
     cfg = TrainConfig(model=name, epochs=2, batch_size=batch, lr=0.01, warmup_epochs=0, amp=amp, noise=noise)
     m = create_model(name, 10, 3, noise.drop_rate, noise.drop_path_rate)
@@ -151,18 +159,19 @@ def ours_train(name, src, batch, steps, amp, workers, noise: NoiseConfig, ratio=
         if ratio:
             source = JointBatches.of_datasets(lab, PseudoDataset(pse_src, np.arange(n), targets, copies, tf),
                                               batch, ratio, workers)
-    with tempfile.TemporaryDirectory() as d:
-        res = fit(m, cfg, source, out_dir=d, seed=0, meta={}, device=DEVICE)
-    return res.history[-1]["images_per_s"]       # epoch 2: warm (allocator, thread pool, workers)
+    return m, cfg, source
 
 
-def ours_label(name, src, batch) -> float:
+def ours_label(name, src, batch, shard=4096) -> float:
+    """img/s of the label stage's loop (`predict_shards`) over all of `src`, in shards of `shard`."""
     m = create_model(name, 10, 3).to(DEVICE).eval()
-    predict_shard(m, src, 0, batch, image_size=32, mean=MEAN, std=STD, temperature=1.0, flip_tta=False,
-                  batch_size=batch, device=DEVICE)
+    kw = dict(image_size=32, mean=MEAN, std=STD, temperature=1.0, flip_tta=False, batch_size=batch, device=DEVICE)
+    predict_shard(m, src, 0, batch, **kw)                          # warm-up: cuDNN, allocator, pinned memory
+    shards = range(-(-len(src) // shard))
+    sync()
     t = time.perf_counter()
-    predict_shard(m, src, 0, len(src), image_size=32, mean=MEAN, std=STD, temperature=1.0, flip_tta=False,
-                  batch_size=batch, device=DEVICE)
+    for _ in predict_shards(m, src, shards, shard, **kw):
+        pass
     return len(src) / (time.perf_counter() - t)
 
 
@@ -179,7 +188,7 @@ def main():
     global DEVICE
     DEVICE = torch.device(args.device)
     B, S = args.batch, args.steps
-    src = cifar_images(max(1000, B * S * 3))
+    src = cifar_images(max(4100, B * S * 3))
     flops = model_flops(create_model(args.model, 10, 3))
     peaks = {"off": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     rows = []
@@ -209,8 +218,11 @@ def main():
                        on_device=True), bare, 3)
         add("student joint (all noise, device)", amp, 0,
             ours_train(args.model, src, B, max(3, S // 4), amp, 0, noise, ratio=3, on_device=True), bare_noisy, 3)
-    bi = bare_infer(args.model, 256, 8)
-    add("label (predict_shard)", "off", 0, ours_label(args.model, src.subset(np.arange(min(2048, len(src)))), 256), bi, 1)
+    # the label stage's loop over shards of label.shard_size's default (4,096 images; 4 shards on a GPU)
+    # at its default batch of 256, against bare inference of as many batches
+    n_label = min((4 if DEVICE.type == "cuda" else 1) * 4096, len(src)) // 256 * 256 or len(src)
+    bi = bare_infer(args.model, 256, max(1, n_label // 256))
+    add("label (predict_shards)", "off", 0, ours_label(args.model, src.subset(np.arange(n_label)), 256), bi, 1)
 
     meta = {"model": args.model, "model_gflops_per_image_fwd": flops / 1e9, "batch": B,
             "matmul_peak_gflops": {k: v / 1e9 for k, v in peaks.items()}, "torch": torch.__version__,

@@ -320,3 +320,15 @@ def test_cuda_graph_replays_the_eager_noise():
     for seed in range(3):
         d = NOISE.draw(32, (16, 16), torch.Generator().manual_seed(seed))
         assert torch.equal(g(x, d).cpu(), NOISE.apply(x.cpu(), d))
+
+
+def test_a_draw_crosses_the_bus_as_one_packed_tensor_and_unpacks_exactly():
+    for layers in (0, 1, 3):
+        noise = dataclasses.replace(NOISE, ra_layers=layers, ra_mstd=0.5)
+        d = noise.draw(7, (16, 16), torch.Generator().manual_seed(layers))
+        p = d.pack()
+        assert p.dtype == torch.float64 and p.shape == (7, 2 + 1 + 5 * layers + 2)
+        u = NoiseDraw.unpack(p, layers)
+        for f in dataclasses.fields(NoiseDraw):
+            a, b = getattr(d, f.name), getattr(u, f.name)
+            assert a.dtype == b.dtype and torch.equal(a, b), f.name

@@ -286,3 +286,14 @@ def test_load_model_channels_last_gives_the_same_predictions(tmp_path):
     cfg = Config()
     cfg.teacher.channels_last, cfg.student.channels_last = True, False
     assert channels_last_of(cfg, 0) and not channels_last_of(cfg, 1) and not channels_last_of(cfg, 2)
+
+
+def test_prefetch_switch_takes_0_or_1_only(monkeypatch):
+    from noisystudent.engine import env_flag
+    monkeypatch.delenv("NOISYSTUDENT_PREFETCH", raising=False)
+    assert env_flag("NOISYSTUDENT_PREFETCH", True) is True
+    monkeypatch.setenv("NOISYSTUDENT_PREFETCH", "0")
+    assert env_flag("NOISYSTUDENT_PREFETCH", True) is False
+    monkeypatch.setenv("NOISYSTUDENT_PREFETCH", "yes")
+    with pytest.raises(UserError, match="NOISYSTUDENT_PREFETCH='yes': allowed values are 0 and 1"):
+        env_flag("NOISYSTUDENT_PREFETCH", True)

@@ -104,3 +104,27 @@ def test_cuda_batches_replay_the_eager_noise_through_a_cuda_graph():
     assert len({float(x.x.sum()) for x in a}) == 5          # five different batches, not one buffer
     for x, y in zip(a, b):
         assert torch.equal(x.x, y.x) and torch.equal(x.y, y.y)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: checks the side-stream prefetch")
+def test_side_stream_prefetch_yields_the_sources_batches_unchanged():
+    """The trainer makes batch k+1 on a side stream while step k trains: the batches it sees must be
+    exactly the source's, in order (joint batches: labeled + pseudo, noised through CUDA graphs)."""
+    from noisystudent.engine import prefetch_on_side_stream
+    src, images, rows = _digits()
+    targets = np.eye(10, dtype=np.float32)[src.labels[rows]]
+
+    def joint():
+        return JointBatches(TensorLabeledBatches(images.cuda(), src.labels[rows], NOISE, [0.5], [0.5], 4),
+                            TensorPseudoBatches(images.cuda(), targets, np.ones(50, int), NOISE, [0.5], [0.5], 12))
+    direct = [(b.x.clone(), b.y.clone(), b.targets.clone()) for b in joint().epoch(seed=1, epoch=0, steps=4)]
+    seen = []
+    for b in prefetch_on_side_stream(joint().epoch(seed=1, epoch=0, steps=4), torch.device("cuda")):
+        b.x.mul_(0)                 # the consumer may write its batch: the next one must not change
+        seen.append((b.y.clone(), b.targets.clone()))
+    fetched = [b.x.clone() for b in prefetch_on_side_stream(joint().epoch(seed=1, epoch=0, steps=4),
+                                                            torch.device("cuda"))]
+    assert len(seen) == len(fetched) == 4
+    for (x, y, t), (y2, t2), x2 in zip(direct, seen, fetched):
+        assert torch.equal(x, x2) and torch.equal(y, y2) and torch.equal(t, t2)

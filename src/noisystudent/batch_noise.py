@@ -55,6 +55,25 @@ class NoiseDraw:
     def to(self, device) -> "NoiseDraw":
         return NoiseDraw(**{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)})
 
+    def pack(self) -> torch.Tensor:
+        """Every field as columns of one (B, K) float64 tensor (exact: the ints are small), so a
+        batch's draw crosses the bus as one copy."""
+        b = self.crop.shape[0]
+        return torch.cat([getattr(self, f.name).reshape(b, -1).double() for f in dataclasses.fields(self)], 1)
+
+    @staticmethod
+    def unpack(packed: torch.Tensor, layers: int) -> "NoiseDraw":
+        """The inverse of `pack` for a draw of `layers` RandAugment layers."""
+        out, at = {}, 0
+        for f in dataclasses.fields(NoiseDraw):
+            k = 2 if f.name in ("crop", "cutout") else (1 if f.name == "flip" else layers)
+            col = packed[:, at:at + k]
+            at += k
+            col = col[:, 0] if f.name == "flip" else col
+            out[f.name] = (col.to(torch.float64) if f.name == "magnitude" else
+                           col.to(torch.int64) if f.name in ("crop", "op", "cutout") else col != 0)
+        return NoiseDraw(**out)
+
 
 @dataclass(frozen=True)
 class BatchNoise:
@@ -161,23 +180,28 @@ class GraphedNoise:
     def __init__(self, noise: "BatchNoise", shape: tuple[int, int, int, int], device="cuda"):
         b, c, h, w = shape
         self.noise = dataclasses.replace(noise, dense=True)
+        self.layers = max(int(noise.ra_layers), 0)
         self.x = torch.zeros(shape, dtype=torch.uint8, device=device)
-        self.draw = noise.draw(b, (h, w), torch.Generator().manual_seed(0)).to(device)
+        # the draw enters as one packed float64 tensor (one host->device copy per batch, from pinned
+        # memory, no host sync); unpacking it is part of the graph
+        self.packed = noise.draw(b, (h, w), torch.Generator().manual_seed(0)).pack().to(device)
         self.fill = _fill(noise.fill, c).to(device)
+
+        def run():
+            return self.noise._apply(self.x, NoiseDraw.unpack(self.packed, self.layers), self.fill)
         side = torch.cuda.Stream()              # warm-up off the capturing stream, as torch.cuda.graphs asks
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(2):
-                self.noise._apply(self.x, self.draw, self.fill)
+                run()
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.out = self.noise._apply(self.x, self.draw, self.fill)
+            self.out = run()
 
     def __call__(self, x: torch.Tensor, d: NoiseDraw) -> torch.Tensor:
         self.x.copy_(x)
-        for f in dataclasses.fields(NoiseDraw):
-            getattr(self.draw, f.name).copy_(getattr(d, f.name), non_blocking=True)
+        self.packed.copy_(d.pack().pin_memory(), non_blocking=True)
         self.graph.replay()
         return self.out
 

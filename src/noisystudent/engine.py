@@ -16,10 +16,11 @@ import contextlib
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -31,7 +32,7 @@ from .batches import Batch, StepLoss, joint_step_loss
 from .data.loaders import seed_for
 from .distributed import (any_rank, autocast_dtype, broadcast_, progress_enabled, resolve_device,
                           seed_everything, world_info)
-from .errors import TrainingDiverged
+from .errors import TrainingDiverged, UserError
 from .runlog import env_seconds, interval_due, log_interval_s, on_epoch, plan_skip
 from .schedule import create_optimizer, create_scheduler, ema_decay_at, effective_ema_decay, plan_steps
 
@@ -88,6 +89,9 @@ class Trainer:
         self.log_every_s = log_interval_s()      # read (and refused if bad) before any training
         self._ckpt_time, self._ckpt_epoch = time.monotonic(), 0    # when, and after how many epochs
         self.check_every = 1 if self.device.type != "cuda" else _CUDA_CHECK_EVERY    # loss reads (syncs)
+        # CUDA: make the next batch on a side stream (off by default: on an H200 it cost the teacher at
+        # batch 256 10 points of the bare loop's speed, docs/benchmarks/gpu.md)
+        self.prefetch = env_flag("NOISYSTUDENT_PREFETCH", False)
         self.history: list = []
         self.best: dict | None = None       # {"score", "epoch"} of the weights in best.pt
 
@@ -143,6 +147,8 @@ class Trainer:
         seed_everything(seed_for(self.seed, epoch, "torch", self.rank))
         pin = self.device.type == "cuda"
         batches = self.source.epoch(self.seed, epoch, steps, self.rank, self.world, pin)
+        if pin and self.prefetch:
+            batches = prefetch_on_side_stream(batches, self.device)
         # the stage's last bar stays on screen; earlier epochs are cleared (their log line stays)
         bar = tqdm(batches, total=steps, desc=f"{self.desc} {epoch + 1}/{self.epochs}",
                    leave=epoch + 1 == self.epochs, disable=not (progress_enabled() and self.rank == 0))
@@ -297,6 +303,45 @@ class Trainer:
             log.info("%s: keeping the weights of epoch %d (%s %.4f)", self.desc, self.best["epoch"],
                      self.best_key, self.best["score"])
         return FitResult(final, self.history, start)
+
+
+def env_flag(name: str, default: bool) -> bool:
+    """A 0/1 switch from the environment (for A/B measurements); anything else is refused."""
+    v = os.environ.get(name, "").strip()
+    if v not in ("", "0", "1"):
+        raise UserError(f"{name}={v!r}: allowed values are 0 and 1")
+    return default if v == "" else v == "1"
+
+
+def prefetch_on_side_stream(batches: Iterable[Optional[Batch]], device: torch.device) -> Iterator[Optional[Batch]]:
+    """Yield `batches` moved to CUDA `device`, each made (noise, copies, concatenation) on a side
+    stream while the default stream trains on the one before: the on-device noise is ~1,000 small
+    kernels per batch that would otherwise wait behind the training step (issue 15). The default
+    stream waits for a batch's event before using it, and its tensors are marked as used there so
+    the allocator does not hand their memory back to the side stream too early."""
+    side, main = torch.cuda.Stream(device), torch.cuda.current_stream(device)
+    it = iter(batches)
+
+    def make():
+        side.wait_stream(main)          # the side stream must not run ahead of work it depends on
+        with torch.cuda.stream(side):
+            b = next(it, _END)
+            if b is not None and b is not _END:
+                b = b.to(device, non_blocking=True)
+        return b, side.record_event()
+    nxt = make()
+    while nxt[0] is not _END:
+        b, ready = nxt
+        nxt = make()                    # queue the next batch before this one's training step
+        main.wait_event(ready)
+        if b is not None:
+            for t in (b.x, b.y, b.targets):
+                if t is not None:
+                    t.record_stream(main)
+        yield b
+
+
+_END = object()
 
 
 class _DivergenceWatch:

@@ -9,7 +9,9 @@ One Parquet file per shard of the pool, `part-NNNNN.parquet` (shard s holds pool
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -21,6 +23,7 @@ from .errors import UserError
 from .pseudo import probs_from_logits
 
 __all__ = ["shard_schema", "shard_name", "list_label_shards", "check_shard_schema", "predict_shard",
+           "predict_shards", "launch_shard", "finish_shard", "PendingShard",
            "LabelDirError", "SCALAR_COLUMNS"]
 
 _SHARD_NAME = re.compile(r"^part-(\d+)\.parquet$")
@@ -84,10 +87,24 @@ def check_shard_schema(path: Path, num_classes: int) -> None:
         )
 
 
+@dataclass
+class PendingShard:
+    """A shard whose predictions are queued on the device: `finish_shard` waits for its copy to the
+    host and builds the table. Queuing shard s+1 before finishing shard s keeps a GPU busy while the
+    CPU builds and writes shard s (issue 15: the per-shard sync and table left it idle)."""
+    probs: torch.Tensor              # (N, C) float32 on the CPU, filled asynchronously from a GPU
+    rows: np.ndarray                 # the source rows of the probabilities
+    ready: object                    # a CUDA event recorded after the copy, or None (already there)
+    source: object
+    teacher_hash: str
+    keep_true_labels: bool
+
+
 @torch.no_grad()
-def predict_shard(model, source, start: int, stop: int, *, image_size: int, mean, std, temperature: float,
-                  flip_tta: bool, batch_size: int, device, workers: int = 0, skip_bad: bool = True,
-                  shift_tta: int = 0, teacher_hash: str = "", keep_true_labels: bool = False) -> pa.Table:
+def launch_shard(model, source, start: int, stop: int, *, image_size: int, mean, std, temperature: float,
+                 flip_tta: bool, batch_size: int, device, workers: int = 0, skip_bad: bool = True,
+                 shift_tta: int = 0, teacher_hash: str = "", keep_true_labels: bool = False) -> PendingShard:
+    """Queue the un-noised predictions of pool rows [start, stop) (see `predict_shard`)."""
     probs_l, idx_l = [], []
     # the shard's probabilities stay on the device until it is done: one host copy per shard
     for views, idx in iter_logits(model, source, image_size, mean, std, batch_size=batch_size, device=device,
@@ -96,14 +113,27 @@ def predict_shard(model, source, start: int, stop: int, *, image_size: int, mean
         # TTA averages the views' probabilities (after the temperature), not their logits
         probs_l.append(torch.stack([probs_from_logits(v, temperature) for v in views]).mean(0))
         idx_l.append(idx)
-    C = model.num_classes if hasattr(model, "num_classes") else None
-    if probs_l:
-        probs = torch.cat(probs_l).cpu()
-        rows = np.concatenate(idx_l)
-    else:
-        probs, rows = torch.zeros(0, C or 0), np.zeros(0, dtype=np.int64)
+    if not probs_l:
+        C = getattr(model, "num_classes", 0)
+        return PendingShard(torch.zeros(0, C), np.zeros(0, dtype=np.int64), None, source, teacher_hash,
+                            keep_true_labels)
+    probs, ready = torch.cat(probs_l), None
+    if probs.is_cuda:                # into pinned memory without waiting; the event says when it is there
+        host = torch.empty(probs.shape, dtype=probs.dtype, pin_memory=True)
+        host.copy_(probs, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+        probs = host
+    return PendingShard(probs.cpu(), np.concatenate(idx_l), ready, source, teacher_hash, keep_true_labels)
+
+
+def finish_shard(p: PendingShard) -> pa.Table:
+    """Wait for a launched shard's probabilities and build its label-shard table."""
+    if p.ready is not None:
+        p.ready.synchronize()
+    probs, rows, source = p.probs, p.rows, p.source
     conf, pred = probs.max(1)
-    true = source.labels[rows] if len(rows) and keep_true_labels else np.full(len(rows), -1, dtype=np.int64)
+    true = source.labels[rows] if len(rows) and p.keep_true_labels else np.full(len(rows), -1, dtype=np.int64)
     C = probs.shape[1]
     flat = pa.array(probs.to(torch.float16).numpy().reshape(-1), type=pa.float16())
     return pa.table({
@@ -113,5 +143,25 @@ def predict_shard(model, source, start: int, stop: int, *, image_size: int, mean
         "confidence": pa.array(conf.numpy().astype(np.float32)),
         # Kept for reports only (pseudo-label accuracy when the pool is a labeled set with labels hidden).
         "true_label": pa.array(true.astype(np.int32)),
-        "teacher": pa.array([teacher_hash] * len(rows), pa.string()),
+        "teacher": pa.array([p.teacher_hash] * len(rows), pa.string()),
     }, schema=shard_schema(C))
+
+
+def predict_shard(model, source, start: int, stop: int, **kw) -> pa.Table:
+    """The label-shard table of pool rows [start, stop): the un-noised teacher's probabilities (with
+    the temperature, averaged over the TTA views), prediction, confidence, ids. Keywords: those of
+    `launch_shard`."""
+    return finish_shard(launch_shard(model, source, start, stop, **kw))
+
+
+def predict_shards(model, source, shards, shard_size: int, **kw) -> Iterator[tuple[int, pa.Table]]:
+    """(s, table) for each shard number in `shards`, in order, each shard's predictions queued before
+    the previous one's table is built (on a GPU the two overlap; on the CPU it is the plain loop)."""
+    pending = None
+    for s in shards:
+        nxt = (s, launch_shard(model, source, s * shard_size, (s + 1) * shard_size, **kw))
+        if pending is not None:
+            yield pending[0], finish_shard(pending[1])
+        pending = nxt
+    if pending is not None:
+        yield pending[0], finish_shard(pending[1])

@@ -71,14 +71,16 @@ class _TensorRows:
         return max(1, math.ceil(len(self) / (self.batch_size * world)))
 
     def rows(self, seed: int, epoch: int, steps: int, rank: int, world: int) -> Iterator[torch.Tensor]:
+        """Each step's row indices, on the images' device: the epoch's order crosses the bus once,
+        not once per step (a per-step copy from pageable memory is a host sync on CUDA)."""
         order = torch.tensor(list(EpochSampler(len(self), steps * self.batch_size, seed_for(seed, epoch, self.tag),
-                                               rank, world)), dtype=torch.long)
+                                               rank, world)), dtype=torch.long).to(self.images.device)
         for i in range(steps):
             yield order[i * self.batch_size:(i + 1) * self.batch_size]
 
     def noised(self, rows: torch.Tensor, seed: int, epoch: int, step: int, rank: int) -> torch.Tensor:
         g = step_generator(seed_for(seed, epoch, self.tag), step, rank)
-        x = self.images[rows.to(self.images.device)]
+        x = self.images[rows]
         d = self.noise.draw(x.shape[0], tuple(x.shape[-2:]), g)
         graph = self._graph(x)
         x = graph(x, d) if graph is not None else self.noise.apply(x, d)
@@ -101,7 +103,7 @@ class TensorLabeledBatches(_TensorRows):
 
     def __init__(self, images, labels, noise: BatchNoise, mean, std, batch_size: int):
         super().__init__(images, noise, mean, std, batch_size, "labeled")
-        self.labels = torch.as_tensor(labels, dtype=torch.long)
+        self.labels = torch.as_tensor(labels, dtype=torch.long).to(images.device)
 
     def epoch(self, seed: int, epoch: int, steps: int, rank: int = 0, world: int = 1,
               pin: bool = False) -> Iterator[Optional[Batch]]:
@@ -114,8 +116,10 @@ class TensorPseudoBatches(_TensorRows):
 
     def __init__(self, images, targets, copies, noise: BatchNoise, mean, std, batch_size: int):
         super().__init__(images, noise, mean, std, batch_size, "pseudo")
-        self.index = torch.from_numpy(np.repeat(np.arange(len(images)), np.asarray(copies, dtype=np.int64)))
-        self.targets = torch.as_tensor(np.asarray(targets, dtype=np.float32))
+        self.index = torch.from_numpy(np.repeat(np.arange(len(images)),
+                                                np.asarray(copies, dtype=np.int64))).to(images.device)
+        self.targets = torch.as_tensor(np.asarray(targets, dtype=np.float32)).to(images.device)
+        self.labels_none = torch.zeros(0, dtype=torch.long, device=images.device)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -124,4 +128,4 @@ class TensorPseudoBatches(_TensorRows):
               pin: bool = False) -> Iterator[Optional[Batch]]:
         for i, rows in enumerate(self.rows(seed, epoch, steps, rank, world)):
             src = self.index[rows]
-            yield Batch(self.noised(src, seed, epoch, i, rank), torch.zeros(0, dtype=torch.long), self.targets[src])
+            yield Batch(self.noised(src, seed, epoch, i, rank), self.labels_none, self.targets[src])

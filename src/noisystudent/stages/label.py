@@ -18,7 +18,7 @@ from tqdm import tqdm
 from ..artifacts import atomic_write, file_hash
 from ..config import config_to_dict
 from ..distributed import progress_enabled
-from ..labels import predict_shard, shard_name, shard_schema
+from ..labels import predict_shards, shard_name, shard_schema
 from .common import RunContext, StageResult, channels_last_of, load_model, run_stage
 
 log = logging.getLogger("noisystudent")
@@ -72,19 +72,22 @@ def label_pool(ctx: RunContext, k: int) -> StageResult:
         mine = [s for s in range(n_shards) if s % ctx.world == ctx.rank]
         todo = [s for s in mine if not _shard_ok(d / shard_name(s), len(ctx.classes),
                                                  min(lc.shard_size, len(pool) - s * lc.shard_size), k)]
-        bar = tqdm(todo, desc=f"label r{k}", disable=not (progress_enabled() and ctx.rank == 0), leave=True)
-        for s in bar:
-            table = predict_shard(model, pool, s * lc.shard_size, (s + 1) * lc.shard_size,
-                                  image_size=meta["image_size"], mean=meta["mean"], std=meta["std"],
-                                  temperature=lc.temperature, flip_tta=lc.flip_tta, shift_tta=lc.shift_tta,
-                                  batch_size=lc.batch_size,
-                                  device=ctx.device, workers=cfg.data.workers,
-                                  skip_bad=ctx.policy("unlabeled") == "skip", teacher_hash=thash,
-                                  # true labels of a pool drawn from the labeled set (benchmarks) are
-                                  # recorded for reports; an out-of-domain pool's labels mean nothing here
-                                  keep_true_labels=same_dataset)
+        bar = tqdm(total=len(todo), desc=f"label r{k}", disable=not (progress_enabled() and ctx.rank == 0),
+                   leave=True)
+        # shard s+1 is queued on the device before shard s is written (predict_shards)
+        for s, table in predict_shards(model, pool, todo, lc.shard_size,
+                                       image_size=meta["image_size"], mean=meta["mean"], std=meta["std"],
+                                       temperature=lc.temperature, flip_tta=lc.flip_tta, shift_tta=lc.shift_tta,
+                                       batch_size=lc.batch_size,
+                                       device=ctx.device, workers=cfg.data.workers,
+                                       skip_bad=ctx.policy("unlabeled") == "skip", teacher_hash=thash,
+                                       # true labels of a pool drawn from the labeled set (benchmarks) are
+                                       # recorded for reports; an out-of-domain pool's labels mean nothing here
+                                       keep_true_labels=same_dataset):
             with atomic_write(d / shard_name(s)) as f:
                 pq.write_table(table, f)
+            bar.update(1)
+        bar.close()
         if ctx.world > 1:
             torch.distributed.barrier()     # every rank's shards are in place before counting
         files = [shard_name(s) for s in range(n_shards)]
