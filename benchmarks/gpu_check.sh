@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The GPU checks of one lent GPU session, as one prepared script (~9 minutes on an H200; each part has
-# its own time limit, runs even if an earlier one failed, and leaves its log in $OUT_DIR):
+# The GPU checks of one lent GPU session, as one prepared script (each part has its own time limit,
+# runs even if an earlier one failed, and leaves its log in $OUT_DIR). On an H200, 2026-12-04: env
+# 12 s, tests 14 s, profile 66 s, throughput 29 s (at 40 steps; now 100), fast 67 s, loop 148 s;
+# sanity was not run (PARTS="tests profile throughput fast loop" fits one 10-minute call):
 #   1. env         CUDA visible, bf16, versions
 #   2. tests       the on-device noise against the CPU reference (`pytest -m gpu tests/test_batch_noise.py`)
 #   3. profile     where a step's time goes (bare vs ours, prefetch off/on, the noise alone, labeling)
@@ -22,7 +24,7 @@ OUT_DIR=${OUT_DIR:-runs/gpu_check}
 RUNS=${RUNS:-runs/gpu}
 export NOISYSTUDENT_PROGRESS=0 PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$OUT_DIR" "$RUNS"
-DEV=cuda; TP=(--steps 40 --batch 256 --amp bf16 --workers 8); GP=(--steps 40 --batch 256); SHRINK=(); T=1
+DEV=cuda; TP=(--steps 100 --batch 256 --amp bf16 --workers 8); GP=(--steps 100 --batch 256); SHRINK=(); T=1
 if [ -n "${DRY:-}" ]; then   # the same commands at toy size on the CPU
   DEV=cpu; TP=(--steps 3 --batch 16 --amp off --workers 0); GP=(--steps 3 --batch 16 --model ns_cnn_m); T=3
   SHRINK=(--set teacher.steps=30 --set teacher.warmup_steps=3 --set student.steps=20 --set student.warmup_steps=2
@@ -61,7 +63,7 @@ if [ -z "${DRY:-}" ]; then
     tests/test_tensor_batches.py
 fi
 # where a step's time goes: bare vs ours (side-stream prefetch off/on), the noise alone, labeling
-part profile 100 "$PY" benchmarks/gpu_profile.py --device "$DEV" "${GP[@]}" --out "$RUNS/profile"
+part profile 140 "$PY" benchmarks/gpu_profile.py --device "$DEV" "${GP[@]}" --out "$RUNS/profile"
 part throughput 150 "$PY" benchmarks/throughput.py --device "$DEV" "${TP[@]}" --model ns_wrn_28_2 --out "$RUNS/tp"
 cp "$RUNS/tp/throughput.json" "$OUT_DIR/" 2>/dev/null    # the table is in throughput.log (8 files come back)
 # whole loops, noisy student only (the no-noise and supervised variants cost a student each);

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -63,55 +64,24 @@ def guarded(fn, *a):
 
 def trainer_epochs(what, setup, steps, prefetch: str, profile: bool):
     """ms/step of a warm epoch of `Trainer.train_one_epoch` (epoch 2), and its profile (epoch 3).
-    prefetch: "0" off, "1" the side stream, "nowait" the side stream without waiting for the
-    default stream's earlier work (an A/B of one line of `prefetch_on_side_stream`)."""
-    import noisystudent.engine as engine
-    os.environ["NOISYSTUDENT_PREFETCH"] = "0" if prefetch == "0" else "1"
-    real = engine.prefetch_on_side_stream
-    if prefetch == "nowait":
-        engine.prefetch_on_side_stream = prefetch_nowait
-    try:
-        m, cfg, source = setup()
-        cfg.epochs = 3
-        with tempfile.TemporaryDirectory() as d:
-            t = Trainer(m, cfg, source, out_dir=d, seed=0, meta={}, device=tp.DEVICE)
-            t.setup()
-            t.train_one_epoch(0)
-            tp.sync()
-            st = t.train_one_epoch(1)
-            ms = 1e3 * st["seconds"] / st["steps"]
-            say(f"{what:<40} prefetch={prefetch:<6} {ms:7.2f} ms/step  {st['images'] / st['seconds']:9.0f} img/s")
-            if profile:
-                prof = profiled(lambda: t.train_one_epoch(2))
-                say(top(prof, "gpu"))
-                say(top(prof, "self_cpu_time_total"))
-    finally:
-        engine.prefetch_on_side_stream = real
+    prefetch: "1" the side stream (the default), "0" off (NOISYSTUDENT_PREFETCH)."""
+    os.environ["NOISYSTUDENT_PREFETCH"] = prefetch
+    m, cfg, source = setup()
+    cfg.epochs = 3
+    with tempfile.TemporaryDirectory() as d:
+        t = Trainer(m, cfg, source, out_dir=d, seed=0, meta={}, device=tp.DEVICE)
+        t.setup()
+        t.train_one_epoch(0)
+        tp.sync()
+        st = t.train_one_epoch(1)
+        ms = 1e3 * st["seconds"] / st["steps"]
+        say(f"{what:<40} prefetch={prefetch:<6} {ms:7.2f} ms/step  {st['images'] / st['seconds']:9.0f} img/s")
+        if profile:
+            prof = profiled(lambda: t.train_one_epoch(2))
+            say(top(prof, "gpu"))
+            say(top(prof, "self_cpu_time_total"))
+    os.environ.pop("NOISYSTUDENT_PREFETCH")
     return ms
-
-
-def prefetch_nowait(batches, device):
-    """`engine.prefetch_on_side_stream` without `side.wait_stream(main)`."""
-    from noisystudent.engine import _END
-    side, main = torch.cuda.Stream(device), torch.cuda.current_stream(device)
-    it = iter(batches)
-
-    def make():
-        with torch.cuda.stream(side):
-            b = next(it, _END)
-            if b is not None and b is not _END:
-                b = b.to(device, non_blocking=True)
-        return b, side.record_event()
-    nxt = make()
-    while nxt[0] is not _END:
-        b, ready = nxt
-        nxt = make()
-        main.wait_event(ready)
-        if b is not None:
-            for t in (b.x, b.y, b.targets):
-                if t is not None:
-                    t.record_stream(main)
-        yield b
 
 
 def bare_ms(name, batch, steps, amp, drop=(0.0, 0.0)):
@@ -150,11 +120,12 @@ def main():
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--out", default="runs/gpu_profile")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats of each timing (median)")
     ap.add_argument("--profile", action="store_true", help="also print torch.profiler tables (at the end)")
     args = ap.parse_args()
     tp.DEVICE = torch.device(args.device)
     B, S, M = args.batch, args.steps, args.model
-    src = tp.cifar_images(max(4100, B * S * 3))
+    src = tp.cifar_images(min(50000, max(4100, B * S * 3)))   # CIFAR-10 train has 50,000
     name = torch.cuda.get_device_name(0) if tp.DEVICE.type == "cuda" else "CPU (a dry run of the script)"
     say(f"# {name}, torch {torch.__version__}, {M}, batch {B}, bf16")
     tp.bare_train(M, B, 5, "bf16")
@@ -163,11 +134,19 @@ def main():
     # timings first, in one clean process: a torch.profiler session leaves the process slower
     # (CUPTI), so the profiles (--profile) come last
     def train_rows(what, batch, steps, drop, setup):
-        bare = bare_ms(M, batch, steps, "bf16", drop)
-        say(f"{what:<40} bare          {bare:7.2f} ms/step")
-        for pf in ("0", "1", "nowait"):
-            ms = trainer_epochs(what, setup, steps, pf, False)
-            say(f"{what:<40} prefetch={pf:<6} ours/bare {100 * bare / ms:5.1f}%")
+        """Bare, ours and ours without prefetch, interleaved `--repeats` times: the ratio's median
+        (a GPU's clocks and a short timing vary by several percent from one measurement to the next)."""
+        ms = {"bare": [], "1": [], "0": []}
+        for _ in range(args.repeats):
+            ms["bare"].append(bare_ms(M, batch, steps, "bf16", drop))
+            say(f"{what:<40} bare          {ms['bare'][-1]:7.2f} ms/step")
+            for pf in ("1", "0"):
+                ms[pf].append(trainer_epochs(what, setup, steps, pf, False))
+        bare = statistics.median(ms["bare"])
+        for pf in ("1", "0"):
+            r = [100 * b / o for b, o in zip(ms["bare"], ms[pf])]
+            say(f"{what:<40} prefetch={pf}  ours/bare median {100 * bare / statistics.median(ms[pf]):5.1f}% "
+                f"(each: {', '.join(f'{x:.1f}' for x in r)})")
 
     S4 = max(3, S // 4)
     teacher = lambda: tp.ours_setup(M, src, B, S, "bf16", 0, ra, on_device=True)  # noqa: E731
@@ -178,15 +157,18 @@ def main():
     guarded(noise_alone, src, 4 * B, S4)
 
     def label_rows():
-        n = min(4 * 4096, len(src))
+        n = min(8 * 4096, len(src) // 1024 * 1024)
         for bs in (256, 1024):
-            bare = tp.bare_infer(M, bs, n // bs)
-            ours = tp.ours_label(M, src.subset(np.arange(n)), bs)
-            say(f"label {n} images, batch {bs:<5} ours {ours:9.0f} img/s  bare {bare:9.0f} img/s  "
-                f"{100 * ours / bare:5.1f}%")
+            r = []
+            for _ in range(args.repeats):
+                bare = tp.bare_infer(M, bs, n // bs)
+                ours = tp.ours_label(M, src.subset(np.arange(n)), bs)
+                r.append(100 * ours / bare)
+                say(f"label {n} images, batch {bs:<5} ours {ours:9.0f} img/s  bare {bare:9.0f} img/s  {r[-1]:5.1f}%")
+            say(f"label {n} images, batch {bs:<5} ours/bare median {statistics.median(r):5.1f}%")
     guarded(label_rows)
     if args.profile:
-        guarded(trainer_epochs, "teacher (+RandAugment, device)", teacher, S, "0", True)
+        guarded(trainer_epochs, "teacher (+RandAugment, device)", teacher, S, "1", True)
         guarded(lambda: say(top(profiled(lambda: tp.ours_label(M, src.subset(np.arange(4096)), 256)),
                                 "self_cpu_time_total")))
     out = Path(args.out)

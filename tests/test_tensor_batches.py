@@ -63,6 +63,21 @@ def test_pseudo_copies_repeat_rows_and_joint_batches_keep_the_ratio():
     assert int((seen == 0).sum()) == 15                      # 5 class-0 images x 3 copies, one epoch
 
 
+def test_only_sources_that_make_batches_on_a_gpu_are_prefetched():
+    """The trainer makes the next batch early (side stream) only where that queues GPU work: never
+    for DataLoader sources, whose next batch may keep the CPU waiting, nor for tensors on the CPU."""
+    from noisystudent.batches import LabeledBatches
+    src, images, rows = _digits()
+    on_cpu = TensorLabeledBatches(images, src.labels[rows], NOISE, [0.5], [0.5], batch_size=8)
+    assert not on_cpu.made_on_device
+    assert not JointBatches(on_cpu, on_cpu).made_on_device
+    assert not LabeledBatches([], 8).made_on_device
+    if torch.cuda.is_available():
+        on_gpu = TensorLabeledBatches(images.cuda(), src.labels[rows], NOISE, [0.5], [0.5], batch_size=8)
+        assert on_gpu.made_on_device and JointBatches(on_gpu, on_gpu).made_on_device
+        assert not JointBatches(on_gpu, LabeledBatches([], 8)).made_on_device
+
+
 def test_augment_on_decides_the_path(tmp_path):
     from noisystudent.config import load_config
     from noisystudent.errors import UserError

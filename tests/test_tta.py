@@ -8,7 +8,7 @@ from noisystudent.config import EvalConfig, LabelConfig, SourceConfig, load_conf
 from noisystudent.data import create_source, to_tensor_batch
 from noisystudent.errors import UserError
 from noisystudent.inference import tta_view_count, tta_views
-from noisystudent.labels import predict_shard
+from noisystudent.labels import predict_shard, predict_shards
 from noisystudent.models import create_model
 from noisystudent.config import config_to_dict
 from noisystudent.stages.common import fingerprinted
@@ -90,6 +90,20 @@ def test_labeling_averages_the_probabilities_of_every_view():
     with torch.no_grad():
         p = torch.stack([(model(v) / 2.0).softmax(1) for v in tta_views(x, True, 2)]).mean(0)
     np.testing.assert_allclose(got, p.numpy(), atol=2e-3)        # stored as float16
+
+
+def test_the_shard_pipeline_gives_each_shard_its_own_table():
+    """`predict_shards` (shard s+1 queued before shard s is built) = `predict_shard` per shard, in
+    the order asked, the last shard short, an empty shard list nothing."""
+    torch.manual_seed(2)
+    model = create_model("ns_cnn_s", 10, 1).eval()
+    src = _digits(24)
+    kw = dict(image_size=8, mean=[0.5], std=[0.5], temperature=1.0, flip_tta=False, batch_size=4, device="cpu")
+    got = list(predict_shards(model, src, [2, 0, 1], 10, **kw))
+    assert [s for s, _ in got] == [2, 0, 1] and [t.num_rows for _, t in got] == [4, 10, 10]
+    for s, table in got:
+        assert table.equals(predict_shard(model, src, s * 10, (s + 1) * 10, **kw))
+    assert list(predict_shards(model, src, [], 10, **kw)) == []
 
 
 def test_shift_tta_is_checked_with_a_message_naming_the_key(tmp_path):

@@ -57,6 +57,7 @@ class _LoaderBatches:
     """`batch_size` images per step and rank from `dataset` through a seeded DataLoader; an epoch is
     one pass over the dataset. `tag` keeps the orders of the labeled and pseudo streams apart."""
     tag = ""
+    made_on_device = False      # a batch comes from CPU workers: asking early would stall the GPU
 
     def __init__(self, dataset, batch_size: int, workers: int = 0):
         self.dataset, self.batch_size, self.workers = dataset, batch_size, workers
@@ -107,6 +108,10 @@ class JointBatches:
         if ratio < 1 or len(pseudo) == 0:
             raise ValueError("joint batches need ratio >= 1 and a non-empty pseudo-labeled set")
         return cls(LabeledBatches(labeled, batch_size, workers), PseudoBatches(pseudo, batch_size * ratio, workers))
+
+    @property
+    def made_on_device(self) -> bool:
+        return getattr(self.labeled, "made_on_device", False) and getattr(self.pseudo, "made_on_device", False)
 
     def steps_per_epoch(self, world: int = 1) -> int:
         return self.pseudo.steps_per_epoch(world)

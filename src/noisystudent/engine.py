@@ -9,6 +9,10 @@ What a step trains on (labeled, joint, pseudo-only) and what it minimises are th
 source and a step loss from `batches.py`. Resuming replays exactly: model/optimizer/EMA come from the
 checkpoint, the LR and EMA decay are pure functions of the global step, and all randomness (order,
 augmentation, dropout, stochastic depth) is re-seeded at the start of each epoch.
+
+On a GPU nothing syncs the host per step (the loss is read every `_CUDA_CHECK_EVERY` steps), and a
+source that makes its batches there (`made_on_device`) has batch k+1 made on a side stream while
+step k trains (`prefetch_on_side_stream`).
 """
 from __future__ import annotations
 
@@ -89,9 +93,8 @@ class Trainer:
         self.log_every_s = log_interval_s()      # read (and refused if bad) before any training
         self._ckpt_time, self._ckpt_epoch = time.monotonic(), 0    # when, and after how many epochs
         self.check_every = 1 if self.device.type != "cuda" else _CUDA_CHECK_EVERY    # loss reads (syncs)
-        # CUDA: make the next batch on a side stream (off by default: on an H200 it cost the teacher at
-        # batch 256 10 points of the bare loop's speed, docs/benchmarks/gpu.md)
-        self.prefetch = env_flag("NOISYSTUDENT_PREFETCH", False)
+        # CUDA: make the next batch on a side stream (NOISYSTUDENT_PREFETCH=0 turns it off)
+        self.prefetch = env_flag("NOISYSTUDENT_PREFETCH", True)
         self.history: list = []
         self.best: dict | None = None       # {"score", "epoch"} of the weights in best.pt
 
@@ -147,7 +150,10 @@ class Trainer:
         seed_everything(seed_for(self.seed, epoch, "torch", self.rank))
         pin = self.device.type == "cuda"
         batches = self.source.epoch(self.seed, epoch, steps, self.rank, self.world, pin)
-        if pin and self.prefetch:
+        # Only sources that make batches on the GPU (noise there): a DataLoader's next batch can
+        # keep the CPU waiting, and waiting before step k is queued idles the GPU (on an H200 the PIL
+        # path's teacher fell from 63% to 44% of the bare loop with the prefetch on, gpu.md).
+        if pin and self.prefetch and getattr(self.source, "made_on_device", False):
             batches = prefetch_on_side_stream(batches, self.device)
         # the stage's last bar stays on screen; earlier epochs are cleared (their log line stays)
         bar = tqdm(batches, total=steps, desc=f"{self.desc} {epoch + 1}/{self.epochs}",
@@ -229,7 +235,8 @@ class Trainer:
             sums = {k: float(v) / self.world for k, v in zip(keys, t.tolist())}
         # Every step's loss was finite, yet the last update(s) may have pushed weights or BatchNorm
         # statistics to inf/NaN: never checkpoint those over the last good state.
-        if not all(torch.isfinite(v).all() for v in self.model.state_dict().values() if v.is_floating_point()):
+        floats = [v for v in self.model.state_dict().values() if v.is_floating_point()]
+        if floats and not bool(torch.stack([torch.isfinite(v).all() for v in floats]).all()):   # one sync
             raise TrainingDiverged(f"{self.desc}: weights became NaN/inf during epoch {epoch + 1}; "
                                    f"{self._last_good(epoch)}")
         steps = stats["steps"]
@@ -320,10 +327,14 @@ def prefetch_on_side_stream(batches: Iterable[Optional[Batch]], device: torch.de
     stream waits for a batch's event before using it, and its tensors are marked as used there so
     the allocator does not hand their memory back to the side stream too early."""
     side, main = torch.cuda.Stream(device), torch.cuda.current_stream(device)
+    # Once per epoch, not per batch: the side stream starts after whatever the default stream queued
+    # before the epoch (uploads of the source's tensors). Waiting for the default stream before each
+    # batch also held batch k+1's noise behind step k-1 and cost the teacher 3-11 points of the bare
+    # loop's speed on an H200 (docs/benchmarks/gpu.md).
+    side.wait_stream(main)
     it = iter(batches)
 
     def make():
-        side.wait_stream(main)          # the side stream must not run ahead of work it depends on
         with torch.cuda.stream(side):
             b = next(it, _END)
             if b is not None and b is not _END:

@@ -67,6 +67,12 @@ class _TensorRows:
     def __len__(self) -> int:
         return len(self.images)
 
+    @property
+    def made_on_device(self) -> bool:
+        """Making a batch only queues GPU work (never waits on the CPU): the trainer may make the
+        next one on a side stream ahead of time (`engine.prefetch_on_side_stream`)."""
+        return self.images.is_cuda
+
     def steps_per_epoch(self, world: int = 1) -> int:
         return max(1, math.ceil(len(self) / (self.batch_size * world)))
 
