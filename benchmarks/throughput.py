@@ -206,18 +206,18 @@ def main():
     for amp in args.amp.split(","):
         bare = bare_train(args.model, B, S, amp)
         bare_noisy = bare_train(args.model, B * 4, max(3, S // 4), amp, (0.3, 0.2))
+        # the on-device path (data.augment_on=device): no workers, the noise runs on DEVICE; measured
+        # before the DataLoader rows, so no worker process of theirs shares the CPU with it
+        ra = NoiseConfig(True, drop_rate=0.0, drop_path_rate=0.0)
+        dev_t = ours_train(args.model, src, B, S, amp, 0, ra, on_device=True)
+        dev_s = ours_train(args.model, src, B, max(3, S // 4), amp, 0, noise, ratio=3, on_device=True)
         for w in [int(x) for x in args.workers.split(",")]:
             add("teacher train (crop+flip)", amp, w, ours_train(args.model, src, B, S, amp, w, clean), bare, 3)
-            add("teacher train (+RandAugment)", amp, w,
-                ours_train(args.model, src, B, S, amp, w, NoiseConfig(True, drop_rate=0.0, drop_path_rate=0.0)), bare, 3)
+            add("teacher train (+RandAugment)", amp, w, ours_train(args.model, src, B, S, amp, w, ra), bare, 3)
             add("student joint (ratio 3, all noise)", amp, w,
                 ours_train(args.model, src, B, max(3, S // 4), amp, w, noise, ratio=3), bare_noisy, 3)
-        # the on-device path (data.augment_on=device): no workers, the noise runs on DEVICE
-        add("teacher train (+RandAugment, device)", amp, 0,
-            ours_train(args.model, src, B, S, amp, 0, NoiseConfig(True, drop_rate=0.0, drop_path_rate=0.0),
-                       on_device=True), bare, 3)
-        add("student joint (all noise, device)", amp, 0,
-            ours_train(args.model, src, B, max(3, S // 4), amp, 0, noise, ratio=3, on_device=True), bare_noisy, 3)
+        add("teacher train (+RandAugment, device)", amp, 0, dev_t, bare, 3)
+        add("student joint (all noise, device)", amp, 0, dev_s, bare_noisy, 3)
     # the label stage's loop over shards of label.shard_size's default (4,096 images; 4 shards on a GPU)
     # at its default batch of 256, against bare inference of as many batches
     n_label = min((4 if DEVICE.type == "cuda" else 1) * 4096, len(src)) // 1024 * 1024 or len(src)
