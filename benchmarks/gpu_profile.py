@@ -27,7 +27,6 @@ import throughput as tp  # noqa: E402
 
 from noisystudent.config import NoiseConfig  # noqa: E402
 from noisystudent.engine import Trainer  # noqa: E402
-from noisystudent.models import create_model  # noqa: E402
 
 LINES: list[str] = []
 

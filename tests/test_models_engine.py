@@ -289,7 +289,7 @@ def test_load_model_channels_last_gives_the_same_predictions(tmp_path):
 
 
 def test_prefetch_switch_takes_0_or_1_only(monkeypatch):
-    from noisystudent.engine import env_flag
+    from noisystudent.runlog import env_flag
     monkeypatch.delenv("NOISYSTUDENT_PREFETCH", raising=False)
     assert env_flag("NOISYSTUDENT_PREFETCH", True) is True
     monkeypatch.setenv("NOISYSTUDENT_PREFETCH", "0")

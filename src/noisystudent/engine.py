@@ -20,7 +20,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +35,8 @@ from .batches import Batch, StepLoss, joint_step_loss
 from .data.loaders import seed_for
 from .distributed import (any_rank, autocast_dtype, broadcast_, progress_enabled, resolve_device,
                           seed_everything, world_info)
-from .errors import TrainingDiverged, UserError
-from .runlog import env_seconds, interval_due, log_interval_s, on_epoch, plan_skip
+from .errors import TrainingDiverged
+from .runlog import env_flag, env_seconds, interval_due, log_interval_s, on_epoch, plan_skip
 from .schedule import create_optimizer, create_scheduler, ema_decay_at, effective_ema_decay, plan_steps
 
 __all__ = ["fit", "Trainer", "FitResult"]
@@ -310,14 +309,6 @@ class Trainer:
             log.info("%s: keeping the weights of epoch %d (%s %.4f)", self.desc, self.best["epoch"],
                      self.best_key, self.best["score"])
         return FitResult(final, self.history, start)
-
-
-def env_flag(name: str, default: bool) -> bool:
-    """A 0/1 switch from the environment (for A/B measurements); anything else is refused."""
-    v = os.environ.get(name, "").strip()
-    if v not in ("", "0", "1"):
-        raise UserError(f"{name}={v!r}: allowed values are 0 and 1")
-    return default if v == "" else v == "1"
 
 
 def prefetch_on_side_stream(batches: Iterable[Optional[Batch]], device: torch.device) -> Iterator[Optional[Batch]]:

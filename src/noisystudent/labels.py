@@ -124,6 +124,7 @@ def launch_shard(model, source, start: int, stop: int, *, image_size: int, mean,
         ready = torch.cuda.Event()
         ready.record()
         probs = host
+    # .cpu(): a no-op after the pinned copy and on the CPU; another device (mps) copies here
     return PendingShard(probs.cpu(), np.concatenate(idx_l), ready, source, teacher_hash, keep_true_labels)
 
 

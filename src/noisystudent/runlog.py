@@ -22,7 +22,7 @@ from .errors import UserError
 from .layout import RunLayout
 
 __all__ = ["attach_run_log", "detach_run_log", "note", "epoch_line", "on_epoch", "RunPlan", "set_plan",
-           "plan_skip", "fmt_duration", "env_seconds", "log_interval_s", "interval_due", "line_due"]
+           "plan_skip", "fmt_duration", "env_seconds", "env_flag", "log_interval_s", "interval_due", "line_due"]
 
 log = logging.getLogger("noisystudent")
 _HANDLER: logging.Handler | None = None
@@ -40,6 +40,15 @@ def env_seconds(name: str, default: float) -> float:
     if not value >= 0:
         raise UserError(f"{name} must be a number of seconds >= 0, got {raw!r}")
     return value
+
+
+def env_flag(name: str, default: bool) -> bool:
+    """A 0/1 switch from the environment variable `name` (for A/B measurements); anything else is
+    refused with a UserError naming it."""
+    v = os.environ.get(name, "").strip()
+    if v not in ("", "0", "1"):
+        raise UserError(f"{name}={v!r}: allowed values are 0 and 1")
+    return default if v == "" else v == "1"
 
 
 def log_interval_s() -> float:
