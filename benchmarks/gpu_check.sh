@@ -27,7 +27,7 @@ export NOISYSTUDENT_PROGRESS=0 PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPA
 mkdir -p "$OUT_DIR" "$RUNS"
 DEV=cuda; TP=(--steps 100 --batch 256 --amp bf16 --workers 8); GP=(--steps 100 --batch 256); SHRINK=(); T=1
 if [ -n "${DRY:-}" ]; then   # the same commands at toy size on the CPU
-  DEV=cpu; TP=(--steps 3 --batch 16 --amp off --workers 0); GP=(--steps 3 --batch 16 --model ns_cnn_m); T=3
+  DEV=cpu; TP=(--steps 3 --batch 16 --amp off --workers 0); GP=(--steps 3 --batch 16 --model ns_cnn_m --workers 1); T=3
   SHRINK=(--set teacher.steps=30 --set teacher.warmup_steps=3 --set student.steps=20 --set student.warmup_steps=2
           --set data.labeled.per_class=20 --set data.val.per_class=10 --set data.unlabeled.fraction=0.01
           --set data.test.per_class=10)
@@ -70,16 +70,16 @@ part profile 140 "$PY" benchmarks/gpu_profile.py --device "$DEV" "${GP[@]}" --ou
 part throughput 150 "$PY" benchmarks/throughput.py --device "$DEV" "${TP[@]}" --model ns_wrn_28_2 --out "$RUNS/tp"
 cp "$RUNS/tp/throughput.json" "$OUT_DIR/" 2>/dev/null    # the table is in throughput.log (8 files come back)
 # whole loops, noisy student only (the no-noise and supervised variants cost a student each);
-# label.batch_size 1024 and 8 loader workers for the labeling pass; training noise runs on the device
+# 8 loader workers; label.batch_size is the default (auto: 1,024 on a GPU); training noise runs on the device
 part fast "$FAST_LIMIT" "$PY" benchmarks/accuracy.py cifar10-4k-fast --seeds 0 --variants "" --runs "$RUNS" \
-  --out "$RUNS/fast-tables" --name cifar10-4k-fast-gpu --set data.workers=8 --set label.batch_size=1024 "${SHRINK[@]}"
+  --out "$RUNS/fast-tables" --name cifar10-4k-fast-gpu --set data.workers=8 "${SHRINK[@]}"
 # ns_air_s on all of train/ but 50 images per class (the validation split the config needs; the
 # pool keeps the last 500): 9,000 steps x 128 = ~23.5 passes (90.63% on the CPU), crop + flip only, flip TTA at test
 part sanity 120 "$PY" -m noisystudent train cifar10-4k-fast --run-dir "$RUNS/sup49k" --device "$DEV" \
   --set data.labeled.per_class=4900 --set data.val.per_class=50 --set teacher.steps=9000 \
   --set teacher.warmup_steps=450 --set teacher.noise.randaugment=false --set data.workers=8 "${SHRINK[@]}"
 part loop "$LOOP_LIMIT" "$PY" benchmarks/accuracy.py cifar10-4k --seeds 0 --variants "" --runs "$RUNS" \
-  --out "$RUNS/loop-tables" --name cifar10-4k-gpu --set data.workers=8 --set label.batch_size=1024 \
+  --out "$RUNS/loop-tables" --name cifar10-4k-gpu --set data.workers=8 \
   --set teacher.channels_last=true --set student.channels_last=true "${SHRINK[@]}"
 # what finished, even where a limit cut a run short: accuracy, steps, wall per stage
 "$PY" - "$RUNS" > "$OUT_DIR/results.txt" 2>&1 <<'PYEOF'
@@ -91,7 +91,7 @@ for run in sorted(root.glob("*/baseline")) + sorted(root.glob("sup49k")):
         s = json.loads(st.read_text())
         info = s.get("info", {})
         line = f"{st.parent.parent.name}/{st.parent.name}: status {s.get('status')} stage_s {info.get('stage_s')}"
-        for k in ("steps", "train_s", "images_per_s", "kept"):
+        for k in ("steps", "train_s", "images_per_s", "kept", "batch_size"):
             if k in info:
                 line += f" {k} {info[k]}"
         pla = info.get("pseudo_label_accuracy") or {}

@@ -21,7 +21,7 @@ t0=$SECONDS
 STEP_SET=()
 [ -n "$STEPS" ] && STEP_SET=(--set student.steps="$STEPS")
 timeout "${LIMIT:-520}" "$PY" benchmarks/accuracy.py "$CONFIG" --seeds 0 --runs runs/gpu --out "$OUT_DIR" \
-  --name "$CONFIG-gpu" --set data.workers=15 "${STEP_SET[@]}" --set label.batch_size=1024 \
+  --name "$CONFIG-gpu" --set data.workers=15 "${STEP_SET[@]}" \
   --set teacher.channels_last=true --set student.channels_last=true 2>&1 | tee "$OUT_DIR/log.txt"
 echo "wall $((SECONDS - t0)) s" | tee -a "$OUT_DIR/gpu.txt"
 # whatever finished, even if the time limit cut the run short

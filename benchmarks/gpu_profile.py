@@ -6,7 +6,8 @@ prefetch, the on-device noise alone, and labeling vs bare inference.
 For each of the teacher (labeled batches, RandAugment on the device) and the student (joint batches,
 ratio 3, all noise) it prints: ms per step of the bare loop and of `Trainer.train_one_epoch` (warm; the
 side-stream prefetch off, on, and on without waiting for the default stream), the noise's own host and
-GPU time per batch, and labeling (the stage's shard loop) against bare inference. With --profile, the
+GPU time per batch, and labeling (the stage's shard loop, in memory and from JPEG files) against bare
+inference. With --profile, the
 top ops by GPU and by CPU time of the teacher's step and of labeling, last. Writes profile.txt.
 """
 from __future__ import annotations
@@ -119,6 +120,7 @@ def main():
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--out", default="runs/gpu_profile")
+    ap.add_argument("--workers", type=int, default=8, help="decode workers of the JPEG-file labeling row")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats of each timing (median)")
     ap.add_argument("--profile", action="store_true", help="also print torch.profiler tables (at the end)")
     args = ap.parse_args()
@@ -165,6 +167,11 @@ def main():
                 r.append(100 * ours / bare)
                 say(f"label {n} images, batch {bs:<5} ours {ours:9.0f} img/s  bare {bare:9.0f} img/s  {r[-1]:5.1f}%")
             say(f"label {n} images, batch {bs:<5} ours/bare median {statistics.median(r):5.1f}%")
+            files = tp.cifar_images(n, decoded=False)      # the stage on a JPEG pool: decode workers, one loader
+            if files is not None:
+                fl = tp.ours_label(M, files.subset(np.arange(min(n, len(files)))), bs, workers=args.workers)
+                say(f"label {n} JPEG files, batch {bs:<5} workers {args.workers}: {fl:9.0f} img/s "
+                    f"({100 * fl / bare:5.1f}% of the last bare inference)")
     guarded(label_rows)
     if args.profile:
         guarded(trainer_epochs, "teacher (+RandAugment, device)", teacher, S, "1", True)

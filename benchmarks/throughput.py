@@ -43,7 +43,9 @@ DEVICE = torch.device("cpu")
 MEAN, STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
 
 
-def cifar_images(n: int) -> ArraySource:
+def cifar_images(n: int, decoded: bool = True):
+    """n CIFAR-10 train images: decoded into memory (an ArraySource), or with `decoded=False` the
+    JPEG files themselves (None without the CIFAR tree)."""
     root = ROOT / "data" / "cifar10"
     tar = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
     if not (root / "train").is_dir() and tar.is_file():
@@ -51,7 +53,9 @@ def cifar_images(n: int) -> ArraySource:
         subprocess.run(["tar", "xzf", str(tar), "-C", str(root)], check=True)
     if (root / "train").is_dir():
         src = create_source(SourceConfig(kind="imagefolder", root=str(root / "train"), per_class=n // 10), 3)
-        return src.cache()
+        return src.cache() if decoded else src
+    if not decoded:
+        return None
     rng = np.random.default_rng(0)
     return ArraySource("synthetic", [str(i) for i in range(n)], rng.integers(0, 10, n),
                        [str(c) for c in range(10)], 3, images=rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8))
@@ -162,10 +166,12 @@ def ours_setup(name, src, batch, steps, amp, workers, noise: NoiseConfig, ratio=
     return m, cfg, source
 
 
-def ours_label(name, src, batch, shard=4096) -> float:
-    """img/s of the label stage's loop (`predict_shards`) over all of `src`, in shards of `shard`."""
+def ours_label(name, src, batch, shard=4096, workers=0) -> float:
+    """img/s of the label stage's loop (`predict_shards`) over all of `src`, in shards of `shard`
+    (files are decoded by `workers` DataLoader processes, as the stage does)."""
     m = create_model(name, 10, 3).to(DEVICE).eval()
-    kw = dict(image_size=32, mean=MEAN, std=STD, temperature=1.0, flip_tta=False, batch_size=batch, device=DEVICE)
+    kw = dict(image_size=32, mean=MEAN, std=STD, temperature=1.0, flip_tta=False, batch_size=batch, device=DEVICE,
+              workers=workers)
     predict_shard(m, src, 0, batch, **kw)                          # warm-up: cuDNN, allocator, pinned memory
     shards = range(-(-len(src) // shard))
     sync()
@@ -225,6 +231,11 @@ def main():
         bi = bare_infer(args.model, lb, max(1, n_label // lb))
         add(f"label (predict_shards, batch {lb})", "off", 0,
             ours_label(args.model, src.subset(np.arange(n_label)), lb), bi, 1)
+        # the stage over a pool of JPEG files (as CIFAR's folder is): decoded in workers, one loader
+        files, w = cifar_images(n_label, decoded=False), max(int(x) for x in args.workers.split(","))
+        if files is not None:
+            add(f"label JPEG files (batch {lb})", "off", w,
+                ours_label(args.model, files.subset(np.arange(min(n_label, len(files)))), lb, workers=w), bi, 1)
 
     meta = {"model": args.model, "model_gflops_per_image_fwd": flops / 1e9, "batch": B,
             "matmul_peak_gflops": {k: v / 1e9 for k, v in peaks.items()}, "torch": torch.__version__,

@@ -145,7 +145,8 @@ class LabelConfig:
     flip_tta: bool = False              # average the teacher's probs over the image and its mirror
     shift_tta: int = 0                  # pixels: also average over each view moved +-N diagonally (0 = off)
     noised_teacher: bool = False        # the paper's ablation only: label with dropout/SD on
-    batch_size: int = 256
+    # auto: 1,024 for images <= 64 px on a CUDA GPU (smaller batches leave it waiting on the CPU), else 256
+    batch_size: Union[int, Literal["auto"]] = "auto"
     shard_size: int = 4096              # rows per Parquet shard (the unit of resume)
 
 

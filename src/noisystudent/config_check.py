@@ -171,7 +171,7 @@ RULES: dict[str, Range] = {
     "student.unlabeled_weight": GE0,
     "student.two_step_epochs": GE0,
     "label.temperature": GT0,
-    "label.batch_size": GE1,
+    "label.batch_size": Range(1, text="must be >= 1 or 'auto'"),
     "label.shard_size": GE1,
     "select.threshold": UNIT,
     "select.per_class": Range(0, lo_open=True, text="must be > 0, 'auto' or 'none'"),

@@ -46,14 +46,16 @@ def tta_views(x: torch.Tensor, hflip: bool = False, shift: int = 0) -> list[torc
 @torch.no_grad()
 def iter_logits(model, source, image_size: int, mean, std, *, batch_size: int = 256, device="cpu",
                 workers: int = 0, skip_bad: bool = False, start: int = 0, stop: int | None = None,
-                hflip: bool = False, shift: int = 0, on_device: bool = False
+                ranges: list[tuple[int, int]] | None = None, hflip: bool = False, shift: int = 0,
+                on_device: bool = False
                 ) -> Iterator[tuple[list[torch.Tensor], np.ndarray]]:
     """Yield (a list of logits, one per test-time view of `tta_views(x, hflip, shift)`: [logits]
     without TTA, the first entry always the plain images', source rows) per batch, as float32 CPU
     tensors, or left on `device` with `on_device` (no host sync per batch: a caller that gathers a
-    shard's worth before copying keeps a GPU busy). Undecodable images are dropped when `skip_bad`."""
+    shard's worth before copying keeps a GPU busy). Rows [start, stop), or each of `ranges` in turn
+    through one loader (`eval_batches`). Undecodable images are dropped when `skip_bad`."""
     move = (lambda t: t.float()) if on_device else (lambda t: t.float().cpu())
     for x, idx in eval_batches(source, batch_size, image_size, mean, std, start=start, stop=stop,
-                               workers=workers, skip_bad=skip_bad, device=device):
+                               ranges=ranges, workers=workers, skip_bad=skip_bad, device=device):
         x = x.to(device)
         yield [move(model(v)) for v in tta_views(x, hflip, shift)], idx

@@ -23,7 +23,7 @@ from .errors import UserError
 from .pseudo import probs_from_logits
 
 __all__ = ["shard_schema", "shard_name", "list_label_shards", "check_shard_schema", "predict_shard",
-           "predict_shards", "launch_shard", "finish_shard", "PendingShard",
+           "predict_shards", "launch_shard", "label_batch_size", "finish_shard", "PendingShard",
            "LabelDirError", "SCALAR_COLUMNS"]
 
 _SHARD_NAME = re.compile(r"^part-(\d+)\.parquet$")
@@ -100,24 +100,35 @@ class PendingShard:
     keep_true_labels: bool
 
 
+def label_batch_size(batch_size: int | str, device, image_size: int) -> int:
+    """`label.batch_size`, with `auto` resolved: 1,024 for small images (<= 64 px) on a CUDA GPU, else
+    256. Why: at 32 px a batch of 256 is done on an H200 before the CPU has queued the next one (the
+    eager forward's ~100 kernel launches), so labeling ran at 75% of bare inference, at 1,024 at 135%
+    (docs/benchmarks/gpu.md); large images keep the GPU busy at 256 already, and need the memory."""
+    if batch_size != "auto":
+        return int(batch_size)
+    return 1024 if torch.device(device).type == "cuda" and image_size <= 64 else 256
+
+
 @torch.no_grad()
-def launch_shard(model, source, start: int, stop: int, *, image_size: int, mean, std, temperature: float,
-                 flip_tta: bool, batch_size: int, device, workers: int = 0, skip_bad: bool = True,
-                 shift_tta: int = 0, teacher_hash: str = "", keep_true_labels: bool = False) -> PendingShard:
-    """Queue the un-noised predictions of pool rows [start, stop) (see `predict_shard`)."""
-    probs_l, idx_l = [], []
-    # the shard's probabilities stay on the device until it is done: one host copy per shard
+def _shard_probs(model, source, ranges, *, image_size: int, mean, std, temperature: float, flip_tta: bool,
+                 batch_size: int, device, workers: int = 0, skip_bad: bool = True, shift_tta: int = 0
+                 ) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+    """(probabilities left on the device, source rows) per batch over `ranges`, through one loader."""
     for views, idx in iter_logits(model, source, image_size, mean, std, batch_size=batch_size, device=device,
-                                  workers=workers, skip_bad=skip_bad, start=start, stop=stop, hflip=flip_tta,
+                                  workers=workers, skip_bad=skip_bad, ranges=ranges, hflip=flip_tta,
                                   shift=shift_tta, on_device=True):
         # TTA averages the views' probabilities (after the temperature), not their logits
-        probs_l.append(torch.stack([probs_from_logits(v, temperature) for v in views]).mean(0))
-        idx_l.append(idx)
-    if not probs_l:
+        yield torch.stack([probs_from_logits(v, temperature) for v in views]).mean(0), idx
+
+
+def _queue(model, batches, source, teacher_hash: str, keep_true_labels: bool) -> PendingShard:
+    """A shard's batches of probabilities, gathered on the device and copied to the host once."""
+    if not batches:
         C = getattr(model, "num_classes", 0)
         return PendingShard(torch.zeros(0, C), np.zeros(0, dtype=np.int64), None, source, teacher_hash,
                             keep_true_labels)
-    probs, ready = torch.cat(probs_l), None
+    probs, ready = torch.cat([p for p, _ in batches]), None
     if probs.is_cuda:                # into pinned memory without waiting; the event says when it is there
         host = torch.empty(probs.shape, dtype=probs.dtype, pin_memory=True)
         host.copy_(probs, non_blocking=True)
@@ -125,7 +136,16 @@ def launch_shard(model, source, start: int, stop: int, *, image_size: int, mean,
         ready.record()
         probs = host
     # .cpu(): a no-op after the pinned copy and on the CPU; another device (mps) copies here
-    return PendingShard(probs.cpu(), np.concatenate(idx_l), ready, source, teacher_hash, keep_true_labels)
+    return PendingShard(probs.cpu(), np.concatenate([i for _, i in batches]), ready, source, teacher_hash,
+                        keep_true_labels)
+
+
+def launch_shard(model, source, start: int, stop: int, *, teacher_hash: str = "", keep_true_labels: bool = False,
+                 **kw) -> PendingShard:
+    """Queue the un-noised predictions of pool rows [start, stop) (see `predict_shard`). Keywords:
+    image_size, mean, std, temperature, flip_tta, shift_tta, batch_size, device, workers, skip_bad."""
+    return _queue(model, list(_shard_probs(model, source, [(start, stop)], **kw)), source, teacher_hash,
+                  keep_true_labels)
 
 
 def finish_shard(p: PendingShard) -> pa.Table:
@@ -155,14 +175,34 @@ def predict_shard(model, source, start: int, stop: int, **kw) -> pa.Table:
     return finish_shard(launch_shard(model, source, start, stop, **kw))
 
 
-def predict_shards(model, source, shards, shard_size: int, **kw) -> Iterator[tuple[int, pa.Table]]:
-    """(s, table) for each shard number in `shards`, in order, each shard's predictions queued before
-    the previous one's table is built (on a GPU the two overlap; on the CPU it is the plain loop)."""
+def predict_shards(model, source, shards, shard_size: int, *, teacher_hash: str = "",
+                   keep_true_labels: bool = False, **kw) -> Iterator[tuple[int, pa.Table]]:
+    """(s, table) for each shard number in `shards`, in order: the same tables as `predict_shard` per
+    shard. One loader reads every shard (its workers start once), and each shard's predictions are
+    queued before the previous one's table is built (on a GPU the two overlap; on the CPU it is the
+    plain loop). Keywords: those of `launch_shard`."""
+    shards = list(shards)
+    n = len(source)
+    stream = _shard_probs(model, source, [(s * shard_size, min((s + 1) * shard_size, n)) for s in shards], **kw)
     pending = None
-    for s in shards:
-        nxt = (s, launch_shard(model, source, s * shard_size, (s + 1) * shard_size, **kw))
+    for s, batches in _by_shard(stream, shards, shard_size):
+        nxt = (s, _queue(model, batches, source, teacher_hash, keep_true_labels))
         if pending is not None:
             yield pending[0], finish_shard(pending[1])
         pending = nxt
     if pending is not None:
         yield pending[0], finish_shard(pending[1])
+
+
+def _by_shard(stream, shards: list[int], shard_size: int) -> Iterator[tuple[int, list]]:
+    """Group a stream of (probs, rows) batches, read over `shards` in order, into (s, its batches) for
+    every s (none for a shard whose images were all skipped). No batch spans two shards, and none is
+    empty, so a batch's first row names its shard."""
+    it = iter(stream)
+    nxt = next(it, None)
+    for s in shards:
+        group = []
+        while nxt is not None and int(nxt[1][0]) // shard_size == s:
+            group.append(nxt)
+            nxt = next(it, None)
+        yield s, group

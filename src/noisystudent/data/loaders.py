@@ -21,7 +21,7 @@ from .sources import ArraySource, BadImage, Source
 from .transforms import to_tensor_batch
 
 __all__ = ["LabeledDataset", "PseudoDataset", "EpochSampler", "EpochLoader", "seed_for",
-           "eval_batches", "collate_skip_bad"]
+           "eval_batches", "RangeBatches", "collate_skip_bad"]
 
 
 def seed_for(*parts) -> int:
@@ -185,38 +185,71 @@ class _EvalDataset(Dataset):
 
 
 def _collate_arrays(batch):
+    """(images, rows) without the undecodable (None) items, or None when none is left. Images of one
+    shape are stacked here, in the worker, into one uint8 tensor: it reaches the main process
+    through shared memory (a list of arrays is pickled) and can be pinned by the loader's thread;
+    images of different shapes stay a list, resized one by one."""
     batch = [b for b in batch if b is not None]
     if not batch:
         return None
     imgs, idx = zip(*batch)
+    if len({im.shape for im in imgs}) == 1:
+        return torch.from_numpy(np.stack(imgs)), list(idx)
     return list(imgs), list(idx)
 
 
+class RangeBatches(Sampler):
+    """Batches of row indices over `ranges` [(start, stop), ...] in order, `batch_size` rows each
+    except a range's last: no batch spans two ranges, so a reader of the batches can tell where a
+    range ends (the label stage's shards) while one loader serves them all."""
+
+    def __init__(self, ranges: list[tuple[int, int]], batch_size: int):
+        self.ranges, self.batch_size = ranges, batch_size
+
+    def __iter__(self):
+        for a, b in self.ranges:
+            for i in range(a, b, self.batch_size):
+                yield list(range(i, min(i + self.batch_size, b)))
+
+    def __len__(self):
+        return sum(-(-max(0, b - a) // self.batch_size) for a, b in self.ranges)
+
+
 def eval_batches(source: Source, batch_size: int, image_size: int, mean, std, *, start: int = 0,
-                 stop: int | None = None, workers: int = 0, skip_bad: bool = False, device=None
-                 ) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
-    """Yield (normalised NCHW float batch, source row indices) for rows [start, stop), clean.
+                 stop: int | None = None, ranges: list[tuple[int, int]] | None = None, workers: int = 0,
+                 skip_bad: bool = False, device=None) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+    """Yield (normalised NCHW float batch, source row indices) for rows [start, stop), clean; or,
+    with `ranges`, for each (start, stop) in it in order, no batch spanning two (`RangeBatches`).
 
     In-memory arrays take a vectorised path (slice, convert, resize once per batch); files are
-    decoded by DataLoader workers. Undecodable files are dropped when `skip_bad`, else BadImage.
-    With `device`, each uint8 batch is converted there (`to_tensor_batch`).
+    decoded by DataLoader workers, one loader for all the ranges: its workers start once and keep
+    decoding the next range while the caller deals with the last one (the label stage used to start
+    them again for every shard, and a GPU waited on that). Undecodable files are dropped when
+    `skip_bad`, else BadImage. With `device`, each uint8 batch is converted there (`to_tensor_batch`).
     """
-    stop = len(source) if stop is None else min(stop, len(source))
+    n = len(source)
+    ranges = [(start, stop)] if ranges is None else ranges
+    ranges = [(max(0, a), n if b is None else min(b, n)) for a, b in ranges]
     if isinstance(source, ArraySource) and isinstance(source.images, np.ndarray):
-        for a in range(start, stop, batch_size):
-            b = min(a + batch_size, stop)
-            yield to_tensor_batch(source.images[a:b], image_size, mean, std, device), np.arange(a, b)
+        for a0, b0 in ranges:
+            for a in range(a0, b0, batch_size):
+                b = min(a + batch_size, b0)
+                yield to_tensor_batch(source.images[a:b], image_size, mean, std, device), np.arange(a, b)
         return
-    ds = torch.utils.data.Subset(_EvalDataset(source, skip_bad), range(start, stop))
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        collate_fn=_collate_arrays)
+    batches = RangeBatches(ranges, batch_size)
+    if len(batches) == 0:
+        return
+    # on a GPU the loader's thread pins each batch while the model runs (workers only: without them
+    # to_tensor_batch pins, and a thread would only add a hop)
+    pin = workers > 0 and device is not None and torch.device(device).type == "cuda"
+    loader = DataLoader(_EvalDataset(source, skip_bad), batch_sampler=batches, num_workers=workers,
+                        collate_fn=_collate_arrays, pin_memory=pin, prefetch_factor=4 if workers > 0 else None)
     for item in loader:
         if item is None:
             continue
         imgs, idx = item
-        # Images of different sizes are resized one by one before stacking.
-        if len({im.shape for im in imgs}) > 1:
+        if isinstance(imgs, list):          # images of different sizes: resized one by one, then stacked
             x = torch.cat([to_tensor_batch(im[None], image_size, mean, std, device) for im in imgs])
         else:
-            x = to_tensor_batch(np.stack(imgs), image_size, mean, std, device)
+            x = to_tensor_batch(imgs, image_size, mean, std, device)
         yield x, np.asarray(idx)

@@ -101,13 +101,14 @@ def create_train_transform(data_cfg, noise_cfg=None, image_size: int | None = No
                           cutout=noise_cfg.cutout if noise_cfg else 0.0, **kw)
 
 
-def to_tensor_batch(images: np.ndarray, image_size: int, mean, std, device=None) -> torch.Tensor:
-    """Clean eval preprocessing for a uint8 NHWC batch: resize (bilinear, antialiased) + normalise,
-    on `device` when given: on a GPU the uint8 batch crosses the bus (a quarter of float32's bytes,
-    from pinned memory, asynchronously) and the GPU does the arithmetic, not the CPU (issue 15)."""
-    x = torch.from_numpy(np.ascontiguousarray(images))
+def to_tensor_batch(images: np.ndarray | torch.Tensor, image_size: int, mean, std, device=None) -> torch.Tensor:
+    """Clean eval preprocessing for a uint8 NHWC batch (array or tensor): resize (bilinear,
+    antialiased) + normalise, on `device` when given: on a GPU the uint8 batch crosses the bus (a
+    quarter of float32's bytes, from pinned memory, asynchronously) and the GPU does the arithmetic,
+    not the CPU (issue 15). A batch a DataLoader already pinned is not copied again."""
+    x = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(images))
     if device is not None and torch.device(device).type == "cuda":
-        x = x.pin_memory().to(device, non_blocking=True)
+        x = (x if x.is_pinned() else x.pin_memory()).to(device, non_blocking=True)
     x = x.permute(0, 3, 1, 2).float().div_(255.0)
     if x.shape[-1] != image_size or x.shape[-2] != image_size:
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False,

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from ..artifacts import atomic_write, file_hash
 from ..config import config_to_dict
 from ..distributed import progress_enabled
-from ..labels import predict_shards, shard_name, shard_schema
+from ..labels import label_batch_size, predict_shards, shard_name, shard_schema
 from .common import RunContext, StageResult, channels_last_of, load_model, run_stage
 
 log = logging.getLogger("noisystudent")
@@ -72,13 +72,14 @@ def label_pool(ctx: RunContext, k: int) -> StageResult:
         mine = [s for s in range(n_shards) if s % ctx.world == ctx.rank]
         todo = [s for s in mine if not _shard_ok(d / shard_name(s), len(ctx.classes),
                                                  min(lc.shard_size, len(pool) - s * lc.shard_size), k)]
+        batch = label_batch_size(lc.batch_size, ctx.device, meta["image_size"])
         bar = tqdm(total=len(todo), desc=f"label r{k}", disable=not (progress_enabled() and ctx.rank == 0),
                    leave=True)
         # shard s+1 is queued on the device before shard s is written (predict_shards)
         for s, table in predict_shards(model, pool, todo, lc.shard_size,
                                        image_size=meta["image_size"], mean=meta["mean"], std=meta["std"],
                                        temperature=lc.temperature, flip_tta=lc.flip_tta, shift_tta=lc.shift_tta,
-                                       batch_size=lc.batch_size,
+                                       batch_size=batch,
                                        device=ctx.device, workers=cfg.data.workers,
                                        skip_bad=ctx.policy("unlabeled") == "skip", teacher_hash=thash,
                                        # true labels of a pool drawn from the labeled set (benchmarks) are
@@ -96,7 +97,7 @@ def label_pool(ctx: RunContext, k: int) -> StageResult:
             log.warning("round %d: skipped %d undecodable pool image(s) of %d (data.bad_images=skip); "
                         "the count is in %s", k, len(pool) - rows, len(pool), d / "stage.json")
         return files, {"pool_size": len(pool), "rows": rows, "skipped_images": len(pool) - rows,
-                       "shards": n_shards, "teacher": thash, "teacher_dir": ctx.layout.rel(tdir)}
+                       "shards": n_shards, "batch_size": batch, "teacher": thash, "teacher_dir": ctx.layout.rel(tdir)}
 
     return run_stage(ctx, ctx.layout.labels(k), config, {"teacher": tdir}, body)
 

@@ -1,0 +1,101 @@
+"""Labeling a file pool through one loader: batches aligned to shards, one DataLoader for all of a
+stage's shards, the same tables as shard by shard, and `label.batch_size: auto`."""
+import io
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import noisystudent.data.loaders as loaders
+from noisystudent.config import SourceConfig, load_config
+from noisystudent.data import create_source, eval_batches
+from noisystudent.data.loaders import RangeBatches
+from noisystudent.errors import UserError
+from noisystudent.labels import label_batch_size, predict_shard, predict_shards
+from noisystudent.models import create_model
+
+
+def _tar_pool(root, n=23, bad=()):
+    """One tar of n 8x8 grayscale PNGs; the members numbered in `bad` are not images."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    with tarfile.open(root / "pool.tar", "w") as tf:
+        for i in range(n):
+            b = io.BytesIO()
+            Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(b, format="PNG")
+            data = b"not a png" if i in bad else b.getvalue()
+            info = tarfile.TarInfo(f"img{i:03d}.png")
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return create_source(SourceConfig(kind="tar", root=str(root)), 1)
+
+
+def test_range_batches_never_span_two_ranges():
+    rb = RangeBatches([(0, 10), (20, 23), (30, 30), (40, 44)], 4)
+    got = list(rb)
+    assert got == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9], [20, 21, 22], [40, 41, 42, 43]]
+    assert len(rb) == len(got) == 5
+    assert list(RangeBatches([], 4)) == [] and len(RangeBatches([(3, 3)], 4)) == 0
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_eval_batches_over_ranges_equals_each_range_alone(tmp_path, workers):
+    src = _tar_pool(tmp_path / "pool")
+    ranges = [(10, 20), (0, 10), (20, 30)]               # the last runs past the pool: clipped at 23
+    got = list(eval_batches(src, 4, 8, [0.5], [0.5], ranges=ranges, workers=workers))
+    want = [b for a, z in ranges for b in eval_batches(src, 4, 8, [0.5], [0.5], start=a, stop=z)]
+    assert [r.tolist() for _, r in got] == [r.tolist() for _, r in want]
+    assert np.concatenate([r for _, r in got]).tolist() == list(range(10, 20)) + list(range(10)) + [20, 21, 22]
+    for (x, _), (y, _) in zip(got, want):
+        assert torch.equal(x, y)
+    # the in-memory path reads the same rows in the same batches
+    arr = src.cache()
+    got_arr = list(eval_batches(arr, 4, 8, [0.5], [0.5], ranges=ranges))
+    assert [r.tolist() for _, r in got_arr] == [r.tolist() for _, r in want]
+
+
+def test_one_loader_serves_every_shard_and_tables_match_shard_by_shard(tmp_path, monkeypatch):
+    """The label stage's loop over a file pool starts its DataLoader (and its workers) once, not
+    once per shard; a skipped image leaves its shard short, a shard of only bad images is empty."""
+    src = _tar_pool(tmp_path / "pool", n=23, bad={3, 10, 11, 12, 13, 14})
+    torch.manual_seed(0)
+    model = create_model("ns_cnn_s", 10, 1).eval()
+    kw = dict(image_size=8, mean=[0.5], std=[0.5], temperature=1.0, flip_tta=False, batch_size=3, device="cpu",
+              workers=1, skip_bad=True, teacher_hash="t")
+    made = []
+    real = loaders.DataLoader
+
+    def counting(*a, **k):
+        made.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(loaders, "DataLoader", counting)
+    got = list(predict_shards(model, src, [0, 2, 1, 3, 4], 5, **kw))
+    assert len(made) == 1
+    monkeypatch.setattr(loaders, "DataLoader", real)
+    assert [s for s, _ in got] == [0, 2, 1, 3, 4]
+    assert [t.num_rows for _, t in got] == [4, 0, 5, 5, 3]   # rows 3 and 10-14 are not images
+    for s, table in got:
+        assert table.equals(predict_shard(model, src, s * 5, (s + 1) * 5, **kw))
+    assert got[0][1].column("sample_id").to_pylist() == ["pool/img000", "pool/img001", "pool/img002",
+                                                         "pool/img004"]
+
+
+def test_label_batch_size_auto_by_device_and_image_size():
+    assert label_batch_size("auto", "cpu", 32) == 256
+    assert label_batch_size("auto", torch.device("cuda", 1), 32) == 1024
+    assert label_batch_size("auto", "cuda", 64) == 1024
+    assert label_batch_size("auto", "cuda", 224) == 256       # large images fill the GPU at 256
+    assert label_batch_size(300, "cuda", 32) == 300           # a number is kept as given
+
+
+def test_label_batch_size_config_takes_auto_or_a_positive_int(tmp_path):
+    cfg = load_config(None, [])
+    assert cfg.label.batch_size == "auto"
+    assert load_config(None, ["label.batch_size=512"]).label.batch_size == 512
+    with pytest.raises(UserError, match="'label.batch_size': must be >= 1 or 'auto'"):
+        load_config(None, ["label.batch_size=0"])
+    with pytest.raises(UserError, match="'label.batch_size': 'big' is not a valid int | 'auto'"):
+        load_config(None, ["label.batch_size=big"])
