@@ -99,3 +99,20 @@ def test_label_batch_size_config_takes_auto_or_a_positive_int(tmp_path):
         load_config(None, ["label.batch_size=0"])
     with pytest.raises(UserError, match="'label.batch_size': 'big' is not a valid int | 'auto'"):
         load_config(None, ["label.batch_size=big"])
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_images_of_different_sizes_are_resized_one_by_one(tmp_path, workers):
+    """A batch whose images differ in size stays a list in the worker's collate and each image is
+    resized alone; a batch of one size arrives stacked. Both give what `to_tensor_batch` gives."""
+    from noisystudent.data import to_tensor_batch
+    rng = np.random.default_rng(1)
+    shapes = [(8, 8), (12, 6), (8, 8), (8, 8)]
+    for i, (h, w) in enumerate(shapes):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    src = create_source(SourceConfig(kind="folder", root=str(tmp_path)), 3)
+    got = list(eval_batches(src, 2, 8, [0.5] * 3, [0.5] * 3, workers=workers))
+    assert [r.tolist() for _, r in got] == [[0, 1], [2, 3]]
+    x = torch.cat([b for b, _ in got])
+    for i in range(len(src)):
+        assert torch.allclose(x[i], to_tensor_batch(src.load(i)[None], 8, [0.5] * 3, [0.5] * 3)[0], atol=1e-6)
