@@ -106,7 +106,10 @@ def to_tensor_batch(images: np.ndarray | torch.Tensor, image_size: int, mean, st
     antialiased) + normalise, on `device` when given: on a GPU the uint8 batch crosses the bus (a
     quarter of float32's bytes, from pinned memory, asynchronously) and the GPU does the arithmetic,
     not the CPU (issue 15). A batch a DataLoader already pinned is not copied again."""
-    x = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(images))
+    x = images
+    if not isinstance(x, torch.Tensor):
+        # a read-only array (a decoded image as PIL hands it over) is copied: torch warns on it otherwise
+        x = torch.from_numpy(np.ascontiguousarray(x) if x.flags.writeable else np.array(x))
     if device is not None and torch.device(device).type == "cuda":
         x = (x if x.is_pinned() else x.pin_memory()).to(device, non_blocking=True)
     x = x.permute(0, 3, 1, 2).float().div_(255.0)

@@ -4,7 +4,9 @@ The rule: a stage's *fingerprint* hashes its own resolved config section plus th
 output hashes of the stages it reads. If `stage.json` says done with the same fingerprint (and its
 outputs still hash the same), the stage is skipped. If the fingerprint differs, the stage folder is
 stale and is cleared before it is redone; downstream fingerprints then differ too, so everything
-after it is redone — a changed config never silently reuses old artifacts.
+after it is redone — a changed config never silently reuses old artifacts. What the fingerprint
+leaves out (keys added later at their default; speed-only keys such as label.batch_size):
+`fingerprint.py`.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import torch
 
 from ..artifacts import (file_hash, load_checkpoint, read_stage, remove_run_results, reset_dir,
                          save_checkpoint, write_stage)
-from ..config import Config, config_hash, config_to_dict
+from ..config import Config, config_to_dict
 from ..data import ArraySource, Source, default_mean_std
 from ..data.infer import create_source_noted as _create
 from ..distributed import resolve_device, world_info
@@ -29,6 +31,7 @@ from ..errors import UserError
 from ..layout import RunLayout
 from .. import runlog
 from ..models import create_model
+from .fingerprint import fingerprinted, stage_fingerprint
 
 __all__ = ["RunContext", "run_stage", "load_model", "channels_last_of", "save_model", "StageResult", "invalidate_stage",
            "fingerprinted"]
@@ -201,23 +204,6 @@ class StageResult:
     skipped: bool
 
 
-# Config keys added after runs existed, with the default that reproduces the older behaviour. While a
-# key keeps that default it stays out of the fingerprint, so upgrading does not redo finished stages
-# (labels and every student after them) that the new key would not have changed.
-ADDED_LATER = {"shift_tta": 0}
-
-
-def fingerprinted(config):
-    """What a stage's fingerprint hashes of its config: all of it (nested dicts and lists too), less
-    the ADDED_LATER keys at their default. The stage record still saves the whole config."""
-    if isinstance(config, dict):
-        return {k: fingerprinted(v) for k, v in config.items()
-                if not (k in ADDED_LATER and v == ADDED_LATER[k])}
-    if isinstance(config, list):
-        return [fingerprinted(v) for v in config]
-    return config
-
-
 def run_stage(ctx: RunContext, stage_dir: Path, config: dict, inputs: dict[str, Path],
               body: Callable[[Path], tuple[list[str], dict]], label: str = "",
               cleanup: tuple | list = (), rank0_only: bool = False) -> StageResult:
@@ -230,9 +216,9 @@ def run_stage(ctx: RunContext, stage_dir: Path, config: dict, inputs: dict[str, 
     """
     label = label or str(stage_dir.relative_to(ctx.run_dir))
     upstream = _upstream(ctx, inputs, label)
-    fp = config_hash({"config": fingerprinted(config), "inputs": upstream})
     input_dirs = {name: _rel(ctx, d) for name, d in inputs.items()}
     old = read_stage(stage_dir) if ctx.rank == 0 else None
+    fp = stage_fingerprint(config, upstream, old)      # only rank 0 decides and writes records
     action = _same_on_all_ranks(ctx, _decide(stage_dir, fp, label) if ctx.rank == 0 else None)
     if action == "skip":
         log.info("%s: done, skipping", label)
