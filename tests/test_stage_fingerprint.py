@@ -60,3 +60,69 @@ def test_run_stage_resumes_a_stage_whose_batch_size_was_lowered(tmp_path):
     assert run_stage(ctx, d, _label_config("auto"), {}, body).skipped
     assert not run_stage(ctx, d, _label_config(256, 2.0), {}, body).skipped   # a real change: redone
     assert calls[-1] == ["stage.json"] and read_stage(d)["config"]["label"]["temperature"] == 2.0
+
+
+def _untrained_teacher(run_dir):
+    """round0/teacher of a digits-demo run: an untrained ns_cnn_s, recorded as done."""
+    import torch
+    from noisystudent.artifacts import write_stage
+    from noisystudent.models import create_model
+    from noisystudent.stages.common import save_model
+    cfg = load_config("configs/digits-demo.yaml")
+    ctx = RunContext(cfg, run_dir, "cpu")
+    tdir = ctx.layout.model(0, "teacher")
+    torch.manual_seed(0)
+    model = create_model("ns_cnn_s", len(ctx.classes), 1)
+    save_model(tdir / "model.pt", model, ctx.model_meta("ns_cnn_s", 8, cfg.teacher.noise, "teacher"))
+    write_stage(tdir, status="done", fingerprint="test", config={}, inputs={}, outputs={"model.pt": True})
+
+
+def test_out_of_memory_while_labeling_names_the_batch_and_a_smaller_one_resumes(tmp_path, monkeypatch, capsys):
+    """The GPU runs out of memory after one shard: one line naming label.batch_size and a value to
+    try, exit 2, the shard kept; the rerun at that value labels only the shards left."""
+    import torch
+    import noisystudent.stages.label as label_mod
+    from noisystudent.cli import main
+    run = tmp_path / "run"
+    _untrained_teacher(run)
+    real = label_mod.predict_shards
+    launched = []
+
+    def oom_after_one(model, pool, todo, *a, **kw):
+        launched.append(list(todo))
+        for i, item in enumerate(real(model, pool, todo, *a, **kw)):
+            if i == 1:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            yield item
+
+    monkeypatch.setattr(label_mod, "predict_shards", oom_after_one)
+    argv = ["label", "configs/digits-demo.yaml", "--run-dir", str(run), "--set", "label.shard_size=300",
+            "--device", "cpu"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == ("error: round 1: out of memory labeling at label.batch_size=256 (auto); the finished shards "
+                   "are kept: rerun with --set label.batch_size=64")
+    labels = RunLayout(run).labels(1)
+    assert sorted(p.name for p in labels.glob("part-*.parquet")) == ["part-00000.parquet"]
+    monkeypatch.setattr(label_mod, "predict_shards", real)
+    monkeypatch.setattr(label_mod, "predict_shards", lambda m, p, todo, *a, **kw: (launched.append(list(todo)),
+                                                                                 real(m, p, todo, *a, **kw))[1])
+    assert main(argv + ["--set", "label.batch_size=64"]) == 0
+    assert launched == [[0, 1, 2, 3], [1, 2, 3]]                 # resumed: shard 0 was not labeled again
+    assert read_stage(labels)["info"]["batch_size"] == 64
+
+
+def test_out_of_memory_elsewhere_is_one_line_not_a_bug_report(tmp_path, monkeypatch, capsys):
+    import torch
+    import noisystudent.stages.label as label_mod
+    from noisystudent.cli import main
+    run = tmp_path / "run"
+    _untrained_teacher(run)
+
+    def oom(*a, **kw):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB\nmore text")
+    monkeypatch.setattr(label_mod, "label_pool", oom)
+    assert main(["label", "configs/digits-demo.yaml", "--run-dir", str(run), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: out of memory on the device (CUDA out of memory. Tried to allocate 9.00 GiB)")
+    assert "lower the batch size" in err and "a bug" not in err

@@ -339,6 +339,14 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - last line of defence, keep it to one line for users
         if os.environ.get("NOISYSTUDENT_DEBUG"):
             raise
+        if type(e).__name__ == "OutOfMemoryError":     # torch.OutOfMemoryError: not a bug, a batch too large
+            first = (str(e).strip().splitlines() or [""])[0]
+            msg = (f"error: out of memory on the device ({first[:120]}); finished stages are kept: lower "
+                   "the batch size of the stage that ran (teacher.batch_size, student.batch_size, "
+                   "label.batch_size, evaluate.batch_size) and rerun")
+            _note(msg)
+            print(msg, file=sys.stderr)
+            return 2
         print(f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
               "(a bug: rerun with NOISYSTUDENT_DEBUG=1 for the traceback and report it)", file=sys.stderr)
         return 1

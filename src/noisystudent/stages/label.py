@@ -18,6 +18,7 @@ from tqdm import tqdm
 from ..artifacts import atomic_write, file_hash
 from ..config import config_to_dict
 from ..distributed import progress_enabled
+from ..errors import UserError
 from ..labels import label_batch_size, predict_shards, shard_name, shard_schema
 from .common import RunContext, StageResult, channels_last_of, load_model, run_stage
 
@@ -53,6 +54,14 @@ def _shard_ok(path, num_classes: int, max_rows: int, k: int) -> bool:
     return ok
 
 
+def _label_shards(d, bar, shards) -> None:
+    """Write each (s, table) of `shards` as part-s.parquet, atomically, as it comes."""
+    for s, table in shards:
+        with atomic_write(d / shard_name(s)) as f:
+            pq.write_table(table, f)
+        bar.update(1)
+
+
 def label_pool(ctx: RunContext, k: int) -> StageResult:
     cfg, lc = ctx.cfg, ctx.cfg.label
     tdir = ctx.layout.teacher_of(k)
@@ -76,18 +85,21 @@ def label_pool(ctx: RunContext, k: int) -> StageResult:
         bar = tqdm(total=len(todo), desc=f"label r{k}", disable=not (progress_enabled() and ctx.rank == 0),
                    leave=True)
         # shard s+1 is queued on the device before shard s is written (predict_shards)
-        for s, table in predict_shards(model, pool, todo, lc.shard_size,
-                                       image_size=meta["image_size"], mean=meta["mean"], std=meta["std"],
-                                       temperature=lc.temperature, flip_tta=lc.flip_tta, shift_tta=lc.shift_tta,
-                                       batch_size=batch,
-                                       device=ctx.device, workers=cfg.data.workers,
-                                       skip_bad=ctx.policy("unlabeled") == "skip", teacher_hash=thash,
-                                       # true labels of a pool drawn from the labeled set (benchmarks) are
-                                       # recorded for reports; an out-of-domain pool's labels mean nothing here
-                                       keep_true_labels=same_dataset):
-            with atomic_write(d / shard_name(s)) as f:
-                pq.write_table(table, f)
-            bar.update(1)
+        shards = predict_shards(model, pool, todo, lc.shard_size, image_size=meta["image_size"], mean=meta["mean"],
+                                std=meta["std"], temperature=lc.temperature, flip_tta=lc.flip_tta,
+                                shift_tta=lc.shift_tta, batch_size=batch, device=ctx.device,
+                                workers=cfg.data.workers, skip_bad=ctx.policy("unlabeled") == "skip",
+                                teacher_hash=thash,
+                                # true labels of a pool drawn from the labeled set (benchmarks) are
+                                # recorded for reports; an out-of-domain pool's labels mean nothing here
+                                keep_true_labels=same_dataset)
+        try:
+            _label_shards(d, bar, shards)
+        except torch.OutOfMemoryError as e:
+            # the batch size is out of the stage's fingerprint: a smaller one resumes from the shards on disk
+            auto = " (auto)" if lc.batch_size == "auto" else ""
+            raise UserError(f"round {k}: out of memory labeling at label.batch_size={batch}{auto}; the finished "
+                            f"shards are kept: rerun with --set label.batch_size={max(1, batch // 4)}") from e
         bar.close()
         if ctx.world > 1:
             torch.distributed.barrier()     # every rank's shards are in place before counting
