@@ -1,6 +1,9 @@
 """Stage fingerprints: label.batch_size (how fast, not what) stays out of them, and records written
 while it was in them are still recognised, so neither an upgrade nor a smaller batch after an
 out-of-memory error redoes finished labels."""
+import pytest
+import torch
+
 from noisystudent.artifacts import read_stage
 from noisystudent.config import config_hash, load_config
 from noisystudent.layout import RunLayout
@@ -64,7 +67,6 @@ def test_run_stage_resumes_a_stage_whose_batch_size_was_lowered(tmp_path):
 
 def _untrained_teacher(run_dir):
     """round0/teacher of a digits-demo run: an untrained ns_cnn_s, recorded as done."""
-    import torch
     from noisystudent.artifacts import write_stage
     from noisystudent.models import create_model
     from noisystudent.stages.common import save_model
@@ -80,7 +82,6 @@ def _untrained_teacher(run_dir):
 def test_out_of_memory_while_labeling_names_the_batch_and_a_smaller_one_resumes(tmp_path, monkeypatch, capsys):
     """The GPU runs out of memory after one shard: one line naming label.batch_size and a value to
     try, exit 2, the shard kept; the rerun at that value labels only the shards left."""
-    import torch
     import noisystudent.stages.label as label_mod
     from noisystudent.cli import main
     run = tmp_path / "run"
@@ -113,7 +114,6 @@ def test_out_of_memory_while_labeling_names_the_batch_and_a_smaller_one_resumes(
 
 
 def test_out_of_memory_elsewhere_is_one_line_not_a_bug_report(tmp_path, monkeypatch, capsys):
-    import torch
     import noisystudent.stages.label as label_mod
     from noisystudent.cli import main
     run = tmp_path / "run"
@@ -126,3 +126,22 @@ def test_out_of_memory_elsewhere_is_one_line_not_a_bug_report(tmp_path, monkeypa
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: out of memory on the device (CUDA out of memory. Tried to allocate 9.00 GiB)")
     assert "lower the batch size" in err and "a bug" not in err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: a real out-of-memory error while labeling")
+def test_a_real_cuda_out_of_memory_while_labeling(tmp_path, monkeypatch, capsys):
+    """The message above, from the CUDA allocator itself: labeling asks for 4 TiB."""
+    import noisystudent.stages.label as label_mod
+    from noisystudent.cli import main
+    run = tmp_path / "run"
+    _untrained_teacher(run)
+
+    def huge(*a, **kw):
+        torch.empty(1 << 42, dtype=torch.uint8, device="cuda")
+        yield from ()
+    monkeypatch.setattr(label_mod, "predict_shards", huge)
+    assert main(["label", "configs/digits-demo.yaml", "--run-dir", str(run), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == ("error: round 1: out of memory labeling at label.batch_size=1024 (auto); the finished shards "
+                   "are kept: rerun with --set label.batch_size=256")
