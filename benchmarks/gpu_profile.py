@@ -159,6 +159,7 @@ def main():
 
     def label_rows():
         n = min(8 * 4096, len(src) // 1024 * 1024)
+        files = tp.cifar_images(n, decoded=False)      # the stage on a JPEG pool: decode workers, one loader
         for bs in (256, 1024):
             r = []
             for _ in range(args.repeats):
@@ -167,7 +168,6 @@ def main():
                 r.append(100 * ours / bare)
                 say(f"label {n} images, batch {bs:<5} ours {ours:9.0f} img/s  bare {bare:9.0f} img/s  {r[-1]:5.1f}%")
             say(f"label {n} images, batch {bs:<5} ours/bare median {statistics.median(r):5.1f}%")
-            files = tp.cifar_images(n, decoded=False)      # the stage on a JPEG pool: decode workers, one loader
             if files is not None:
                 fl = tp.ours_label(M, files.subset(np.arange(min(n, len(files)))), bs, workers=args.workers)
                 say(f"label {n} JPEG files, batch {bs:<5} workers {args.workers}: {fl:9.0f} img/s "

@@ -225,14 +225,15 @@ def main():
         add("teacher train (+RandAugment, device)", amp, 0, dev_t, bare, 3)
         add("student joint (all noise, device)", amp, 0, dev_s, bare_noisy, 3)
     # the label stage's loop over shards of label.shard_size's default (4,096 images; 4 shards on a GPU)
-    # at its default batch of 256, against bare inference of as many batches
+    # at label.batch_size auto's values (256 on the CPU; 1,024 on a GPU, and 256 for comparison),
+    # against bare inference of as many batches
     n_label = min((4 if DEVICE.type == "cuda" else 1) * 4096, len(src)) // 1024 * 1024 or len(src)
+    # the stage over a pool of JPEG files (as CIFAR's folder is): decoded in workers, one loader
+    files, w = cifar_images(n_label, decoded=False), max(int(x) for x in args.workers.split(","))
     for lb in ([256, 1024] if DEVICE.type == "cuda" else [256]):     # a GPU labels faster at larger batches
         bi = bare_infer(args.model, lb, max(1, n_label // lb))
         add(f"label (predict_shards, batch {lb})", "off", 0,
             ours_label(args.model, src.subset(np.arange(n_label)), lb), bi, 1)
-        # the stage over a pool of JPEG files (as CIFAR's folder is): decoded in workers, one loader
-        files, w = cifar_images(n_label, decoded=False), max(int(x) for x in args.workers.split(","))
         if files is not None:
             add(f"label JPEG files (batch {lb})", "off", w,
                 ours_label(args.model, files.subset(np.arange(min(n_label, len(files)))), lb, workers=w), bi, 1)

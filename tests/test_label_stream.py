@@ -91,7 +91,7 @@ def test_label_batch_size_auto_by_device_and_image_size():
     assert label_batch_size(300, "cuda", 32) == 300           # a number is kept as given
 
 
-def test_label_batch_size_config_takes_auto_or_a_positive_int(tmp_path):
+def test_label_batch_size_config_takes_auto_or_a_positive_int():
     cfg = load_config(None, [])
     assert cfg.label.batch_size == "auto"
     assert load_config(None, ["label.batch_size=512"]).label.batch_size == 512

@@ -36,24 +36,6 @@ def fingerprinted(config):
 _GONE = object()      # a path the config does not have / a key to remove
 
 
-def _with(config: dict, paths, value_of) -> dict:
-    """A copy of `config` in which each of `paths` that it has is set to value_of(path), or removed
-    where that is `_GONE`."""
-    out = copy.deepcopy(config)
-    for path in paths:
-        node = out
-        for key in path[:-1]:
-            node = node.get(key) if isinstance(node, dict) else None
-        if isinstance(node, dict) and path[-1] in node:
-            v = value_of(path)
-            if v is _GONE:
-                del node[path[-1]]
-            else:
-                node[path[-1]] = v
-    return out
-
-
-
 def _get(config, path):
     for key in path:
         if not isinstance(config, dict) or key not in config:
@@ -62,14 +44,28 @@ def _get(config, path):
     return config
 
 
+def _with(config: dict, values: dict) -> dict:
+    """A copy of `config` with each path of `values` that it has set to its value (removed where
+    the value is `_GONE`)."""
+    out = copy.deepcopy(config)
+    for (*parents, key), v in values.items():
+        node = _get(out, parents)
+        if isinstance(node, dict) and key in node:
+            if v is _GONE:
+                del node[key]
+            else:
+                node[key] = v
+    return out
+
+
 def stage_fingerprint(config: dict, upstream: dict, record: dict | None = None) -> str:
     """The fingerprint of a stage run with `config` on `upstream`. `record`, the stage's existing
     record: one written before SPEED_ONLY keys left the fingerprint (2026-12-04) hashed them, and
     is still this stage if it differs from `config` only there; its fingerprint is returned then."""
-    fp = config_hash({"config": fingerprinted(_with(config, SPEED_ONLY, lambda p: _GONE)), "inputs": upstream})
+    fp = config_hash({"config": fingerprinted(_with(config, dict.fromkeys(SPEED_ONLY, _GONE))), "inputs": upstream})
     old = (record or {}).get("fingerprint")
     if old is None or old == fp:
         return fp
-    saved = (record or {}).get("config") or {}
-    legacy = _with(config, [p for p in SPEED_ONLY if _get(saved, p) is not _GONE], lambda p: _get(saved, p))
+    saved = record.get("config") or {}
+    legacy = _with(config, {p: _get(saved, p) for p in SPEED_ONLY})
     return old if config_hash({"config": fingerprinted(legacy), "inputs": upstream}) == old else fp

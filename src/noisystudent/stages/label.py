@@ -54,14 +54,6 @@ def _shard_ok(path, num_classes: int, max_rows: int, k: int) -> bool:
     return ok
 
 
-def _label_shards(d, bar, shards) -> None:
-    """Write each (s, table) of `shards` as part-s.parquet, atomically, as it comes."""
-    for s, table in shards:
-        with atomic_write(d / shard_name(s)) as f:
-            pq.write_table(table, f)
-        bar.update(1)
-
-
 def label_pool(ctx: RunContext, k: int) -> StageResult:
     cfg, lc = ctx.cfg, ctx.cfg.label
     tdir = ctx.layout.teacher_of(k)
@@ -94,7 +86,10 @@ def label_pool(ctx: RunContext, k: int) -> StageResult:
                                 # recorded for reports; an out-of-domain pool's labels mean nothing here
                                 keep_true_labels=same_dataset)
         try:
-            _label_shards(d, bar, shards)
+            for s, table in shards:
+                with atomic_write(d / shard_name(s)) as f:
+                    pq.write_table(table, f)
+                bar.update(1)
         except torch.OutOfMemoryError as e:
             # the batch size is out of the stage's fingerprint: a smaller one resumes from the shards on disk
             auto = " (auto)" if lc.batch_size == "auto" else ""
