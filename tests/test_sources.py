@@ -124,3 +124,54 @@ def test_unknown_source_kind_lists_allowed():
     cfg.kind = "zip"
     with pytest.raises(UserError, match="unknown source 'zip'; choose one of .*digits"):
         create_source(cfg, 1)
+
+
+def _photo(path, w, h, seed=0):
+    """A photo-like JPEG: smooth colour fields plus sensor noise."""
+    rng = np.random.default_rng(seed)
+    base = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC)
+    a = np.asarray(base, dtype=np.float32) + rng.normal(0, 6, (h, w, 3))
+    Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(path, "JPEG", quality=90)
+    return path
+
+
+def _decoded_sizes(monkeypatch):
+    """Record the size each JPEG is decoded at (after PIL's draft, before any shrink)."""
+    from PIL import JpegImagePlugin
+    seen, orig = [], JpegImagePlugin.JpegImageFile.load
+
+    def load(self):
+        seen.append(self.size)
+        return orig(self)
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "load", load)
+    return seen
+
+
+@pytest.mark.parametrize("chans", [1, 3])
+def test_a_large_jpeg_is_decoded_at_reduced_scale_then_shrunk_as_before(tmp_path, monkeypatch, chans):
+    from noisystudent.data import open_image
+    from noisystudent.data.sources import shrink
+    big = _photo(tmp_path / "big.jpg", 1200, 900)
+    full = shrink(open_image(big, chans), 256)             # the full-size decode, shrunk
+    seen = _decoded_sizes(monkeypatch)
+    out = open_image(big, chans, max_side=256)
+    # 1200x900 into a 256 box: libjpeg's 1/4 scale (300x225) is the smallest that still covers 256x192
+    assert seen == [(300, 225)]
+    assert out.shape == full.shape == (192, 256, chans)
+    diff = np.abs(out.astype(np.int16) - full.astype(np.int16))
+    assert diff.mean() < 1.5 and diff.max() < 40, (diff.mean(), diff.max())
+
+
+def test_a_jpeg_under_twice_max_side_or_without_it_is_decoded_whole(tmp_path, monkeypatch):
+    from noisystudent.data import open_image
+    from noisystudent.data.sources import shrink
+    jpg = _photo(tmp_path / "mid.jpg", 500, 300)
+    seen = _decoded_sizes(monkeypatch)
+    whole = open_image(jpg, 3)
+    assert np.array_equal(open_image(jpg, 3, max_side=256), shrink(whole, 256))   # bit for bit, as before
+    assert seen == [(500, 300), (500, 300)]
+    # extreme aspect: the short side limits the scale (both sides stay >= the box's)
+    thin = _photo(tmp_path / "thin.jpg", 2000, 12)
+    seen.clear()
+    assert open_image(thin, 3, max_side=512).shape == (3, 512, 3)
+    assert seen == [(1000, 6)]
