@@ -116,3 +116,48 @@ def test_images_of_different_sizes_are_resized_one_by_one(tmp_path, workers):
     x = torch.cat([b for b, _ in got])
     for i in range(len(src)):
         assert torch.allclose(x[i], to_tensor_batch(src.load(i)[None], 8, [0.5] * 3, [0.5] * 3)[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_large_images_are_made_into_the_models_input_by_the_worker(tmp_path, workers):
+    """An image of more than 4 x image_size**2 pixels leaves the worker as the float input the model
+    takes (not as its larger uint8 pixels), bit for bit what converting it in the main process gave,
+    in batches of one size or of mixed sizes; small same-size images still leave as one uint8 stack."""
+    from noisystudent.data import to_tensor_batch
+    from noisystudent.data.loaders import _EvalDataset
+    rng = np.random.default_rng(2)
+    shapes = [(20, 24), (20, 24), (8, 8), (20, 24), (8, 8), (8, 8)]      # 480 px > 4 * 8**2 = 256 px
+    for i, (h, w) in enumerate(shapes):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    src = create_source(SourceConfig(kind="folder", root=str(tmp_path)), 3)
+    mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
+    ds = _EvalDataset(src, False, 8, mean, std)
+    big, small = ds[0][0], ds[2][0]
+    assert isinstance(big, torch.Tensor) and big.shape == (1, 3, 8, 8) and big.dtype == torch.float32
+    assert isinstance(small, np.ndarray) and small.dtype == np.uint8
+    x, rows = ds.collate([ds[4], ds[5]])
+    assert x.dtype == torch.uint8 and x.shape == (2, 8, 8, 3) and rows == [4, 5]
+    got = list(eval_batches(src, 2, 8, mean, std, workers=workers))
+    assert [r.tolist() for _, r in got] == [[0, 1], [2, 3], [4, 5]]
+    x = torch.cat([b for b, _ in got])
+    want = [to_tensor_batch(np.stack([src.load(0), src.load(1)]), 8, mean, std)]      # as the main process did
+    want += [to_tensor_batch(src.load(i)[None], 8, mean, std) for i in range(2, 6)]
+    assert torch.equal(x, torch.cat(want))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: batches converted on the device and in workers")
+@pytest.mark.parametrize("workers", [0, 2])
+def test_eval_batches_on_cuda_match_the_cpu(tmp_path, workers):
+    """Same-size small batches are converted on the GPU, large and mixed-size ones in the workers
+    (pinned by the loader, copied without waiting): the same inputs as on the CPU."""
+    rng = np.random.default_rng(3)
+    shapes = [(8, 8)] * 4 + [(20, 24), (8, 8), (30, 10), (20, 24)]
+    for i, (h, w) in enumerate(shapes):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    src = create_source(SourceConfig(kind="folder", root=str(tmp_path)), 3)
+    mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
+    cpu = torch.cat([x for x, _ in eval_batches(src, 4, 16, mean, std, workers=workers)])
+    got = [x for x, _ in eval_batches(src, 4, 16, mean, std, workers=workers, device="cuda")]
+    assert all(x.is_cuda for x in got)
+    assert torch.allclose(torch.cat(got).cpu(), cpu, atol=1e-5)

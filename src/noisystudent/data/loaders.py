@@ -173,29 +173,41 @@ class EpochLoader:
 
 
 class _EvalDataset(Dataset):
-    def __init__(self, source: Source, skip_bad: bool):
+    """Image i as uint8 HWC, or, when it has more than 4 x image_size**2 pixels (its uint8 pixels
+    then outweigh the float32 input the model takes), already made into that input (1, C, S, S)
+    by `to_tensor_batch` on the CPU, right after decoding: a worker then holds, and the loader's
+    queue carries, batches of the model's size, not the photos' (labeling 12-MP photos at 224 px
+    held 4.0-4.1 GiB with 2 workers, 1.7 GiB since; docs/benchmarks/throughput.md)."""
+
+    def __init__(self, source: Source, skip_bad: bool, image_size: int, mean, std):
         self.source, self.skip_bad = source, skip_bad
+        self.image_size, self.mean, self.std = image_size, mean, std
 
     def __len__(self):
         return len(self.source)
 
     def __getitem__(self, i):
         img = load_or_skip(self.source, i, self.skip_bad)
-        return None if img is None else (img, i)
+        if img is None:
+            return None
+        if img.shape[0] * img.shape[1] > 4 * self.image_size ** 2:
+            img = to_tensor_batch(img[None], self.image_size, self.mean, self.std)
+        return img, i
 
-
-def _collate_arrays(batch):
-    """(images, rows) without the undecodable (None) items, or None when none is left. Images of one
-    shape are stacked here, in the worker, into one uint8 tensor: it reaches the main process
-    through shared memory (a list of arrays is pickled) and can be pinned by the loader's thread;
-    images of different shapes stay a list, resized one by one."""
-    batch = [b for b in batch if b is not None]
-    if not batch:
-        return None
-    imgs, idx = zip(*batch)
-    if len({im.shape for im in imgs}) == 1:
-        return torch.from_numpy(np.stack(imgs)), list(idx)
-    return list(imgs), list(idx)
+    def collate(self, batch):
+        """(images, rows) without the undecodable (None) items, or None when none is left; runs in the
+        worker. Same-shape uint8 images are stacked into one uint8 tensor: it reaches the main process
+        through shared memory (a list of arrays is pickled), can be pinned by the loader's thread, and
+        is resized and normalised on the device. A batch of mixed sizes, or holding converted images,
+        is converted here, image by image (what the main process did before, bit for bit)."""
+        batch = [b for b in batch if b is not None]
+        if not batch:
+            return None
+        imgs, idx = zip(*batch)
+        if all(isinstance(im, np.ndarray) for im in imgs) and len({im.shape for im in imgs}) == 1:
+            return torch.from_numpy(np.stack(imgs)), list(idx)
+        return torch.cat([im if isinstance(im, torch.Tensor) else
+                          to_tensor_batch(im[None], self.image_size, self.mean, self.std) for im in imgs]), list(idx)
 
 
 class RangeBatches(Sampler):
@@ -225,7 +237,8 @@ def eval_batches(source: Source, batch_size: int, image_size: int, mean, std, *,
     decoded by DataLoader workers, one loader for all the ranges: its workers start once and keep
     decoding the next range while the caller deals with the last one (the label stage used to start
     them again for every shard, and a GPU waited on that). Undecodable files are dropped when
-    `skip_bad`, else BadImage. With `device`, each uint8 batch is converted there (`to_tensor_batch`).
+    `skip_bad`, else BadImage. With `device`, each uint8 batch is converted there (`to_tensor_batch`);
+    larger or mixed-size images arrive converted by the workers (`_EvalDataset`).
     """
     n = len(source)
     ranges = [(start, stop)] if ranges is None else ranges
@@ -242,14 +255,15 @@ def eval_batches(source: Source, batch_size: int, image_size: int, mean, std, *,
     # on a GPU the loader's thread pins each batch while the model runs (workers only: without them
     # to_tensor_batch pins, and a thread would only add a hop)
     pin = workers > 0 and device is not None and torch.device(device).type == "cuda"
-    loader = DataLoader(_EvalDataset(source, skip_bad), batch_sampler=batches, num_workers=workers,
-                        collate_fn=_collate_arrays, pin_memory=pin, prefetch_factor=4 if workers > 0 else None)
+    dataset = _EvalDataset(source, skip_bad, image_size, mean, std)
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=dataset.collate, pin_memory=pin,
+                        prefetch_factor=4 if workers > 0 else None)
     for item in loader:
         if item is None:
             continue
         imgs, idx = item
-        if isinstance(imgs, list):          # images of different sizes: resized one by one, then stacked
-            x = torch.cat([to_tensor_batch(im[None], image_size, mean, std, device) for im in imgs])
-        else:
+        if imgs.dtype == torch.uint8:
             x = to_tensor_batch(imgs, image_size, mean, std, device)
+        else:                               # already the model's input (_EvalDataset)
+            x = imgs if device is None else imgs.to(device, non_blocking=True)
         yield x, np.asarray(idx)
