@@ -63,7 +63,8 @@ class DataConfig:
     crop_padding: int = 1               # random crop with this padding (0 = off), a standard CIFAR aug
     hflip: bool = False                 # digits are not mirror-symmetric; CIFAR is
     workers: int = 0                    # DataLoader worker processes (0 = in the main process)
-    cache: bool = True                  # decode each image once into a uint8 array in RAM
+    cache: bool = True                  # decode each image once into a uint8 array in RAM, when it fits
+                                        # (half the available memory; NOISYSTUDENT_CACHE_GB): else read the files
     bad_images: Literal["auto", "skip", "fail"] = "auto"   # auto: skip in the pool, fail elsewhere
     # where the training noise runs: cpu = PIL per image in DataLoader workers; device = images decoded
     # once into a tensor on the training device, noised a batch at a time; auto = device on a GPU

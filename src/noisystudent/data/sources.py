@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from .contenthash import ContentHashes
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "BadImage", "Source", "ArraySource", "FileSource", "register_source", "list_sources",
+    "IMAGE_EXTENSIONS", "BadImage", "CacheTooLarge", "cache_budget", "Source", "ArraySource", "FileSource", "register_source", "list_sources",
     "create_source", "draw_per_class", "open_image",
 ]
 
@@ -100,6 +100,45 @@ def shrink(a: np.ndarray, max_side: int) -> np.ndarray:
     return out[:, :, None] if out.ndim == 2 else out
 
 
+class CacheTooLarge(Exception):
+    """`Source.cache(max_bytes=...)` stopped: the decoded images would take more than `max_bytes`
+    (`estimate`, projected from the `decoded` images of `total` it had decoded)."""
+
+    def __init__(self, estimate: int, decoded: int, total: int, max_bytes: int):
+        super().__init__(f"~{estimate / 2**30:.1f} GiB decoded, more than {max_bytes / 2**30:.1f} GiB")
+        self.estimate, self.decoded, self.total, self.max_bytes = estimate, decoded, total, max_bytes
+
+
+def cache_budget() -> int | None:
+    """Bytes the decoded images of one source may take in RAM: `NOISYSTUDENT_CACHE_GB` when set, else
+    half the memory available now (Linux: MemAvailable; elsewhere the free physical pages); None
+    where neither can be read (no limit). Sources cached earlier in the command have already
+    taken their share of what is available."""
+    raw = os.environ.get("NOISYSTUDENT_CACHE_GB", "").strip()
+    if raw:
+        try:
+            gb = float(raw)
+        except ValueError:
+            gb = -1.0
+        if not gb >= 0:
+            raise UserError(f"NOISYSTUDENT_CACHE_GB={raw!r}: must be a number of GiB >= 0")
+        return int(gb * 2**30)
+    try:
+        with open("/proc/meminfo") as f:
+            kb = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
+        return kb * 1024 // 2
+    except (OSError, StopIteration, ValueError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+# a projection from fewer decoded images than this would be noise (one folder of large photos first)
+_PROJECT_AFTER = 256
+
+
 @dataclass
 class Source:
     """Base class. Subclasses fill `ids`, `labels`, `classes` and implement `_load`."""
@@ -149,11 +188,15 @@ class Source:
         for i in (range(len(self)) if rows is None else rows):      # generic, slow: decode everything
             h.update(np.ascontiguousarray(self.load(int(i))).tobytes())
 
-    def cache(self, on_bad: str = "fail", progress: Callable | None = None) -> "ArraySource":
+    def cache(self, on_bad: str = "fail", progress: Callable | None = None,
+              max_bytes: int | None = None) -> "ArraySource":
         """Decode every image once. on_bad='skip' drops undecodable files (their ids are kept in
-        `skipped`); 'fail' raises a one-line UserError naming the file."""
+        `skipped`); 'fail' raises a one-line UserError naming the file. With `max_bytes`, stops with
+        CacheTooLarge as soon as the decoded images exceed it, or are projected to (from the first
+        256 images on), so a set that does not fit is given up early, not when memory runs out."""
         images, keep, skipped = [], [], list(self.skipped)
         it = range(len(self))
+        held = 0
         for i in (progress(it) if progress else it):
             try:
                 images.append(self.load(i))
@@ -162,6 +205,12 @@ class Source:
                 if on_bad == "fail":
                     raise UserError(str(e)) from None
                 skipped.append(self.ids[i])
+                continue
+            if max_bytes is not None:
+                held += images[-1].nbytes
+                projected = held * len(self) // (i + 1)
+                if held > max_bytes or (i + 1 >= _PROJECT_AFTER and projected > max_bytes):
+                    raise CacheTooLarge(max(projected, held), i + 1, len(self), max_bytes)
         if not keep and len(self):
             raise UserError(f"source '{self.name}': no decodable image out of {len(self)}")
         same = len({im.shape for im in images}) <= 1 and images

@@ -18,7 +18,7 @@ import torch
 from ..batches import LabeledBatches, PseudoBatches
 from ..data import ArraySource, LabeledDataset, PseudoDataset, create_train_transform, default_mean_std
 from ..errors import UserError
-from .common import RunContext
+from .common import RunContext, cache_if_fits
 
 __all__ = ["use_device_noise", "labeled_source", "selected_pool", "pseudo_source"]
 
@@ -76,7 +76,9 @@ def selected_pool(ctx: RunContext, sel_path):
                         f"(e.g. {missing[0]}); the pool changed since labeling — rerun `noisystudent run`")
     sub = pool.subset([id2row[s] for s in ids])
     if ctx.cfg.data.cache and not isinstance(sub, ArraySource) and len(sub):
-        sub = sub.cache(on_bad="skip")      # decoded once; undecodable rows drop out here
+        # decoded once when it fits; undecodable rows drop out here
+        sub = cache_if_fits(sub, "skip", "the selected pool images (data.unlabeled)", ctx.cfg.data.workers)
+    if isinstance(sub, ArraySource) and len(sub.ids) < len(ids):
         keep = {sid: i for i, sid in enumerate(ids)}
         pos = np.asarray([keep[s] for s in sub.ids], dtype=np.int64)
         targets, copies = targets[pos], copies[pos]

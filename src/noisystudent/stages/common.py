@@ -15,6 +15,7 @@ import functools
 import time
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -24,7 +25,7 @@ import torch
 from ..artifacts import (file_hash, load_checkpoint, read_stage, remove_run_results, reset_dir,
                          save_checkpoint, write_stage)
 from ..config import Config, config_to_dict
-from ..data import ArraySource, Source, default_mean_std
+from ..data import ArraySource, CacheTooLarge, Source, cache_budget, default_mean_std
 from ..data.infer import create_source_noted as _create
 from ..distributed import resolve_device, world_info
 from ..errors import UserError
@@ -102,14 +103,14 @@ class RunContext:
             raise UserError(f"config key 'data.labeled': the labeled set has images of only {len(found)} class "
                             f"({', '.join(found)[:80]}); a classifier needs at least 2 classes")
         self._fingerprints["labeled"] = src.fingerprint(self._content)     # of the files, before caching
-        return self._maybe_cache(src, "labeled")
+        return self._maybe_cache(src, "labeled", "labeled")
 
     @functools.cached_property
     def test(self) -> Source:
         src = self._build("test")
         _check_classes(self.labeled, src, "data.labeled", "data.test")
         self._fingerprints["test"] = src.fingerprint(self._content)
-        return self._maybe_cache(src, "test")
+        return self._maybe_cache(src, "test", "test")
 
     @functools.cached_property
     def val(self) -> Source | None:
@@ -119,7 +120,7 @@ class RunContext:
         src = self._build("val")
         _check_classes(self.labeled, src, "data.labeled", "data.val")
         self._fingerprints["val"] = src.fingerprint(self._content)
-        return self._maybe_cache(src, "test")
+        return self._maybe_cache(src, "test", "val")
 
     @functools.cached_property
     def extra_tests(self) -> list[Source]:
@@ -177,11 +178,11 @@ class RunContext:
     def classes(self) -> list[str]:
         return self.labeled.classes
 
-    def _maybe_cache(self, src: Source, role: str) -> Source:
+    def _maybe_cache(self, src: Source, role: str, section: str) -> Source:
         src.max_side = self.max_side
         if not self.cfg.data.cache or isinstance(src, ArraySource):
             return src
-        return src.cache(on_bad=self.policy(role))
+        return cache_if_fits(src, self.policy(role), f"data.{section}", self.cfg.data.workers)
 
     @property
     def layout(self) -> RunLayout:
@@ -195,6 +196,27 @@ class RunContext:
                 "classes": list(self.classes), "image_size": image_size, "mean": self.mean, "std": self.std,
                 "drop_rate": noise.drop_rate, "drop_path_rate": noise.drop_path_rate, "role": role,
                 "config": config_to_dict(self.cfg)}
+
+
+def cache_if_fits(src: Source, on_bad: str, what: str, workers: int) -> Source:
+    """`src` decoded into RAM (`Source.cache`) when its images fit in `cache_budget()`, else `src`
+    itself, read from its files each epoch, with a warning: `data.cache: true` must not mean that
+    a folder of 12-MP photos fills the memory (each is kept at up to 896x896 px for 224 px training:
+    2.4 MB) and the system kills the run. Both give the same pixels (`Source.load`)."""
+    budget = cache_budget()
+    try:
+        return src.cache(on_bad=on_bad, max_bytes=budget)
+    except CacheTooLarge as e:
+        why = ("NOISYSTUDENT_CACHE_GB" if os.environ.get("NOISYSTUDENT_CACHE_GB", "").strip() else
+               "half the memory available; NOISYSTUDENT_CACHE_GB sets another limit")
+        log.warning("%s: its %d images would take ~%s decoded, more than the %s the cache may use (%s): reading "
+                    "them from their files instead%s", what, e.total, _size(e.estimate), _size(e.max_bytes), why,
+                    "" if workers > 0 else " (data.workers decodes them in parallel)")
+        return src
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**29 else f"{n / 2**20:.1f} MiB"
 
 
 @dataclasses.dataclass

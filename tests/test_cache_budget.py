@@ -1,0 +1,69 @@
+"""`data.cache: true` caches a source only when its decoded images fit (`cache_budget`): a set that
+does not fit is read from its files, with a warning, and the run gives the same results."""
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from conftest import cli
+from test_bad_inputs import make_data, write_cfg
+
+from noisystudent.config import SourceConfig
+from noisystudent.data import CacheTooLarge, cache_budget, create_source
+from noisystudent.errors import UserError
+
+
+def _folder(root, n, side=16):
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)).save(root / f"{i:03d}.png")
+    return create_source(SourceConfig(kind="folder", root=str(root)), 3)
+
+
+def test_cache_gives_up_as_soon_as_the_images_would_not_fit(tmp_path):
+    src = _folder(tmp_path / "f", 300)              # 768 bytes each decoded, 230,400 in all
+    with pytest.raises(CacheTooLarge) as e:
+        src.cache(max_bytes=200_000)                # 196,608 held after 256 images: projected 230,400
+    assert (e.value.decoded, e.value.total, e.value.estimate) == (256, 300, 230_400)
+    with pytest.raises(CacheTooLarge) as e:
+        src.cache(max_bytes=50_000)                 # exceeded before a projection is trusted
+    assert e.value.decoded == 66 and e.value.estimate == 300 * 768
+    cached = src.cache(max_bytes=230_400)
+    assert cached.images.shape == (300, 16, 16, 3)
+    assert np.array_equal(cached.images[7], src.load(7))
+
+
+def test_cache_budget_reads_the_environment_or_the_memory(monkeypatch):
+    monkeypatch.delenv("NOISYSTUDENT_CACHE_GB", raising=False)
+    assert cache_budget() > 0                       # half of MemAvailable
+    monkeypatch.setenv("NOISYSTUDENT_CACHE_GB", "1.5")
+    assert cache_budget() == int(1.5 * 2**30)
+    for bad in ("lots", "-1", "nan"):
+        monkeypatch.setenv("NOISYSTUDENT_CACHE_GB", bad)
+        with pytest.raises(UserError, match=f"NOISYSTUDENT_CACHE_GB='{bad}': must be a number of GiB >= 0"):
+            cache_budget()
+
+
+def test_a_run_whose_images_do_not_fit_reads_them_from_files_with_the_same_results(tmp_path, monkeypatch):
+    data = make_data(tmp_path / "data")
+    cfg = write_cfg(tmp_path / "c.yaml", data)
+    monkeypatch.delenv("NOISYSTUDENT_CACHE_GB", raising=False)
+    r = cli("run", str(cfg), "--run-dir", str(tmp_path / "cached"), "--no-report")
+    assert r.returncode == 0, r.stderr
+    assert "the cache may use" not in r.stderr
+    monkeypatch.setenv("NOISYSTUDENT_CACHE_GB", "0")
+    r = cli("run", str(cfg), "--run-dir", str(tmp_path / "files"), "--no-report")
+    assert r.returncode == 0, r.stderr
+    for what, n in (("data.labeled", 18), ("data.test", 9), ("the selected pool images (data.unlabeled)", 12)):
+        assert (f"{what}: its {n} images would take ~0.0 MiB decoded, more than the 0.0 MiB the cache may use "
+                "(NOISYSTUDENT_CACHE_GB): reading them from their files "
+                "instead (data.workers decodes them in parallel)") in r.stderr
+    # the same pixels either way (Source.load), so the same pseudo-labels and the same student
+    shards = sorted((tmp_path / "cached" / "round1" / "labels").glob("*.parquet"))
+    assert len(shards) == 2                         # 12 pool images in shards of 8
+    for shard in shards:
+        a, b = pq.read_table(shard), pq.read_table(tmp_path / "files" / "round1" / "labels" / shard.name)
+        assert a.column("probs").to_pylist() == b.column("probs").to_pylist()
+    for ev in ("round0/eval_teacher/eval.json", "round1/eval_student/eval.json"):
+        assert (tmp_path / "cached" / ev).read_text() == (tmp_path / "files" / ev).read_text()
