@@ -109,11 +109,11 @@ class CacheTooLarge(Exception):
         self.estimate, self.decoded, self.total, self.max_bytes = estimate, decoded, total, max_bytes
 
 
-def cache_budget() -> int | None:
+def cache_budget(processes: int = 1) -> int | None:
     """Bytes the decoded images of one source may take in RAM: `NOISYSTUDENT_CACHE_GB` when set, else
-    half the memory available now (Linux: MemAvailable; elsewhere the free physical pages); None
-    where neither can be read (no limit). Sources cached earlier in the command have already
-    taken their share of what is available."""
+    half the memory available now (Linux: MemAvailable; elsewhere the free physical pages) shared by
+    the `processes` caching at once on this machine (torchrun's ranks); None where neither can be
+    read (no limit). Sources cached earlier in the command have already taken their share."""
     raw = os.environ.get("NOISYSTUDENT_CACHE_GB", "").strip()
     if raw:
         try:
@@ -126,11 +126,11 @@ def cache_budget() -> int | None:
     try:
         with open("/proc/meminfo") as f:
             kb = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
-        return kb * 1024 // 2
+        return kb * 1024 // 2 // max(1, processes)
     except (OSError, StopIteration, ValueError):
         pass
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2 // max(1, processes)
     except (AttributeError, ValueError, OSError):
         return None
 

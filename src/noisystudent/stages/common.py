@@ -203,7 +203,8 @@ def cache_if_fits(src: Source, on_bad: str, what: str, workers: int) -> Source:
     itself, read from its files each epoch, with a warning: `data.cache: true` must not mean that
     a folder of 12-MP photos fills the memory (each is kept at up to 896x896 px for 224 px training:
     2.4 MB) and the system kills the run. Both give the same pixels (`Source.load`)."""
-    budget = cache_budget()
+    # torchrun's ranks on this machine each cache their own copy, at the same time
+    budget = cache_budget(int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
     try:
         return src.cache(on_bad=on_bad, max_bytes=budget)
     except CacheTooLarge as e:
