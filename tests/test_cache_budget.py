@@ -68,3 +68,26 @@ def test_a_run_whose_images_do_not_fit_reads_them_from_files_with_the_same_resul
         assert a.column("probs").to_pylist() == b.column("probs").to_pylist()
     for ev in ("round0/eval_teacher/eval.json", "round1/eval_student/eval.json"):
         assert (tmp_path / "cached" / ev).read_text() == (tmp_path / "files" / ev).read_text()
+
+
+def test_cache_decodes_in_workers_in_row_order_with_the_same_result(tmp_path):
+    """`cache(workers=2)` (DataLoader processes, from 4 batches of 64 on) gives what one process
+    gives: the same rows in order, the same pixels, undecodable files skipped or named one-line."""
+    from noisystudent.data.loaders import decode_rows
+    root = tmp_path / "f"
+    root.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(300):
+        side = 8 + i % 3                             # three sizes: the cache is a list, not a stack
+        Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)).save(root / f"{i:03d}.png")
+    (root / "150.png").write_bytes(b"not a png")
+    src = create_source(SourceConfig(kind="folder", root=str(root)), 3)
+    rows = list(decode_rows(src, workers=2))
+    assert [i for i, _ in rows] == list(range(300))
+    assert type(rows[150][1]).__name__ == "BadImage" and "150.png" in str(rows[150][1])
+    assert np.array_equal(rows[7][1], src.load(7))
+    one, two = src.cache(on_bad="skip"), src.cache(on_bad="skip", workers=2)
+    assert one.ids == two.ids and len(two.ids) == 299 and two.skipped == ["150.png"] == one.skipped
+    assert all(np.array_equal(a, b) for a, b in zip(one.images, two.images))
+    with pytest.raises(UserError, match=r"^[^\n]*150.png: cannot decode image[^\n]*$"):
+        src.cache(on_bad="fail", workers=2)

@@ -1,14 +1,16 @@
 """Data: sources (where images come from), transforms (clean and noised), loaders (batches)."""
 from .loaders import (EpochSampler, LabeledDataset, PseudoDataset, collate_skip_bad, eval_batches,
                       EpochLoader, seed_for)
-from .sources import (IMAGE_EXTENSIONS, ArraySource, BadImage, CacheTooLarge, FileSource, Source, cache_budget,
-                      create_source, draw_per_class, open_image, register_source)
+from .memory import CacheTooLarge, cache_budget, cache_if_fits
+from .sources import (IMAGE_EXTENSIONS, ArraySource, BadImage, FileSource, Source, create_source,
+                      draw_per_class, open_image, register_source)
 from .streaming import ManifestSource, TarSource   # registers the `tar` and `manifest` kinds
 from .transforms import TrainTransform, create_train_transform, default_mean_std, to_tensor_batch
 
 __all__ = [
     "EpochSampler", "LabeledDataset", "PseudoDataset", "collate_skip_bad", "eval_batches", "EpochLoader",
-    "seed_for", "IMAGE_EXTENSIONS", "ArraySource", "BadImage", "CacheTooLarge", "cache_budget", "FileSource", "Source", "create_source",
+    "seed_for", "IMAGE_EXTENSIONS", "ArraySource", "BadImage", "CacheTooLarge", "cache_budget", "cache_if_fits",
+    "FileSource", "Source", "create_source",
     "draw_per_class", "open_image", "register_source", "TrainTransform", "create_train_transform",
     "default_mean_std", "to_tensor_batch", "ManifestSource", "TarSource",
 ]

@@ -21,12 +21,13 @@ import numpy as np
 from PIL import Image
 
 from ..errors import UserError
+from .memory import CacheTooLarge
 
 if TYPE_CHECKING:
     from .contenthash import ContentHashes
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "BadImage", "CacheTooLarge", "cache_budget", "Source", "ArraySource", "FileSource", "register_source", "list_sources",
+    "IMAGE_EXTENSIONS", "BadImage", "Source", "ArraySource", "FileSource", "register_source", "list_sources",
     "create_source", "draw_per_class", "open_image",
 ]
 
@@ -100,41 +101,6 @@ def shrink(a: np.ndarray, max_side: int) -> np.ndarray:
     return out[:, :, None] if out.ndim == 2 else out
 
 
-class CacheTooLarge(Exception):
-    """`Source.cache(max_bytes=...)` stopped: the decoded images would take more than `max_bytes`
-    (`estimate`, projected from the `decoded` images of `total` it had decoded)."""
-
-    def __init__(self, estimate: int, decoded: int, total: int, max_bytes: int):
-        super().__init__(f"~{estimate / 2**30:.1f} GiB decoded, more than {max_bytes / 2**30:.1f} GiB")
-        self.estimate, self.decoded, self.total, self.max_bytes = estimate, decoded, total, max_bytes
-
-
-def cache_budget(processes: int = 1) -> int | None:
-    """Bytes the decoded images of one source may take in RAM: `NOISYSTUDENT_CACHE_GB` when set, else
-    half the memory available now (Linux: MemAvailable; elsewhere the free physical pages) shared by
-    the `processes` caching at once on this machine (torchrun's ranks); None where neither can be
-    read (no limit). Sources cached earlier in the command have already taken their share."""
-    raw = os.environ.get("NOISYSTUDENT_CACHE_GB", "").strip()
-    if raw:
-        try:
-            gb = float(raw)
-        except ValueError:
-            gb = -1.0
-        if not gb >= 0:
-            raise UserError(f"NOISYSTUDENT_CACHE_GB={raw!r}: must be a number of GiB >= 0")
-        return int(gb * 2**30)
-    try:
-        with open("/proc/meminfo") as f:
-            kb = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
-        return kb * 1024 // 2 // max(1, processes)
-    except (OSError, StopIteration, ValueError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2 // max(1, processes)
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
 # a projection from fewer decoded images than this would be noise (one folder of large photos first)
 _PROJECT_AFTER = 256
 
@@ -189,23 +155,25 @@ class Source:
             h.update(np.ascontiguousarray(self.load(int(i))).tobytes())
 
     def cache(self, on_bad: str = "fail", progress: Callable | None = None,
-              max_bytes: int | None = None) -> "ArraySource":
-        """Decode every image once. on_bad='skip' drops undecodable files (their ids are kept in
-        `skipped`); 'fail' raises a one-line UserError naming the file. With `max_bytes`, stops with
-        CacheTooLarge as soon as the decoded images exceed it, or are projected to (from the first
-        256 images on), so a set that does not fit is given up early, not when memory runs out."""
+              max_bytes: int | None = None, workers: int = 0) -> "ArraySource":
+        """Decode every image once, in `workers` DataLoader processes when > 0 (`loaders.decode_rows`:
+        in row order, so the result does not depend on it). on_bad='skip' drops undecodable files
+        (their ids are kept in `skipped`); 'fail' raises a one-line UserError naming the file. With
+        `max_bytes`, stops with CacheTooLarge as soon as the decoded images exceed it, or are
+        projected to (from the first 256 images on), so a set that does not fit is given up early,
+        not when memory runs out."""
+        from .loaders import decode_rows         # loaders imports this module
         images, keep, skipped = [], [], list(self.skipped)
-        it = range(len(self))
+        rows = decode_rows(self, workers)
         held = 0
-        for i in (progress(it) if progress else it):
-            try:
-                images.append(self.load(i))
-                keep.append(i)
-            except BadImage as e:
+        for i, img in (progress(rows) if progress else rows):
+            if isinstance(img, BadImage):
                 if on_bad == "fail":
-                    raise UserError(str(e)) from None
+                    raise UserError(str(img)) from None
                 skipped.append(self.ids[i])
                 continue
+            images.append(img)
+            keep.append(i)
             if max_bytes is not None:
                 held += images[-1].nbytes
                 projected = held * len(self) // (i + 1)

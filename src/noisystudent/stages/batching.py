@@ -16,9 +16,9 @@ import pyarrow.parquet as pq
 import torch
 
 from ..batches import LabeledBatches, PseudoBatches
-from ..data import ArraySource, LabeledDataset, PseudoDataset, create_train_transform, default_mean_std
+from ..data import ArraySource, LabeledDataset, PseudoDataset, cache_if_fits, create_train_transform, default_mean_std
 from ..errors import UserError
-from .common import RunContext, cache_if_fits
+from .common import RunContext
 
 __all__ = ["use_device_noise", "labeled_source", "selected_pool", "pseudo_source"]
 

@@ -15,7 +15,6 @@ import functools
 import time
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -25,7 +24,7 @@ import torch
 from ..artifacts import (file_hash, load_checkpoint, read_stage, remove_run_results, reset_dir,
                          save_checkpoint, write_stage)
 from ..config import Config, config_to_dict
-from ..data import ArraySource, CacheTooLarge, Source, cache_budget, default_mean_std
+from ..data import ArraySource, Source, cache_if_fits, default_mean_std
 from ..data.infer import create_source_noted as _create
 from ..distributed import resolve_device, world_info
 from ..errors import UserError
@@ -196,28 +195,6 @@ class RunContext:
                 "classes": list(self.classes), "image_size": image_size, "mean": self.mean, "std": self.std,
                 "drop_rate": noise.drop_rate, "drop_path_rate": noise.drop_path_rate, "role": role,
                 "config": config_to_dict(self.cfg)}
-
-
-def cache_if_fits(src: Source, on_bad: str, what: str, workers: int) -> Source:
-    """`src` decoded into RAM (`Source.cache`) when its images fit in `cache_budget()`, else `src`
-    itself, read from its files each epoch, with a warning: `data.cache: true` must not mean that
-    a folder of 12-MP photos fills the memory (each is kept at up to 896x896 px for 224 px training:
-    2.4 MB) and the system kills the run. Both give the same pixels (`Source.load`)."""
-    # torchrun's ranks on this machine each cache their own copy, at the same time
-    budget = cache_budget(int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
-    try:
-        return src.cache(on_bad=on_bad, max_bytes=budget)
-    except CacheTooLarge as e:
-        why = ("NOISYSTUDENT_CACHE_GB" if os.environ.get("NOISYSTUDENT_CACHE_GB", "").strip() else
-               "half the memory available; NOISYSTUDENT_CACHE_GB sets another limit")
-        log.warning("%s: its %d images would take ~%s decoded, more than the %s the cache may use (%s): reading "
-                    "them from their files instead%s", what, e.total, _size(e.estimate), _size(e.max_bytes), why,
-                    "" if workers > 0 else " (data.workers decodes them in parallel)")
-        return src
-
-
-def _size(n: int) -> str:
-    return f"{n / 2**30:.1f} GiB" if n >= 2**29 else f"{n / 2**20:.1f} MiB"
 
 
 @dataclasses.dataclass
