@@ -351,3 +351,29 @@ def test_init_from_a_bundled_recipe_runs_on_your_folders(tmp_path, capsys, recip
     assert {(m["round"], m["which"]) for m in summary["models"]} >= {(0, "teacher"), (1, "student")}
     assert main(["init", str(tmp_path / "other"), "--recipe", "no-such-recipe"]) == 2
     assert "config not found: no-such-recipe (a YAML path, or one of: " in capsys.readouterr().err
+
+
+def test_predict_and_evaluate_keep_images_as_large_as_the_run_did(tmp_path):
+    """`predict` (and `evaluate`) on a model file shrink large images to the run's max_side before
+    resizing them to the model's size, as the run's label and eval stages did: the same pixels, so
+    the same probabilities (before, a 1,200 px image went straight to the model's size)."""
+    import numpy as np
+    import torch
+    from noisystudent.data.sources import shrink
+    from noisystudent.models import create_model
+    from noisystudent.prediction import predict
+    from noisystudent.stages.common import model_max_side
+    meta = {"image_size": 32, "in_chans": 3, "classes": ["a", "b", "c"], "mean": [0.5] * 3, "std": [0.25] * 3,
+            "config": {"data": {"image_size": 32}, "finetune": {"enabled": False, "image_size": 300}}}
+    assert model_max_side(meta) == 512                              # 4 x max(32, 128)
+    assert model_max_side({**meta, "config": {"finetune": {"enabled": True, "image_size": 160}}}) == 640
+    assert model_max_side({k: v for k, v in meta.items() if k != "config"}, 300) == 1200   # evaluate --image-size
+    torch.manual_seed(0)
+    model = create_model("ns_cnn_s", 3).eval()
+    rng = np.random.default_rng(0)
+    big = [rng.integers(0, 256, (1200, 900, 3), dtype=np.uint8) for _ in range(3)]
+    got = predict((model, meta), big, top_k=3)
+    want = predict((model, meta), [shrink(a, 512) for a in big], top_k=3)
+    assert [r["top_probs"] for r in got] == [r["top_probs"] for r in want]
+    direct = predict((model, {**meta, "config": {"data": {"image_size": 300}}}), big, top_k=3)   # max_side 1200
+    assert [r["top_probs"] for r in direct] != [r["top_probs"] for r in got]

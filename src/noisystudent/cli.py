@@ -115,13 +115,14 @@ def cmd_evaluate(args):
     from .config import EvalConfig
     from .data import create_source
     from .distributed import resolve_device
-    from .stages.common import load_model
+    from .stages.common import load_model, model_max_side
     from .stages.evaluate import evaluate_source, run_robustness
     if not args.checkpoint or not args.data:
         raise UserError("evaluate needs --checkpoint MODEL.pt and --data KIND:PATH[:SPLIT]")
     device = resolve_device(args.device or "auto")
     model, meta = load_model(args.checkpoint, device)
     src = create_source(parse_source_spec(args.data), meta["in_chans"], "--data")
+    src.max_side = model_max_side(meta, args.image_size or 0)      # images kept as large as the run kept them
     report = evaluate_source(model, meta, src, args.batch_size, device, image_size=args.image_size)
     report["image_size"] = args.image_size or meta["image_size"]
     if args.robustness:

@@ -72,9 +72,11 @@ def predict(model_or_path, images, *, top_k: int = 5, batch_size: int = 256, dev
     """One row per decodable image: sample_id, pred (index), pred_class, confidence, top_classes,
     top_probs (top_k of them), and label/label_class when the source has labels."""
     from .inference import iter_logits
+    from .stages.common import model_max_side
     dev = torch.device(device)
     model, meta = _load(model_or_path, dev)
     src = as_source(images, meta["in_chans"])
+    src.max_side = model_max_side(meta)          # the pixels the run's evaluation saw (and photos decode faster)
     classes = list(meta["classes"])
     k = max(1, min(top_k, len(classes)))
     rows = []

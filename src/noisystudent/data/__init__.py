@@ -3,7 +3,7 @@ from .loaders import (EpochSampler, LabeledDataset, PseudoDataset, collate_skip_
                       EpochLoader, seed_for)
 from .memory import CacheTooLarge, cache_budget, cache_if_fits
 from .sources import (IMAGE_EXTENSIONS, ArraySource, BadImage, FileSource, Source, create_source,
-                      draw_per_class, open_image, register_source)
+                      draw_per_class, max_side_for, open_image, register_source)
 from .streaming import ManifestSource, TarSource   # registers the `tar` and `manifest` kinds
 from .transforms import TrainTransform, create_train_transform, default_mean_std, to_tensor_batch
 
@@ -11,6 +11,6 @@ __all__ = [
     "EpochSampler", "LabeledDataset", "PseudoDataset", "collate_skip_bad", "eval_batches", "EpochLoader",
     "seed_for", "IMAGE_EXTENSIONS", "ArraySource", "BadImage", "CacheTooLarge", "cache_budget", "cache_if_fits",
     "FileSource", "Source", "create_source",
-    "draw_per_class", "open_image", "register_source", "TrainTransform", "create_train_transform",
+    "draw_per_class", "max_side_for", "open_image", "register_source", "TrainTransform", "create_train_transform",
     "default_mean_std", "to_tensor_batch", "ManifestSource", "TarSource",
 ]

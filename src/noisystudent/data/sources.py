@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from .contenthash import ContentHashes
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "BadImage", "Source", "ArraySource", "FileSource", "register_source", "list_sources",
+    "IMAGE_EXTENSIONS", "BadImage", "Source", "max_side_for", "ArraySource", "FileSource", "register_source", "list_sources",
     "create_source", "draw_per_class", "open_image",
 ]
 
@@ -99,6 +99,14 @@ def shrink(a: np.ndarray, max_side: int) -> np.ndarray:
     """uint8 HWC -> at most `max_side` pixels on its longer side, aspect kept (PIL, antialiased)."""
     out = np.asarray(_fit(Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a), max_side))
     return out[:, :, None] if out.ndim == 2 else out
+
+
+def max_side_for(*sizes: int) -> int:
+    """How large images are kept (`Source.max_side`): 4x the largest size a stage resizes them to
+    (at least 4 x 128), so ordinary data is untouched and one huge photo cannot fill the memory. A
+    run and the commands on its model files (`predict`, `evaluate`) use the same, so they see the
+    same pixels."""
+    return 4 * max(128, *(int(s or 0) for s in sizes))
 
 
 # a projection from fewer decoded images than this would be noise (one folder of large photos first)

@@ -24,7 +24,7 @@ import torch
 from ..artifacts import (file_hash, load_checkpoint, read_stage, remove_run_results, reset_dir,
                          save_checkpoint, write_stage)
 from ..config import Config, config_to_dict
-from ..data import ArraySource, Source, cache_if_fits, default_mean_std
+from ..data import ArraySource, Source, cache_if_fits, default_mean_std, max_side_for
 from ..data.infer import create_source_noted as _create
 from ..distributed import resolve_device, world_info
 from ..errors import UserError
@@ -168,10 +168,9 @@ class RunContext:
 
     @property
     def max_side(self) -> int:
-        """Images are kept (and cached) at most this large: 4x the largest size a stage resizes them
-        to, so ordinary data is untouched and one huge photo cannot fill the memory."""
+        """Images are kept (and cached) at most this large (`max_side_for`)."""
         ft = self.cfg.finetune
-        return 4 * max(self.cfg.data.image_size, ft.image_size if ft.enabled else 0, 128)
+        return max_side_for(self.cfg.data.image_size, ft.image_size if ft.enabled else 0)
 
     @property
     def classes(self) -> list[str]:
@@ -437,6 +436,15 @@ def check_model_file(path, state) -> dict:
                   f"{shape}: {list(got[shape])} in the file, {list(want[shape])} for {meta['num_classes']} classes")
         raise UserError(f"{path}: weights do not fit {name} ({detail})")
     return meta
+
+
+def model_max_side(meta: dict, *sizes: int) -> int:
+    """The `max_side` of the run that wrote the model (from the config saved in its metadata), so a
+    command on the model file keeps images as large as the run did; `sizes`: others it resizes to."""
+    cfg = meta.get("config") or {}
+    data, ft = cfg.get("data") or {}, cfg.get("finetune") or {}
+    return max_side_for(meta["image_size"], data.get("image_size") or 0,
+                        (ft.get("image_size") or 0) if ft.get("enabled") else 0, *sizes)
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu", *, expect_classes: list | None = None,
