@@ -42,7 +42,7 @@ def test_cache_budget_reads_the_environment_or_the_memory(monkeypatch):
     assert cache_budget() == int(1.5 * 2**30)
     for bad in ("lots", "-1", "nan"):
         monkeypatch.setenv("NOISYSTUDENT_CACHE_GB", bad)
-        with pytest.raises(UserError, match=f"NOISYSTUDENT_CACHE_GB='{bad}': must be a number of GiB >= 0"):
+        with pytest.raises(UserError, match=f"NOISYSTUDENT_CACHE_GB must be a number of GiB >= 0, got '{bad}'"):
             cache_budget()
 
 

@@ -22,7 +22,7 @@ from .errors import UserError
 from .layout import RunLayout
 
 __all__ = ["attach_run_log", "detach_run_log", "note", "epoch_line", "on_epoch", "RunPlan", "set_plan",
-           "plan_skip", "fmt_duration", "env_seconds", "env_flag", "log_interval_s", "interval_due", "line_due"]
+           "plan_skip", "fmt_duration", "env_number", "env_seconds", "env_flag", "log_interval_s", "interval_due", "line_due"]
 
 log = logging.getLogger("noisystudent")
 _HANDLER: logging.Handler | None = None
@@ -30,16 +30,20 @@ _PLAN: "RunPlan | None" = None
 _LAST_LINE: dict[str, float] = {}       # desc -> when its last epoch line was logged (monotonic s)
 
 
-def env_seconds(name: str, default: float) -> float:
-    """A number of seconds >= 0 from the environment variable `name` (a UserError naming it if not)."""
+def env_number(name: str, default: float, unit: str) -> float:
+    """A number >= 0 (of `unit`) from the environment variable `name` (a UserError naming it if not)."""
     raw = os.environ.get(name, str(default))
     try:
         value = float(raw)
     except ValueError:
         value = -1.0
     if not value >= 0:
-        raise UserError(f"{name} must be a number of seconds >= 0, got {raw!r}")
+        raise UserError(f"{name} must be a number of {unit} >= 0, got {raw!r}")
     return value
+
+
+def env_seconds(name: str, default: float) -> float:
+    return env_number(name, default, "seconds")
 
 
 def env_flag(name: str, default: bool) -> bool:

@@ -11,7 +11,7 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-from ..errors import UserError
+from ..runlog import env_number
 
 if TYPE_CHECKING:
     from .sources import Source
@@ -35,15 +35,8 @@ def cache_budget(processes: int = 1) -> int | None:
     half the memory available now (Linux: MemAvailable; elsewhere the free physical pages) shared by
     the `processes` caching at once on this machine (torchrun's ranks); None where neither can be
     read (no limit). Sources cached earlier in the command have already taken their share."""
-    raw = os.environ.get("NOISYSTUDENT_CACHE_GB", "").strip()
-    if raw:
-        try:
-            gb = float(raw)
-        except ValueError:
-            gb = -1.0
-        if not gb >= 0:
-            raise UserError(f"NOISYSTUDENT_CACHE_GB={raw!r}: must be a number of GiB >= 0")
-        return int(gb * 2**30)
+    if os.environ.get("NOISYSTUDENT_CACHE_GB", "").strip():
+        return int(env_number("NOISYSTUDENT_CACHE_GB", 0, "GiB") * 2**30)
     try:
         with open("/proc/meminfo") as f:
             kb = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
