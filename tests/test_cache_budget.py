@@ -91,3 +91,31 @@ def test_cache_decodes_in_workers_in_row_order_with_the_same_result(tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(one.images, two.images))
     with pytest.raises(UserError, match=r"^[^\n]*150.png: cannot decode image[^\n]*$"):
         src.cache(on_bad="fail", workers=2)
+
+
+@pytest.mark.parametrize("chans", [1, 3])
+def test_training_images_resized_once_give_the_same_noised_images(tmp_path, chans):
+    """`at_training_size` hoists the training transform's first step (a PIL bilinear resize to the
+    training size) out of every step: with crop, flip, RandAugment and Cutout seeded per item, the
+    same tensors, bit for bit; sets already at the size, or smaller, are left alone."""
+    import torch
+    from noisystudent.config import NoiseConfig, load_config
+    from noisystudent.data import ArraySource, LabeledDataset, create_train_transform
+    from noisystudent.stages.batching import at_training_size
+    rng = np.random.default_rng(4)
+    shapes = [(40, 56), (64, 48), (33, 33), (16, 16)]                 # photos cached larger than 16 px
+    imgs = [rng.integers(0, 256, (h, w, chans), dtype=np.uint8) for h, w in shapes * 3]
+    src = ArraySource("a", [str(i) for i in range(12)], np.arange(12) % 2, ["x", "y"], chans, images=imgs)
+    small = at_training_size(src, 16)
+    assert isinstance(small.images, np.ndarray) and small.images.shape == (12, 16, 16, chans)
+    assert small.ids == src.ids and np.array_equal(small.labels, src.labels)
+    cfg = load_config(None, [f"data.in_chans={chans}", "data.image_size=16", "data.crop_padding=2", "data.hflip=true"])
+    tf = create_train_transform(cfg.data, NoiseConfig(randaugment=True, ra_magnitude=9, ra_layers=2, cutout=0.5))
+    a, b = LabeledDataset(src, tf), LabeledDataset(small, tf)
+    for i in range(12):
+        x, y = a[(i, 1000 + i)], b[(i, 1000 + i)]
+        assert torch.equal(x[0], y[0]) and x[1:] == y[1:]
+    assert at_training_size(src, 64) is src                            # would upscale: left alone
+    stacked = ArraySource("s", ["0", "1"], np.zeros(2, np.int64), ["x"], chans,
+                          images=np.zeros((2, 16, 16, chans), np.uint8))
+    assert at_training_size(stacked, 16) is stacked

@@ -12,6 +12,7 @@ Both give the same noise (ops, magnitudes, probabilities), not the same random d
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 import pyarrow.parquet as pq
 import torch
 
@@ -20,7 +21,7 @@ from ..data import ArraySource, LabeledDataset, PseudoDataset, cache_if_fits, cr
 from ..errors import UserError
 from .common import RunContext
 
-__all__ = ["use_device_noise", "labeled_source", "selected_pool", "pseudo_source"]
+__all__ = ["use_device_noise", "labeled_source", "selected_pool", "pseudo_source", "at_training_size"]
 
 CPU_TENSOR_BUDGET = 4 << 30       # bytes of decoded images `device` may hold in RAM on a CPU
 
@@ -37,6 +38,31 @@ def use_device_noise(ctx: RunContext, n_images: int) -> bool:
         raise UserError(f"config key 'data.augment_on': 'device' needs {need / 2**30:.1f} GiB for the decoded "
                         f"images but {budget / 2**30:.1f} GiB is available; use 'cpu' or 'auto'")
     return False
+
+
+def at_training_size(src, image_size: int):
+    """`src`'s in-memory images resized once to image_size x image_size, exactly as the training
+    transform's first step resizes them (PIL bilinear; `TrainTransform`), whose own resize is then a
+    no-op: the same batches, bit for bit, without a resize per image per step. That resize was
+    most of a step's CPU work for photos, which are cached at up to 4x image_size a side. Done only
+    where it shrinks the set (images larger than the size); files, and sets already at the size
+    or smaller (upscaled per step, cheaply), are returned as they are."""
+    if not isinstance(src, ArraySource):
+        return src
+    imgs = src.images
+    if isinstance(imgs, np.ndarray):
+        if imgs.shape[1:3] == (image_size, image_size) or imgs.shape[1] * imgs.shape[2] <= image_size ** 2:
+            return src
+    elif sum(im.shape[0] * im.shape[1] for im in imgs) <= len(imgs) * image_size ** 2:
+        return src
+
+    def resize(a):
+        if a.shape[:2] == (image_size, image_size):
+            return a
+        im = Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a).resize((image_size, image_size), Image.BILINEAR)
+        return np.asarray(im).reshape(image_size, image_size, -1)
+    return ArraySource(src.name, list(src.ids), src.labels, src.classes, src.in_chans, list(src.skipped),
+                       images=np.stack([resize(a) for a in imgs]))
 
 
 def _noise(ctx: RunContext, noise_cfg):
@@ -57,7 +83,8 @@ def labeled_source(ctx: RunContext, noise_cfg, batch_size: int):
         mean, std = _mean_std(ctx)
         return TensorLabeledBatches(images.to(ctx.device), ctx.labeled.labels[rows], _noise(ctx, noise_cfg),
                                     mean, std, batch_size), len(rows)
-    ds = LabeledDataset(ctx.labeled, create_train_transform(ctx.cfg.data, noise_cfg), skip_bad=skip)
+    ds = LabeledDataset(at_training_size(ctx.labeled, ctx.cfg.data.image_size), create_train_transform(ctx.cfg.data, noise_cfg),
+                        skip_bad=skip)
     return LabeledBatches(ds, batch_size, ctx.cfg.data.workers), len(ds)
 
 
@@ -94,5 +121,6 @@ def pseudo_source(ctx: RunContext, noise_cfg, selection, batch_size: int):
         mean, std = _mean_std(ctx)
         return TensorPseudoBatches(images.to(ctx.device), targets[rows], copies[rows], _noise(ctx, noise_cfg),
                                    mean, std, batch_size)
-    ds = PseudoDataset(sub, np.arange(len(sub)), targets, copies, create_train_transform(ctx.cfg.data, noise_cfg))
+    ds = PseudoDataset(at_training_size(sub, ctx.cfg.data.image_size), np.arange(len(sub)), targets, copies,
+                       create_train_transform(ctx.cfg.data, noise_cfg))
     return PseudoBatches(ds, batch_size, ctx.cfg.data.workers)
