@@ -20,12 +20,11 @@ from typing import Iterator, Optional
 
 import numpy as np
 import torch
-from PIL import Image
 
 from .batch_noise import BatchNoise, GraphedNoise, step_generator
 from .batches import Batch
 from .data.loaders import EpochSampler, load_or_skip, seed_for
-from .data.transforms import normalize
+from .data.transforms import normalize, resize_for_training
 from .data.sources import Source
 
 __all__ = ["decode_all", "TensorLabeledBatches", "TensorPseudoBatches"]
@@ -43,10 +42,7 @@ def decode_all(source: Source, image_size: int, skip_bad: bool) -> tuple[torch.T
         arr = load_or_skip(source, i, skip_bad)
         if arr is None:
             continue
-        if arr.shape[:2] != (image_size, image_size):
-            im = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
-            arr = np.asarray(im.resize((image_size, image_size), Image.BILINEAR)).reshape(image_size, image_size, -1)
-        out.append(arr)
+        out.append(resize_for_training(arr, image_size))
         rows.append(i)
     if not out:
         return torch.zeros(0, source.in_chans, image_size, image_size, dtype=torch.uint8), np.zeros(0, np.int64)

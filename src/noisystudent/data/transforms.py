@@ -88,6 +88,16 @@ class TrainTransform:
         return cutout_(x, self.cutout) if self.cutout > 0 else x
 
 
+def resize_for_training(arr: np.ndarray, image_size: int) -> np.ndarray:
+    """uint8 HWC -> (image_size, image_size, C) exactly as `TrainTransform` resizes first (PIL
+    bilinear); done once ahead of it (`decode_all`, `at_training_size`), the transform's own resize
+    is then a no-op and its output the same, bit for bit."""
+    if arr.shape[:2] == (image_size, image_size):
+        return arr
+    im = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr).resize((image_size, image_size), Image.BILINEAR)
+    return np.asarray(im).reshape(image_size, image_size, -1)
+
+
 def create_train_transform(data_cfg, noise_cfg=None, image_size: int | None = None) -> TrainTransform:
     """Build from config; `noise_cfg=None` gives the un-noised (crop/flip only) training transform."""
     mean, std = default_mean_std(data_cfg.in_chans, data_cfg.mean, data_cfg.std)

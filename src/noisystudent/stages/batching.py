@@ -12,12 +12,12 @@ Both give the same noise (ops, magnitudes, probabilities), not the same random d
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
 import pyarrow.parquet as pq
 import torch
 
 from ..batches import LabeledBatches, PseudoBatches
 from ..data import ArraySource, LabeledDataset, PseudoDataset, cache_if_fits, create_train_transform, default_mean_std
+from ..data.transforms import resize_for_training
 from ..errors import UserError
 from .common import RunContext
 
@@ -55,14 +55,8 @@ def at_training_size(src, image_size: int):
             return src
     elif sum(im.shape[0] * im.shape[1] for im in imgs) <= len(imgs) * image_size ** 2:
         return src
-
-    def resize(a):
-        if a.shape[:2] == (image_size, image_size):
-            return a
-        im = Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a).resize((image_size, image_size), Image.BILINEAR)
-        return np.asarray(im).reshape(image_size, image_size, -1)
     return ArraySource(src.name, list(src.ids), src.labels, src.classes, src.in_chans, list(src.skipped),
-                       images=np.stack([resize(a) for a in imgs]))
+                       images=np.stack([resize_for_training(a, image_size) for a in imgs]))
 
 
 def _noise(ctx: RunContext, noise_cfg):
