@@ -204,7 +204,7 @@ class _EvalDataset(Dataset):
         if not batch:
             return None
         imgs, idx = zip(*batch)
-        if all(isinstance(im, np.ndarray) for im in imgs) and len({im.shape for im in imgs}) == 1:
+        if _one_shape(imgs):
             return torch.from_numpy(np.stack(imgs)), list(idx)
         return torch.cat([im if isinstance(im, torch.Tensor) else
                           to_tensor_batch(im[None], self.image_size, self.mean, self.std) for im in imgs]), list(idx)
@@ -228,9 +228,12 @@ def _stack_rows(batch):
     """In the worker: (first row, one uint8 stack) when every image of the batch decoded to one
     shape (one array crosses to the main process, not 64), else the (row, image) list itself."""
     imgs = [im for _, im in batch]
-    if all(isinstance(im, np.ndarray) for im in imgs) and len({im.shape for im in imgs}) == 1:
-        return batch[0][0], np.stack(imgs)
-    return batch
+    return (batch[0][0], np.stack(imgs)) if _one_shape(imgs) else batch
+
+
+def _one_shape(imgs) -> bool:
+    """All decoded arrays (no tensor, no BadImage) of one shape: stackable into one array."""
+    return all(isinstance(im, np.ndarray) for im in imgs) and len({im.shape for im in imgs}) == 1
 
 
 def decode_rows(source: Source, workers: int = 0, batch_size: int = 64):
@@ -238,14 +241,11 @@ def decode_rows(source: Source, workers: int = 0, batch_size: int = 64):
     `workers` DataLoader processes (in this one when 0, or for fewer than 4 batches, where starting
     them costs more than they save). `Source.cache` reads through this: caching a 41,000-image
     CIFAR selection, or a folder of photos, in one process left a GPU machine's other cores idle."""
+    rows = _DecodeRows(source)
     if workers <= 0 or len(source) < 4 * batch_size:
-        for i in range(len(source)):
-            try:
-                yield i, source.load(i)
-            except BadImage as e:
-                yield i, e
+        yield from (rows[i] for i in range(len(rows)))
         return
-    loader = DataLoader(_DecodeRows(source), batch_size=batch_size, num_workers=workers, collate_fn=_stack_rows)
+    loader = DataLoader(rows, batch_size=batch_size, num_workers=workers, collate_fn=_stack_rows)
     for batch in loader:
         if isinstance(batch, tuple):
             first, stack = batch
