@@ -175,3 +175,58 @@ def test_a_jpeg_under_twice_max_side_or_without_it_is_decoded_whole(tmp_path, mo
     seen.clear()
     assert open_image(thin, 3, max_side=512).shape == (3, 512, 3)
     assert seen == [(1000, 6)]
+
+
+def _upright_pattern(h=6, w=9):
+    """An image no flip or rotation maps onto itself: every pixel a different value."""
+    return np.arange(h * w * 3, dtype=np.uint8).reshape(h, w, 3)
+
+
+# What a camera stores for an upright scene `u` under each EXIF orientation (the EXIF standard: the
+# tag says how to turn the stored pixels for display; these are the inverse turns).
+_STORED = {1: lambda u: u, 2: lambda u: u[:, ::-1], 3: lambda u: u[::-1, ::-1], 4: lambda u: u[::-1],
+           5: lambda u: u.transpose(1, 0, 2), 6: lambda u: np.rot90(u, 1), 7: lambda u: np.rot90(u, 2).transpose(1, 0, 2),
+           8: lambda u: np.rot90(u, -1)}
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_images_are_decoded_upright_as_their_exif_orientation_says(tmp_path, orientation):
+    from noisystudent.data import open_image
+    u = _upright_pattern()
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "shot.png"        # lossless, so the comparison is exact (PNG carries EXIF too)
+    Image.fromarray(np.ascontiguousarray(_STORED[orientation](u))).save(path, exif=exif)
+    assert np.array_equal(open_image(path, 3), u)
+    assert np.array_equal(open_image(path, 1)[:, :, 0], np.asarray(Image.fromarray(u).convert("L")))
+
+
+def test_a_large_portrait_jpeg_is_upright_and_decoded_at_reduced_scale(tmp_path, monkeypatch):
+    from noisystudent.data import open_image
+    from noisystudent.data.sources import shrink
+    stored = _photo(tmp_path / "plain.jpg", 1200, 900)
+    exif = Image.Exif()
+    exif[0x0112] = 6                    # a phone held upright: landscape pixels, turned for display
+    with Image.open(stored) as im:
+        im.save(tmp_path / "portrait.jpg", quality=100, exif=exif)
+    as_stored = open_image(tmp_path / "plain.jpg", 3)
+    seen = _decoded_sizes(monkeypatch)
+    out = open_image(tmp_path / "portrait.jpg", 3, max_side=256)
+    assert seen == [(300, 225)]                         # still libjpeg's 1/4 scale
+    assert out.shape == (256, 192, 3)                   # portrait
+    diff = np.abs(out.astype(np.int16) - shrink(np.rot90(as_stored, -1).copy(), 256).astype(np.int16))
+    assert diff.mean() < 2.5, diff.mean()
+
+
+@pytest.mark.parametrize("exif", [b"Exif\x00\x00MM\x00*garbage", b"Exif\x00\x00II*\x00\x08\x00\x00\x00\xff\xff",
+                                  "orientation 9", "orientation 0"])
+def test_a_malformed_or_unknown_exif_orientation_keeps_the_image_as_stored(tmp_path, exif):
+    from noisystudent.data import open_image
+    u = _upright_pattern()
+    path = tmp_path / "odd.png"
+    if isinstance(exif, str):
+        e = Image.Exif()
+        e[0x0112] = int(exif.split()[-1])
+        exif = e
+    Image.fromarray(u).save(path, exif=exif)
+    assert np.array_equal(open_image(path, 3), u)

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "IMAGE_EXTENSIONS", "BadImage", "Source", "max_side_for", "ArraySource", "FileSource", "register_source", "list_sources",
-    "create_source", "draw_per_class", "open_image",
+    "create_source", "draw_per_class", "open_image", "upright",
 ]
 
 # Larger images are refused as undecodable (skipped in the pool): decoding one costs ~3 bytes a pixel
@@ -50,7 +50,8 @@ class BadImage(UserError):
 
 
 def open_image(path_or_file, in_chans: int, name: str = "", max_side: int | None = None) -> np.ndarray:
-    """Decode to uint8 HWC with `in_chans` channels (grayscale/RGB/RGBA/palette are converted), at
+    """Decode to uint8 HWC with `in_chans` channels (grayscale/RGB/RGBA/palette are converted),
+    upright (`upright`: a phone photo's EXIF orientation applied, as a photo viewer shows it), at
     most `max_side` pixels on the longer side (shrunk as `shrink` would, before the array is made:
     a 60M-pixel photo then costs one full-size copy in memory, not four).
 
@@ -71,6 +72,7 @@ def open_image(path_or_file, in_chans: int, name: str = "", max_side: int | None
                 # a no-op for formats other than JPEG; the scale keeps both sides >= the box's
                 s = max_side / max(im.size)
                 im.draft(None, (math.ceil(im.width * s), math.ceil(im.height * s)))
+            im = upright(im)
             if im.mode.startswith("I;16") or im.mode == "I":
                 # 16-bit grayscale: PIL's convert() clips to 255 (a nearly white image); scale instead.
                 a = np.asarray(im, dtype=np.float64)
@@ -86,6 +88,29 @@ def open_image(path_or_file, in_chans: int, name: str = "", max_side: int | None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, zlib.error) as e:
         raise BadImage(f"{name or path_or_file}: cannot decode image ({e})") from None
     return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+# EXIF orientation (tag 0x0112) -> the transposition that shows the image as it was shot (the EXIF
+# standard's table; Pillow's ImageOps.exif_transpose uses the same one)
+_ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+                6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+
+
+def upright(im: Image.Image) -> Image.Image:
+    """`im` turned as its EXIF orientation tag says. A phone stores a portrait photo as landscape
+    pixels plus this tag; without it the model would train on sideways images, and a model exported
+    to a pipeline that honours the tag (torchvision's decode_jpeg(apply_exif_orientation=True), HF
+    datasets, every photo viewer) would then see other images than it was trained on.
+
+    Not `ImageOps.exif_transpose`: it copies every image that has no tag (nearly all of them), and
+    raises on the malformed EXIF blocks some cameras and editors write (huggingface/datasets#7668),
+    where the pixels are fine: such a tag is ignored here, the image kept as stored."""
+    try:
+        method = _ORIENTATION.get(im.getexif().get(0x0112))
+    except Exception:       # noqa: BLE001 - any parse error of the metadata block: no usable tag
+        return im
+    return im.transpose(method) if method is not None else im
 
 
 def _fit(im: Image.Image, max_side: int) -> Image.Image:
