@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check $(TORCH)
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[test,robustness,export,logging]'
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test,robustness,export,logging,heif]'
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -180,6 +180,25 @@ def test_non_image_files_are_ignored(data, tmp_path):
     assert info["pool_size"] == 12 and info["skipped_images"] == 0
 
 
+def test_photos_of_every_kind_are_read_and_unreadable_ones_named_once(data, tmp_path):
+    """A user's folder of phone photos: JPEG saved as .jfif, an iPhone's HEIC (pillow-heif, the
+    `heif` extra `make` installs), a portrait shot stored sideways with its EXIF orientation tag, and a
+    camera raw file no decoder reads (left out with one warning, not in silence)."""
+    pytest.importorskip("pillow_heif")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    _img(0, 7).save(data / "train" / "cat" / "w.jfif", quality=95)
+    _img(1, 8).save(data / "pool" / "phone.heic", quality=95)
+    _img(2, 9).transpose(Image.Transpose.ROTATE_90).save(data / "pool" / "portrait.jpg", exif=exif, quality=95)
+    (data / "pool" / "IMG_0001.CR2").write_bytes(b"II*\0 raw sensor data")
+    r = run(write_cfg(tmp_path / "c.yaml", data, data__bad_images="fail"), tmp_path / "run")
+    assert r.returncode == 0, r.stderr
+    info = stage_info(RunLayout(tmp_path / "run").labels(1))["info"]
+    assert info["pool_size"] == 14 and info["skipped_images"] == 0
+    warned = [ln for ln in r.stderr.splitlines() if "left out" in ln]
+    assert len(warned) == 1 and "1 photo(s) left out, no installed decoder reads them (.cr2: 1)" in warned[0], warned
+
+
 def _save_mode(im: Image.Image, mode: str, path: Path) -> None:
     if mode == "I;16":      # 16-bit grayscale PNG
         Image.fromarray(np.asarray(im.convert("L")).astype(np.uint16) * 257).save(path)

@@ -8,11 +8,13 @@ small images are bound by compute, not by JPEG decoding on 2 cores.
 from __future__ import annotations
 
 import gzip
+import logging
 import math
 import os
 import stat
 import struct
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
@@ -21,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import UserError
+from .formats import IMAGE_EXTENSIONS, unreadable_photos
 from .memory import CacheTooLarge
 
 if TYPE_CHECKING:
@@ -34,7 +37,8 @@ __all__ = [
 # Larger images are refused as undecodable (skipped in the pool): decoding one costs ~3 bytes a pixel
 # several times over. Smaller ones larger than a source's `max_side` are shrunk as they are loaded.
 MAX_PIXELS = 64_000_000
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+log = logging.getLogger("noisystudent")
 
 
 class BadImage(UserError):
@@ -305,10 +309,12 @@ def register_source(kind: str):
     return deco
 
 
-def _list_images(root: Path) -> list[str]:
-    """Image files under `root` by extension, as sorted relative POSIX paths. Hidden files and folders
-    are not data: macOS `._x.png` resource forks, `.ipynb_checkpoints/`, `.DS_Store`; other non-image
-    files are ignored too. Like `Path.rglob`, links to folders are not followed (no cycles).
+def _list_images(root: Path, ignored: Counter | None = None) -> list[str]:
+    """Image files under `root` by extension (`formats.IMAGE_EXTENSIONS`), as sorted relative POSIX
+    paths. Hidden files and folders are not data: macOS `._x.png` resource forks,
+    `.ipynb_checkpoints/`, `.DS_Store`; other files are left out too, counted by extension in
+    `ignored` (for `formats.unreadable_photos`). Like `Path.rglob`, links to folders are not followed
+    (no cycles).
 
     os.scandir, not rglob: the entry's type comes with the listing (no stat per file), which makes
     listing a 1M-file pool several times faster (benchmarks/fingerprint.py, docs/reliability.md)."""
@@ -322,10 +328,27 @@ def _list_images(root: Path) -> list[str]:
                     continue
                 if e.is_dir(follow_symlinks=False):
                     todo.append((e.path, f"{prefix}{e.name}/"))
-                elif os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS and e.is_file():
+                    continue
+                ext = os.path.splitext(e.name)[1].lower()
+                if ext in IMAGE_EXTENSIONS and e.is_file():
                     out.append(prefix + e.name)
+                elif ignored is not None:
+                    ignored[ext] += 1
     out.sort()
     return out
+
+
+def _say_unreadable(root: Path, ignored: Counter) -> None:
+    """Log the warning for photos left out of `root` (if any)."""
+    note = unreadable_photos(root, ignored)
+    if note:
+        log.warning("%s", note)
+
+
+def _no_images(root: Path, what: str, ignored: Counter, hint: str = "") -> UserError:
+    """The one-line error for a folder without images, naming any photos it left out and why."""
+    note = unreadable_photos(root, ignored)
+    return UserError(f"{root}: {what} ({', '.join(IMAGE_EXTENSIONS)})" + "".join(f"; {t}" for t in (hint, note) if t))
 
 
 @register_source("imagefolder")
@@ -337,13 +360,16 @@ def read_imagefolder(root: str, split: str, in_chans: int) -> Source:
     if not classes:
         raise UserError(f"{root_p}: no class folders found (expected <root>/<class>/<image files>)")
     ids, labels = [], []
+    ignored: Counter = Counter()
     for c, name in enumerate(classes):
-        files = _list_images(root_p / name)
+        here: Counter = Counter()
+        files = _list_images(root_p / name, here)
         if not files:
-            raise UserError(f"{root_p / name}: class folder has no image files "
-                            f"({', '.join(IMAGE_EXTENSIONS)}); remove it or add images")
+            raise _no_images(root_p / name, "class folder has no image files", here, "remove it or add images")
+        ignored.update(here)
         ids += [f"{name}/{f}" for f in files]
         labels += [c] * len(files)
+    _say_unreadable(root_p, ignored)
     return FileSource(root_p.name, ids, np.asarray(labels, dtype=np.int64), classes, in_chans, root=root_p)
 
 
@@ -352,9 +378,11 @@ def read_folder(root: str, split: str, in_chans: int) -> Source:
     root_p = Path(root)
     if not root_p.is_dir():
         raise UserError(f"unlabeled folder not found: {root_p}")
-    ids = _list_images(root_p)
+    ignored: Counter = Counter()
+    ids = _list_images(root_p, ignored)
     if not ids:
-        raise UserError(f"{root_p}: no image files found ({', '.join(IMAGE_EXTENSIONS)})")
+        raise _no_images(root_p, "no image files found", ignored)
+    _say_unreadable(root_p, ignored)
     return FileSource(root_p.name, ids, np.full(len(ids), -1, dtype=np.int64), None, in_chans, root=root_p)
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from .formats import IMAGE_EXTENSIONS
 from .sources import BadImage, FileSource, Source, open_image, register_source
 
 __all__ = ["TarSource", "ManifestSource", "expand_braces", "list_shards", "scan_tar", "read_tar",
@@ -41,7 +42,7 @@ __all__ = ["TarSource", "ManifestSource", "expand_braces", "list_shards", "scan_
 log = logging.getLogger("noisystudent")
 
 # Image member extensions in order of preference when a sample has several.
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm")
+IMAGE_EXTS = tuple(e[1:] for e in IMAGE_EXTENSIONS)      # tar members' extensions (without the dot)
 LABEL_EXTS = ("cls",)
 _MAX_OPEN = 64          # open shard descriptors per process (least recently used are closed)
 
