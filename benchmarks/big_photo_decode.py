@@ -46,7 +46,7 @@ def photo_jpeg(w: int, h: int, seed: int) -> bytes:
 
 def decode_full(data: bytes, max_side: int) -> np.ndarray:
     """`open_image` for an RGB JPEG as it was before the draft: full-size decode, then the shrink."""
-    from noisystudent.data.sources import _fit
+    from noisystudent.data.decode import _fit
     with Image.open(io.BytesIO(data)) as im:
         im = im.convert("RGB") if im.mode != "RGB" else im
         if max(im.size) > max_side:

@@ -359,7 +359,7 @@ def test_predict_and_evaluate_keep_images_as_large_as_the_run_did(tmp_path):
     the same probabilities (before, a 1,200 px image went straight to the model's size)."""
     import numpy as np
     import torch
-    from noisystudent.data.sources import shrink
+    from noisystudent.data.decode import shrink
     from noisystudent.models import create_model
     from noisystudent.prediction import predict
     from noisystudent.stages.common import model_max_side

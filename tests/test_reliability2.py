@@ -567,7 +567,7 @@ def test_huge_image_is_refused_and_large_ones_are_kept_small(tmp_path):
     assert max(im.shape[0] * im.shape[1] for im in cached.images) == 512 * 256
     assert cached.load(cached.ids.index("cat/wide.png")).shape == (256, 512, 3)
     # shrunk while decoding (one full-size copy in memory), to exactly what shrinking the array gives
-    from noisystudent.data.sources import shrink
+    from noisystudent.data.decode import shrink
     wide = data / "train" / "cat" / "wide.png"
     for chans in (1, 3):
         assert np.array_equal(open_image(wide, chans, max_side=512), shrink(open_image(wide, chans), 512))

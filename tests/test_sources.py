@@ -150,7 +150,7 @@ def _decoded_sizes(monkeypatch):
 @pytest.mark.parametrize("chans", [1, 3])
 def test_a_large_jpeg_is_decoded_at_reduced_scale_then_shrunk_as_before(tmp_path, monkeypatch, chans):
     from noisystudent.data import open_image
-    from noisystudent.data.sources import shrink
+    from noisystudent.data.decode import shrink
     big = _photo(tmp_path / "big.jpg", 1200, 900)
     full = shrink(open_image(big, chans), 256)             # the full-size decode, shrunk
     seen = _decoded_sizes(monkeypatch)
@@ -164,7 +164,7 @@ def test_a_large_jpeg_is_decoded_at_reduced_scale_then_shrunk_as_before(tmp_path
 
 def test_a_jpeg_under_twice_max_side_or_without_it_is_decoded_whole(tmp_path, monkeypatch):
     from noisystudent.data import open_image
-    from noisystudent.data.sources import shrink
+    from noisystudent.data.decode import shrink
     jpg = _photo(tmp_path / "mid.jpg", 500, 300)
     seen = _decoded_sizes(monkeypatch)
     whole = open_image(jpg, 3)
@@ -203,7 +203,7 @@ def test_images_are_decoded_upright_as_their_exif_orientation_says(tmp_path, ori
 
 def test_a_large_portrait_jpeg_is_upright_and_decoded_at_reduced_scale(tmp_path, monkeypatch):
     from noisystudent.data import open_image
-    from noisystudent.data.sources import shrink
+    from noisystudent.data.decode import shrink
     stored = _photo(tmp_path / "plain.jpg", 1200, 900)
     exif = Image.Exif()
     exif[0x0112] = 6                    # a phone held upright: landscape pixels, turned for display

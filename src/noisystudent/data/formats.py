@@ -27,7 +27,7 @@ _RAW = (".dng", ".cr2", ".cr3", ".nef", ".nrw", ".arw", ".orf", ".rw2", ".raf", 
 def _register_heif() -> bool:
     """Register pillow-heif's HEIC/HEIF opener with Pillow when it is installed. It applies the file's
     own rotation (HEIF keeps it outside EXIF) and resets the EXIF orientation tag to 1, so
-    `sources.upright` does not turn the image a second time."""
+    `decode.upright` does not turn the image a second time."""
     try:
         import pillow_heif
     except ImportError:

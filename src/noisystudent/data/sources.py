@@ -9,20 +9,17 @@ from __future__ import annotations
 
 import gzip
 import logging
-import math
 import os
-import stat
 import struct
-import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
-from PIL import Image
 
 from ..errors import UserError
+from .decode import BadImage, open_image, shrink, upright  # noqa: F401 - shrink re-exported
 from .formats import IMAGE_EXTENSIONS, unreadable_photos
 from .memory import CacheTooLarge
 
@@ -34,100 +31,7 @@ __all__ = [
     "create_source", "draw_per_class", "open_image", "upright",
 ]
 
-# Larger images are refused as undecodable (skipped in the pool): decoding one costs ~3 bytes a pixel
-# several times over. Smaller ones larger than a source's `max_side` are shrunk as they are loaded.
-MAX_PIXELS = 64_000_000
-
 log = logging.getLogger("noisystudent")
-
-
-class BadImage(UserError):
-    """An image file that cannot be decoded (corrupt, truncated, not an image).
-
-    Code that may skip such files catches it (data.bad_images=skip); anywhere else it is a UserError,
-    so under `fail` the user sees one line naming the file and the way out.
-    """
-
-    def __str__(self) -> str:
-        msg = super().__str__()
-        return msg if "data.bad_images" in msg else f"{msg}; fix or remove the file, or set data.bad_images=skip"
-
-
-def open_image(path_or_file, in_chans: int, name: str = "", max_side: int | None = None) -> np.ndarray:
-    """Decode to uint8 HWC with `in_chans` channels (grayscale/RGB/RGBA/palette are converted),
-    upright (`upright`: a phone photo's EXIF orientation applied, as a photo viewer shows it), at
-    most `max_side` pixels on the longer side (shrunk as `shrink` would, before the array is made:
-    a 60M-pixel photo then costs one full-size copy in memory, not four).
-
-    A JPEG at least twice `max_side` is decoded at 1/2, 1/4 or 1/8 scale by libjpeg itself (PIL's
-    `draft`, as `Image.thumbnail` does), never below `max_side`, then shrunk as above: a 12-MP phone
-    photo decodes ~2.5x faster (benchmarks/big_photo_decode.py), which is what keeps a GPU labeling
-    a pool of such photos fed. Its pixels differ slightly from a full decode's (DCT-domain scaling
-    is a sharper low-pass than bilinear antialiasing); every source decodes the same way."""
-    try:
-        if isinstance(path_or_file, (str, os.PathLike)) and not stat.S_ISREG(os.stat(path_or_file).st_mode):
-            raise BadImage(f"{name or path_or_file}: not a regular file (a pipe, device or folder); "
-                           "only image files are read")
-        with Image.open(path_or_file) as im:
-            if im.width * im.height > MAX_PIXELS:
-                raise BadImage(f"{name or path_or_file}: {im.width}x{im.height} pixels, more than the "
-                               f"{MAX_PIXELS:,} an image may have here; downscale it")
-            if max_side and max(im.size) >= 2 * max_side:
-                # a no-op for formats other than JPEG; the scale keeps both sides >= the box's
-                s = max_side / max(im.size)
-                im.draft(None, (math.ceil(im.width * s), math.ceil(im.height * s)))
-            im = upright(im)
-            if im.mode.startswith("I;16") or im.mode == "I":
-                # 16-bit grayscale: PIL's convert() clips to 255 (a nearly white image); scale instead.
-                a = np.asarray(im, dtype=np.float64)
-                if im.mode != "I" or a.max() > 255:
-                    a = a / 257.0
-                im = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))
-            mode = "L" if in_chans == 1 else "RGB"
-            if im.mode != mode:         # convert() to the same mode would copy the whole image
-                im = im.convert(mode)
-            if max_side and max(im.size) > max_side:
-                im = _fit(im, max_side)
-            arr = np.asarray(im, dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, zlib.error) as e:
-        raise BadImage(f"{name or path_or_file}: cannot decode image ({e})") from None
-    return arr[:, :, None] if arr.ndim == 2 else arr
-
-
-# EXIF orientation (tag 0x0112) -> the transposition that shows the image as it was shot (the EXIF
-# standard's table; Pillow's ImageOps.exif_transpose uses the same one)
-_ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
-                4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
-                6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
-
-
-def upright(im: Image.Image) -> Image.Image:
-    """`im` turned as its EXIF orientation tag says. A phone stores a portrait photo as landscape
-    pixels plus this tag; without it the model would train on sideways images, and a model exported
-    to a pipeline that honours the tag (torchvision's decode_jpeg(apply_exif_orientation=True), HF
-    datasets, every photo viewer) would then see other images than it was trained on.
-
-    Not `ImageOps.exif_transpose`: it copies every image that has no tag (nearly all of them), and
-    raises on the malformed EXIF blocks some cameras and editors write (huggingface/datasets#7668),
-    where the pixels are fine: such a tag is ignored here, the image kept as stored."""
-    try:
-        method = _ORIENTATION.get(im.getexif().get(0x0112))
-    except Exception:       # noqa: BLE001 - any parse error of the metadata block: no usable tag
-        return im
-    return im.transpose(method) if method is not None else im
-
-
-def _fit(im: Image.Image, max_side: int) -> Image.Image:
-    """At most `max_side` pixels on the longer side, aspect kept (bilinear, antialiased)."""
-    w, h = im.size
-    scale = max_side / max(h, w)
-    return im.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
-
-
-def shrink(a: np.ndarray, max_side: int) -> np.ndarray:
-    """uint8 HWC -> at most `max_side` pixels on its longer side, aspect kept (PIL, antialiased)."""
-    out = np.asarray(_fit(Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a), max_side))
-    return out[:, :, None] if out.ndim == 2 else out
 
 
 def max_side_for(*sizes: int) -> int:

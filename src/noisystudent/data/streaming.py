@@ -34,7 +34,8 @@ import numpy as np
 
 from ..errors import UserError
 from .formats import IMAGE_EXTENSIONS
-from .sources import BadImage, FileSource, Source, open_image, register_source
+from .decode import BadImage, open_image
+from .sources import FileSource, Source, register_source
 
 __all__ = ["TarSource", "ManifestSource", "expand_braces", "list_shards", "scan_tar", "read_tar",
            "read_manifest", "IMAGE_EXTS"]
