@@ -101,3 +101,17 @@ def test_avif_is_read_where_pillow_has_it(tmp_path):
         pytest.skip("this Pillow build has no AVIF codec")
     Image.fromarray(_pattern()).save(tmp_path / "a.avif", quality=95)
     assert np.abs(open_image(tmp_path / "a.avif", 3).astype(int) - _pattern().astype(int)).mean() < 4
+
+
+def test_links_to_missing_images_are_named_not_dropped_in_silence(tmp_path, caplog):
+    _folder(tmp_path, {"pool/a.jpg": "jpeg", "elsewhere/b.jpg": "jpeg"})
+    (tmp_path / "pool" / "b.jpg").symlink_to(tmp_path / "elsewhere" / "b.jpg")      # a good link: read
+    (tmp_path / "pool" / "c.jpg").symlink_to(tmp_path / "unmounted" / "c.jpg")      # its target is gone
+    with caplog.at_level("WARNING", logger="noisystudent"):
+        src = create_source(SourceConfig(kind="folder", root=str(tmp_path / "pool")), 3)
+    assert src.ids == ["a.jpg", "b.jpg"]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / 'pool'}: 1 link(s) to images left out, their targets are missing"]
+    note = formats.unreadable_photos("d", Counter({".cr2": 1, formats.BROKEN_LINK: 2}))
+    assert note == ("d: 1 photo(s) left out, no installed decoder reads them (.cr2: 1); convert camera raw files "
+                    "to JPEG or PNG; 2 link(s) to images left out too, their targets are missing")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import features
 
-__all__ = ["IMAGE_EXTENSIONS", "HEIF", "unreadable_photos"]
+__all__ = ["IMAGE_EXTENSIONS", "HEIF", "BROKEN_LINK", "unreadable_photos"]
 
 # Pillow decodes these in every build; .jpe and .jfif are JPEG too (Windows saves web JPEGs as .jfif)
 _ALWAYS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
@@ -41,13 +41,19 @@ AVIF = bool(features.check("avif"))
 IMAGE_EXTENSIONS = _ALWAYS + (_AVIF if AVIF else ()) + (_HEIF if HEIF else ())
 
 
+# the key of `ignored` that counts links to image files whose target is missing (an unmounted disk)
+BROKEN_LINK = "broken link"
+
+
 def unreadable_photos(root: Path | str, ignored: Counter) -> str | None:
-    """A warning line for the files left out of `root` (`ignored`: lowercased extension -> count)
-    that are photos no installed decoder reads, saying how to read them; None when there are none."""
+    """A warning line for the files left out of `root` (`ignored`: lowercased extension -> count, and
+    BROKEN_LINK) that are photos no installed decoder reads, saying how to read them, or links to
+    images whose target is missing; None when there are none."""
     missing = {".heic": HEIF, ".heif": HEIF, ".hif": HEIF, ".avif": AVIF}
     found = {e: n for e, n in sorted(ignored.items()) if e in _RAW or (e in missing and not missing[e])}
+    links = ignored.get(BROKEN_LINK, 0)
     if not found:
-        return None
+        return f"{root}: {links} link(s) to images left out, their targets are missing" if links else None
     how = []
     if any(e in _HEIF for e in found):
         how.append("`pip install pillow-heif` reads HEIC/HEIF")
@@ -55,6 +61,8 @@ def unreadable_photos(root: Path | str, ignored: Counter) -> str | None:
         how.append("a Pillow built with AVIF (the PyPI wheels >= 11.2) reads AVIF")
     if any(e in _RAW for e in found):
         how.append("convert camera raw files to JPEG or PNG")
+    if links:
+        how.append(f"{links} link(s) to images left out too, their targets are missing")
     kinds = ", ".join(f"{e}: {n}" for e, n in found.items())
     return (f"{root}: {sum(found.values())} photo(s) left out, no installed decoder reads them ({kinds}); "
             + "; ".join(how))

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import UserError
 from .decode import BadImage, open_image, shrink, upright  # noqa: F401 - shrink re-exported
-from .formats import IMAGE_EXTENSIONS, unreadable_photos
+from .formats import BROKEN_LINK, IMAGE_EXTENSIONS, unreadable_photos
 from .memory import CacheTooLarge
 
 if TYPE_CHECKING:
@@ -234,10 +234,13 @@ def _list_images(root: Path, ignored: Counter | None = None) -> list[str]:
                     todo.append((e.path, f"{prefix}{e.name}/"))
                     continue
                 ext = os.path.splitext(e.name)[1].lower()
-                if ext in IMAGE_EXTENSIONS and e.is_file():
+                if ext not in IMAGE_EXTENSIONS:
+                    if ignored is not None:
+                        ignored[ext] += 1
+                elif e.is_file():
                     out.append(prefix + e.name)
-                elif ignored is not None:
-                    ignored[ext] += 1
+                elif ignored is not None and e.is_symlink():      # a link to a missing file
+                    ignored[BROKEN_LINK] += 1
     out.sort()
     return out
 
