@@ -70,16 +70,17 @@ part profile 140 "$PY" benchmarks/gpu_profile.py --device "$DEV" "${GP[@]}" --ou
 part throughput 150 "$PY" benchmarks/throughput.py --device "$DEV" "${TP[@]}" --model ns_wrn_28_2 --out "$RUNS/tp"
 cp "$RUNS/tp/throughput.json" "$OUT_DIR/" 2>/dev/null    # the table is in throughput.log (8 files come back)
 # whole loops, noisy student only (the no-noise and supervised variants cost a student each);
-# 8 loader workers; label.batch_size is the default (auto: 1,024 on a GPU); training noise runs on the device
+# data.workers and label.batch_size are the defaults (auto: min(8, cores - 1) loader processes, batches of
+# 1,024 on a GPU), as a user runs them; training noise runs on the device
 part fast "$FAST_LIMIT" "$PY" benchmarks/accuracy.py cifar10-4k-fast --seeds 0 --variants "" --runs "$RUNS" \
-  --out "$RUNS/fast-tables" --name cifar10-4k-fast-gpu --set data.workers=8 "${SHRINK[@]}"
+  --out "$RUNS/fast-tables" --name cifar10-4k-fast-gpu "${SHRINK[@]}"
 # ns_air_s on all of train/ but 50 images per class (the validation split the config needs; the
 # pool keeps the last 500): 9,000 steps x 128 = ~23.5 passes (90.63% on the CPU), crop + flip only, flip TTA at test
 part sanity 120 "$PY" -m noisystudent train cifar10-4k-fast --run-dir "$RUNS/sup49k" --device "$DEV" \
   --set data.labeled.per_class=4900 --set data.val.per_class=50 --set teacher.steps=9000 \
-  --set teacher.warmup_steps=450 --set teacher.noise.randaugment=false --set data.workers=8 "${SHRINK[@]}"
+  --set teacher.warmup_steps=450 --set teacher.noise.randaugment=false "${SHRINK[@]}"
 part loop "$LOOP_LIMIT" "$PY" benchmarks/accuracy.py cifar10-4k --seeds 0 --variants "" --runs "$RUNS" \
-  --out "$RUNS/loop-tables" --name cifar10-4k-gpu --set data.workers=8 \
+  --out "$RUNS/loop-tables" --name cifar10-4k-gpu \
   --set teacher.channels_last=true --set student.channels_last=true "${SHRINK[@]}"
 # what finished, even where a limit cut a run short: accuracy, steps, wall per stage
 "$PY" - "$RUNS" > "$OUT_DIR/results.txt" 2>&1 <<'PYEOF'

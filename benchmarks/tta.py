@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     pool = ctx.pool
     if args.pool_images and args.pool_images < len(pool):
         pool = pool.subset(np.sort(np.random.default_rng(cfg.seed).choice(len(pool), args.pool_images, replace=False)))
-    dev, workers = ctx.device, cfg.data.workers
+    dev, workers = ctx.device, ctx.workers
     bs = label_batch_size(cfg.label.batch_size, dev, meta["image_size"])
     rows = []
     for name, flip, shift in settings:

@@ -1,4 +1,5 @@
 """The DataLoader path's batch sources: per-item augmentation seeds, one persistent loader per stage."""
+import pytest
 import torch
 
 from noisystudent.batches import LabeledBatches
@@ -45,3 +46,45 @@ def test_loading_in_the_main_process_leaves_the_training_rng_alone():
     torch.manual_seed(123)
     _epochs(LabeledBatches(_dataset(), 8, workers=0))
     assert torch.equal(expect, torch.rand(3))
+
+
+@pytest.mark.parametrize("workers, device, cpus, ranks, expect", [
+    (3, "cuda", 16, 1, 3), (0, "cuda", 16, 1, 0), (2, "cpu", 2, 1, 2),   # a count is used as given
+    ("auto", "cpu", 64, 1, 0),              # on a CPU the model needs the cores
+    ("auto", "cuda", 16, 1, 8),             # the cores less one for the main process, at most 8
+    ("auto", "cuda:1", 4, 1, 3),
+    ("auto", "cuda", 16, 8, 1),             # torchrun's 8 ranks share 16 cores: 2 each
+    ("auto", "cuda", 8, 8, 0), ("auto", "cuda", 1, 1, 0)])
+def test_auto_workers_leave_a_cpu_to_the_model_and_feed_a_gpu(workers, device, cpus, ranks, expect):
+    from noisystudent.data.loaders import resolve_workers
+    assert resolve_workers(workers, device, cpus, ranks) == expect
+
+
+def test_auto_workers_count_the_cores_this_process_may_use_and_its_local_ranks(monkeypatch):
+    import os
+    from noisystudent.config import DataConfig
+    from noisystudent.data.loaders import resolve_workers
+    assert DataConfig().workers == "auto"
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(12)), raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")
+    assert resolve_workers("auto", "cuda") == 3
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert resolve_workers("auto", "cuda") == 8
+
+
+def test_a_run_on_a_gpu_resolves_auto_workers_once_and_says_so(monkeypatch, tmp_path, caplog):
+    """What every stage reads (`RunContext.workers`), without a GPU: the device is faked, nothing runs on it."""
+    import os
+    from noisystudent.config import load_config
+    from noisystudent.stages import common
+    monkeypatch.setattr(common, "resolve_device", lambda d: torch.device("cuda"))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(4)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    from noisystudent.cli import resolve_config_path
+    cfg = load_config(resolve_config_path("digits-demo"), [])
+    with caplog.at_level("INFO", logger="noisystudent"):
+        ctx = common.RunContext(cfg, tmp_path / "run")
+    assert ctx.workers == 3 and cfg.data.workers == "auto"          # the config itself is left as written
+    assert "data.workers auto: 3 loader processes (cuda)" in caplog.text
+    monkeypatch.setattr(common, "resolve_device", lambda d: torch.device("cpu"))
+    assert common.RunContext(load_config(resolve_config_path("digits-demo"), ["data.workers=2"]), tmp_path / "r2").workers == 2

@@ -223,6 +223,15 @@ def _add_pipeline_commands(sub) -> None:
         sp.set_defaults(fn=_stage_cmd(name))
 
 
+def _workers(text: str):
+    """--workers: a count >= 0 or 'auto' (anything else: argparse's one-line usage error)."""
+    if text == "auto":
+        return text
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"must be a count >= 0 or 'auto', not {text!r}")
+    return int(text)
+
+
 def _add_model_commands(sub) -> None:
     """Commands on one model file: evaluate, predict, export."""
     sp = sub.add_parser("evaluate", help="evaluate a model file on a labeled set")
@@ -243,7 +252,8 @@ def _add_model_commands(sub) -> None:
     sp.add_argument("--out", required=True, help="preds.csv or preds.parquet")
     sp.add_argument("--top-k", type=int, default=5)
     sp.add_argument("--batch-size", type=int, default=256)
-    sp.add_argument("--workers", type=int, default=0)
+    sp.add_argument("--workers", type=_workers, default="auto",
+                    help="decode processes: N, or auto (default: none on a CPU, the cores less one, at most 8, on a GPU)")
     sp.add_argument("--device", default=None)
     sp.set_defaults(fn=cmd_predict)
 

@@ -165,7 +165,7 @@ RULES: dict[str, Range] = {
     "data.mean": Range(-1e6, 1e6, each=True, optional=True, text="each must be a finite number"),
     "data.std": Range(0, 1e6, lo_open=True, each=True, optional=True, text="every value must be > 0"),
     "data.crop_padding": GE0,
-    "data.workers": Range(0, 256),
+    "data.workers": Range(0, 256, text="must be in [0, 256] or 'auto'"),
     **{f"{sec}.{k}": r for sec in ("teacher", "student") for k, r in _TRAIN_RULES.items()},
     "student.ratio": GE1,
     "student.unlabeled_weight": GE0,

@@ -10,6 +10,7 @@ epoch of a stage (`EpochLoader`: no worker start-up per epoch).
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 from typing import Iterator
 
@@ -21,7 +22,29 @@ from .sources import ArraySource, BadImage, Source
 from .transforms import to_tensor_batch
 
 __all__ = ["LabeledDataset", "PseudoDataset", "EpochSampler", "EpochLoader", "seed_for",
-           "eval_batches", "RangeBatches", "collate_skip_bad", "decode_rows"]
+           "eval_batches", "RangeBatches", "collate_skip_bad", "decode_rows", "resolve_workers", "AUTO_WORKERS_MAX"]
+
+# `data.workers: auto` on a GPU: this many decode processes at most (8 kept an H200 fed with CIFAR
+# JPEGs at 32 px, docs/benchmarks/gpu.md)
+AUTO_WORKERS_MAX = 8
+
+
+def resolve_workers(workers: int | str, device, cpus: int | None = None, local_ranks: int | None = None) -> int:
+    """`data.workers` as a process count. `auto`: none when training on the CPU, where a worker takes
+    a core from the model (on 2 cores one loader worker cost the teacher 5-15% of its speed,
+    docs/benchmarks/throughput.md); on a GPU the cores this process may use (its share of the
+    machine under torchrun, `LOCAL_WORLD_SIZE`) less one for the main process, at most
+    AUTO_WORKERS_MAX: with none, decoding, caching and labeling run on one core while the GPU waits.
+    The count changes speed only: every image's noise is seeded by itself, and rows come back in order."""
+    if workers != "auto":
+        return int(workers)
+    if torch.device(device).type == "cpu":
+        return 0
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if local_ranks is None:
+        local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return max(0, min(AUTO_WORKERS_MAX, cpus // max(1, local_ranks) - 1))
 
 
 def seed_for(*parts) -> int:

@@ -79,7 +79,7 @@ def labeled_source(ctx: RunContext, noise_cfg, batch_size: int):
                                     mean, std, batch_size), len(rows)
     ds = LabeledDataset(at_training_size(ctx.labeled, ctx.cfg.data.image_size), create_train_transform(ctx.cfg.data, noise_cfg),
                         skip_bad=skip)
-    return LabeledBatches(ds, batch_size, ctx.cfg.data.workers), len(ds)
+    return LabeledBatches(ds, batch_size, ctx.workers), len(ds)
 
 
 def selected_pool(ctx: RunContext, sel_path):
@@ -98,7 +98,7 @@ def selected_pool(ctx: RunContext, sel_path):
     sub = pool.subset([id2row[s] for s in ids])
     if ctx.cfg.data.cache and not isinstance(sub, ArraySource) and len(sub):
         # decoded once when it fits; undecodable rows drop out here
-        sub = cache_if_fits(sub, "skip", "the selected pool images (data.unlabeled)", ctx.cfg.data.workers)
+        sub = cache_if_fits(sub, "skip", "the selected pool images (data.unlabeled)", ctx.workers)
     if isinstance(sub, ArraySource) and len(sub.ids) < len(ids):
         keep = {sid: i for i, sid in enumerate(ids)}
         pos = np.asarray([keep[s] for s in sub.ids], dtype=np.int64)
@@ -117,4 +117,4 @@ def pseudo_source(ctx: RunContext, noise_cfg, selection, batch_size: int):
                                    mean, std, batch_size)
     ds = PseudoDataset(at_training_size(sub, ctx.cfg.data.image_size), np.arange(len(sub)), targets, copies,
                        create_train_transform(ctx.cfg.data, noise_cfg))
-    return PseudoBatches(ds, batch_size, ctx.cfg.data.workers)
+    return PseudoBatches(ds, batch_size, ctx.workers)

@@ -25,6 +25,7 @@ from ..artifacts import (file_hash, load_checkpoint, read_stage, remove_run_resu
                          save_checkpoint, write_stage)
 from ..config import Config, config_to_dict
 from ..data import ArraySource, Source, cache_if_fits, default_mean_std, max_side_for
+from ..data.loaders import resolve_workers
 from ..data.infer import create_source_noted as _create
 from ..distributed import resolve_device, world_info
 from ..errors import UserError
@@ -60,6 +61,10 @@ class RunContext:
         self.device = resolve_device(device or cfg.device)
         self.rank, self.world = world_info()
         self.mean, self.std = default_mean_std(cfg.data.in_chans, cfg.data.mean, cfg.data.std)
+        # data.workers as a count (`auto`: none on a CPU, the cores per GPU less one, at most 8)
+        self.workers = resolve_workers(cfg.data.workers, self.device)
+        if cfg.data.workers == "auto" and self.workers and self.rank == 0:
+            log.info("data.workers auto: %d loader processes (%s)", self.workers, self.device)
         self._fingerprints: dict = {}
         self._built: dict = {}            # section -> its source as built (see _build)
         # data.fingerprint: content reads every data file once; the digests are kept in the run
@@ -180,7 +185,7 @@ class RunContext:
         src.max_side = self.max_side
         if not self.cfg.data.cache or isinstance(src, ArraySource):
             return src
-        return cache_if_fits(src, self.policy(role), f"data.{section}", self.cfg.data.workers)
+        return cache_if_fits(src, self.policy(role), f"data.{section}", self.workers)
 
     @property
     def layout(self) -> RunLayout:

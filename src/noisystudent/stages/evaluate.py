@@ -92,15 +92,15 @@ def evaluate_stage(ctx: RunContext, k: int, which: str) -> StageResult:
         model, meta = load_model(mdir / "model.pt", ctx.device, expect_classes=ctx.classes,
                                  channels_last=channels_last_of(cfg, k))
         tta = dict(flip_tta=ecfg.flip_tta, shift_tta=ecfg.shift_tta)
-        report = evaluate_source(model, meta, ctx.test, ecfg.batch_size, ctx.device, cfg.data.workers, **tta)
+        report = evaluate_source(model, meta, ctx.test, ecfg.batch_size, ctx.device, ctx.workers, **tta)
         report["extra"] = {}
         if ctx.val is not None:
-            rep = evaluate_source(model, meta, ctx.val, ecfg.batch_size, ctx.device, cfg.data.workers, "val", **tta)
+            rep = evaluate_source(model, meta, ctx.val, ecfg.batch_size, ctx.device, ctx.workers, "val", **tta)
             report["val"] = {k2: rep[k2] for k2 in ("num_images", "top1", "top5", "ece")}
         for sc, src in zip(cfg.data.extra_test, ctx.extra_tests):
             sc: SourceConfig
             name = sc.name or f"{sc.kind}:{sc.root}"
-            rep = evaluate_source(model, meta, src, ecfg.batch_size, ctx.device, cfg.data.workers, name, **tta)
+            rep = evaluate_source(model, meta, src, ecfg.batch_size, ctx.device, ctx.workers, name, **tta)
             report["extra"][name] = {k2: rep[k2] for k2 in ("num_images", "top1", "top5", "ece", "classes")}
         report.update(model=meta["model_name"], role=meta["role"], image_size=meta["image_size"], round=k,
                       flip_tta=ecfg.flip_tta, shift_tta=ecfg.shift_tta)

@@ -80,7 +80,7 @@ def label_pool(ctx: RunContext, k: int) -> StageResult:
         shards = predict_shards(model, pool, todo, lc.shard_size, image_size=meta["image_size"], mean=meta["mean"],
                                 std=meta["std"], temperature=lc.temperature, flip_tta=lc.flip_tta,
                                 shift_tta=lc.shift_tta, batch_size=batch, device=ctx.device,
-                                workers=cfg.data.workers, skip_bad=ctx.policy("unlabeled") == "skip",
+                                workers=ctx.workers, skip_bad=ctx.policy("unlabeled") == "skip",
                                 teacher_hash=thash,
                                 # true labels of a pool drawn from the labeled set (benchmarks) are
                                 # recorded for reports; an out-of-domain pool's labels mean nothing here

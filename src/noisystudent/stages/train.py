@@ -251,7 +251,7 @@ def finetune(ctx: RunContext, k: int) -> StageResult:
         plain = dataclasses.replace(cfg.data, crop_padding=0, hflip=False)
         ds = LabeledDataset(ctx.labeled, create_train_transform(plain, None, image_size=size))
         meta = dict(meta, image_size=size, role=f"{meta['role']}+finetune", finetune=config_to_dict(ft))
-        res = fit(model, tcfg, LabeledBatches(ds, tcfg.batch_size, cfg.data.workers), out_dir=d,
+        res = fit(model, tcfg, LabeledBatches(ds, tcfg.batch_size, ctx.workers), out_dir=d,
                   seed=seed_for(cfg.seed, "finetune", k), meta=meta, device=ctx.device, desc=f"finetune r{k}")
         # Back to ordinary BatchNorm (statistics kept) so model.pt loads into a fresh architecture.
         unfreeze(res.model, frozen, include_bn_running_stats=True)
