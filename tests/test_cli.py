@@ -87,3 +87,16 @@ def test_finetune_runs_at_the_new_resolution(tmp_path):
     from noisystudent.stages import load_model
     m, meta = load_model(lay.model(1, "finetune") / "model.pt")
     assert meta["image_size"] == 12
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--batch-size", "0"], "argument --batch-size: must be a count >= 1 or 'auto', not '0'"),
+    (["--workers", "many"], "argument --workers: must be a count >= 0 or 'auto', not 'many'"),
+    (["--workers", "-1"], "argument --workers: must be a count >= 0 or 'auto', not '-1'"),
+])
+def test_predict_counts_are_a_number_or_auto(args, fragment, capsys):
+    from noisystudent.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(["predict", "--checkpoint", "m.pt", "--data", "d", "--out", "p.csv", *args])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and fragment in err and "Traceback" not in err

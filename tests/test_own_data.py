@@ -159,6 +159,14 @@ def test_own_data_start_to_finish(tmp_path, capsys):
     assert "top3_prob" in rows[0] and "top4_prob" not in rows[0]
     from noisystudent import predict
     assert len(predict(model, f"imagefolder:{data['test']}")) == 12
+    # batch size and decode processes change the speed, not the predictions (auto: 256 and none on a CPU)
+    other = tmp_path / "preds-b3-w2.csv"
+    assert main(["predict", "--checkpoint", str(model), "--data", str(data["pool"]), "--out", str(other),
+                 "--batch-size", "3", "--workers", "2"]) == 0
+    again = list(csv.DictReader(other.open()))
+    assert [r["sample_id"] for r in again] == [r["sample_id"] for r in rows]
+    assert [r["pred_class"] for r in again] == [r["pred_class"] for r in rows]
+    assert max(abs(float(a["confidence"]) - float(b["confidence"])) for a, b in zip(again, rows)) < 1e-5
 
     # export: all three formats, each reloaded and compared inside export_model; compare again here
     assert main(["export", "--checkpoint", str(model), "--format", "all"]) == 0

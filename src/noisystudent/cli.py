@@ -123,7 +123,9 @@ def cmd_evaluate(args):
     model, meta = load_model(args.checkpoint, device)
     src = create_source(parse_source_spec(args.data), meta["in_chans"], "--data")
     src.max_side = model_max_side(meta, args.image_size or 0)      # images kept as large as the run kept them
-    report = evaluate_source(model, meta, src, args.batch_size, device, image_size=args.image_size)
+    from .labels import label_batch_size
+    batch = label_batch_size(args.batch_size, device, args.image_size or meta["image_size"])
+    report = evaluate_source(model, meta, src, batch, device, image_size=args.image_size)
     report["image_size"] = args.image_size or meta["image_size"]
     if args.robustness:
         ecfg = EvalConfig(max_images=args.max_images)
@@ -223,13 +225,21 @@ def _add_pipeline_commands(sub) -> None:
         sp.set_defaults(fn=_stage_cmd(name))
 
 
-def _workers(text: str):
-    """--workers: a count >= 0 or 'auto' (anything else: argparse's one-line usage error)."""
+def _count(text: str, least: int):
+    """A command-line count >= `least`, or 'auto' (anything else: argparse's one-line usage error)."""
     if text == "auto":
         return text
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"must be a count >= 0 or 'auto', not {text!r}")
+    if not text.isdigit() or int(text) < least:
+        raise argparse.ArgumentTypeError(f"must be a count >= {least} or 'auto', not {text!r}")
     return int(text)
+
+
+def _batch_size(text: str):
+    return _count(text, 1)
+
+
+def _workers(text: str):
+    return _count(text, 0)
 
 
 def _add_model_commands(sub) -> None:
@@ -241,7 +251,8 @@ def _add_model_commands(sub) -> None:
     sp.add_argument("--max-images", type=int, default=1000, help="robustness subset size")
     sp.add_argument("--image-size", type=int, default=None,
                     help="evaluate at this resolution instead of the model's training one")
-    sp.add_argument("--batch-size", type=int, default=256)
+    sp.add_argument("--batch-size", type=_batch_size, default="auto",
+                    help="images per forward pass: N, or auto (default: 1,024 for images <= 64 px on a GPU, else 256)")
     sp.add_argument("--device", default=None)
     sp.add_argument("--out", default=None, help="where to write eval.json (default: beside the checkpoint)")
     sp.set_defaults(fn=cmd_evaluate)
@@ -251,7 +262,8 @@ def _add_model_commands(sub) -> None:
     sp.add_argument("--data", required=True, help="a folder of images (any tree) or KIND:PATH[:SPLIT]")
     sp.add_argument("--out", required=True, help="preds.csv or preds.parquet")
     sp.add_argument("--top-k", type=int, default=5)
-    sp.add_argument("--batch-size", type=int, default=256)
+    sp.add_argument("--batch-size", type=_batch_size, default="auto",
+                    help="images per forward pass: N, or auto (default: 1,024 for images <= 64 px on a GPU, else 256)")
     sp.add_argument("--workers", type=_workers, default="auto",
                     help="decode processes: N, or auto (default: none on a CPU, the cores less one, at most 8, on a GPU)")
     sp.add_argument("--device", default=None)
