@@ -28,7 +28,8 @@ from noisystudent.cli import resolve_config_path  # noqa: E402
 from noisystudent.config import load_config  # noqa: E402
 from noisystudent.errors import UserError  # noqa: E402
 from noisystudent.inference import tta_view_count  # noqa: E402
-from noisystudent.labels import label_batch_size, predict_shard  # noqa: E402
+from noisystudent.inference import inference_batch_size  # noqa: E402
+from noisystudent.labels import predict_shard  # noqa: E402
 from noisystudent.stages.common import RunContext, load_model  # noqa: E402
 from noisystudent.stages.evaluate import evaluate_source  # noqa: E402
 
@@ -85,7 +86,7 @@ def main(argv=None) -> int:
     if args.pool_images and args.pool_images < len(pool):
         pool = pool.subset(np.sort(np.random.default_rng(cfg.seed).choice(len(pool), args.pool_images, replace=False)))
     dev, workers = ctx.device, ctx.workers
-    bs = label_batch_size(cfg.label.batch_size, dev, meta["image_size"])
+    bs = inference_batch_size(cfg.label.batch_size, dev, meta["image_size"])
     rows = []
     for name, flip, shift in settings:
         t0 = time.perf_counter()

@@ -13,7 +13,8 @@ from noisystudent.config import SourceConfig, load_config
 from noisystudent.data import create_source, eval_batches
 from noisystudent.data.loaders import RangeBatches
 from noisystudent.errors import UserError
-from noisystudent.labels import label_batch_size, predict_shard, predict_shards
+from noisystudent.inference import inference_batch_size
+from noisystudent.labels import predict_shard, predict_shards
 from noisystudent.models import create_model
 
 
@@ -83,12 +84,12 @@ def test_one_loader_serves_every_shard_and_tables_match_shard_by_shard(tmp_path,
                                                          "pool/img004"]
 
 
-def test_label_batch_size_auto_by_device_and_image_size():
-    assert label_batch_size("auto", "cpu", 32) == 256
-    assert label_batch_size("auto", torch.device("cuda", 1), 32) == 1024
-    assert label_batch_size("auto", "cuda", 64) == 1024
-    assert label_batch_size("auto", "cuda", 224) == 256       # large images fill the GPU at 256
-    assert label_batch_size(300, "cuda", 32) == 300           # a number is kept as given
+def test_inference_batch_size_auto_by_device_and_image_size():
+    assert inference_batch_size("auto", "cpu", 32) == 256
+    assert inference_batch_size("auto", torch.device("cuda", 1), 32) == 1024
+    assert inference_batch_size("auto", "cuda", 64) == 1024
+    assert inference_batch_size("auto", "cuda", 224) == 256       # large images fill the GPU at 256
+    assert inference_batch_size(300, "cuda", 32) == 300           # a number is kept as given
 
 
 def test_label_batch_size_config_takes_auto_or_a_positive_int():

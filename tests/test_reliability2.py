@@ -120,7 +120,7 @@ def test_config_rule_table(key):
 @pytest.mark.parametrize("sets, message", [
     (["label.shard_size=0"], "config key 'label.shard_size': must be >= 1"),
     (["label.batch_size=0"], "config key 'label.batch_size': must be >= 1 or 'auto'"),
-    (["evaluate.batch_size=0"], "config key 'evaluate.batch_size': must be >= 1"),
+    (["evaluate.batch_size=0"], "config key 'evaluate.batch_size': must be >= 1 or 'auto'"),
     (["data.workers=-1"], "config key 'data.workers': must be in [0, 256] or 'auto'"),
     (["teacher.momentum=-1"], "config key 'teacher.momentum': must be in [0, 1)"),
     (["teacher.label_smoothing=5"], "config key 'teacher.label_smoothing': must be in [0, 1)"),

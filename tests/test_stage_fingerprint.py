@@ -1,6 +1,6 @@
-"""Stage fingerprints: label.batch_size (how fast, not what) stays out of them, and records written
-while it was in them are still recognised, so neither an upgrade nor a smaller batch after an
-out-of-memory error redoes finished labels."""
+"""Stage fingerprints: label.batch_size and evaluate.batch_size (how fast, not what) stay out of
+them, and records written while they were in them are still recognised, so neither an upgrade nor a
+smaller batch after an out-of-memory error redoes finished labels or evaluations."""
 import pytest
 import torch
 
@@ -145,3 +145,14 @@ def test_a_real_cuda_out_of_memory_while_labeling(tmp_path, monkeypatch, capsys)
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == ("error: round 1: out of memory labeling at label.batch_size=1024 (auto); the finished shards "
                    "are kept: rerun with --set label.batch_size=256")
+
+
+def test_an_evaluation_recorded_at_batch_256_is_the_same_stage_at_auto():
+    """evaluate.batch_size left the fingerprint when it became `auto` (2026-12-04): an evaluation
+    stage recorded at the old default 256, before, is still this stage; other keys still count."""
+    def ev(batch, tta=False):
+        return {"evaluate": {"batch_size": batch, "flip_tta": tta}, "test": {"kind": "digits"}}
+    old = {"fingerprint": _legacy(ev(256)), "config": ev(256)}
+    assert stage_fingerprint(ev("auto"), UP, old) == old["fingerprint"]
+    assert stage_fingerprint(ev(1024), UP) == stage_fingerprint(ev("auto"), UP)
+    assert stage_fingerprint(ev("auto", True), UP, old) not in (old["fingerprint"], stage_fingerprint(ev("auto"), UP))

@@ -123,8 +123,8 @@ def cmd_evaluate(args):
     model, meta = load_model(args.checkpoint, device)
     src = create_source(parse_source_spec(args.data), meta["in_chans"], "--data")
     src.max_side = model_max_side(meta, args.image_size or 0)      # images kept as large as the run kept them
-    from .labels import label_batch_size
-    batch = label_batch_size(args.batch_size, device, args.image_size or meta["image_size"])
+    from .inference import inference_batch_size
+    batch = inference_batch_size(args.batch_size, device, args.image_size or meta["image_size"])
     report = evaluate_source(model, meta, src, batch, device, image_size=args.image_size)
     report["image_size"] = args.image_size or meta["image_size"]
     if args.robustness:

@@ -171,7 +171,8 @@ class FinetuneConfig:
 
 @dataclass
 class EvalConfig:
-    batch_size: int = 256
+    # auto: 1,024 for images <= 64 px on a CUDA GPU, else 256 (inference.inference_batch_size)
+    batch_size: Union[int, Literal["auto"]] = "auto"
     flip_tta: bool = False              # score the mean probability over each image and its mirror
     shift_tta: int = 0                  # pixels: also average over each view moved +-N diagonally (0 = off)
     robustness: bool = False

@@ -180,7 +180,7 @@ RULES: dict[str, Range] = {
     "finetune.lr": GT0,
     "finetune.batch_size": GE1,
     "finetune.freeze": GE0,
-    "evaluate.batch_size": GE1,
+    "evaluate.batch_size": Range(1, text="must be >= 1 or 'auto'"),
     "evaluate.severities": Range(1, 5, each=True, text="each must be in 1..5"),
     "evaluate.fgsm_eps": Range(0, 1, hi_open=True, each=True, text="each must be in [0, 1) (pixel scale; 8/255 = 0.0314)"),
     "evaluate.max_images": GE0,

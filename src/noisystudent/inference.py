@@ -15,7 +15,19 @@ import torch.nn.functional as F
 
 from .data import eval_batches
 
-__all__ = ["iter_logits", "tta_views", "tta_view_count"]
+__all__ = ["iter_logits", "tta_views", "tta_view_count", "inference_batch_size"]
+
+
+def inference_batch_size(batch_size: int | str, device, image_size: int) -> int:
+    """`label.batch_size`, `evaluate.batch_size` or a `--batch-size`, with `auto` resolved: 1,024 for
+    small images (<= 64 px) on a CUDA GPU, else 256. Why: at 32 px a batch of 256 is done on an H200
+    before the CPU has queued the next one (the eager forward's ~100 kernel launches), so labeling
+    ran at 75% of bare inference, at 1,024 at 135% (docs/benchmarks/gpu.md); large images keep the
+    GPU busy at 256 already, and need the memory. The size changes speed, not results (eval mode:
+    each image's logits are its own, up to the rounding of batched kernels)."""
+    if batch_size != "auto":
+        return int(batch_size)
+    return 1024 if torch.device(device).type == "cuda" and image_size <= 64 else 256
 
 
 def tta_view_count(hflip: bool, shift: int) -> int:

@@ -23,7 +23,7 @@ from .errors import UserError
 from .pseudo import probs_from_logits
 
 __all__ = ["shard_schema", "shard_name", "list_label_shards", "check_shard_schema", "predict_shard",
-           "predict_shards", "launch_shard", "label_batch_size", "finish_shard", "PendingShard",
+           "predict_shards", "launch_shard", "finish_shard", "PendingShard",
            "LabelDirError", "SCALAR_COLUMNS"]
 
 _SHARD_NAME = re.compile(r"^part-(\d+)\.parquet$")
@@ -98,16 +98,6 @@ class PendingShard:
     source: object
     teacher_hash: str
     keep_true_labels: bool
-
-
-def label_batch_size(batch_size: int | str, device, image_size: int) -> int:
-    """`label.batch_size`, with `auto` resolved: 1,024 for small images (<= 64 px) on a CUDA GPU, else
-    256. Why: at 32 px a batch of 256 is done on an H200 before the CPU has queued the next one (the
-    eager forward's ~100 kernel launches), so labeling ran at 75% of bare inference, at 1,024 at 135%
-    (docs/benchmarks/gpu.md); large images keep the GPU busy at 256 already, and need the memory."""
-    if batch_size != "auto":
-        return int(batch_size)
-    return 1024 if torch.device(device).type == "cuda" and image_size <= 64 else 256
 
 
 @torch.no_grad()

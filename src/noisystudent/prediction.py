@@ -72,9 +72,9 @@ def predict(model_or_path, images, *, top_k: int = 5, batch_size: int | str = "a
     """One row per decodable image: sample_id, pred (index), pred_class, confidence, top_classes,
     top_probs (top_k of them), and label/label_class when the source has labels. `workers`: decode
     processes, or `auto` (none on a CPU, the cores less one on a GPU: `data.loaders.resolve_workers`);
-    `batch_size` `auto`: as the label stage (`labels.label_batch_size`)."""
+    `batch_size` `auto`: as the label stage (`inference.inference_batch_size`)."""
     from .data.loaders import resolve_workers
-    from .labels import label_batch_size
+    from .inference import inference_batch_size
     from .inference import iter_logits
     from .stages.common import model_max_side
     dev = torch.device(device)
@@ -84,7 +84,7 @@ def predict(model_or_path, images, *, top_k: int = 5, batch_size: int | str = "a
     classes = list(meta["classes"])
     k = max(1, min(top_k, len(classes)))
     rows = []
-    batch_size = label_batch_size(batch_size, dev, meta["image_size"])
+    batch_size = inference_batch_size(batch_size, dev, meta["image_size"])
     for views, idx in iter_logits(model, src, meta["image_size"], meta["mean"], meta["std"], batch_size=batch_size,
                                   device=dev, workers=resolve_workers(workers, dev), skip_bad=skip_bad):
         probs = torch.softmax(views[0], dim=1)

@@ -9,7 +9,7 @@ from ..artifacts import write_json
 from ..config import SourceConfig, config_to_dict
 from ..data import Source
 from ..errors import UserError
-from ..inference import iter_logits
+from ..inference import inference_batch_size, iter_logits
 from ..metrics import classification_report
 from .common import RunContext, StageResult, channels_last_of, load_model, run_stage
 
@@ -74,7 +74,8 @@ def run_robustness(model, meta: dict, source: Source, ecfg, cache_dir, device, s
     return evaluate_robustness(model, images, labels, mean=meta["mean"], std=meta["std"],
                                corruptions=corruptions, severities=tuple(ecfg.severities),
                                fgsm_eps=tuple(ecfg.fgsm_eps), perturbations=tuple(ecfg.perturbations),
-                               seed=seed, cache_dir=cache_dir, device=device, batch_size=ecfg.batch_size,
+                               seed=seed, cache_dir=cache_dir, device=device,
+                               batch_size=inference_batch_size(ecfg.batch_size, device, meta["image_size"]),
                                progress=False)
 
 
@@ -92,15 +93,16 @@ def evaluate_stage(ctx: RunContext, k: int, which: str) -> StageResult:
         model, meta = load_model(mdir / "model.pt", ctx.device, expect_classes=ctx.classes,
                                  channels_last=channels_last_of(cfg, k))
         tta = dict(flip_tta=ecfg.flip_tta, shift_tta=ecfg.shift_tta)
-        report = evaluate_source(model, meta, ctx.test, ecfg.batch_size, ctx.device, ctx.workers, **tta)
+        batch = inference_batch_size(ecfg.batch_size, ctx.device, meta["image_size"])
+        report = evaluate_source(model, meta, ctx.test, batch, ctx.device, ctx.workers, **tta)
         report["extra"] = {}
         if ctx.val is not None:
-            rep = evaluate_source(model, meta, ctx.val, ecfg.batch_size, ctx.device, ctx.workers, "val", **tta)
+            rep = evaluate_source(model, meta, ctx.val, batch, ctx.device, ctx.workers, "val", **tta)
             report["val"] = {k2: rep[k2] for k2 in ("num_images", "top1", "top5", "ece")}
         for sc, src in zip(cfg.data.extra_test, ctx.extra_tests):
             sc: SourceConfig
             name = sc.name or f"{sc.kind}:{sc.root}"
-            rep = evaluate_source(model, meta, src, ecfg.batch_size, ctx.device, ctx.workers, name, **tta)
+            rep = evaluate_source(model, meta, src, batch, ctx.device, ctx.workers, name, **tta)
             report["extra"][name] = {k2: rep[k2] for k2 in ("num_images", "top1", "top5", "ece", "classes")}
         report.update(model=meta["model_name"], role=meta["role"], image_size=meta["image_size"], round=k,
                       flip_tta=ecfg.flip_tta, shift_tta=ecfg.shift_tta)

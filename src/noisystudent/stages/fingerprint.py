@@ -8,7 +8,8 @@ left out, so that changing them never redoes finished work:
   (`ADDED_LATER`): upgrading does not redo labels and every student after them;
 - keys that change how fast a stage runs, not what it writes (`SPEED_ONLY`): label.batch_size gives
   the same probabilities up to the float rounding of batched kernels, so lowering it after an
-  out-of-memory error resumes the label stage from its finished shards instead of starting over.
+  out-of-memory error resumes the label stage from its finished shards instead of starting over;
+  evaluate.batch_size the same scores (its default became `auto`: evaluations recorded at 256 stay).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from ..config import config_hash
 __all__ = ["ADDED_LATER", "SPEED_ONLY", "fingerprinted", "stage_fingerprint"]
 
 ADDED_LATER = {"shift_tta": 0}
-SPEED_ONLY = (("label", "batch_size"),)      # paths in the config a stage hands to `run_stage`
+SPEED_ONLY = (("label", "batch_size"), ("evaluate", "batch_size"))   # paths in the config a stage hands to `run_stage`
 
 
 def fingerprinted(config):
@@ -60,7 +61,7 @@ def _with(config: dict, values: dict) -> dict:
 
 def stage_fingerprint(config: dict, upstream: dict, record: dict | None = None) -> str:
     """The fingerprint of a stage run with `config` on `upstream`. `record`, the stage's existing
-    record: one written before SPEED_ONLY keys left the fingerprint (2026-12-04) hashed them, and
+    record: one written before a SPEED_ONLY key left the fingerprint (2026-12-04) hashed it, and
     is still this stage if it differs from `config` only there; its fingerprint is returned then."""
     fp = config_hash({"config": fingerprinted(_with(config, dict.fromkeys(SPEED_ONLY, _GONE))), "inputs": upstream})
     old = (record or {}).get("fingerprint")

@@ -19,7 +19,8 @@ from ..artifacts import atomic_write, file_hash
 from ..config import config_to_dict
 from ..distributed import progress_enabled
 from ..errors import UserError
-from ..labels import label_batch_size, predict_shards, shard_name, shard_schema
+from ..inference import inference_batch_size
+from ..labels import predict_shards, shard_name, shard_schema
 from .common import RunContext, StageResult, channels_last_of, load_model, run_stage
 
 log = logging.getLogger("noisystudent")
@@ -73,7 +74,7 @@ def label_pool(ctx: RunContext, k: int) -> StageResult:
         mine = [s for s in range(n_shards) if s % ctx.world == ctx.rank]
         todo = [s for s in mine if not _shard_ok(d / shard_name(s), len(ctx.classes),
                                                  min(lc.shard_size, len(pool) - s * lc.shard_size), k)]
-        batch = label_batch_size(lc.batch_size, ctx.device, meta["image_size"])
+        batch = inference_batch_size(lc.batch_size, ctx.device, meta["image_size"])
         bar = tqdm(total=len(todo), desc=f"label r{k}", disable=not (progress_enabled() and ctx.rank == 0),
                    leave=True)
         # shard s+1 is queued on the device before shard s is written (predict_shards)

@@ -49,10 +49,12 @@ def _validation(ctx: RunContext, t: TrainConfig, meta: dict) -> dict:
         if t.keep_best:
             raise UserError("keep_best needs a validation set (data.val) and val_every > 0")
         return {}
+    from ..inference import inference_batch_size
     from .evaluate import evaluate_source
 
     def on_val(model) -> dict:
-        r = evaluate_source(model, meta, ctx.val, ctx.cfg.evaluate.batch_size, ctx.device, key="data.val")
+        batch = inference_batch_size(ctx.cfg.evaluate.batch_size, ctx.device, meta["image_size"])
+        r = evaluate_source(model, meta, ctx.val, batch, ctx.device, key="data.val")
         return {"val_top1": r["top1"]}
     return {"eval_fn": on_val, "eval_every": t.val_every, "best_key": "val_top1" if t.keep_best else None}
 
