@@ -31,9 +31,9 @@ AUTO_WORKERS_MAX = 8
 
 def resolve_workers(workers: int | str, device, cpus: int | None = None, local_ranks: int | None = None) -> int:
     """`data.workers` as a process count. `auto`: none when training on the CPU, where a worker takes
-    a core from the model (on 2 cores one loader worker cost the teacher 5-15% of its speed,
-    docs/benchmarks/throughput.md); on a GPU the cores this process may use (its share of the
-    machine under torchrun, `LOCAL_WORLD_SIZE`) less one for the main process, at most
+    a core from the model (on 2 cores one loader worker cost the teacher 2-20% of its speed in the
+    throughput tables, docs/benchmarks/throughput.md); on a GPU the cores this process may use (its
+    share of the machine under torchrun, `LOCAL_WORLD_SIZE`) less one for the main process, at most
     AUTO_WORKERS_MAX: with none, decoding, caching and labeling run on one core while the GPU waits.
     The count changes speed only: every image's noise is seeded by itself, and rows come back in order."""
     if workers != "auto":
