@@ -184,7 +184,7 @@ def test_photos_of_every_kind_are_read_and_unreadable_ones_named_once(data, tmp_
     """A user's folder of phone photos: JPEG saved as .jfif, an iPhone's HEIC (pillow-heif, the
     `heif` extra `make` installs), a portrait shot stored sideways with its EXIF orientation tag, and a
     camera raw file no decoder reads (left out with one warning, not in silence)."""
-    pytest.importorskip("pillow_heif")
+    pytest.importorskip("pillow_heif", reason="HEIC needs the optional pillow-heif (`make` installs the heif extra)")
     exif = Image.Exif()
     exif[0x0112] = 6
     _img(0, 7).save(data / "train" / "cat" / "w.jfif", quality=95)

@@ -115,6 +115,7 @@ def cmd_evaluate(args):
     from .config import EvalConfig
     from .data import create_source
     from .distributed import resolve_device
+    from .inference import inference_batch_size
     from .stages.common import load_model, model_max_side
     from .stages.evaluate import evaluate_source, run_robustness
     if not args.checkpoint or not args.data:
@@ -123,10 +124,10 @@ def cmd_evaluate(args):
     model, meta = load_model(args.checkpoint, device)
     src = create_source(parse_source_spec(args.data), meta["in_chans"], "--data")
     src.max_side = model_max_side(meta, args.image_size or 0)      # images kept as large as the run kept them
-    from .inference import inference_batch_size
-    batch = inference_batch_size(args.batch_size, device, args.image_size or meta["image_size"])
-    report = evaluate_source(model, meta, src, batch, device, image_size=args.image_size)
-    report["image_size"] = args.image_size or meta["image_size"]
+    size = args.image_size or meta["image_size"]
+    report = evaluate_source(model, meta, src, inference_batch_size(args.batch_size, device, size), device,
+                             image_size=args.image_size)
+    report["image_size"] = size
     if args.robustness:
         ecfg = EvalConfig(max_images=args.max_images)
         report["robustness"] = run_robustness(model, meta, src, ecfg, Path(args.checkpoint).parent / "cache", device)

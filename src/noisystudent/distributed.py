@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 __all__ = ["maybe_init_distributed", "shutdown_distributed", "is_main_process", "resolve_device",
            "cpu_has_native_bf16", "autocast_dtype", "seed_everything", "world_info", "progress_enabled",
-           "broadcast_", "any_rank"]
+           "broadcast_", "any_rank", "local_world_size"]
 
 log = logging.getLogger("noisystudent")
 
@@ -104,6 +104,12 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (1 << 32))
     torch.manual_seed(seed)
+
+
+def local_world_size() -> int:
+    """How many of the run's processes share this machine (torchrun's LOCAL_WORLD_SIZE; 1 without it):
+    what they share (memory for caches, cores for decode workers) is divided by this."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
 
 
 def world_info() -> tuple[int, int]:

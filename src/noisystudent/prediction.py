@@ -74,8 +74,7 @@ def predict(model_or_path, images, *, top_k: int = 5, batch_size: int | str = "a
     processes, or `auto` (none on a CPU, the cores less one on a GPU: `data.loaders.resolve_workers`);
     `batch_size` `auto`: as the label stage (`inference.inference_batch_size`)."""
     from .data.loaders import resolve_workers
-    from .inference import inference_batch_size
-    from .inference import iter_logits
+    from .inference import inference_batch_size, iter_logits
     from .stages.common import model_max_side
     dev = torch.device(device)
     model, meta = _load(model_or_path, dev)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
+from ..distributed import local_world_size
 from .sources import ArraySource, BadImage, Source
 from .transforms import to_tensor_batch
 
@@ -42,9 +43,7 @@ def resolve_workers(workers: int | str, device, cpus: int | None = None, local_r
         return 0
     if cpus is None:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if local_ranks is None:
-        local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
-    return max(0, min(AUTO_WORKERS_MAX, cpus // max(1, local_ranks) - 1))
+    return max(0, min(AUTO_WORKERS_MAX, cpus // max(1, local_ranks or local_world_size()) - 1))
 
 
 def seed_for(*parts) -> int:

@@ -11,6 +11,7 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
+from ..distributed import local_world_size
 from ..runlog import env_number
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ def cache_if_fits(src: Source, on_bad: str, what: str, workers: int) -> Source:
     `cache_budget()`, else `src` itself, read from its files each epoch, with one warning line naming
     `what`. Both give the same pixels (`Source.load`), so the same results."""
     # torchrun's ranks on this machine each cache their own copy, at the same time
-    budget = cache_budget(int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    budget = cache_budget(local_world_size())
     try:
         return src.cache(on_bad=on_bad, max_bytes=budget, workers=workers)
     except CacheTooLarge as e:

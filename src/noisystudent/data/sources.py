@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 
 from ..errors import UserError
-from .decode import BadImage, open_image, shrink, upright  # noqa: F401 - shrink re-exported
+from .decode import BadImage, open_image, shrink  # noqa: F401 - shrink re-exported
 from .formats import BROKEN_LINK, IMAGE_EXTENSIONS, unreadable_photos
 from .memory import CacheTooLarge
 
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "IMAGE_EXTENSIONS", "BadImage", "Source", "max_side_for", "ArraySource", "FileSource", "register_source", "list_sources",
-    "create_source", "draw_per_class", "open_image", "upright",
+    "create_source", "draw_per_class", "open_image",
 ]
 
 log = logging.getLogger("noisystudent")
