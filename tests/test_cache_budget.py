@@ -1,5 +1,7 @@
 """`data.cache: true` caches a source only when its decoded images fit (`cache_budget`): a set that
 does not fit is read from its files, with a warning, and the run gives the same results."""
+import os
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -58,8 +60,7 @@ def test_a_run_whose_images_do_not_fit_reads_them_from_files_with_the_same_resul
     assert r.returncode == 0, r.stderr
     for what, n in (("data.labeled", 18), ("data.test", 9), ("the selected pool images (data.unlabeled)", 12)):
         assert (f"{what}: its {n} images would take ~0.0 MiB decoded, more than the 0.0 MiB the cache may use "
-                "(NOISYSTUDENT_CACHE_GB): reading them from their files "
-                "instead (data.workers decodes them in parallel)") in r.stderr
+                "(NOISYSTUDENT_CACHE_GB): reading them from their files instead") in r.stderr
     # the same pixels either way (Source.load), so the same pseudo-labels and the same student
     shards = sorted((tmp_path / "cached" / "round1" / "labels").glob("*.parquet"))
     assert len(shards) == 2                         # 12 pool images in shards of 8
@@ -68,6 +69,40 @@ def test_a_run_whose_images_do_not_fit_reads_them_from_files_with_the_same_resul
         assert a.column("probs").to_pylist() == b.column("probs").to_pylist()
     for ev in ("round0/eval_teacher/eval.json", "round1/eval_student/eval.json"):
         assert (tmp_path / "cached" / ev).read_text() == (tmp_path / "files" / ev).read_text()
+
+
+def test_cache_if_fits_lets_the_ranks_agree(tmp_path, caplog):
+    """`agree` gets whether this process's images fit; a rank told that another's did not reads the
+    files too, even though its own copy fit (it is dropped, with a warning)."""
+    from noisystudent.data import ArraySource, cache_if_fits
+    src = _folder(tmp_path / "f", 20)
+    seen = []
+    assert isinstance(cache_if_fits(src, "fail", "data.test", 0, lambda f: seen.append(f) or f), ArraySource)
+    with caplog.at_level("WARNING", logger="noisystudent"):
+        got = cache_if_fits(src, "fail", "data.test", 0, lambda f: seen.append(f) or False)
+    assert got is src and seen == [True, True]
+    assert "data.test: another process of this run could not cache these images (memory)" in caplog.text
+
+
+def test_torchrun_ranks_cache_only_if_every_rank_can(tmp_path):
+    """Two gloo processes: with rank 1's budget at 0 both read the files (not only rank 1), else both
+    cache. Apart, they would drop undecodable images at different points and take different numbers
+    of steps, and DDP would wait forever."""
+    import subprocess
+    import sys
+    from conftest import ROOT
+    from test_distributed import _free_port
+    _folder(tmp_path / "f", 20)
+    for small, expect in ((1, "files"), (-1, "cached")):
+        out = tmp_path / f"out{small}"
+        out.mkdir()
+        env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "NOISYSTUDENT_CACHE_GB")}
+        p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                            "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
+                            str(ROOT / "tests" / "_ddp_cache_agree.py"), str(tmp_path / "f"), str(out), str(small)],
+                           capture_output=True, text=True, env=dict(env, OMP_NUM_THREADS="1"), timeout=180)
+        assert p.returncode == 0, p.stderr[-3000:]
+        assert [(out / f"rank{r}").read_text() for r in (0, 1)] == [expect, expect]
 
 
 def test_cache_decodes_in_workers_in_row_order_with_the_same_result(tmp_path):

@@ -60,6 +60,18 @@ def test_auto_workers_leave_a_cpu_to_the_model_and_feed_a_gpu(workers, device, c
     assert resolve_workers(workers, device, cpus, ranks) == expect
 
 
+@pytest.mark.parametrize("workers, device, cpus, ranks, expect", [
+    (0, "cpu", 16, 1, 0), (3, "cpu", 2, 1, 3),     # a count is the user's, for caching too
+    ("auto", "cpu", 2, 1, 2),               # no model runs while a source is cached: every core
+    ("auto", "cpu", 64, 1, 8),              # at most 8
+    ("auto", "cpu", 1, 1, 0),               # one core: in the main process
+    ("auto", "cpu", 16, 4, 4),              # torchrun's 4 ranks share 16 cores
+    ("auto", "cuda", 16, 1, 8), ("auto", "cuda", 4, 1, 3)])   # on a GPU as the loaders
+def test_auto_decode_workers_use_every_core_of_a_cpu_while_caching(workers, device, cpus, ranks, expect):
+    from noisystudent.data.loaders import resolve_decode_workers
+    assert resolve_decode_workers(workers, device, cpus, ranks) == expect
+
+
 def test_auto_workers_count_the_cores_this_process_may_use_and_its_local_ranks(monkeypatch):
     import os
     from noisystudent.config import DataConfig
@@ -72,7 +84,7 @@ def test_auto_workers_count_the_cores_this_process_may_use_and_its_local_ranks(m
     assert resolve_workers("auto", "cuda") == 8
 
 
-def test_a_run_on_a_gpu_resolves_auto_workers_once_and_says_so(monkeypatch, tmp_path, caplog):
+def test_a_run_resolves_auto_workers_once_and_says_so(monkeypatch, tmp_path, caplog):
     """What every stage reads (`RunContext.workers`), without a GPU: the device is faked, nothing runs on it."""
     import os
     from noisystudent.config import load_config
@@ -85,6 +97,9 @@ def test_a_run_on_a_gpu_resolves_auto_workers_once_and_says_so(monkeypatch, tmp_
     with caplog.at_level("INFO", logger="noisystudent"):
         ctx = common.RunContext(cfg, tmp_path / "run")
     assert ctx.workers == 3 and cfg.data.workers == "auto"          # the config itself is left as written
-    assert "data.workers auto: 3 loader processes (cuda)" in caplog.text
+    assert "data.workers auto: 3 loader processes, 3 for caching (cuda)" in caplog.text
     monkeypatch.setattr(common, "resolve_device", lambda d: torch.device("cpu"))
-    assert common.RunContext(load_config(resolve_config_path("digits-demo"), ["data.workers=2"]), tmp_path / "r2").workers == 2
+    ctx = common.RunContext(cfg, tmp_path / "cpu")      # the model keeps the cores; caching uses all 4
+    assert (ctx.workers, ctx.decode_workers) == (0, 4)
+    ctx = common.RunContext(load_config(resolve_config_path("digits-demo"), ["data.workers=2"]), tmp_path / "r2")
+    assert ctx.workers == ctx.decode_workers == 2

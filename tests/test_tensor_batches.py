@@ -90,6 +90,9 @@ def test_augment_on_decides_the_path(tmp_path):
     assert batching.use_device_noise(ctx, 100)
     with pytest.raises(UserError, match="'data.augment_on': 'device' needs .* GiB"):
         batching.use_device_noise(ctx, 10**11)
+    ctx.agree = lambda fits: False      # under torchrun, another rank has less memory free: all agree
+    with pytest.raises(UserError, match="needs 0.0 GiB .* but another process of this run has not that much"):
+        batching.use_device_noise(ctx, 100)
 
 
 def test_a_run_on_the_device_path_trains_and_resumes_its_stages(tmp_path):

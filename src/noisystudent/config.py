@@ -63,7 +63,8 @@ class DataConfig:
     crop_padding: int = 1               # random crop with this padding (0 = off), a standard CIFAR aug
     hflip: bool = False                 # digits are not mirror-symmetric; CIFAR is
     # DataLoader worker processes that decode (and on the CPU path noise) images; 0 = in the main
-    # process; auto = 0 on a CPU, min(8, CPUs per GPU - 1) on a GPU (data.loaders.resolve_workers)
+    # process; auto = 0 on a CPU, min(8, CPUs per GPU - 1) on a GPU (data.loaders.resolve_workers);
+    # caching (data.cache) under auto uses every core on a CPU too (resolve_decode_workers)
     workers: Union[int, Literal["auto"]] = "auto"
     cache: bool = True                  # decode each image once into a uint8 array in RAM, when it fits
                                         # (half the available memory; NOISYSTUDENT_CACHE_GB): else read the files

@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 __all__ = ["maybe_init_distributed", "shutdown_distributed", "is_main_process", "resolve_device",
            "cpu_has_native_bf16", "autocast_dtype", "seed_everything", "world_info", "progress_enabled",
-           "broadcast_", "any_rank", "local_world_size"]
+           "broadcast_", "any_rank", "all_ranks", "local_world_size"]
 
 log = logging.getLogger("noisystudent")
 
@@ -129,6 +129,14 @@ def broadcast_(tensors) -> None:
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:
+    """True when `flag` is true on at least one rank. A collective: every rank must call it."""
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
+
+
+def all_ranks(flag: bool, device: torch.device) -> bool:
+    """True when `flag` is true on every rank (`flag` itself when not distributed). A collective."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    return not any_rank(not flag, device)

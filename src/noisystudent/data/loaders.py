@@ -22,8 +22,9 @@ from ..distributed import local_world_size
 from .sources import ArraySource, BadImage, Source
 from .transforms import to_tensor_batch
 
-__all__ = ["LabeledDataset", "PseudoDataset", "EpochSampler", "EpochLoader", "seed_for",
-           "eval_batches", "RangeBatches", "collate_skip_bad", "decode_rows", "resolve_workers", "AUTO_WORKERS_MAX"]
+__all__ = ["LabeledDataset", "PseudoDataset", "EpochSampler", "EpochLoader", "seed_for", "eval_batches",
+           "RangeBatches", "collate_skip_bad", "decode_rows", "resolve_workers", "resolve_decode_workers",
+           "AUTO_WORKERS_MAX"]
 
 # `data.workers: auto` on a GPU: this many decode processes at most (8 kept an H200 fed with CIFAR
 # JPEGs at 32 px, docs/benchmarks/gpu.md)
@@ -31,19 +32,39 @@ AUTO_WORKERS_MAX = 8
 
 
 def resolve_workers(workers: int | str, device, cpus: int | None = None, local_ranks: int | None = None) -> int:
-    """`data.workers` as a process count. `auto`: none when training on the CPU, where a worker takes
-    a core from the model (on 2 cores one loader worker cost the teacher 2-20% of its speed in the
-    throughput tables, docs/benchmarks/throughput.md); on a GPU the cores this process may use (its
-    share of the machine under torchrun, `LOCAL_WORLD_SIZE`) less one for the main process, at most
-    AUTO_WORKERS_MAX: with none, decoding, caching and labeling run on one core while the GPU waits.
-    The count changes speed only: every image's noise is seeded by itself, and rows come back in order."""
+    """`data.workers` as a process count for the loaders that feed a model. `auto`: none when training
+    on the CPU, where a worker takes a core from the model (on 2 cores one loader worker cost the
+    teacher 2-20% of its speed in the throughput tables, docs/benchmarks/throughput.md); on a GPU the
+    cores this process may use (its share of the machine under torchrun, `LOCAL_WORLD_SIZE`) less one
+    for the main process, at most AUTO_WORKERS_MAX: with none, decoding, caching and labeling run on
+    one core while the GPU waits. The count changes speed only: every image's noise is seeded by
+    itself, and rows come back in order."""
     if workers != "auto":
         return int(workers)
     if torch.device(device).type == "cpu":
         return 0
+    return max(0, min(AUTO_WORKERS_MAX, _cpu_share(cpus, local_ranks) - 1))
+
+
+def resolve_decode_workers(workers: int | str, device, cpus: int | None = None,
+                           local_ranks: int | None = None) -> int:
+    """`data.workers` as a process count for decoding a whole source once (`Source.cache`), before
+    any model runs. `auto` on a CPU: every core of this process's share (at most AUTO_WORKERS_MAX;
+    none on one core), because no model competes for them there: on 2 cores, 2 workers cached 41,000
+    CIFAR JPEGs 1.7-2.0x faster than none (docs/benchmarks/throughput.md). On a GPU as
+    `resolve_workers`. A number is the user's, for both."""
+    if workers != "auto" or torch.device(device).type != "cpu":
+        return resolve_workers(workers, device, cpus, local_ranks)
+    share = _cpu_share(cpus, local_ranks)
+    return min(AUTO_WORKERS_MAX, share) if share > 1 else 0
+
+
+def _cpu_share(cpus: int | None, local_ranks: int | None) -> int:
+    """Cores this process may use: its affinity mask (a container's or taskset's limit, not the
+    machine's count) divided among torchrun's ranks on this machine."""
     if cpus is None:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(AUTO_WORKERS_MAX, cpus // max(1, local_ranks or local_world_size()) - 1))
+    return cpus // max(1, local_ranks or local_world_size())
 
 
 def seed_for(*parts) -> int:

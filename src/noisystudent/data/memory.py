@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from ..distributed import local_world_size
 from ..runlog import env_number
@@ -50,21 +50,34 @@ def cache_budget(processes: int = 1) -> int | None:
         return None
 
 
-def cache_if_fits(src: Source, on_bad: str, what: str, workers: int) -> Source:
+def cache_if_fits(src: Source, on_bad: str, what: str, workers: int,
+                  agree: Callable[[bool], bool] | None = None) -> Source:
     """`src` decoded into RAM by `workers` processes (`Source.cache`) when its images fit in
     `cache_budget()`, else `src` itself, read from its files each epoch, with one warning line naming
-    `what`. Both give the same pixels (`Source.load`), so the same results."""
+    `what`. Both give the same pixels (`Source.load`), so the same results.
+
+    `agree(fits)` (torchrun: `distributed.all_ranks`, called by every rank for the same source) makes
+    the choice the run's: a rank whose budget, read from its own machine's memory, was too small makes
+    every rank read the files. Else one rank would train on the cached set, which has dropped its
+    undecodable images (`data.*.bad_images: skip`), and another on the files, which drop them per
+    batch: different batch counts per epoch, and DDP waits forever for a step one rank never takes."""
     # torchrun's ranks on this machine each cache their own copy, at the same time
     budget = cache_budget(local_world_size())
     try:
-        return src.cache(on_bad=on_bad, max_bytes=budget, workers=workers)
+        cached = src.cache(on_bad=on_bad, max_bytes=budget, workers=workers)
     except CacheTooLarge as e:
         why = ("NOISYSTUDENT_CACHE_GB" if os.environ.get("NOISYSTUDENT_CACHE_GB", "").strip() else
                "half the memory available; NOISYSTUDENT_CACHE_GB sets another limit")
         log.warning("%s: its %d images would take ~%s decoded, more than the %s the cache may use (%s): reading "
                     "them from their files instead%s", what, e.total, _size(e.estimate), _size(e.max_bytes), why,
                     "" if workers > 0 else " (data.workers decodes them in parallel)")
+        cached = None
+    if agree is not None and not agree(cached is not None):
+        if cached is not None:
+            log.warning("%s: another process of this run could not cache these images (memory); every process "
+                        "reads them from their files instead, so that all see the same images", what)
         return src
+    return src if cached is None else cached
 
 
 def _size(n: int) -> str:

@@ -32,11 +32,15 @@ def use_device_noise(ctx: RunContext, n_images: int) -> bool:
         return False
     need = n_images * d.image_size * d.image_size * d.in_chans          # uint8 (N, C, S, S)
     budget = torch.cuda.mem_get_info(ctx.device)[0] // 4 if ctx.device.type == "cuda" else CPU_TENSOR_BUDGET
-    if need <= budget:
+    # Under torchrun every rank takes the same path (each reads its own GPU's free memory): ranks on
+    # different paths would noise differently and could count different steps per epoch.
+    if ctx.agree(need <= budget):
         return True
     if d.augment_on == "device":
+        where = (f"{budget / 2**30:.1f} GiB is available" if need > budget else
+                 "another process of this run has not that much GPU memory free")
         raise UserError(f"config key 'data.augment_on': 'device' needs {need / 2**30:.1f} GiB for the decoded "
-                        f"images but {budget / 2**30:.1f} GiB is available; use 'cpu' or 'auto'")
+                        f"images but {where}; use 'cpu' or 'auto'")
     return False
 
 
@@ -98,7 +102,7 @@ def selected_pool(ctx: RunContext, sel_path):
     sub = pool.subset([id2row[s] for s in ids])
     if ctx.cfg.data.cache and not isinstance(sub, ArraySource) and len(sub):
         # decoded once when it fits; undecodable rows drop out here
-        sub = cache_if_fits(sub, "skip", "the selected pool images (data.unlabeled)", ctx.workers)
+        sub = cache_if_fits(sub, "skip", "the selected pool images (data.unlabeled)", ctx.decode_workers, ctx.agree)
     if isinstance(sub, ArraySource) and len(sub.ids) < len(ids):
         keep = {sid: i for i, sid in enumerate(ids)}
         pos = np.asarray([keep[s] for s in sub.ids], dtype=np.int64)

@@ -25,9 +25,9 @@ from ..artifacts import (file_hash, load_checkpoint, read_stage, remove_run_resu
                          save_checkpoint, write_stage)
 from ..config import Config, config_to_dict
 from ..data import ArraySource, Source, cache_if_fits, default_mean_std, max_side_for
-from ..data.loaders import resolve_workers
+from ..data.loaders import resolve_decode_workers, resolve_workers
 from ..data.infer import create_source_noted as _create
-from ..distributed import resolve_device, world_info
+from ..distributed import all_ranks, resolve_device, world_info
 from ..errors import UserError
 from ..layout import RunLayout
 from .. import runlog
@@ -63,8 +63,12 @@ class RunContext:
         self.mean, self.std = default_mean_std(cfg.data.in_chans, cfg.data.mean, cfg.data.std)
         # data.workers as a count (`auto`: none on a CPU, the cores per GPU less one, at most 8)
         self.workers = resolve_workers(cfg.data.workers, self.device)
-        if cfg.data.workers == "auto" and self.workers and self.rank == 0:
-            log.info("data.workers auto: %d loader processes (%s)", self.workers, self.device)
+        # ... and for decoding a whole source into RAM (data.cache), when no model competes for the
+        # cores: `auto` takes them all on a CPU too
+        self.decode_workers = resolve_decode_workers(cfg.data.workers, self.device)
+        if cfg.data.workers == "auto" and self.decode_workers and self.rank == 0:
+            log.info("data.workers auto: %d loader processes, %d for caching (%s)", self.workers,
+                     self.decode_workers, self.device)
         self._fingerprints: dict = {}
         self._built: dict = {}            # section -> its source as built (see _build)
         # data.fingerprint: content reads every data file once; the digests are kept in the run
@@ -185,7 +189,12 @@ class RunContext:
         src.max_side = self.max_side
         if not self.cfg.data.cache or isinstance(src, ArraySource):
             return src
-        return cache_if_fits(src, self.policy(role), f"data.{section}", self.workers)
+        return cache_if_fits(src, self.policy(role), f"data.{section}", self.decode_workers, self.agree)
+
+    def agree(self, flag: bool) -> bool:
+        """True when `flag` is true on every rank of the run (a collective under torchrun: every rank
+        must call it at the same point; rank-0-only stage bodies must not)."""
+        return all_ranks(flag, self.device) if self.world > 1 else flag
 
     @property
     def layout(self) -> RunLayout:
