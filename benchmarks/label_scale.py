@@ -105,7 +105,8 @@ def run_one(n: int, args) -> dict:
     from noisystudent.config import load_config
     from noisystudent.models import create_model
     from noisystudent.selection import select_from_labels
-    from noisystudent.stages.common import RunContext, save_model
+    from noisystudent.stages.common import RunContext
+    from noisystudent.stages.modelfile import save_model
     from noisystudent.stages.label import label_pool
 
     tmp = Path(tempfile.mkdtemp(prefix=f"label_scale_{n}_", dir=args.tmpdir))

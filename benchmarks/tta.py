@@ -30,7 +30,8 @@ from noisystudent.errors import UserError  # noqa: E402
 from noisystudent.inference import tta_view_count  # noqa: E402
 from noisystudent.inference import inference_batch_size  # noqa: E402
 from noisystudent.labels import predict_shard  # noqa: E402
-from noisystudent.stages.common import RunContext, load_model  # noqa: E402
+from noisystudent.stages.common import RunContext  # noqa: E402
+from noisystudent.stages.modelfile import load_model  # noqa: E402
 from noisystudent.stages.evaluate import evaluate_source  # noqa: E402
 
 

@@ -72,7 +72,8 @@ def test_train_stage_initialises_from_the_labeled_images(tmp_path):
     training); with zero steps the saved stem is exactly that."""
     from noisystudent.cli import main
     from noisystudent.data.transforms import normalize
-    from noisystudent.stages.common import RunContext, load_model
+    from noisystudent.stages.common import RunContext
+    from noisystudent.stages.modelfile import load_model
     from noisystudent.config import load_config
     from noisystudent.tensor_batches import decode_all
     from noisystudent.layout import RunLayout

@@ -269,7 +269,8 @@ def test_load_model_channels_last_gives_the_same_predictions(tmp_path):
     """Evaluation and labeling load a model trained channels-last in that layout (1.6x faster on a
     CPU): weights NHWC, logits equal to the NCHW model's up to float rounding, same classes."""
     from noisystudent.config import Config
-    from noisystudent.stages.common import channels_last_of, load_model, save_model
+    from noisystudent.stages.common import channels_last_of
+    from noisystudent.stages.modelfile import load_model, save_model
     torch.manual_seed(0)
     m = create_model("ns_cnn_s", 10, 1).eval()
     save_model(tmp_path / "m.pt", m, {"model_name": "ns_cnn_s", "num_classes": 10, "in_chans": 1,

@@ -173,7 +173,7 @@ def test_own_data_start_to_finish(tmp_path, capsys):
     import numpy as np
     import onnxruntime as ort
     import torch
-    from noisystudent.stages.common import load_model
+    from noisystudent.stages.modelfile import load_model
     m, meta = load_model(model)
     x = torch.randn(3, 3, 32, 32)
     ref = m(x).detach()
@@ -250,7 +250,7 @@ def test_teacher_init_checkpoint(tmp_path, ckpt_classes):
     import json
     import torch
     from noisystudent.models import create_model
-    from noisystudent.stages.common import load_model, save_model
+    from noisystudent.stages.modelfile import load_model, save_model
     torch.manual_seed(5)
     old = create_model("ns_cnn_s", ckpt_classes, 3)
     save_model(tmp_path / "old.pt", old, {"model_name": "ns_cnn_s", "num_classes": ckpt_classes})
@@ -301,7 +301,7 @@ def test_student_pretrained_from_the_local_timm_cache(tmp_path, monkeypatch):
     sdir = RunLayout(tmp_path / "r").model(1, "student")
     info = json.loads((sdir / "stage.json").read_text())["info"]
     assert "timm:test_efficientnet" in info["warm_start"] and "classifier re-initialised" in info["warm_start"]
-    from noisystudent.stages.common import load_model
+    from noisystudent.stages.modelfile import load_model
     student, _ = load_model(sdir / "model.pt")
     assert torch.equal(student.conv_stem.weight, ref.conv_stem.weight)
     assert student.classifier.weight.shape[0] == 3
@@ -370,7 +370,7 @@ def test_predict_and_evaluate_keep_images_as_large_as_the_run_did(tmp_path):
     from noisystudent.data.decode import shrink
     from noisystudent.models import create_model
     from noisystudent.prediction import predict
-    from noisystudent.stages.common import model_max_side
+    from noisystudent.stages.modelfile import model_max_side
     meta = {"image_size": 32, "in_chans": 3, "classes": ["a", "b", "c"], "mean": [0.5] * 3, "std": [0.25] * 3,
             "config": {"data": {"image_size": 32}, "finetune": {"enabled": False, "image_size": 300}}}
     assert model_max_side(meta) == 512                              # 4 x max(32, 128)

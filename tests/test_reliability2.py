@@ -493,7 +493,7 @@ def test_crafted_model_file_is_one_line(finished, tmp_path, changes, fragment):
 ])
 def test_model_metadata_is_validated_before_building(finished, tmp_path, changes, fragment):
     import resource
-    from noisystudent.stages.common import load_model
+    from noisystudent.stages.modelfile import load_model
     model = _crafted(finished, tmp_path, **changes)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with pytest.raises(UserError) as e:

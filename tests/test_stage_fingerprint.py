@@ -69,7 +69,7 @@ def _untrained_teacher(run_dir):
     """round0/teacher of a digits-demo run: an untrained ns_cnn_s, recorded as done."""
     from noisystudent.artifacts import write_stage
     from noisystudent.models import create_model
-    from noisystudent.stages.common import save_model
+    from noisystudent.stages.modelfile import save_model
     cfg = load_config("configs/digits-demo.yaml")
     ctx = RunContext(cfg, run_dir, "cpu")
     tdir = ctx.layout.model(0, "teacher")

@@ -116,7 +116,7 @@ def cmd_evaluate(args):
     from .data import create_source
     from .distributed import resolve_device
     from .inference import inference_batch_size
-    from .stages.common import load_model, model_max_side
+    from .stages.modelfile import load_model, model_max_side
     from .stages.evaluate import evaluate_source, run_robustness
     if not args.checkpoint or not args.data:
         raise UserError("evaluate needs --checkpoint MODEL.pt and --data KIND:PATH[:SPLIT]")

@@ -67,7 +67,7 @@ def _safetensors(model, x, path: Path, meta: dict):
 
 def export_model(checkpoint: str | Path, fmt: str, out: str | Path | None = None, atol: float = 1e-4) -> dict:
     """Export, reload, compare logits. Returns {"path", "format", "max_abs_diff", "meta_path"}."""
-    from .stages.common import load_model
+    from .stages.modelfile import load_model
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     if not Path(checkpoint).is_file():

@@ -55,7 +55,7 @@ def as_source(images: Any, in_chans: int, key: str = "images"):
 
 
 def _load(model_or_path, device):
-    from .stages.common import load_model
+    from .stages.modelfile import load_model
     if isinstance(model_or_path, (str, Path)):
         if not Path(model_or_path).is_file():
             raise UserError(f"checkpoint not found: {model_or_path}")
@@ -75,7 +75,7 @@ def predict(model_or_path, images, *, top_k: int = 5, batch_size: int | str = "a
     `batch_size` `auto`: as the label stage (`inference.inference_batch_size`)."""
     from .data.loaders import resolve_workers
     from .inference import inference_batch_size, iter_logits
-    from .stages.common import model_max_side
+    from .stages.modelfile import model_max_side
     dev = torch.device(device)
     model, meta = _load(model_or_path, dev)
     src = as_source(images, meta["in_chans"])

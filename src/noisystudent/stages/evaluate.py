@@ -11,7 +11,8 @@ from ..data import Source
 from ..errors import UserError
 from ..inference import inference_batch_size, iter_logits
 from ..metrics import classification_report
-from .common import RunContext, StageResult, channels_last_of, load_model, run_stage
+from .common import RunContext, StageResult, channels_last_of, run_stage
+from .modelfile import load_model
 
 __all__ = ["predict_logits", "evaluate_source", "evaluate_stage", "robustness_images", "run_robustness"]
 

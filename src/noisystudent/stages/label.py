@@ -21,7 +21,8 @@ from ..distributed import progress_enabled
 from ..errors import UserError
 from ..inference import inference_batch_size
 from ..labels import predict_shards, shard_name, shard_schema
-from .common import RunContext, StageResult, channels_last_of, load_model, run_stage
+from .common import RunContext, StageResult, channels_last_of, run_stage
+from .modelfile import load_model
 
 log = logging.getLogger("noisystudent")
 

@@ -25,7 +25,8 @@ from timm.utils.model import unfreeze
 from ..models import count_params, create_model, freeze_stages
 from ..models.warmstart import warm_start, warm_start_identity
 from .batching import labeled_source, pseudo_source, selected_pool
-from .common import RunContext, StageResult, load_model, run_stage, save_model
+from .common import RunContext, StageResult, run_stage
+from .modelfile import load_model, save_model
 
 log = logging.getLogger("noisystudent")
 
