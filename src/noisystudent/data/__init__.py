@@ -4,7 +4,8 @@ from .loaders import (EpochSampler, LabeledDataset, PseudoDataset, collate_skip_
 from .memory import CacheTooLarge, cache_budget, cache_if_fits
 from .sources import (IMAGE_EXTENSIONS, ArraySource, BadImage, FileSource, Source, create_source,
                       draw_per_class, max_side_for, open_image, register_source)
-from .streaming import ManifestSource, TarSource   # registers the `tar` and `manifest` kinds
+from .manifest import ManifestSource        # registers the `manifest` kind
+from .streaming import TarSource            # registers the `tar` kind
 from .transforms import TrainTransform, create_train_transform, default_mean_std, to_tensor_batch
 
 __all__ = [
