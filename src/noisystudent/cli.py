@@ -371,6 +371,12 @@ def main(argv: list[str] | None = None) -> int:
             _note(msg)
             print(msg, file=sys.stderr)
             return 2
+        from .data.memory import loader_failure_hint
+        if isinstance(e, RuntimeError) and (hint := loader_failure_hint(str(e))):
+            msg = f"error: {hint}; finished stages are kept: rerun the same command to resume"
+            _note(msg)
+            print(msg, file=sys.stderr)
+            return 2
         print(f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
               "(a bug: rerun with NOISYSTUDENT_DEBUG=1 for the traceback and report it)", file=sys.stderr)
         return 1

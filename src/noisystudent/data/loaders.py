@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from ..distributed import local_world_size
+from .memory import fit_workers_to_shm
 from .sources import ArraySource, BadImage, Source
 from .transforms import to_tensor_batch
 
@@ -203,6 +204,10 @@ class EpochLoader:
 
     def __init__(self, dataset, batch_size: int, workers: int = 0, pin_memory: bool = False):
         self.sampler = SeededItems(len(dataset))
+        # each item is a float32 C x S x S tensor; 4 batches per worker wait in shared memory
+        tf = getattr(dataset, "transform", None)
+        size, chans = getattr(tf, "image_size", 0), getattr(tf, "in_chans", 3)
+        workers = fit_workers_to_shm(workers, batch_size * 4 * chans * size * size, 4, "data.workers (training)")
         # its own generator: the iterator's base seed must not come from (and advance) the global
         # torch RNG that dropout and stochastic depth draw from; items carry their own seeds anyway
         self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, num_workers=workers,
@@ -343,6 +348,9 @@ def eval_batches(source: Source, batch_size: int, image_size: int, mean, std, *,
     # to_tensor_batch pins, and a thread would only add a hop)
     pin = workers > 0 and device is not None and torch.device(device).type == "cuda"
     dataset = _EvalDataset(source, skip_bad, image_size, mean, std)
+    # at most 4 x image_size**2 uint8 pixels or the float32 input per image (_EvalDataset)
+    workers = fit_workers_to_shm(workers, batch_size * 4 * source.in_chans * image_size ** 2, 4,
+                                 "data.workers (labeling, evaluation)")
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=dataset.collate, pin_memory=pin,
                         prefetch_factor=4 if workers > 0 else None)
     for item in loader:

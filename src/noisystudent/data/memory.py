@@ -1,4 +1,5 @@
-"""How much of the machine's memory decoded images may take (`data.cache`).
+"""How much of the machine's memory decoded images may take (`data.cache`), and how many loader
+processes the shared memory their batches travel through can carry (`fit_workers_to_shm`).
 
 `data.cache: true` decodes a source once into RAM, which makes epochs on small images bound by
 compute instead of by decoding. It must not mean that a folder of 12-MP photos fills the memory
@@ -17,7 +18,9 @@ from ..runlog import env_number
 if TYPE_CHECKING:
     from .sources import Source
 
-__all__ = ["CacheTooLarge", "cache_budget", "cache_if_fits"]
+__all__ = ["CacheTooLarge", "cache_budget", "cache_if_fits", "shm_free", "fit_workers_to_shm", "loader_failure_hint"]
+
+SHM = "/dev/shm"        # where torch's DataLoader workers put the tensors they hand over (Linux)
 
 log = logging.getLogger("noisystudent")
 
@@ -78,6 +81,57 @@ def cache_if_fits(src: Source, on_bad: str, what: str, workers: int,
                         "reads them from their files instead, so that all see the same images", what)
         return src
     return src if cached is None else cached
+
+
+# ------------------------------------------------------------------------------------------------
+# shared memory: a DataLoader worker hands each batch's tensors over in /dev/shm. A container's
+# default /dev/shm is 64 MiB (Docker), less than 8 workers' prefetched batches of 224 px images, and
+# the run died with "unable to allocate shared memory(shm)" or a worker's bus error.
+
+def shm_free() -> int | None:
+    """Bytes free in /dev/shm, or None where there is none (not Linux) or it cannot be read."""
+    try:
+        st = os.statvfs(SHM)
+    except (OSError, AttributeError):
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+_warned_shm: set = set()
+
+
+def fit_workers_to_shm(workers: int, batch_bytes: int, prefetch: int, what: str) -> int:
+    """The most of `workers` loader processes whose batches in flight (`prefetch` each, and one being
+    handed over) fit in half the free /dev/shm of this process's share (torchrun's ranks on a machine
+    share it; the other half is for a second loader: joint batches, validation). Fewer, with one
+    warning line naming `what` and the fix, when they do not; `workers` where shm_free() is unknown."""
+    if workers <= 0 or batch_bytes <= 0:
+        return workers
+    free = shm_free()
+    if free is None:
+        return workers
+    budget = free // 2 // local_world_size()
+    fit = max(0, min(workers, (budget // batch_bytes - 1) // max(1, prefetch)))
+    if fit < workers and what not in _warned_shm:
+        _warned_shm.add(what)
+        log.warning("%s: %d loader processes would hold ~%s of batches in shared memory, more than half the %s "
+                    "free in %s: using %d (a container's default is 64 MiB: start it with --shm-size=8g or "
+                    "--ipc=host)", what, workers, _size((workers * prefetch + 1) * batch_bytes), _size(free), SHM, fit)
+    return fit
+
+
+def loader_failure_hint(message: str) -> str | None:
+    """One line for a DataLoader failure that is the machine's, not a bug (`message`: the exception's
+    text, which for a worker's error holds the worker's traceback), else None."""
+    if "shared memory" in message or "(shm)" in message or "Bus error" in message or "bus error" in message:
+        free = shm_free()
+        room = f" ({_size(free)} free)" if free is not None else ""
+        return (f"a data loader process ran out of shared memory in {SHM}{room}; start the container with "
+                "--shm-size=8g or --ipc=host, or set data.workers lower (0: no loader processes)")
+    if "killed by signal: Killed" in message:
+        return ("a data loader process was killed by the system, most likely for lack of memory; set data.workers "
+                "lower, or lower the batch size")
+    return None
 
 
 def _size(n: int) -> str:
