@@ -52,6 +52,8 @@ part() {  # part NAME SECONDS CMD...: run under a time limit, log to $OUT_DIR/NA
 part env 60 "$PY" -c '
 import os, subprocess, torch, timm
 print("torch", torch.__version__, "| timm", timm.__version__, "| cpus", os.cpu_count())
+st = os.statvfs("/dev/shm") if os.path.isdir("/dev/shm") else None   # loaders fit their workers to it
+print("/dev/shm free:", f"{st.f_bavail * st.f_frsize / 2**30:.1f} GiB" if st else "none")
 if torch.cuda.is_available():
     print("device:", torch.cuda.get_device_name(0), "| bf16:", torch.cuda.is_bf16_supported())
     print(subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],

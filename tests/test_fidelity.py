@@ -150,6 +150,31 @@ def test_amp_auto_picks_bf16_only_where_native(monkeypatch):
     assert autocast_dtype("off", torch.device("cpu")) is None
 
 
+@pytest.mark.parametrize("capability, expect", [
+    ((9, 0), torch.bfloat16), ((8, 0), torch.bfloat16), ((8, 6), torch.bfloat16),   # H100/H200, A100, RTX 30xx
+    ((7, 5), torch.float16), ((7, 0), torch.float16),   # T4, V100: bf16 only emulated; fp16 tensor cores
+    ((6, 0), None)])                                    # P100: no tensor cores, fp32
+def test_amp_auto_on_a_gpu_follows_its_compute_capability(monkeypatch, capability, expect):
+    """Without a GPU: the capability is faked, nothing runs on a device. torch's own
+    `is_bf16_supported()` says True on a T4 (emulation), which made `auto` pick slow bf16 there."""
+    import noisystudent.distributed as dist_mod
+    monkeypatch.setattr(dist_mod, "cuda_capability", lambda device: capability)
+    assert autocast_dtype("auto", torch.device("cuda")) == expect
+    assert autocast_dtype("fp16", torch.device("cuda")) == torch.float16
+    assert autocast_dtype("off", torch.device("cuda")) is None
+
+
+def test_forced_bf16_on_an_old_gpu_warns_once(monkeypatch, caplog):
+    import noisystudent.distributed as dist_mod
+    monkeypatch.setattr(dist_mod, "cuda_capability", lambda device: (7, 5))
+    monkeypatch.setattr(dist_mod, "_warned_bf16", False)
+    with caplog.at_level("WARNING", logger="noisystudent"):
+        assert autocast_dtype("bf16", torch.device("cuda")) == torch.bfloat16
+        assert autocast_dtype("bf16", torch.device("cuda")) == torch.bfloat16
+    assert caplog.text.count("amp=bf16 on a GPU without native bf16: expect it to run many times slower than "
+                             "fp16 (use amp: auto)") == 1
+
+
 def test_amp_off_from_yaml_is_accepted():
     assert load_config(DIGITS, ["teacher.amp=off"]).teacher.amp == "off"
 

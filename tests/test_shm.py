@@ -88,6 +88,9 @@ def test_loaders_start_fewer_workers_and_give_the_same_batches(shm, tmp_path, ca
     ("DataLoader worker (pid 123) is killed by signal: Bus error. It is possible that dataloader's workers are "
      "out of shared memory. Please try to raise your shared memory limit.",
      "error: a data loader process ran out of shared memory in /dev/shm"),
+    ("Too many open files. Communication with the workers is no longer possible. Please increase the limit "
+     "using `ulimit -n` in the shell or change the sharing strategy",
+     "error: the data loader processes ran out of open files"),
     ("DataLoader worker (pid 123) is killed by signal: Killed. ",
      "error: a data loader process was killed by the system, most likely for lack of memory")])
 def test_a_loader_that_dies_for_the_machine_is_one_line_not_a_bug(monkeypatch, raised, expect):

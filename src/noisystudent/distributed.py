@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["maybe_init_distributed", "shutdown_distributed", "is_main_process", "resolve_device",
-           "cpu_has_native_bf16", "autocast_dtype", "seed_everything", "world_info", "progress_enabled",
+           "cpu_has_native_bf16", "cuda_capability", "autocast_dtype", "seed_everything", "world_info", "progress_enabled",
            "broadcast_", "any_rank", "all_ranks", "local_world_size"]
 
 log = logging.getLogger("noisystudent")
@@ -79,25 +79,36 @@ def cpu_has_native_bf16() -> bool:
 _warned_bf16 = False
 
 
+def cuda_capability(device: torch.device) -> tuple[int, int]:
+    """(major, minor) compute capability of a CUDA device; ROCm devices count as (8, 0): bf16 native."""
+    if torch.version.hip:
+        return (8, 0)
+    return torch.cuda.get_device_capability(device)
+
+
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """`auto` = bf16 where it is native (CUDA with bf16, or a CPU with AVX512-BF16/AMX), else fp32.
-    A forced `bf16` on a CPU without native support runs (it is what was asked) with one warning."""
+    """`auto` = bf16 where it is native: a CUDA GPU of compute capability >= 8.0 (Ampere, Hopper, ...),
+    or a CPU with AVX512-BF16/AMX. On an older GPU with fp16 tensor cores (7.x: V100, T4) fp16, with
+    the trainer's gradient scaler: `torch.cuda.is_bf16_supported()` is true there too, but only by
+    emulation, without tensor cores. Elsewhere fp32 (emulated bf16 on a CPU is 13-19x slower). A
+    forced `bf16` where it is not native runs (it is what was asked) with one warning."""
     global _warned_bf16
     if amp == "off":
         return None
     if amp == "fp16":
         return torch.float16
-    if device.type == "cuda":
-        native = torch.cuda.is_bf16_supported()
-    else:
-        native = device.type == "cpu" and cpu_has_native_bf16()
+    major = cuda_capability(device)[0] if device.type == "cuda" else 0
+    native = major >= 8 if device.type == "cuda" else device.type == "cpu" and cpu_has_native_bf16()
     if amp == "bf16":
         if not native and not _warned_bf16:
             _warned_bf16 = True
             log.warning("amp=bf16 on a %s without native bf16: expect it to run many times slower than "
-                        "fp32 (use amp: auto)", device.type.upper())
+                        "%s (use amp: auto)", "GPU" if device.type == "cuda" else device.type.upper(),
+                        "fp16" if major >= 7 else "fp32")
         return torch.bfloat16
-    return torch.bfloat16 if native else None
+    if native:
+        return torch.bfloat16
+    return torch.float16 if major >= 7 else None
 
 
 def seed_everything(seed: int) -> None:

@@ -220,6 +220,17 @@ class EpochLoader:
         return iter(self.loader)
 
 
+def _eval_item_bytes(source: Source, row: int, image_size: int) -> int:
+    """Bytes one image of `source` takes in an eval batch, judged by image `row` (one decode): its
+    uint8 pixels, or the float32 input when it is larger (`_EvalDataset`), which bounds any image."""
+    most = 4 * source.in_chans * image_size ** 2
+    try:
+        h, w, c = source.load(row).shape
+    except BadImage:
+        return most
+    return h * w * c if h * w <= 4 * image_size ** 2 else most
+
+
 class _EvalDataset(Dataset):
     """Image i as uint8 HWC, or, when it has more than 4 x image_size**2 pixels (its uint8 pixels
     then outweigh the float32 input the model takes), already made into that input (1, C, S, S)
@@ -348,9 +359,10 @@ def eval_batches(source: Source, batch_size: int, image_size: int, mean, std, *,
     # to_tensor_batch pins, and a thread would only add a hop)
     pin = workers > 0 and device is not None and torch.device(device).type == "cuda"
     dataset = _EvalDataset(source, skip_bad, image_size, mean, std)
-    # at most 4 x image_size**2 uint8 pixels or the float32 input per image (_EvalDataset)
-    workers = fit_workers_to_shm(workers, batch_size * 4 * source.in_chans * image_size ** 2, 4,
-                                 "data.workers (labeling, evaluation)")
+    if workers > 0:
+        first = next(a for a, b in ranges if b > a)
+        workers = fit_workers_to_shm(workers, batch_size * _eval_item_bytes(source, first, image_size), 4,
+                                     "data.workers (labeling, evaluation)")
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=dataset.collate, pin_memory=pin,
                         prefetch_factor=4 if workers > 0 else None)
     for item in loader:

@@ -128,6 +128,9 @@ def loader_failure_hint(message: str) -> str | None:
         room = f" ({_size(free)} free)" if free is not None else ""
         return (f"a data loader process ran out of shared memory in {SHM}{room}; start the container with "
                 "--shm-size=8g or --ipc=host, or set data.workers lower (0: no loader processes)")
+    if "Too many open files" in message or "received 0 items of ancdata" in message:
+        return ("the data loader processes ran out of open files (each batch they hand over holds one); raise "
+                "the limit (ulimit -n 65536), or set data.workers lower")
     if "killed by signal: Killed" in message:
         return ("a data loader process was killed by the system, most likely for lack of memory; set data.workers "
                 "lower, or lower the batch size")
