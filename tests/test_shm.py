@@ -47,9 +47,13 @@ def test_workers_are_cut_to_what_half_the_free_shm_carries(shm, monkeypatch, cap
     assert memory.fit_workers_to_shm(0, batch, 4, "z") == 0
 
 
-def test_shm_free_reads_dev_shm():
-    free = memory.shm_free()
-    assert free is None or free >= 0
+def test_shm_free_reads_the_filesystem_and_none_where_there_is_none(monkeypatch, tmp_path):
+    import os
+    monkeypatch.setattr(memory, "SHM", str(tmp_path))       # any mounted folder: its free bytes
+    st = os.statvfs(tmp_path)
+    assert abs(memory.shm_free() - st.f_bavail * st.f_frsize) < 64 * MiB
+    monkeypatch.setattr(memory, "SHM", str(tmp_path / "none"))
+    assert memory.shm_free() is None
 
 
 def _folder(root, n=40, side=24):
