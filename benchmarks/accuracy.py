@@ -389,7 +389,7 @@ def machine() -> dict:
     except OSError:
         flags, model = "", ""
     return {"cpu": model or platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "avx512_bf16": "avx512_bf16" in flags, "native_bf16": cpu_has_native_bf16(),
+            "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags, "native_bf16": cpu_has_native_bf16(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "torch": torch.__version__, "python": platform.python_version(), **_SPEED}
 
@@ -482,7 +482,8 @@ def write_tables(out: Path, name: str, rows: list, total_s: float, argv: list, l
         groups.setdefault((r["row"], r["round"], r["which"]), []).append(r)
     lines = [f"# {name}: accuracy table", "",
              f"`{meta['command']}`", "",
-             f"{meta['cpu']}, {meta['cores']} cores (AVX512-BF16: {meta['avx512_bf16']}, native bf16: "
+             f"{meta['cpu']}, {meta['cores']} cores (AVX512-BF16: {meta['avx512_bf16']}, "
+             f"AMX-BF16: {meta.get('amx_bf16', 'not recorded')}, native bf16: "
              f"{meta['native_bf16']}), GPU: {meta['gpu']}, torch {meta['torch']}, {meta['date']}, "
              f"{wall_label} {total_s / 60:.1f} min" + (f"; machine speed (bare train step, {meta['bare_what']}): "
                                                         f"{meta['bare_img_s']:,.0f} img/s" if "bare_img_s" in meta else ""), "",
