@@ -4,12 +4,11 @@ fix), and a loader that dies for lack of shared memory anyway is one line, not "
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from conftest import cli
+from test_cache_budget import _folder
 
-from noisystudent.config import SourceConfig
-from noisystudent.data import LabeledDataset, create_source, eval_batches, memory
+from noisystudent.data import LabeledDataset, eval_batches, memory
 from noisystudent.data.loaders import EpochLoader
 from noisystudent.data.transforms import TrainTransform
 
@@ -56,16 +55,8 @@ def test_shm_free_reads_the_filesystem_and_none_where_there_is_none(monkeypatch,
     assert memory.shm_free() is None
 
 
-def _folder(root, n=40, side=24):
-    root.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)).save(root / f"{i:03d}.png")
-    return create_source(SourceConfig(kind="folder", root=str(root)), 3)
-
-
 def test_loaders_start_fewer_workers_and_give_the_same_batches(shm, tmp_path, caplog):
-    src = _folder(tmp_path / "f")
+    src = _folder(tmp_path / "f", 40, side=24)
     ds = LabeledDataset(src, TrainTransform(32, 3, [0.5] * 3, [0.5] * 3, crop_padding=2, hflip=True))
     shm(1024 * MiB)
     roomy = EpochLoader(ds, 8, workers=2)

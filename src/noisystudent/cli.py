@@ -330,9 +330,11 @@ def _on_sigterm(signum, frame):
     raise Terminated()
 
 
-def _note(msg: str) -> None:
+def _say(msg: str) -> None:
+    """The command's last line: on stderr, and in the run's run.log when one is open."""
     from .runlog import note
     note(msg)
+    print(msg, file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -350,15 +352,13 @@ def main(argv: list[str] | None = None) -> int:
         shutdown_distributed()
         return 0
     except UserError as e:
-        _note(f"error: {_one_line(e)}")
-        print(f"error: {_one_line(e)}", file=sys.stderr)
+        _say(f"error: {_one_line(e)}")
         return 2
     except KeyboardInterrupt as e:
         # Ctrl-C and SIGTERM (a scheduler's kill, `kill PID`) alike: finished work is on disk
         what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
         msg = f"{what}: finished work is kept; rerun the same command to resume"
-        _note(msg)
-        print(msg, file=sys.stderr)
+        _say(msg)
         return 143 if isinstance(e, Terminated) else 130
     except Exception as e:  # noqa: BLE001 - last line of defence, keep it to one line for users
         if os.environ.get("NOISYSTUDENT_DEBUG"):
@@ -368,14 +368,12 @@ def main(argv: list[str] | None = None) -> int:
             msg = (f"error: out of memory on the device ({first[:120]}); finished stages are kept: lower "
                    "the batch size of the stage that ran (teacher.batch_size, student.batch_size, "
                    "label.batch_size, evaluate.batch_size) and rerun")
-            _note(msg)
-            print(msg, file=sys.stderr)
+            _say(msg)
             return 2
         from .data.memory import loader_failure_hint
         if isinstance(e, RuntimeError) and (hint := loader_failure_hint(str(e))):
             msg = f"error: {hint}; finished stages are kept: rerun the same command to resume"
-            _note(msg)
-            print(msg, file=sys.stderr)
+            _say(msg)
             return 2
         print(f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
               "(a bug: rerun with NOISYSTUDENT_DEBUG=1 for the traceback and report it)", file=sys.stderr)

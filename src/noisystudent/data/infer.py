@@ -12,7 +12,8 @@ import logging
 import numpy as np
 
 from ..errors import UserError
-from .sources import BadImage, create_source
+from .decode import BadImage
+from .sources import create_source
 
 __all__ = ["require_data", "resolve_data_config", "sample_images", "create_source_noted"]
 

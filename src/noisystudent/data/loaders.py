@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from ..distributed import local_world_size
 from .memory import fit_workers_to_shm
-from .sources import ArraySource, BadImage, Source
+from .decode import BadImage
+from .sources import ArraySource, Source
 from .transforms import to_tensor_batch
 
 __all__ = ["LabeledDataset", "PseudoDataset", "EpochSampler", "EpochLoader", "seed_for", "eval_batches",

@@ -123,7 +123,7 @@ def fit_workers_to_shm(workers: int, batch_bytes: int, prefetch: int, what: str)
 def loader_failure_hint(message: str) -> str | None:
     """One line for a DataLoader failure that is the machine's, not a bug (`message`: the exception's
     text, which for a worker's error holds the worker's traceback), else None."""
-    if "shared memory" in message or "(shm)" in message or "Bus error" in message or "bus error" in message:
+    if "shared memory" in message or "(shm)" in message or "bus error" in message.lower():
         free = shm_free()
         room = f" ({_size(free)} free)" if free is not None else ""
         return (f"a data loader process ran out of shared memory in {SHM}{room}; start the container with "

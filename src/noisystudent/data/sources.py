@@ -19,17 +19,15 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 
 from ..errors import UserError
-from .decode import BadImage, open_image, shrink  # noqa: F401 - shrink re-exported
+from .decode import BadImage, open_image, shrink
 from .formats import BROKEN_LINK, IMAGE_EXTENSIONS, unreadable_photos
 from .memory import CacheTooLarge
 
 if TYPE_CHECKING:
     from .contenthash import ContentHashes
 
-__all__ = [
-    "IMAGE_EXTENSIONS", "BadImage", "Source", "max_side_for", "ArraySource", "FileSource", "register_source", "list_sources",
-    "create_source", "draw_per_class", "open_image",
-]
+__all__ = ["Source", "max_side_for", "ArraySource", "FileSource", "register_source", "list_sources", "create_source",
+           "draw_per_class"]
 
 log = logging.getLogger("noisystudent")
 

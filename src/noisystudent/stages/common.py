@@ -191,7 +191,7 @@ class RunContext:
     def agree(self, flag: bool) -> bool:
         """True when `flag` is true on every rank of the run (a collective under torchrun: every rank
         must call it at the same point; rank-0-only stage bodies must not)."""
-        return all_ranks(flag, self.device) if self.world > 1 else flag
+        return all_ranks(flag, self.device)
 
     @property
     def layout(self) -> RunLayout:
