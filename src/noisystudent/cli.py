@@ -139,9 +139,19 @@ def cmd_evaluate(args):
 
 
 def cmd_init(args):
-    from .starter import write_starter
-    out = write_starter(args.dir, args.force, resolve_config_path(args.recipe) if args.recipe else None)
-    print(f"written: {out}\nedit its data paths (relative to {out.parent}), then: noisystudent run {out}")
+    from .starter import choose_recipe, inspect_data_root, write_starter
+    data, recipe = None, args.recipe
+    if args.data:
+        data = inspect_data_root(args.data)
+        print(f"{args.data}: {data.describe()}")
+        if recipe is None:
+            recipe, why = choose_recipe(data)
+            print(f"starting from {why}; --recipe NAME to choose another")
+    out = write_starter(args.dir, args.force, resolve_config_path(recipe) if recipe else None, data)
+    if data:
+        print(f"written: {out}\ncheck it (`noisystudent config {out}` shows every value), then: noisystudent run {out}")
+    else:
+        print(f"written: {out}\nedit its data paths (relative to {out.parent}), then: noisystudent run {out}")
 
 
 def cmd_config(args):
@@ -284,6 +294,9 @@ def _add_setup_commands(sub) -> None:
     sp.add_argument("--force", action="store_true", help="overwrite an existing config.yaml")
     sp.add_argument("--recipe", metavar="NAME", help="start from a bundled recipe (fashion-mnist-1k, "
                     "cifar10-4k-fast, ...: its steps, noise and schedule) with your folders as its data")
+    sp.add_argument("--data", metavar="ROOT", help="your images: ROOT/train/<class>/*, ROOT/test/<class>/*, "
+                    "ROOT/unlabeled/** (optionally ROOT/val/<class>/*); written into the config, and for "
+                    "images of <= 40 px a bundled small-image recipe is picked unless --recipe says otherwise")
     sp.set_defaults(fn=cmd_init)
 
     sp = sub.add_parser("config", help="print the resolved config (defaults filled in, paths resolved)")

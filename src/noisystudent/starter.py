@@ -1,32 +1,161 @@
 """`noisystudent init DIR` (a commented starter config, or with `--recipe NAME` a bundled recipe
-with your three folders as its data) and `noisystudent config CONFIG` (the resolved config, every
+with your three folders as its data; with `--data ROOT` the folders are found and looked at, and a
+recipe is picked for small images) and `noisystudent config CONFIG` (the resolved config, every
 default filled in)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from .errors import UserError
 
-__all__ = ["TEMPLATE", "write_starter", "recipe_starter_text", "resolved_config_text"]
+__all__ = ["TEMPLATE", "write_starter", "recipe_starter_text", "resolved_config_text", "DataRoot",
+           "inspect_data_root", "choose_recipe"]
 
 TEMPLATE = Path(__file__).parent / "templates" / "own-data.yaml"
 
 
-def write_starter(directory: str | Path, force: bool = False, recipe: Path | None = None) -> Path:
+def write_starter(directory: str | Path, force: bool = False, recipe: Path | None = None,
+                  data: "DataRoot | None" = None) -> Path:
     """Write DIR/config.yaml from the template, or from the recipe at `recipe` (a bundled config)
-    (refusing to overwrite unless `force`)."""
+    (refusing to overwrite unless `force`); with `data` (`inspect_data_root`) its folders are the
+    config's data sections, so nothing is left to edit."""
     d = Path(directory)
     if d.exists() and not d.is_dir():
         raise UserError(f"{d} exists and is not a directory")
     out = d / "config.yaml"
     if out.exists() and not force:
         raise UserError(f"{out} already exists; edit it, or pass --force to overwrite it")
-    text = recipe_starter_text(recipe) if recipe else TEMPLATE.read_text()
+    sources = data.source_lines() if data else None
+    text = recipe_starter_text(recipe, sources) if recipe else template_text(sources)
     d.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     return out
+
+
+def template_text(sources: list[str] | None = None) -> str:
+    """The plain starter; `sources` (lines) replace its three example data sections and the
+    commented validation carve below them."""
+    text = TEMPLATE.read_text()
+    if sources is None:
+        return text
+    lines = text.splitlines()
+    start = lines.index(_TEMPLATE_FIRST)
+    end = lines.index(_TEMPLATE_LAST) + 1
+    return "\n".join(lines[:start] + sources + lines[end:]) + "\n"
+
+
+# the template's block of data sections that `--data` replaces (first and last line)
+_TEMPLATE_FIRST = "  labeled:   {kind: imagefolder, root: train}"
+_TEMPLATE_LAST = "  # labeled: {kind: imagefolder, root: train, exclude: [val]}"
+
+
+# `init --data ROOT`: find the folders, look at the images, pick a recipe ------------------------
+
+_POOL_NAMES = ("unlabeled", "unlabelled", "pool")
+_SMALL_SIDE = 40          # images at most this large train with a bundled small-image recipe
+_MIN_VAL_CLASS = 10       # a validation draw needs this many images in the smallest class
+
+
+@dataclass
+class DataRoot:
+    """What `init --data` found under ROOT: the folders and a look at the labeled images."""
+    train: Path
+    unlabeled: Path
+    test: Path
+    val: Path | None            # ROOT/val/<class>/ when there is one, else a draw from train/
+    classes: list[str]
+    per_class: list[int]        # labeled images per class
+    pool: int
+    tests: int
+    sizes: list[tuple[int, int]]    # (height, width) of the sampled labeled images
+    colour: bool
+
+    @property
+    def max_side(self) -> int:
+        return max(max(s) for s in self.sizes)
+
+    @property
+    def val_per_class(self) -> int:
+        """Images per class drawn from train/ for validation: 20, or a fifth of the smallest class,
+        or 0 (no validation) below `_MIN_VAL_CLASS`; 0 also when ROOT has its own val/."""
+        n = min(self.per_class)
+        return 0 if self.val is not None or n < _MIN_VAL_CLASS else min(20, n // 5)
+
+    def describe(self) -> str:
+        sizes = sorted(set(self.sizes))
+        size = f"{sizes[0][1]}x{sizes[0][0]}" if len(sizes) == 1 else f"{len(sizes)} sizes up to {self.max_side} px"
+        lo, hi = min(self.per_class), max(self.per_class)
+        counts = f"{lo} a class" if lo == hi else f"{lo}-{hi} a class"
+        return (f"{len(self.classes)} classes, {sum(self.per_class):,} labeled images ({counts}), "
+                f"{self.pool:,} unlabeled, {self.tests:,} test; {size}, {'colour' if self.colour else 'grayscale'}")
+
+    def source_lines(self) -> list[str]:
+        def src(**kw) -> str:
+            return yaml.safe_dump(kw, default_flow_style=True, sort_keys=False, width=1000).strip()
+        k = self.val_per_class
+        lines = [f"  # found by `noisystudent init --data`: {self.describe()}"]
+        if self.val is not None:
+            lines += [f"  labeled:   {src(kind='imagefolder', root=str(self.train))}",
+                      f"  val:       {src(kind='imagefolder', root=str(self.val))}   # choose settings on it; test is read once"]
+        elif k:
+            lines += [f"  labeled:   {src(kind='imagefolder', root=str(self.train), exclude=['val'])}   # less the val draw",
+                      f"  val:       {src(kind='imagefolder', root=str(self.train), per_class=k)}   "
+                      f"# {k} a class drawn from train/ (seeded): choose settings on it; test is read once"]
+        else:
+            lines += [f"  labeled:   {src(kind='imagefolder', root=str(self.train))}",
+                      f"  # no validation set: the smallest class has {min(self.per_class)} labeled images "
+                      f"(a draw needs {_MIN_VAL_CLASS}); add ROOT/val/<class>/ to have one"]
+        return lines + [f"  unlabeled: {src(kind='folder', root=str(self.unlabeled))}",
+                        f"  test:      {src(kind='imagefolder', root=str(self.test))}"]
+
+
+def inspect_data_root(root: str | Path) -> DataRoot:
+    """ROOT/train/<class>/*, ROOT/test/<class>/*, an unlabeled tree (ROOT/unlabeled, unlabelled or
+    pool) and optionally ROOT/val/<class>/*: read (listing only, plus 16 labeled images) through the
+    sources a run uses, so an error here is the one the run would give."""
+    from .data.infer import is_colour, sample_images
+    from .data.sources import read_folder, read_imagefolder
+    r = Path(root).expanduser().resolve()
+    if not r.is_dir():
+        raise UserError(f"--data {root}: not a folder")
+    found = sorted(p.name for p in r.iterdir() if p.is_dir() and not p.name.startswith("."))
+    layout = "ROOT/train/<class>/*, ROOT/test/<class>/*, ROOT/unlabeled/** (and optionally ROOT/val/<class>/*)"
+    pool = next((r / n for n in _POOL_NAMES if (r / n).is_dir()), None)
+    for name, p in (("train", r / "train"), ("test", r / "test"), ("unlabeled", pool)):
+        if p is None or not p.is_dir():
+            raise UserError(f"--data {r}: no {name}/ folder (found: {', '.join(found) or 'nothing'}); "
+                            f"expected {layout}; or write the config by hand (`noisystudent init DIR`)")
+    train, test = read_imagefolder(str(r / "train"), "", 3), read_imagefolder(str(r / "test"), "", 3)
+    missing = sorted(set(test.classes) - set(train.classes))
+    if missing:
+        raise UserError(f"--data {r}: test/ has classes train/ has not: {', '.join(missing[:5])}")
+    val = r / "val" if (r / "val").is_dir() else None
+    if val is not None and read_imagefolder(str(val), "", 3).classes != train.classes:
+        raise UserError(f"--data {r}: val/ and train/ have different class folders")
+    imgs = sample_images(train)
+    if not imgs:
+        raise UserError(f"--data {r}: none of the sampled train/ images could be decoded")
+    return DataRoot(train=r / "train", unlabeled=pool, test=r / "test", val=val, classes=list(train.classes),
+                    per_class=np.bincount(train.labels, minlength=len(train.classes)).tolist(),
+                    pool=len(read_folder(str(pool), "", 3)), tests=len(test),
+                    sizes=[(im.shape[0], im.shape[1]) for _, im in imgs], colour=any(is_colour(im) for _, im in imgs))
+
+
+def choose_recipe(data: DataRoot) -> tuple[str | None, str]:
+    """(bundled recipe or None for the plain starter, why). Small images train with the recipes
+    chosen on small images (colour: the CIFAR-10 one, grayscale: the Fashion-MNIST one); larger ones
+    with the plain starter (a timm resnet18, lengths in steps)."""
+    if data.max_side <= _SMALL_SIDE:
+        name = "cifar10-4k-fast" if data.colour else "fashion-mnist-1k"
+        kind = "colour" if data.colour else "grayscale"
+        return name, (f"images of at most {data.max_side} px in {kind}: the bundled recipe '{name}' "
+                      f"(chosen on {'32 px colour' if data.colour else '28 px grayscale'} images; its steps, noise and schedule)")
+    return None, (f"images up to {data.max_side} px: the plain starter (a timm resnet18, lengths in optimizer "
+                  f"steps); for <= {_SMALL_SIDE} px images the bundled small-image recipes are picked instead")
 
 
 def resolved_config_text(cfg, check_data: bool = True) -> tuple[str, str | None]:
@@ -60,10 +189,11 @@ data:
 """
 
 
-def recipe_starter_text(path: Path) -> str:
+def recipe_starter_text(path: Path, sources: list[str] | None = None) -> str:
     """The bundled recipe at `path` with its `data:` section replaced by the three-folder layout of
-    the starter (plus a validation set carved from train/) and its name by `my-run`; the recipe's
-    lengths, noise and comments stay, so the settings chosen on its validation data come along."""
+    the starter (plus a validation set carved from train/), or by `sources` (lines), and its name by
+    `my-run`; the recipe's lengths, noise and comments stay, so the settings chosen on its validation
+    data come along."""
     name, text = path.stem, path.read_text()
     data = (yaml.safe_load(text) or {}).get("data") or {}
     lines = text.splitlines()
@@ -79,11 +209,14 @@ def recipe_starter_text(path: Path) -> str:
         kept.insert(0, f"  # image_size: {data['image_size']}   # the recipe's training size: uncomment to resize your images to it")
     body = [("name: my-run                 # results go to runs/<name>/ (or --run-dir)" if ln.startswith("name:") else ln)
             for ln in lines[:start]]
-    header = [f"# noisystudent starter from the bundled recipe '{name}' (written by `noisystudent init --recipe {name}`).",
-              "# Its data section is yours: edit the three roots below, then:   noisystudent run config.yaml",
+    header = [f"# noisystudent starter from the bundled recipe '{name}' (written by `noisystudent init"
+              f"{' --data ROOT' if sources else ''} --recipe {name}`).",
+              ("# Its data section is yours (found by --data): check it, then:   noisystudent run config.yaml" if sources else
+               "# Its data section is yours: edit the three roots below, then:   noisystudent run config.yaml"),
               "# The lengths (optimizer steps), noise and schedule below were chosen on the recipe's own",
               "# validation data; check them on yours (val below) before trusting a change on test.",
               "# `--set variants=[]` skips the comparison students (no noise, supervised) and their time.",
               "#"]
-    out = header + body + _OWN_SOURCES.splitlines() + kept + lines[end:]
+    own = ["data:", *sources] if sources else _OWN_SOURCES.splitlines()
+    out = header + body + own + kept + lines[end:]
     return "\n".join(out) + "\n"

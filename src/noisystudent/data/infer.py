@@ -15,7 +15,7 @@ from ..errors import UserError
 from .decode import BadImage
 from .sources import create_source
 
-__all__ = ["require_data", "resolve_data_config", "sample_images", "create_source_noted"]
+__all__ = ["require_data", "resolve_data_config", "sample_images", "create_source_noted", "is_colour"]
 
 log = logging.getLogger("noisystudent")
 
@@ -60,7 +60,7 @@ def sample_images(source, n: int = 16) -> list[tuple[str, np.ndarray]]:
     return out
 
 
-def _is_colour(img: np.ndarray) -> bool:
+def is_colour(img: np.ndarray) -> bool:
     if img.shape[2] < 3:
         return False
     a = img.astype(np.int16)
@@ -80,7 +80,7 @@ def resolve_data_config(cfg):
     imgs = sample_images(src)
     if not imgs:
         return cfg          # every sampled file is bad: the labeled set's own check names them
-    colour = [sid for sid, im in imgs if _is_colour(im)]
+    colour = [sid for sid, im in imgs if is_colour(im)]
     in_chans, image_size = d.in_chans, d.image_size
     if in_chans is None:
         in_chans = 3 if colour else 1

@@ -1,0 +1,117 @@
+"""`noisystudent init DIR --data ROOT`: the folders found and written into the config, a look at the
+images, and the recipe picked by their size and colour (or the one `--recipe` names)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from PIL import Image
+
+from noisystudent.cli import main
+from noisystudent.config import load_config
+from noisystudent.layout import RunLayout
+from noisystudent.starter import DataRoot, choose_recipe, inspect_data_root
+from own_data import make_own_data
+
+TINY = ["--set", "teacher.steps=4", "--set", "teacher.warmup_steps=1", "--set", "student.steps=2",
+        "--set", "student.warmup_steps=1", "--set", "variants=[]", "--set", "device=cpu"]
+
+
+def _err(capsys) -> str:
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def _convert(root, fn):
+    for f in root.rglob("*.png"):
+        fn(Image.open(f)).save(f)
+
+
+def test_init_data_writes_the_folders_and_picks_the_small_colour_recipe(tmp_path, capsys):
+    """12 px colour images: the CIFAR-10 recipe with ROOT's folders as its data (absolute paths, so
+    the config works from anywhere), a validation draw of a fifth of the smallest class, and the
+    loop runs on it with no edit."""
+    make_own_data(tmp_path / "mydata", per_class=10, size=12)
+    assert main(["init", str(tmp_path / "proj"), "--data", str(tmp_path / "mydata")]) == 0
+    out = capsys.readouterr().out
+    assert "3 classes, 30 labeled images (10 a class), 18 unlabeled, 12 test; 12x12, colour" in out
+    assert "the bundled recipe 'cifar10-4k-fast'" in out
+    cfg_path = tmp_path / "proj" / "config.yaml"
+    cfg = load_config(cfg_path)
+    assert cfg.models == ["ns_air_s", "ns_air_s"] and cfg.student.init_from_teacher
+    d = cfg.data
+    assert (d.labeled.root, d.labeled.exclude) == (str((tmp_path / "mydata" / "train").resolve()), ["val"])
+    assert (d.val.root, d.val.per_class) == (d.labeled.root, 2)
+    assert d.unlabeled.root.endswith("mydata/pool") and d.unlabeled.kind == "folder"
+    assert d.test.root.endswith("mydata/test")
+    run_dir = tmp_path / "run"
+    assert main(["run", str(cfg_path), "--run-dir", str(run_dir), "--no-report", *TINY]) == 0, capsys.readouterr().err
+    summary = json.loads(RunLayout(run_dir).summary.read_text())
+    assert {(m["round"], m["which"]) for m in summary["models"]} >= {(0, "teacher"), (1, "student")}
+
+
+def test_init_data_grayscale_small_images_get_the_fashion_recipe(tmp_path, capsys):
+    make_own_data(tmp_path / "g", per_class=6, size=12)
+    _convert(tmp_path / "g", lambda im: im.convert("L"))
+    (tmp_path / "g" / "pool").rename(tmp_path / "g" / "unlabeled")
+    assert main(["init", str(tmp_path / "proj"), "--data", str(tmp_path / "g")]) == 0
+    out = capsys.readouterr().out
+    assert "12x12, grayscale" in out and "the bundled recipe 'fashion-mnist-1k'" in out
+    cfg = load_config(tmp_path / "proj" / "config.yaml")
+    assert cfg.models == ["ns_cnn_s", "ns_cnn_s"]
+    # 6 a class is too few to draw a validation set from: none, and the config says why
+    assert cfg.data.val is None and cfg.data.labeled.exclude == []
+    assert "no validation set: the smallest class has 6 labeled images" in (tmp_path / "proj" / "config.yaml").read_text()
+
+
+def test_init_data_large_images_get_the_plain_starter_in_steps(tmp_path, capsys):
+    """Above 40 px: the plain starter (resnet18), its roots replaced, lengths in optimizer steps; a
+    ROOT/val/ folder is the validation set as it is. --recipe still wins over the pick."""
+    make_own_data(tmp_path / "big", per_class=12, size=48)
+    shutil.copytree(tmp_path / "big" / "test", tmp_path / "big" / "val")
+    assert main(["init", str(tmp_path / "proj"), "--data", str(tmp_path / "big")]) == 0
+    assert "the plain starter" in capsys.readouterr().out
+    cfg = load_config(tmp_path / "proj" / "config.yaml")
+    assert cfg.models == ["resnet18", "resnet18"]
+    assert (cfg.teacher.steps, cfg.student.steps) == (5000, 5000) and cfg.teacher.warmup_steps == 250
+    assert cfg.data.val.root.endswith("big/val") and cfg.data.val.per_class is None
+    assert cfg.data.labeled.exclude == [] and cfg.data.labeled.root.endswith("big/train")
+    assert main(["init", str(tmp_path / "p2"), "--data", str(tmp_path / "big"), "--recipe", "fashion-mnist-1k"]) == 0
+    assert load_config(tmp_path / "p2" / "config.yaml").models == ["ns_cnn_s", "ns_cnn_s"]
+
+
+def test_init_data_says_what_is_missing(tmp_path, capsys):
+    make_own_data(tmp_path / "d", per_class=4)
+    assert main(["init", str(tmp_path / "p"), "--data", str(tmp_path / "d" / "train")]) == 2
+    assert "no train/ folder (found: cat, dog, ship); expected ROOT/train/<class>/*" in _err(capsys)
+    shutil.rmtree(tmp_path / "d" / "pool")
+    assert main(["init", str(tmp_path / "p"), "--data", str(tmp_path / "d")]) == 2
+    assert "no unlabeled/ folder (found: test, train)" in _err(capsys)
+    (tmp_path / "d" / "unlabeled").mkdir()
+    assert main(["init", str(tmp_path / "p"), "--data", str(tmp_path / "d")]) == 2
+    assert "no image files found" in _err(capsys)
+    make_own_data(tmp_path / "e", per_class=4)
+    (tmp_path / "e" / "test" / "cat").rename(tmp_path / "e" / "test" / "lion")
+    assert main(["init", str(tmp_path / "p"), "--data", str(tmp_path / "e")]) == 2
+    assert "test/ has classes train/ has not: lion" in _err(capsys)
+    assert main(["init", str(tmp_path / "p"), "--data", str(tmp_path / "nowhere")]) == 2
+    assert "not a folder" in _err(capsys)
+    assert not (tmp_path / "p").exists()                    # nothing written when it stops
+
+
+@pytest.mark.parametrize("side,colour,want", [(28, False, "fashion-mnist-1k"), (32, True, "cifar10-4k-fast"),
+                                              (40, True, "cifar10-4k-fast"), (41, True, None), (224, False, None)])
+def test_choose_recipe_by_size_and_colour(side, colour, want, tmp_path):
+    data = DataRoot(train=tmp_path, unlabeled=tmp_path, test=tmp_path, val=None, classes=["a", "b"],
+                    per_class=[50, 40], pool=100, tests=10, sizes=[(side, side), (side - 2, side)], colour=colour)
+    assert choose_recipe(data)[0] == want
+    assert data.val_per_class == 8                          # a fifth of the smallest class, at most 20
+
+
+def test_inspect_reads_mixed_sizes(tmp_path):
+    make_own_data(tmp_path / "m", per_class=5, size=20)
+    img = next((tmp_path / "m" / "train" / "dog").glob("*.png"))
+    Image.open(img).resize((64, 30)).save(img)
+    data = inspect_data_root(tmp_path / "m")
+    assert data.max_side == 64 and choose_recipe(data)[0] is None
+    assert "2 sizes up to 64 px" in data.describe()
