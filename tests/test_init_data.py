@@ -74,6 +74,7 @@ def test_init_data_large_images_get_the_plain_starter_in_steps(tmp_path, capsys)
     cfg = load_config(tmp_path / "proj" / "config.yaml")
     assert cfg.models == ["resnet18", "resnet18"]
     assert (cfg.teacher.steps, cfg.student.steps) == (5000, 5000) and cfg.teacher.warmup_steps == 250
+    assert cfg.teacher.noise.randaugment and cfg.student.noise.drop_path_rate == 0.2
     assert cfg.data.val.root.endswith("big/val") and cfg.data.val.per_class is None
     assert cfg.data.labeled.exclude == [] and cfg.data.labeled.root.endswith("big/train")
     assert main(["init", str(tmp_path / "p2"), "--data", str(tmp_path / "big"), "--recipe", "fashion-mnist-1k"]) == 0
