@@ -116,3 +116,22 @@ def test_inspect_reads_mixed_sizes(tmp_path):
     data = inspect_data_root(tmp_path / "m")
     assert data.max_side == 64 and choose_recipe(data)[0] is None
     assert "2 sizes up to 64 px" in data.describe()
+
+
+def test_the_transfer_set_is_what_init_data_reads(tmp_path, capsys):
+    """benchmarks/transfer_set.py (the transfer check's data): seeded, disjoint splits in init --data's
+    layout, converted and resized as asked."""
+    import importlib.util
+    from conftest import ROOT
+    spec = importlib.util.spec_from_file_location("transfer_set", ROOT / "benchmarks" / "transfer_set.py")
+    ts = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ts)
+    make_own_data(tmp_path / "src", per_class=6, size=12)
+    counts = ts.build(tmp_path / "src", tmp_path / "t", gray=True, size=10, train=2, val=1, unlabeled=3, test=0)
+    assert counts == {"train": 6, "val": 3, "unlabeled": 9, "test": 12}
+    stems = [{p.stem.split("_")[-1] for p in (tmp_path / "t" / s).rglob("*.png")} for s in ("train", "val", "unlabeled")]
+    assert not (stems[0] & stems[1]) and not (stems[0] & stems[2]) and not (stems[1] & stems[2])
+    assert Image.open(next((tmp_path / "t" / "unlabeled").glob("*.png"))).mode == "L"
+    data = inspect_data_root(tmp_path / "t")
+    assert data.sizes[0] == (10, 10) and not data.colour and data.val is not None
+    assert choose_recipe(data)[0] == "fashion-mnist-1k"
