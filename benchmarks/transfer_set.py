@@ -67,9 +67,6 @@ def main() -> None:
     if a.out.exists():
         sys.exit(f"{a.out} exists: remove it first")
     counts = build(a.src, a.out, a.gray, a.size, a.train, a.val, a.unlabeled, a.test, a.seed)
-    if not a.val:
-        import shutil
-        shutil.rmtree(a.out / "val", ignore_errors=True)
     print(f"{a.out}: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
 
 

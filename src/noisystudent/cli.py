@@ -148,10 +148,9 @@ def cmd_init(args):
             recipe, why = choose_recipe(data)
             print(f"starting from {why}; --recipe NAME to choose another")
     out = write_starter(args.dir, args.force, resolve_config_path(recipe) if recipe else None, data)
-    if data:
-        print(f"written: {out}\ncheck it (`noisystudent config {out}` shows every value), then: noisystudent run {out}")
-    else:
-        print(f"written: {out}\nedit its data paths (relative to {out.parent}), then: noisystudent run {out}")
+    todo = (f"check it (`noisystudent config {out}` shows every value)" if data else
+            f"edit its data paths (relative to {out.parent})")
+    print(f"written: {out}\n{todo}, then: noisystudent run {out}")
 
 
 def cmd_config(args):

@@ -16,6 +16,9 @@ __all__ = ["TEMPLATE", "write_starter", "recipe_starter_text", "resolved_config_
            "inspect_data_root", "choose_recipe"]
 
 TEMPLATE = Path(__file__).parent / "templates" / "own-data.yaml"
+# the template's block of data sections that `--data` replaces (first and last line)
+_TEMPLATE_FIRST = "  labeled:   {kind: imagefolder, root: train}"
+_TEMPLATE_LAST = "  # labeled: {kind: imagefolder, root: train, exclude: [val]}"
 
 
 def write_starter(directory: str | Path, force: bool = False, recipe: Path | None = None,
@@ -46,11 +49,6 @@ def template_text(sources: list[str] | None = None) -> str:
     start = lines.index(_TEMPLATE_FIRST)
     end = lines.index(_TEMPLATE_LAST) + 1
     return "\n".join(lines[:start] + sources + lines[end:]) + "\n"
-
-
-# the template's block of data sections that `--data` replaces (first and last line)
-_TEMPLATE_FIRST = "  labeled:   {kind: imagefolder, root: train}"
-_TEMPLATE_LAST = "  # labeled: {kind: imagefolder, root: train, exclude: [val]}"
 
 
 # `init --data ROOT`: find the folders, look at the images, pick a recipe ------------------------
