@@ -4,7 +4,8 @@
 # 12 s, tests 14 s, profile 66 s, throughput 29 s (at 40 steps; now 100), fast 67 s, loop 148 s;
 # sanity was not run (the default parts fit one 10-minute call):
 #   1. env         CUDA visible, bf16, versions
-#   2. tests       `pytest -m gpu`: the on-device noise against the CPU reference, the prefetch, eval batches, a real CUDA OOM
+#   2. tests       `pytest -m gpu`: the on-device noise against the CPU reference, the prefetch, eval batches, a real CUDA OOM,
+#                  torchrun `--device cpu` where CUDA is visible (backend cpu:gloo,cuda:nccl)
 #   3. profile     where a step's time goes (bare vs ours, prefetch off/on, the noise alone, labeling)
 #   4. throughput  ours vs a bare loop, WRN-28-2, batch 256, bf16, PIL workers and on-device noise, labeling
 #   5. fast        the fast recipe (cifar10-4k-fast: ns_air_s, one round), whole loop, wall + accuracy
@@ -64,8 +65,8 @@ if [ ! -d data/cifar10/train ]; then
   mkdir -p data/cifar10 && tar xzf "$CIFAR_TAR" -C data/cifar10 || failed+=("extract")
 fi
 if [ -z "${DRY:-}" ]; then
-  part tests 60 "$PY" -m pytest -o addopts= -q -p no:cacheprovider -m gpu tests/test_batch_noise.py tests/test_label_stream.py \
-    tests/test_tensor_batches.py tests/test_stage_fingerprint.py
+  part tests 120 "$PY" -m pytest -o addopts= -q -p no:cacheprovider -m gpu tests/test_batch_noise.py tests/test_label_stream.py \
+    tests/test_tensor_batches.py tests/test_stage_fingerprint.py tests/test_distributed.py
 fi
 # where a step's time goes: bare vs ours (side-stream prefetch off/on), the noise alone, labeling
 part profile 140 "$PY" benchmarks/gpu_profile.py --device "$DEV" "${GP[@]}" --out "$RUNS/profile"

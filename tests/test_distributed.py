@@ -20,6 +20,8 @@ import tarfile
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
+import torch
 
 from noisystudent.artifacts import load_checkpoint
 from noisystudent.layout import RunLayout
@@ -165,3 +167,39 @@ def test_torchrun_two_cpu_processes(tmp_path):
         assert (labels / name).stat().st_mtime_ns == mtime, f"{name} was recomputed"
     assert pq.read_table(gone).equals(expected)
     assert json.loads((labels / "stage.json").read_text())["status"] == "done"
+
+
+def test_process_group_serves_cpu_tensors_on_a_gpu_machine(monkeypatch):
+    """The group starts before the config names the device: on a CUDA machine it must serve CPU tensors
+    too (gloo beside nccl), and rank 1 of two on a one-GPU machine selects GPU 0, not a missing GPU 1."""
+    import torch.distributed as dist
+    from noisystudent import distributed as D
+    seen = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, timeout: seen.update(backend=backend))
+    monkeypatch.setattr(dist, "get_rank", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: seen.update(gpu=i))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert D.maybe_init_distributed()
+    assert seen == {"backend": "cpu:gloo,cuda:nccl", "gpu": 0}
+    seen.clear()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert D.maybe_init_distributed()
+    assert seen == {"backend": "gloo"}
+
+
+@pytest.mark.gpu
+def test_torchrun_device_cpu_on_a_gpu_machine(tmp_path):
+    """`--device cpu` under torchrun where CUDA is visible (NCCL alone failed it at the first CPU
+    collective): the whole loop on 2 CPU ranks, both ranks ending with the same weights."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    run_dir, hashes = tmp_path / "run", tmp_path / "hashes"
+    hashes.mkdir()
+    _torchrun(str(ROOT / "tests" / "_ddp_fit_hashes.py"), str(hashes), *_run_args(run_dir, SETS))
+    for desc in ("teacher", "student_r1"):
+        assert (hashes / f"{desc}.rank0").read_text() == (hashes / f"{desc}.rank1").read_text()
+    assert json.loads((RunLayout(run_dir).eval(1, "student") / "stage.json").read_text())["status"] == "done"

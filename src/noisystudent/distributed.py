@@ -1,6 +1,7 @@
 """Where and how a process computes: device choice, mixed precision, seeding, and torchrun support.
 
-Backend `nccl` on CUDA, `gloo` on CPU (so multi-process runs are testable on a laptop). The trainer,
+Backend `gloo` for CPU tensors everywhere (multi-process runs are testable on a laptop) and `nccl` for
+CUDA tensors where there is a GPU. The trainer,
 the label stage and the CLI use these; `torch.distributed` does the real work, and these are the few
 lines around it that keep every rank in step (same seeds, same skips, rank 0's buffers).
 """
@@ -27,9 +28,13 @@ def maybe_init_distributed() -> bool:
     """Init the default process group when launched by torchrun (WORLD_SIZE > 1); no-op otherwise."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
         return False
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    cuda = torch.cuda.is_available()
+    if cuda:    # the GPU resolve_device picks for this rank, so NCCL's communicators find it current
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+    # The group starts before the config says which device the run uses, so on a GPU machine it
+    # serves both: NCCL for CUDA tensors, gloo for CPU ones (`--device cpu`, barriers, object
+    # broadcasts). NCCL alone fails a `--device cpu` run at its first CPU collective.
+    backend = "cpu:gloo,cuda:nccl" if cuda else "gloo"
     # Rank-0-only stages (select, evaluate with robustness) keep the other ranks at a barrier for as
     # long as they take; the default timeouts (10 min NCCL, 30 min gloo) would kill a healthy run.
     # A crashed rank does not need the timeout: torchrun stops the whole group when one exits.
