@@ -17,7 +17,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["maybe_init_distributed", "shutdown_distributed", "is_main_process", "resolve_device",
+from .errors import UserError
+
+__all__ = ["maybe_init_distributed", "shutdown_distributed", "is_main_process", "resolve_device", "device_name_error",
            "cpu_has_native_bf16", "cuda_capability", "autocast_dtype", "seed_everything", "world_info", "progress_enabled",
            "broadcast_", "any_rank", "all_ranks", "local_world_size"]
 
@@ -63,13 +65,42 @@ def is_main_process() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
+def device_name_error(name: str) -> str | None:
+    """Why `name` cannot name a device (None when it can): `auto`, or a torch device string, `cpu`,
+    `cuda`, `cuda:N`, `mps`, ... Only the spelling; whether this machine has it is `resolve_device`'s."""
+    if name == "auto":
+        return None
+    try:
+        torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        return f"{name!r} is not a device; use auto, cpu, cuda or cuda:N"
+    return None
+
+
 def resolve_device(name: str = "auto") -> torch.device:
+    """The device `name` means on this machine: `auto` = this rank's GPU (LOCAL_RANK under torchrun)
+    when CUDA is visible, else the CPU. A misspelt name, or a GPU this machine does not have, is a
+    one-line UserError here, before any stage starts, not a CUDA error in the middle of one."""
+    if why := device_name_error(name):
+        raise UserError(f"device {why}")
     if name == "auto" and not torch.cuda.is_available():
         return torch.device("cpu")
     if name in ("auto", "cuda") and torch.cuda.is_available():   # under torchrun: GPU LOCAL_RANK
         rank = int(os.environ.get("LOCAL_RANK", 0))
         return torch.device("cuda", rank % torch.cuda.device_count())
-    return torch.device(name)
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = (f"a CPU-only build of torch {torch.__version__}" if torch.version.cuda is None
+                     else f"torch {torch.__version__} (CUDA {torch.version.cuda}) finds no NVIDIA GPU or driver")
+            raise UserError(f"device {name!r}: no CUDA GPU is visible here ({build}); use --device auto or cpu")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            which = "cuda:0" if count == 1 else f"cuda:0 to cuda:{count - 1}"
+            raise UserError(f"device {name!r}: this machine has {count} CUDA GPU(s) ({which})")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"device {name!r}: no Apple GPU (MPS) is available here; use --device auto or cpu")
+    return dev
 
 
 def cpu_has_native_bf16() -> bool:

@@ -72,11 +72,13 @@ def predict(model_or_path, images, *, top_k: int = 5, batch_size: int | str = "a
     """One row per decodable image: sample_id, pred (index), pred_class, confidence, top_classes,
     top_probs (top_k of them), and label/label_class when the source has labels. `workers`: decode
     processes, or `auto` (none on a CPU, the cores less one on a GPU: `data.loaders.resolve_workers`);
-    `batch_size` `auto`: as the label stage (`inference.inference_batch_size`)."""
+    `batch_size` `auto`: as the label stage (`inference.inference_batch_size`). `device`: as in a
+    config (`auto`, `cpu`, `cuda`, `cuda:N`); one this machine lacks is a UserError."""
     from .data.loaders import resolve_workers
+    from .distributed import resolve_device
     from .inference import inference_batch_size, iter_logits
     from .stages.modelfile import model_max_side
-    dev = torch.device(device)
+    dev = resolve_device(str(device))
     model, meta = _load(model_or_path, dev)
     src = as_source(images, meta["in_chans"])
     src.max_side = model_max_side(meta)          # the pixels the run's evaluation saw (and photos decode faster)
