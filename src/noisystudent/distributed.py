@@ -1,9 +1,9 @@
 """Where and how a process computes: device choice, mixed precision, seeding, and torchrun support.
 
 Backend `gloo` for CPU tensors everywhere (multi-process runs are testable on a laptop) and `nccl` for
-CUDA tensors where there is a GPU. The trainer,
-the label stage and the CLI use these; `torch.distributed` does the real work, and these are the few
-lines around it that keep every rank in step (same seeds, same skips, rank 0's buffers).
+CUDA tensors where there is a GPU. The trainer, the label stage and the CLI use these;
+`torch.distributed` does the real work, and these are the few lines around it that keep every rank
+in step (same seeds, same skips, rank 0's buffers).
 """
 from __future__ import annotations
 
