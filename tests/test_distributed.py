@@ -192,11 +192,11 @@ def test_process_group_serves_cpu_tensors_on_a_gpu_machine(monkeypatch):
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="needs a CUDA GPU: checks torchrun --device cpu where CUDA is visible")
 def test_torchrun_device_cpu_on_a_gpu_machine(tmp_path):
     """`--device cpu` under torchrun where CUDA is visible (NCCL alone failed it at the first CPU
     collective): the whole loop on 2 CPU ranks, both ranks ending with the same weights."""
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA device")
     run_dir, hashes = tmp_path / "run", tmp_path / "hashes"
     hashes.mkdir()
     _torchrun(str(ROOT / "tests" / "_ddp_fit_hashes.py"), str(hashes), *_run_args(run_dir, SETS))

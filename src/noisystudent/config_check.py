@@ -242,7 +242,8 @@ def validate(cfg) -> None:
          f"must be a round of the run, 1 to rounds={cfg.rounds}, got {cfg.variants_round}")
     _check_excludes(cfg.data)
     from .distributed import device_name_error      # the spelling now; the machine at run time
-    need(not device_name_error(cfg.device), "device", device_name_error(cfg.device))
+    bad_device = device_name_error(cfg.device)
+    need(bad_device is None, "device", bad_device)
     if cfg.student.init_from_teacher:       # caught now, not after the teacher has trained for an hour
         for k in range(1, cfg.rounds + 1):
             a, b = cfg.model_for_round(k - 1), cfg.model_for_round(k)

@@ -32,7 +32,7 @@ def maybe_init_distributed() -> bool:
         return False
     cuda = torch.cuda.is_available()
     if cuda:    # the GPU resolve_device picks for this rank, so NCCL's communicators find it current
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+        torch.cuda.set_device(_local_gpu())
     # The group starts before the config says which device the run uses, so on a GPU machine it
     # serves both: NCCL for CUDA tensors, gloo for CPU ones (`--device cpu`, barriers, object
     # broadcasts). NCCL alone fails a `--device cpu` run at its first CPU collective.
@@ -65,6 +65,11 @@ def is_main_process() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
+def _local_gpu() -> int:
+    """This rank's GPU: torchrun's LOCAL_RANK, wrapped onto the GPUs there are (0 without torchrun)."""
+    return int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count()
+
+
 def device_name_error(name: str) -> str | None:
     """Why `name` cannot name a device (None when it can): `auto`, or a torch device string, `cpu`,
     `cuda`, `cuda:N`, `mps`, ... Only the spelling; whether this machine has it is `resolve_device`'s."""
@@ -86,8 +91,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto" and not torch.cuda.is_available():
         return torch.device("cpu")
     if name in ("auto", "cuda") and torch.cuda.is_available():   # under torchrun: GPU LOCAL_RANK
-        rank = int(os.environ.get("LOCAL_RANK", 0))
-        return torch.device("cuda", rank % torch.cuda.device_count())
+        return torch.device("cuda", _local_gpu())
     dev = torch.device(name)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
