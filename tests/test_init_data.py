@@ -135,3 +135,42 @@ def test_the_transfer_set_is_what_init_data_reads(tmp_path, capsys):
     data = inspect_data_root(tmp_path / "t")
     assert data.sizes[0] == (10, 10) and not data.colour and data.val is not None
     assert choose_recipe(data)[0] == "fashion-mnist-1k"
+
+
+def _resize_some(root, sizes):
+    """Resize train/ images in turn to each (width, height) of `sizes`."""
+    for f, wh in zip(sorted(root.rglob("train/*/*.png")), sizes * 100):
+        Image.open(f).resize(wh).save(f)
+
+
+def test_init_data_mixed_sizes_writes_a_training_size(tmp_path, capsys):
+    """Images of several sizes (or one non-square size): a run stops without `data.image_size`, so
+    `init --data` writes one, and the config resolves with no edit: the median shorter side rounded
+    down to a multiple of 8 for the plain starter, the recipe's own size for small images."""
+    make_own_data(tmp_path / "big", per_class=10, size=60)
+    _resize_some(tmp_path / "big", [(64, 48), (72, 60), (80, 64)])
+    assert main(["init", str(tmp_path / "p"), "--data", str(tmp_path / "big")]) == 0
+    text = (tmp_path / "p" / "config.yaml").read_text()
+    assert "image_size: 56   # every image is resized to this square (yours: 3 sizes, 64x48 to 80x64)" in text
+    assert load_config(tmp_path / "p" / "config.yaml").data.image_size == 56
+    capsys.readouterr()
+    assert main(["config", str(tmp_path / "p" / "config.yaml")]) == 0, capsys.readouterr().err
+
+    make_own_data(tmp_path / "small", per_class=10, size=20)
+    _resize_some(tmp_path / "small", [(24, 16)])                  # one non-square size: still needs a size
+    assert main(["init", str(tmp_path / "q"), "--data", str(tmp_path / "small")]) == 0
+    text = (tmp_path / "q" / "config.yaml").read_text()
+    cfg = load_config(tmp_path / "q" / "config.yaml")
+    assert cfg.models == ["ns_air_s", "ns_air_s"] and cfg.data.image_size == 32
+    assert "# image_size: 32" not in text                         # the recipe's commented line gives way to it
+    assert main(["config", str(tmp_path / "q" / "config.yaml")]) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sizes,want", [([(20, 20)], False), ([(20, 30)], True), ([(20, 20), (24, 24)], True)])
+def test_needs_size_is_one_square_size_or_not(sizes, want, tmp_path):
+    data = DataRoot(train=tmp_path, unlabeled=tmp_path, test=tmp_path, val=None, classes=["a"], per_class=[5],
+                    pool=5, tests=5, sizes=sizes, colour=True)
+    assert data.needs_size is want
+    assert DataRoot(**{**data.__dict__, "sizes": [(600, 400), (500, 375), (480, 640)]}).training_size() == 224
+    assert DataRoot(**{**data.__dict__, "sizes": [(10, 12)]}).training_size() == 16
+    assert data.training_size(32) == 32

@@ -32,7 +32,10 @@ def write_starter(directory: str | Path, force: bool = False, recipe: Path | Non
     out = d / "config.yaml"
     if out.exists() and not force:
         raise UserError(f"{out} already exists; edit it, or pass --force to overwrite it")
-    sources = data.source_lines() if data else None
+    sources = None
+    if data:
+        recipe_size = ((yaml.safe_load(recipe.read_text()) or {}).get("data") or {}).get("image_size") if recipe else None
+        sources = data.source_lines(data.training_size(recipe_size) if data.needs_size else None)
     text = recipe_starter_text(recipe, sources) if recipe else template_text(sources)
     d.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
@@ -56,6 +59,7 @@ def template_text(sources: list[str] | None = None) -> str:
 _POOL_NAMES = ("unlabeled", "unlabelled", "pool")
 _SMALL_SIDE = 40          # images at most this large train with a bundled small-image recipe
 _MIN_VAL_CLASS = 10       # a validation draw needs this many images in the smallest class
+_MAX_STARTER_SIZE = 224   # the plain starter's largest training size for mixed sizes (timm resnet18's own)
 
 
 @dataclass
@@ -83,6 +87,20 @@ class DataRoot:
         n = min(self.per_class)
         return 0 if self.val is not None or n < _MIN_VAL_CLASS else min(20, n // 5)
 
+    @property
+    def needs_size(self) -> bool:
+        """The images are not all one square size, so a run needs `data.image_size` (it stops without)."""
+        return len(set(self.sizes)) != 1 or self.sizes[0][0] != self.sizes[0][1]
+
+    def training_size(self, recipe_size: int | None = None) -> int:
+        """The square size `init` writes for images of mixed or non-square sizes: a recipe's own size
+        (its model and noise were chosen at it), else the median shorter side rounded down to a
+        multiple of 8 (so most images are shrunk, few enlarged), from 16 up to 224 px."""
+        if recipe_size:
+            return int(recipe_size)
+        side = int(np.median([min(s) for s in self.sizes]))
+        return int(min(_MAX_STARTER_SIZE, max(16, side // 8 * 8)))
+
     def describe(self) -> str:
         sizes = sorted(set(self.sizes))
         size = f"{sizes[0][1]}x{sizes[0][0]}" if len(sizes) == 1 else f"{len(sizes)} sizes up to {self.max_side} px"
@@ -91,7 +109,9 @@ class DataRoot:
         return (f"{len(self.classes)} classes, {sum(self.per_class):,} labeled images ({counts}), "
                 f"{self.pool:,} unlabeled, {self.tests:,} test; {size}, {'colour' if self.colour else 'grayscale'}")
 
-    def source_lines(self) -> list[str]:
+    def source_lines(self, image_size: int | None = None) -> list[str]:
+        """The config's data sections for these folders; with `image_size` (images of mixed or
+        non-square sizes) the training size line too, since a run stops without one."""
         def src(**kw) -> str:
             return yaml.safe_dump(kw, default_flow_style=True, sort_keys=False, width=1000).strip()
         k = self.val_per_class
@@ -107,8 +127,15 @@ class DataRoot:
             lines += [f"  labeled:   {src(kind='imagefolder', root=str(self.train))}",
                       f"  # no validation set: the smallest class has {min(self.per_class)} labeled images "
                       f"(a draw needs {_MIN_VAL_CLASS}); add ROOT/val/<class>/ to have one"]
-        return lines + [f"  unlabeled: {src(kind='folder', root=str(self.unlabeled))}",
-                        f"  test:      {src(kind='imagefolder', root=str(self.test))}"]
+        lines += [f"  unlabeled: {src(kind='folder', root=str(self.unlabeled))}",
+                  f"  test:      {src(kind='imagefolder', root=str(self.test))}"]
+        if image_size:
+            sizes = sorted(set(self.sizes))
+            seen = (f"{sizes[0][1]}x{sizes[0][0]}" if len(sizes) == 1 else
+                    f"{len(sizes)} sizes, {sizes[0][1]}x{sizes[0][0]} to {sizes[-1][1]}x{sizes[-1][0]}")
+            lines.append(f"  image_size: {image_size}   # every image is resized to this square (yours: {seen}); "
+                         "larger costs compute, smaller loses detail")
+        return lines
 
 
 def inspect_data_root(root: str | Path) -> DataRoot:
@@ -203,7 +230,7 @@ def recipe_starter_text(path: Path, sources: list[str] | None = None) -> str:
     kept = [f"  {k}: {yaml.safe_dump(data[k], default_flow_style=True).strip().removesuffix('...').strip()}"
             + ("   # random mirror: turn off for text, digits, anything asymmetric" if k == "hflip" and data[k] else "")
             for k in _RECIPE_DATA_KEYS if k in data]
-    if data.get("image_size"):
+    if data.get("image_size") and not any(ln.startswith("  image_size:") for ln in sources or []):
         kept.insert(0, f"  # image_size: {data['image_size']}   # the recipe's training size: uncomment to resize your images to it")
     body = [("name: my-run                 # results go to runs/<name>/ (or --run-dir)" if ln.startswith("name:") else ln)
             for ln in lines[:start]]
