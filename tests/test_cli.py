@@ -26,7 +26,7 @@ def test_the_entry_point_prints_help():
     (["run", "no-such-config"], "config not found: no-such-config (a YAML path, or one of: cifar10-4k, cifar10-4k-fast, digits-demo"),
     (["run", "digits-demo", "--set", "teacher.epoch=3"], "unknown config key 'teacher.epoch' (did you mean 'teacher.epochs'?)"),
     (["run", "digits-demo", "--set", "models=[resnet1800]"], "unknown model 'resnet1800'; did you mean: resnet18"),
-    (["evaluate"], "evaluate needs --checkpoint MODEL.pt and --data KIND:PATH[:SPLIT]"),
+    (["evaluate"], "evaluate needs --checkpoint MODEL.pt and --data DIR|KIND:PATH[:SPLIT]"),
     (["evaluate", "--checkpoint", "nope.pt", "--data", "digits:test"], "checkpoint not found: nope.pt"),
     (["report", "/nonexistent/run"], "/nonexistent/run"),
 ])
@@ -38,6 +38,19 @@ def test_user_errors_are_one_line(args, fragment, tmp_path):
     err = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and fragment in err[0], r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_evaluate_data_takes_a_bare_folder_as_an_imagefolder(tmp_path):
+    """`--data DIR` (as predict takes it): evaluate needs labels, and class subfolders are the one
+    folder layout that has them; a spec that is neither a folder nor KIND:PATH says both."""
+    from noisystudent.cli import parse_source_spec
+    from noisystudent.errors import UserError
+    (tmp_path / "test" / "cat").mkdir(parents=True)
+    spec = parse_source_spec(str(tmp_path / "test"))
+    assert (spec.kind, spec.root) == ("imagefolder", str(tmp_path / "test"))
+    assert parse_source_spec("idx:data/fmnist:test").split == "test"
+    with pytest.raises(UserError, match="'nowhere': not a folder; expected a folder of class subfolders or KIND:PATH"):
+        parse_source_spec("nowhere")
 
 
 def test_train_then_evaluate_checkpoint(tmp_path):

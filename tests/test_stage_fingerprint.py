@@ -156,3 +156,29 @@ def test_an_evaluation_recorded_at_batch_256_is_the_same_stage_at_auto():
     assert stage_fingerprint(ev("auto"), UP, old) == old["fingerprint"]
     assert stage_fingerprint(ev(1024), UP) == stage_fingerprint(ev("auto"), UP)
     assert stage_fingerprint(ev("auto", True), UP, old) not in (old["fingerprint"], stage_fingerprint(ev("auto"), UP))
+
+
+def test_a_stage_records_the_software_that_made_it_and_says_when_it_differs(tmp_path, caplog):
+    """stage.json keeps the versions of noisystudent, torch, timm and torchvision (provenance). A
+    finished stage made by other versions is still skipped (an upgrade must not throw away hours of
+    training unasked) but the log says so and how to redo it; a stage with no record of versions (from
+    before) or the same ones says nothing."""
+    import json
+    from noisystudent.artifacts import software_versions, version_drift
+    ctx = RunContext(load_config("configs/digits-demo.yaml"), tmp_path)
+    d = RunLayout(tmp_path).labels(1)
+    run_stage(ctx, d, _label_config(256), {}, lambda out: ([], {}))
+    rec = json.loads((d / "stage.json").read_text())
+    assert rec["versions"] == software_versions() and rec["versions"]["torch"] == torch.__version__
+    assert version_drift(rec) == "" and version_drift({}) == ""
+    with caplog.at_level("WARNING", logger="noisystudent"):
+        assert run_stage(ctx, d, _label_config(256), {}, lambda out: ([], {})).skipped
+    assert "other software" not in caplog.text
+    rec["versions"] = {**rec["versions"], "noisystudent": "0.0.1", "timm": "0.9.0"}
+    (d / "stage.json").write_text(json.dumps(rec))
+    assert version_drift(rec) == f"noisystudent 0.0.1 -> {software_versions()['noisystudent']}, " \
+                                 f"timm 0.9.0 -> {software_versions()['timm']}"
+    with caplog.at_level("WARNING", logger="noisystudent"):
+        assert run_stage(ctx, d, _label_config(256), {}, lambda out: ([], {})).skipped
+    assert "round1/labels: done with other software (noisystudent 0.0.1 -> " in caplog.text
+    assert "--restart redoes it" in caplog.text

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import os
+import platform
 import re
 import shutil
 import tempfile
@@ -26,7 +28,7 @@ from .layout import WRITTEN_SUBDIRS, RunLayout
 
 __all__ = [
     "atomic_write", "write_json", "read_json", "file_hash", "save_checkpoint", "load_checkpoint",
-    "StageRecord", "read_stage", "write_stage", "remove_stale_temps",
+    "StageRecord", "read_stage", "write_stage", "remove_stale_temps", "software_versions", "version_drift",
     "lock_run_dir", "release_run_dirs", "is_run_dir", "is_our_temp", "RUN_RESULTS", "remove_run_results",
 ]
 
@@ -279,6 +281,34 @@ def _record_ok(rec) -> bool:
         and isinstance(rec.get("info", {}), dict)
 
 
+# The software that made a stage: recorded with it (provenance), and compared when a finished or
+# half-done stage is reused. Not part of the fingerprint: an upgrade must not silently throw away hours
+# of training; the user is told, and `--restart` redoes the stage when the change matters.
+_VERSIONED = ("noisystudent", "torch", "timm", "torchvision")
+
+
+@functools.lru_cache(maxsize=1)
+def software_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+    out = {}
+    for name in _VERSIONED:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "unknown"
+    out["torch"] = str(torch.__version__)      # with its build (+cu130, +cpu): the metadata drops it
+    out["python"] = platform.python_version()
+    return out
+
+
+def version_drift(rec: dict | None) -> str:
+    """'noisystudent 0.1.0 -> 0.2.0, torch ...' for the packages whose version differs from the one
+    that wrote `rec` (a stage record), or '' (also for records older than this field)."""
+    then, now = (rec or {}).get("versions") or {}, software_versions()
+    return ", ".join(f"{k} {then[k]} -> {now[k]}" for k in _VERSIONED
+                     if isinstance(then.get(k), str) and then[k] != now[k])
+
+
 def write_stage(stage_dir: str | Path, *, status: str, fingerprint: str, config: dict,
                 inputs: dict, outputs: dict | None = None, info: dict | None = None,
                 input_dirs: dict | None = None) -> None:
@@ -291,6 +321,7 @@ def write_stage(stage_dir: str | Path, *, status: str, fingerprint: str, config:
         "input_dirs": input_dirs or {},     # name -> upstream stage folder, relative to the run dir
         "outputs": {k: file_hash(stage_dir / k) for k in (outputs or {})} if outputs else {},
         "info": info or {},
+        "versions": software_versions(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     write_json(stage_dir / "stage.json", rec)

@@ -30,14 +30,18 @@ def resolve_config_path(name: str) -> Path:
 
 
 def parse_source_spec(spec: str):
-    """`kind:root[:split]` -> SourceConfig, e.g. imagefolder:data/test, idx:data/fmnist:test, digits:test."""
+    """`kind:root[:split]` -> SourceConfig, e.g. imagefolder:data/test, idx:data/fmnist:test, digits:test;
+    a folder on its own is an imagefolder (class subfolders: the one folder layout with labels)."""
     from .config import SourceConfig, coerce
+    if Path(spec).is_dir():
+        return coerce({"kind": "imagefolder", "root": spec}, SourceConfig, "--data")
     parts = spec.split(":")
     kind = parts[0]
     if kind == "digits":
         return coerce({"kind": "digits", "split": parts[1] if len(parts) > 1 else "test"}, SourceConfig, "--data")
     if len(parts) < 2 or not parts[1]:
-        raise UserError(f"--data '{spec}': expected KIND:PATH[:SPLIT], e.g. imagefolder:cifar10/test")
+        raise UserError(f"--data '{spec}': not a folder; expected a folder of class subfolders or "
+                        "KIND:PATH[:SPLIT], e.g. imagefolder:cifar10/test")
     d = {"kind": kind, "root": parts[1]}
     if len(parts) > 2:
         d["split"] = parts[2]
@@ -119,7 +123,7 @@ def cmd_evaluate(args):
     from .stages.modelfile import load_model, model_max_side
     from .stages.evaluate import evaluate_source, run_robustness
     if not args.checkpoint or not args.data:
-        raise UserError("evaluate needs --checkpoint MODEL.pt and --data KIND:PATH[:SPLIT]")
+        raise UserError("evaluate needs --checkpoint MODEL.pt and --data DIR|KIND:PATH[:SPLIT]")
     device = resolve_device(args.device or "auto")
     model, meta = load_model(args.checkpoint, device)
     src = create_source(parse_source_spec(args.data), meta["in_chans"], "--data")
@@ -186,11 +190,8 @@ def cmd_report(args):
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version("noisystudent")
-    except PackageNotFoundError:
-        return "unknown"
+    from .artifacts import software_versions
+    return software_versions()["noisystudent"]
 
 
 def _add_common(sp, config=True):
@@ -256,7 +257,8 @@ def _add_model_commands(sub) -> None:
     """Commands on one model file: evaluate, predict, export."""
     sp = sub.add_parser("evaluate", help="evaluate a model file on a labeled set")
     sp.add_argument("--checkpoint", required=False, help="a model.pt written by noisystudent")
-    sp.add_argument("--data", required=False, help="KIND:PATH[:SPLIT], e.g. imagefolder:cifar10/test, digits:test")
+    sp.add_argument("--data", required=False, help="a folder of class subfolders, or KIND:PATH[:SPLIT], e.g. "
+                    "imagefolder:cifar10/test, digits:test")
     sp.add_argument("--robustness", action="store_true", help="also corruptions, perturbations and FGSM")
     sp.add_argument("--max-images", type=int, default=1000, help="robustness subset size")
     sp.add_argument("--image-size", type=int, default=None,

@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..artifacts import file_hash, read_stage, remove_run_results, reset_dir, write_stage
+from ..artifacts import file_hash, read_stage, remove_run_results, reset_dir, version_drift, write_stage
 from ..config import Config, config_to_dict
 from ..data import ArraySource, Source, cache_if_fits, default_mean_std, max_side_for
 from ..data.loaders import resolve_decode_workers, resolve_workers
@@ -230,6 +230,9 @@ def run_stage(ctx: RunContext, stage_dir: Path, config: dict, inputs: dict[str, 
     old = read_stage(stage_dir) if ctx.rank == 0 else None
     fp = stage_fingerprint(config, upstream, old)      # only rank 0 decides and writes records
     action = _same_on_all_ranks(ctx, _decide(stage_dir, fp, label) if ctx.rank == 0 else None)
+    if ctx.rank == 0 and action != "reset" and (drift := version_drift(old)):
+        log.warning("%s: %s with other software (%s); kept, as finished work is; --restart redoes it",
+                    label, "done" if action == "skip" else "begun", drift)
     if action == "skip":
         log.info("%s: done, skipping", label)
         if ctx.rank == 0:       # resume state a kill right after "done" left behind
