@@ -1,12 +1,15 @@
 """Build a data set no bundled recipe was chosen on, in the folder layout `noisystudent init --data`
 reads: ROOT/train/<class>/, ROOT/val/<class>/, ROOT/unlabeled/ (flat, no labels) and ROOT/test/<class>/.
 
-Today: CIFAR-10 in grayscale at 28 px (`--gray --size 28`), a harder task than Fashion-MNIST in the
-shape of the Fashion-MNIST recipe's images, so `init --data` picks that recipe for it; the draw of
-each split is seeded. Example (the transfer check in docs/benchmarks/transfer.md):
+From an ImageFolder tree: e.g. CIFAR-10 in grayscale at 28 px (`--gray --size 28`), a harder task
+than Fashion-MNIST in the shape of the Fashion-MNIST recipe's images, so `init --data` picks that
+recipe for it. From `--src digits`: scikit-learn's bundled handwritten digits (8 px, grayscale, 1,797
+images), whose test/ is what is left of each class after train, val and unlabeled. The draw of each
+split is seeded. Examples (the transfer checks in docs/benchmarks/transfer.md):
 
     python benchmarks/transfer_set.py --src data/cifar10 --out data/cifar10-gray28 --gray --size 28 \
         --train 100 --val 100 --unlabeled 500
+    python benchmarks/transfer_set.py --src digits --out data/digits-t/s0 --train 15 --val 25 --unlabeled 85 --seed 0
 """
 from __future__ import annotations
 
@@ -52,9 +55,32 @@ def build(src: Path, out: Path, gray: bool, size: int, train: int, val: int, unl
     return counts
 
 
+def build_digits(out: Path, train: int, val: int, unlabeled: int, seed: int = 0) -> dict:
+    """scikit-learn's digits (16 grey levels, scaled to 0-255) as 8 px PNGs; test/ gets the rest."""
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    rng = np.random.default_rng(seed)
+    counts = {"train": 0, "val": 0, "unlabeled": 0, "test": 0}
+    for c in range(10):
+        order = rng.permutation(np.flatnonzero(d.target == c))
+        need = train + val + unlabeled
+        if need >= len(order):
+            sys.exit(f"digits class {c}: {len(order)} images, need more than train+val+unlabeled = {need}")
+        parts = {"train": order[:train], "val": order[train:train + val],
+                 "unlabeled": order[train + val:need], "test": order[need:]}
+        for split, idx in parts.items():
+            for i in idx:
+                dest = out / split / f"{c}_{i:04d}.png" if split == "unlabeled" else out / split / str(c) / f"{i:04d}.png"
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray((d.images[i] * 255 / 16).round().astype(np.uint8), "L").save(dest)
+                counts[split] += 1
+    return counts
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--src", type=Path, required=True, help="an ImageFolder tree with train/ and test/")
+    ap.add_argument("--src", required=True, help="an ImageFolder tree with train/ and test/, or 'digits' "
+                    "(scikit-learn's bundled digits)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--gray", action="store_true", help="convert to grayscale")
     ap.add_argument("--size", type=int, default=0, help="resize to SIZE x SIZE (0: keep)")
@@ -66,7 +92,10 @@ def main() -> None:
     a = ap.parse_args()
     if a.out.exists():
         sys.exit(f"{a.out} exists: remove it first")
-    counts = build(a.src, a.out, a.gray, a.size, a.train, a.val, a.unlabeled, a.test, a.seed)
+    if a.src == "digits":
+        counts = build_digits(a.out, a.train, a.val, a.unlabeled, a.seed)
+    else:
+        counts = build(Path(a.src), a.out, a.gray, a.size, a.train, a.val, a.unlabeled, a.test, a.seed)
     print(f"{a.out}: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
 
 

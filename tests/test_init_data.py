@@ -135,6 +135,14 @@ def test_the_transfer_set_is_what_init_data_reads(tmp_path, capsys):
     data = inspect_data_root(tmp_path / "t")
     assert data.sizes[0] == (10, 10) and not data.colour and data.val is not None
     assert choose_recipe(data)[0] == "fashion-mnist-1k"
+    # --src digits: scikit-learn's 8 px digits, test/ the rest of each class, the draw seeded
+    counts = ts.build_digits(tmp_path / "dg", train=2, val=1, unlabeled=3, seed=1)
+    assert counts == {"train": 20, "val": 10, "unlabeled": 30, "test": 1797 - 60}
+    again = ts.build_digits(tmp_path / "dg2", train=2, val=1, unlabeled=3, seed=1)
+    assert counts == again and sorted(p.name for p in (tmp_path / "dg" / "train" / "3").iterdir()) == \
+        sorted(p.name for p in (tmp_path / "dg2" / "train" / "3").iterdir())
+    data = inspect_data_root(tmp_path / "dg")
+    assert data.sizes[0] == (8, 8) and not data.colour and choose_recipe(data)[0] == "fashion-mnist-1k"
 
 
 def _resize_some(root, sizes):
