@@ -321,3 +321,29 @@ def test_on_epoch_logs_sparse_lines_but_keeps_every_row(tmp_path, monkeypatch, c
         monkeypatch.setenv("NOISYSTUDENT_LOG_S", bad)
         with pytest.raises(UserError, match="NOISYSTUDENT_LOG_S must be a number of seconds >= 0"):
             runlog.log_interval_s()
+
+
+def test_baseline_better_names_the_baseline_and_what_to_do(tmp_path):
+    """The noisy student below the compute-matched supervised or the no-noise variant trained beside
+    it: a warning saying which and what it means (val decides when both have it); other variants,
+    ties and wins say nothing; collect() keeps it for the variants the config trains in its round."""
+    from types import SimpleNamespace
+    from noisystudent.artifacts import write_json
+    s, sup = {"top1": 0.80, "val": {"top1": 0.90}}, {"top1": 0.85, "val": {"top1": 0.92}}
+    m = rw.baseline_better(1, "supervised", s, sup)
+    assert m.startswith("round 1: the noisy student (90.00% on val) is below the compute-matched supervised model")
+    assert "(92.00%): the pseudo-labels added nothing here" in m
+    assert "the noise did not pay" in rw.baseline_better(1, "no_noise", s, sup)
+    assert rw.baseline_better(1, "supervised", sup, s) is None and rw.baseline_better(1, "supervised", s, dict(s)) is None
+    assert rw.baseline_better(1, "two_step", s, sup) is None
+    assert "on test" in rw.baseline_better(1, "supervised", {"top1": 0.8}, {"top1": 0.85, "val": {"top1": 0.1}})
+    lay = RunLayout(tmp_path)
+    write_json(lay.eval(0, "teacher") / "eval.json", {"top1": 0.7})
+    write_json(lay.eval(1, "student") / "eval.json", s)
+    write_json(lay.eval(1, "student_supervised") / "eval.json", sup)
+    write_json(lay.eval(1, "student_nonoise") / "eval.json", {"top1": 0.5, "val": {"top1": 0.5}})
+    cfg = SimpleNamespace(rounds=1, select=SimpleNamespace(threshold=0.5), variants=["no_noise", "supervised"],
+                          variants_round=1)
+    assert list(rw.collect(tmp_path, cfg, 3)) == ["below_supervised:round1"]
+    # a variant the config no longer trains (its old folder still there) is not compared
+    assert rw.collect(tmp_path, SimpleNamespace(**{**cfg.__dict__, "variants": ["no_noise"]}), 3) == {}

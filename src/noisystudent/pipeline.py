@@ -141,6 +141,9 @@ def _run(cfg: Config, run_dir, device, force: bool, report: bool) -> dict:
         for v in (variant_names(cfg.variants) if k == cfg.variants_round else []):
             train_student(ctx, k, variant=v)
             evaluate_stage(ctx, k, variant_stage(v))
+        if ctx.rank == 0 and k == cfg.variants_round:
+            for key, msg in runwarnings.compare_baselines(ctx.run_dir, k, variant_names(cfg.variants)).items():
+                runwarnings.emit(ctx.run_dir, key, msg)
         if ft:
             finetune(ctx, k)
             evaluate_stage(ctx, k, "finetune")

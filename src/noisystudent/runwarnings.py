@@ -1,6 +1,6 @@
 """Warnings about a run that will likely disappoint, each said once and kept for the report.
 
-Five checks, each a pure function that returns a message or None:
+Six checks, each a pure function that returns a message or None:
   - `threshold_filters_nothing`: select.threshold <= 1/num_classes keeps every pool image (the top
     class of a probability vector is always at least 1/num_classes sure);
   - `short_schedule`: too few optimizer steps to fit the labeled set (a tiny labeled set counted in
@@ -9,7 +9,9 @@ Five checks, each a pure function that returns a message or None:
     12 px images) ends in 1x1 maps, where BatchNorm normalises a handful of values and the
     gradients can grow without bound (a NaN a few steps in, run to run);
   - `loss_rising`: the training loss at the end of a stage above the loss at its start;
-  - `student_worse`: a round's noisy student below its teacher (on val when both have it, else test).
+  - `student_worse`: a round's noisy student below its teacher (on val when both have it, else test);
+  - `baseline_better`: the noisy student below a baseline trained beside it (the compute-matched
+    `supervised` variant: the pool added nothing; `no_noise`: the noise did not pay).
 (A one-class labeled set is not a warning: `RunContext.labeled` refuses it.)
 
 `emit` logs a warning (stderr and run.log) the first time it is seen for a run directory, recording
@@ -26,8 +28,9 @@ from pathlib import Path
 
 from .layout import RunLayout
 
-__all__ = ["threshold_filters_nothing", "short_schedule", "feature_map_collapse", "loss_rising", "student_worse", "emit",
-           "collect", "write_warnings", "read_warnings", "compare_round", "WARNINGS_FILE"]
+__all__ = ["threshold_filters_nothing", "short_schedule", "feature_map_collapse", "loss_rising", "student_worse",
+           "baseline_better", "BASELINES", "emit", "collect", "write_warnings", "read_warnings", "compare_round",
+           "compare_baselines", "WARNINGS_FILE"]
 
 log = logging.getLogger("noisystudent")
 
@@ -92,16 +95,40 @@ def loss_rising(tag: str, losses: list[float]) -> str | None:
             f"{len(vals)} epochs; lower {section}.lr or set {section}.grad_clip")
 
 
+def _scores(a: dict, b: dict) -> tuple[str, float | None, float | None]:
+    """(where, a's top-1, b's top-1) of two eval.json contents: on val when both have it, else test."""
+    av, bv = (a.get("val") or {}).get("top1"), (b.get("val") or {}).get("top1")
+    return ("val", av, bv) if av is not None and bv is not None else ("test", a.get("top1"), b.get("top1"))
+
+
 def student_worse(k: int, teacher: dict, student: dict) -> str | None:
     """`teacher`/`student`: eval.json contents (top1, and val.top1 when there is a validation set)."""
-    tv, sv = (teacher.get("val") or {}).get("top1"), (student.get("val") or {}).get("top1")
-    where, t, s = ("val", tv, sv) if tv is not None and sv is not None else ("test", teacher.get("top1"),
-                                                                              student.get("top1"))
+    where, t, s = _scores(teacher, student)
     if t is None or s is None or s >= t:
         return None
     who = "the round-0 teacher" if k == 1 else f"its teacher (round {k - 1}'s student)"
     return (f"round {k}: the noisy student ({100 * s:.2f}% on {where}) is worse than {who} ({100 * t:.2f}%); "
             "train the teacher longer, raise select.threshold, or give the student more steps")
+
+
+# the variants whose lead over the noisy student means something to act on, and what
+BASELINES = {
+    "supervised": ("the compute-matched supervised model (same model, noise and steps on the labeled "
+                   "images only)", "the pseudo-labels added nothing here; more unlabeled images or a "
+                   "stronger teacher may help, or use the supervised model"),
+    "no_noise": ("the same student without noise", "the noise did not pay here; try lighter noise "
+                 "(student.noise.ra_magnitude, cutout, drop_rate) or more student steps"),
+}
+
+
+def baseline_better(k: int, name: str, student: dict, baseline: dict) -> str | None:
+    """The noisy student of round k below the variant `name` (a key of BASELINES) trained beside it."""
+    where, s, b = _scores(student, baseline)
+    if name not in BASELINES or s is None or b is None or s >= b:
+        return None
+    who, advice = BASELINES[name]
+    return (f"round {k}: the noisy student ({100 * s:.2f}% on {where}) is below {who} ({100 * b:.2f}%): "
+            f"{advice}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -165,6 +192,18 @@ def compare_round(run_dir: Path, k: int) -> str | None:
     return student_worse(k, teacher, student) if teacher and student else None
 
 
+def compare_baselines(run_dir: Path, k: int, names: list[str]) -> dict[str, str]:
+    """baseline_better for each variant of `names` (those the config trains in round k) that is one
+    of BASELINES and has an evaluation: {key: message}."""
+    from .variants import variant_stage
+    student, out = _eval(run_dir, k, "student"), {}
+    for name in (n for n in names if n in BASELINES):
+        baseline = _eval(run_dir, k, variant_stage(name))
+        if student and baseline and (m := baseline_better(k, name, student, baseline)):
+            out[f"below_{name}:round{k}"] = m
+    return out
+
+
 def collect(run_dir: Path, cfg, num_classes: int) -> dict[str, str]:
     """Every current warning of the run, rebuilt from its files: config checks, each stage's own
     (stage.json info.warnings, in pipeline order), then the teacher/student comparisons."""
@@ -183,4 +222,7 @@ def collect(run_dir: Path, cfg, num_classes: int) -> dict[str, str]:
     for k in rounds:
         if k >= 1 and (m := compare_round(run_dir, k)):
             items[f"student_worse:round{k}"] = m
+        if k >= 1 and k == getattr(cfg, "variants_round", None):
+            from .variants import variant_names
+            items.update(compare_baselines(run_dir, k, variant_names(cfg.variants)))
     return items
