@@ -181,4 +181,4 @@ def test_a_stage_records_the_software_that_made_it_and_says_when_it_differs(tmp_
     with caplog.at_level("WARNING", logger="noisystudent"):
         assert run_stage(ctx, d, _label_config(256), {}, lambda out: ([], {})).skipped
     assert "round1/labels: done with other software (noisystudent 0.0.1 -> " in caplog.text
-    assert "--restart redoes it" in caplog.text
+    assert f"delete {d} to redo it" in caplog.text

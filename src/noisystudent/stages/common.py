@@ -231,8 +231,8 @@ def run_stage(ctx: RunContext, stage_dir: Path, config: dict, inputs: dict[str, 
     fp = stage_fingerprint(config, upstream, old)      # only rank 0 decides and writes records
     action = _same_on_all_ranks(ctx, _decide(stage_dir, fp, label) if ctx.rank == 0 else None)
     if ctx.rank == 0 and action != "reset" and (drift := version_drift(old)):
-        log.warning("%s: %s with other software (%s); kept, as finished work is; --restart redoes it",
-                    label, "done" if action == "skip" else "begun", drift)
+        log.warning("%s: %s with other software (%s); kept, as finished work is; delete %s to redo it "
+                    "(and what was made from it)", label, "done" if action == "skip" else "begun", drift, stage_dir)
     if action == "skip":
         log.info("%s: done, skipping", label)
         if ctx.rank == 0:       # resume state a kill right after "done" left behind
