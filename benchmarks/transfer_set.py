@@ -21,6 +21,25 @@ import numpy as np
 from PIL import Image
 
 
+def _parts(order, train: int, val: int, unlabeled: int, where: str, rest_to_test: bool = False) -> dict:
+    """The seeded `order` cut into train / val / unlabeled (and, with `rest_to_test`, test: the rest,
+    which must not be empty); too few images stop the script with one line."""
+    need = train + val + unlabeled
+    if need > len(order) or (rest_to_test and need == len(order)):
+        sys.exit(f"{where}: {len(order)} images, too few for train+val+unlabeled = {need}"
+                 + (" plus a test image" if rest_to_test else ""))
+    parts = {"train": order[:train], "val": order[train:train + val], "unlabeled": order[train + val:need]}
+    if rest_to_test:
+        parts["test"] = order[need:]
+    return parts
+
+
+def _dest(out: Path, split: str, cls: str, stem: str) -> Path:
+    """unlabeled/ is flat (the class only in the name, so no pseudo-label accuracy can be read off
+    the folders); the other splits are ImageFolder trees."""
+    return out / split / f"{cls}_{stem}.png" if split == "unlabeled" else out / split / cls / f"{stem}.png"
+
+
 def build(src: Path, out: Path, gray: bool, size: int, train: int, val: int, unlabeled: int, test: int,
           seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
@@ -36,17 +55,10 @@ def build(src: Path, out: Path, gray: bool, size: int, train: int, val: int, unl
 
     for c in sorted(p.name for p in (src / "train").iterdir() if p.is_dir()):
         files = sorted((src / "train" / c).iterdir())
-        order = rng.permutation(len(files))
-        need = train + val + unlabeled
-        if need > len(files):
-            sys.exit(f"{src}/train/{c}: {len(files)} images, fewer than train+val+unlabeled = {need}")
-        parts = {"train": order[:train], "val": order[train:train + val],
-                 "unlabeled": order[train + val:need]}
+        parts = _parts(rng.permutation(len(files)), train, val, unlabeled, f"{src}/train/{c}")
         for split, idx in parts.items():
             for i in idx:
-                f = files[i]
-                dest = out / split / f"{c}_{f.stem}.png" if split == "unlabeled" else out / split / c / f"{f.stem}.png"
-                save(f, dest)
+                save(files[i], _dest(out, split, c, files[i].stem))
                 counts[split] += 1
         tests = sorted((src / "test" / c).iterdir())
         for f in tests[: test or None]:
@@ -62,15 +74,11 @@ def build_digits(out: Path, train: int, val: int, unlabeled: int, seed: int = 0)
     rng = np.random.default_rng(seed)
     counts = {"train": 0, "val": 0, "unlabeled": 0, "test": 0}
     for c in range(10):
-        order = rng.permutation(np.flatnonzero(d.target == c))
-        need = train + val + unlabeled
-        if need >= len(order):
-            sys.exit(f"digits class {c}: {len(order)} images, need more than train+val+unlabeled = {need}")
-        parts = {"train": order[:train], "val": order[train:train + val],
-                 "unlabeled": order[train + val:need], "test": order[need:]}
+        parts = _parts(rng.permutation(np.flatnonzero(d.target == c)), train, val, unlabeled,
+                       f"digits class {c}", rest_to_test=True)
         for split, idx in parts.items():
             for i in idx:
-                dest = out / split / f"{c}_{i:04d}.png" if split == "unlabeled" else out / split / str(c) / f"{i:04d}.png"
+                dest = _dest(out, split, str(c), f"{i:04d}")
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray((d.images[i] * 255 / 16).round().astype(np.uint8), "L").save(dest)
                 counts[split] += 1

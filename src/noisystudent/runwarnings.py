@@ -219,10 +219,10 @@ def collect(run_dir: Path, cfg, num_classes: int) -> dict[str, str]:
             stage_items = ((rec or {}).get("info") or {}).get("warnings") if rec is not None else None
             if isinstance(stage_items, dict):
                 items.update({str(a): str(b) for a, b in stage_items.items()})
+    from .variants import variant_names
     for k in rounds:
         if k >= 1 and (m := compare_round(run_dir, k)):
             items[f"student_worse:round{k}"] = m
         if k >= 1 and k == getattr(cfg, "variants_round", None):
-            from .variants import variant_names
             items.update(compare_baselines(run_dir, k, variant_names(cfg.variants)))
     return items

@@ -34,7 +34,7 @@ def write_starter(directory: str | Path, force: bool = False, recipe: Path | Non
         raise UserError(f"{out} already exists; edit it, or pass --force to overwrite it")
     sources = None
     if data:
-        recipe_size = ((yaml.safe_load(recipe.read_text()) or {}).get("data") or {}).get("image_size") if recipe else None
+        recipe_size = _recipe_data(recipe.read_text()).get("image_size") if recipe else None
         sources = data.source_lines(data.training_size(recipe_size) if data.needs_size else None)
     text = recipe_starter_text(recipe, sources) if recipe else template_text(sources)
     d.mkdir(parents=True, exist_ok=True)
@@ -214,13 +214,18 @@ data:
 """
 
 
+def _recipe_data(text: str) -> dict:
+    """The `data:` section of a recipe's YAML text ({} when it has none)."""
+    return (yaml.safe_load(text) or {}).get("data") or {}
+
+
 def recipe_starter_text(path: Path, sources: list[str] | None = None) -> str:
     """The bundled recipe at `path` with its `data:` section replaced by the three-folder layout of
     the starter (plus a validation set carved from train/), or by `sources` (lines), and its name by
     `my-run`; the recipe's lengths, noise and comments stay, so the settings chosen on its validation
     data come along."""
     name, text = path.stem, path.read_text()
-    data = (yaml.safe_load(text) or {}).get("data") or {}
+    data = _recipe_data(text)
     lines = text.splitlines()
     try:
         start = lines.index("data:")
