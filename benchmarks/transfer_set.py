@@ -10,6 +10,8 @@ split is seeded. Examples (the transfer checks in docs/benchmarks/transfer.md):
     python benchmarks/transfer_set.py --src data/cifar10 --out data/cifar10-gray28 --gray --size 28 \
         --train 100 --val 100 --unlabeled 500
     python benchmarks/transfer_set.py --src digits --out data/digits-t/s0 --train 15 --val 25 --unlabeled 85 --seed 0
+    python benchmarks/transfer_set.py --src data/cifar10 --out data/car-truck --gray --size 28 \
+        --classes automobile,truck --train 100 --val 100 --unlabeled 2500
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ def _dest(out: Path, split: str, cls: str, stem: str) -> Path:
 
 
 def build(src: Path, out: Path, gray: bool, size: int, train: int, val: int, unlabeled: int, test: int,
-          seed: int = 0) -> dict:
+          seed: int = 0, classes: list[str] | None = None) -> dict:
     rng = np.random.default_rng(seed)
     counts = {"train": 0, "val": 0, "unlabeled": 0, "test": 0}
 
@@ -53,7 +55,10 @@ def build(src: Path, out: Path, gray: bool, size: int, train: int, val: int, unl
         dest.parent.mkdir(parents=True, exist_ok=True)
         im.save(dest)
 
-    for c in sorted(p.name for p in (src / "train").iterdir() if p.is_dir()):
+    found = sorted(p.name for p in (src / "train").iterdir() if p.is_dir())
+    if classes and (missing := sorted(set(classes) - set(found))):
+        sys.exit(f"{src}/train has no class {', '.join(missing)}; it has {', '.join(found)}")
+    for c in [c for c in found if not classes or c in classes]:
         files = sorted((src / "train" / c).iterdir())
         parts = _parts(rng.permutation(len(files)), train, val, unlabeled, f"{src}/train/{c}")
         for split, idx in parts.items():
@@ -97,13 +102,15 @@ def main() -> None:
     ap.add_argument("--unlabeled", type=int, default=500, help="pool images per class, labels dropped")
     ap.add_argument("--test", type=int, default=0, help="test images per class (0: all)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--classes", default="", help="comma-separated class folders to keep (default: all)")
     a = ap.parse_args()
     if a.out.exists():
         sys.exit(f"{a.out} exists: remove it first")
     if a.src == "digits":
         counts = build_digits(a.out, a.train, a.val, a.unlabeled, a.seed)
     else:
-        counts = build(Path(a.src), a.out, a.gray, a.size, a.train, a.val, a.unlabeled, a.test, a.seed)
+        counts = build(Path(a.src), a.out, a.gray, a.size, a.train, a.val, a.unlabeled, a.test, a.seed,
+                       [c for c in a.classes.split(",") if c])
     print(f"{a.out}: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
 
 

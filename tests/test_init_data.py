@@ -12,7 +12,7 @@ from noisystudent.cli import main
 from noisystudent.config import load_config
 from noisystudent.layout import RunLayout
 from noisystudent.starter import DataRoot, choose_recipe, inspect_data_root
-from own_data import make_own_data
+from own_data import CLASSES, make_own_data
 
 TINY = ["--set", "teacher.steps=4", "--set", "teacher.warmup_steps=1", "--set", "student.steps=2",
         "--set", "student.warmup_steps=1", "--set", "variants=[]", "--set", "device=cpu"]
@@ -135,6 +135,14 @@ def test_the_transfer_set_is_what_init_data_reads(tmp_path, capsys):
     data = inspect_data_root(tmp_path / "t")
     assert data.sizes[0] == (10, 10) and not data.colour and data.val is not None
     assert choose_recipe(data)[0] == "fashion-mnist-1k"
+    # --classes keeps those class folders only (a two-class data set); a class the source lacks stops it
+    counts = ts.build(tmp_path / "src", tmp_path / "two", gray=False, size=0, train=2, val=1, unlabeled=3, test=0,
+                      classes=CLASSES[:2])
+    assert counts == {"train": 4, "val": 2, "unlabeled": 6, "test": 8}
+    assert inspect_data_root(tmp_path / "two").classes == sorted(CLASSES[:2])
+    with pytest.raises(SystemExit, match="no class nope"):
+        ts.build(tmp_path / "src", tmp_path / "none", gray=False, size=0, train=2, val=1, unlabeled=3, test=0,
+                 classes=["nope"])
     # --src digits: scikit-learn's 8 px digits, test/ the rest of each class, the draw seeded
     counts = ts.build_digits(tmp_path / "dg", train=2, val=1, unlabeled=3, seed=1)
     assert counts == {"train": 20, "val": 10, "unlabeled": 30, "test": 1797 - 60}
