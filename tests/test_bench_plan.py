@@ -129,6 +129,23 @@ def test_seed_table_vs_pairs_one_role_with_every_other_row(tmp_path):
     assert any(line.startswith("| 0 teacher | +5.50 |") for line in mod.comparison_lines(list(comp.values()), "x"))
     with pytest.raises(SystemExit, match="rows: student, student_init, teacher"):
         mod.versus(runs, "student_nonoise")
+    # --with: another group of runs (one per seed, same order) adds its rows of round >= 1, labelled
+    others = []
+    for seed, (v, t) in enumerate([(0.86, 0.85), (0.84, 0.83)]):
+        lay = RunLayout(tmp_path / f"t{seed}")
+        for k, role, vv, tt in ((0, "teacher", 0.1, 0.1), (1, "student", v, t)):   # round 0 is left out
+            lay.model(k, role).mkdir(parents=True)
+            lay.eval(k, role).mkdir(parents=True)
+            (lay.eval(k, role) / "eval.json").write_text(json.dumps({"top1": tt, "val": {"top1": vv}, "model": "m"}))
+        others.append(lay.root)
+    out = mod.table(runs, {"thr 0.7": others}).splitlines()
+    assert len(out) == 6 and out[5].startswith("| 1 | thr 0.7: noisy student | m | 85.00 ± 1.41 | 84.00 ± 1.41 | "
+                                                "86.00 / 85.00, 84.00 / 83.00")
+    comp = {c["vs"]: c for c in mod.versus(runs, "student", {"thr 0.7": others})}
+    v = comp["1 thr 0.7: noisy student"]["val_top1"]    # student 84, 85 against 86, 84: -2 and +1
+    assert v["delta"] == pytest.approx(-0.5) and v["wins"] == 1
+    with pytest.raises(SystemExit, match="1 run directories for 2 seeds"):
+        mod.table(runs, {"thr 0.7": others[:1]})
 
 
 def test_teacher_reported_as_the_supervised_baseline_only_when_it_is_one(accuracy):
