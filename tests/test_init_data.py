@@ -190,3 +190,25 @@ def test_needs_size_is_one_square_size_or_not(sizes, want, tmp_path):
     assert DataRoot(**{**data.__dict__, "sizes": [(600, 400), (500, 375), (480, 640)]}).training_size() == 224
     assert DataRoot(**{**data.__dict__, "sizes": [(10, 12)]}).training_size() == 16
     assert data.training_size(32) == 32
+
+
+def test_few_classes_get_a_threshold_that_filters(tmp_path, capsys):
+    """With 2-3 classes the recipes' 0.3 is <= 1/K and keeps every pool image: `init --data` writes
+    FEW_CLASSES_THRESHOLD instead (template and recipe alike), says so, and leaves 4+ classes alone."""
+    import yaml
+    from noisystudent.starter import FEW_CLASSES_THRESHOLD, TEMPLATE, few_classes_threshold
+    from noisystudent.config import BUNDLED_DIR
+    for text in (TEMPLATE.read_text(), (BUNDLED_DIR / "fashion-mnist-1k.yaml").read_text()):
+        assert few_classes_threshold(text, 4) == (text, None)
+        for k in (2, 3):
+            out, note = few_classes_threshold(text, k)
+            sel = yaml.safe_load(out)["select"]
+            assert sel == {**yaml.safe_load(text)["select"], "threshold": FEW_CLASSES_THRESHOLD}
+            assert note == f"select.threshold 0.9 for {k} classes (0.3 is <= 1/{k} and would keep every pool image)"
+            assert "0.3 suits" not in out and len(out.splitlines()) <= len(text.splitlines())
+    kept = "select:\n  threshold: 0.4\n"                      # already above 1/3: the user's value stays
+    assert few_classes_threshold(kept, 3) == (kept, None)
+    make_own_data(tmp_path / "d", per_class=10, size=12)     # 3 classes
+    assert main(["init", str(tmp_path / "p"), "--data", str(tmp_path / "d")]) == 0
+    assert "select.threshold 0.9 for 3 classes" in capsys.readouterr().out
+    assert load_config(tmp_path / "p" / "config.yaml").select.threshold == FEW_CLASSES_THRESHOLD

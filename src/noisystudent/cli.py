@@ -151,7 +151,9 @@ def cmd_init(args):
         if recipe is None:
             recipe, why = choose_recipe(data)
             print(f"starting from {why}; --recipe NAME to choose another")
-    out = write_starter(args.dir, args.force, resolve_config_path(recipe) if recipe else None, data)
+    out, notes = write_starter(args.dir, args.force, resolve_config_path(recipe) if recipe else None, data)
+    for note in notes:
+        print(note)
     todo = (f"check it (`noisystudent config {out}` shows every value)" if data else
             f"edit its data paths (relative to {out.parent})")
     print(f"written: {out}\n{todo}, then: noisystudent run {out}")
