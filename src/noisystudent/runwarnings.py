@@ -53,7 +53,7 @@ def threshold_filters_nothing(threshold: float, num_classes: int) -> str | None:
     return (f"select.threshold={threshold:g} is <= 1/{num_classes} classes = {1 / num_classes:.3g}: every pool "
             f"image's top class is at least that sure, so the threshold filters nothing; set it above "
             f"{1 / num_classes:.3g} to drop the teacher's least confident pseudo-labels (`init --data` writes "
-            f"0.9 for 2 or 3 classes, chosen on val for 2: docs/benchmarks/transfer.md)")
+            f"0.9 for 2 or 3 classes, chosen on val: docs/benchmarks/transfer.md)")
 
 
 def short_schedule(tag: str, steps: int, n_labeled: int, batch_size: int) -> str | None:
