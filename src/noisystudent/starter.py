@@ -38,13 +38,10 @@ def write_starter(directory: str | Path, force: bool = False, recipe: Path | Non
         recipe_size = _recipe_data(recipe.read_text()).get("image_size") if recipe else None
         sources = data.source_lines(data.training_size(recipe_size) if data.needs_size else None)
     text = recipe_starter_text(recipe, sources) if recipe else template_text(sources)
-    notes = []
-    if data:
-        text, note = few_classes_threshold(text, len(data.classes))
-        notes += [note] if note else []
+    text, note = few_classes_threshold(text, len(data.classes)) if data else (text, None)
     d.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
-    return out, notes
+    return out, [note] if note else []
 
 
 def template_text(sources: list[str] | None = None) -> str:
@@ -71,8 +68,9 @@ FEW_CLASSES_THRESHOLD = 0.9
 def few_classes_threshold(text: str, num_classes: int) -> tuple[str, str | None]:
     """(the config `text` with `select.threshold` raised to FEW_CLASSES_THRESHOLD, what was done)
     when the threshold it has filters nothing for `num_classes` (<= 1/K); else (`text`, None)."""
+    from .runwarnings import threshold_filters_nothing     # the run's own test of "filters nothing"
     threshold = ((yaml.safe_load(text) or {}).get("select") or {}).get("threshold")
-    if threshold is None or num_classes < 2 or threshold > 1.0 / num_classes:
+    if threshold is None or not threshold_filters_nothing(threshold, num_classes):
         return text, None
     lines = text.splitlines()
     start = lines.index("select:")
