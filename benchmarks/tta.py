@@ -30,6 +30,7 @@ from noisystudent.errors import UserError  # noqa: E402
 from noisystudent.inference import tta_view_count  # noqa: E402
 from noisystudent.inference import inference_batch_size  # noqa: E402
 from noisystudent.labels import predict_shard  # noqa: E402
+from noisystudent.pseudo import resolve_threshold  # noqa: E402
 from noisystudent.stages.common import RunContext  # noqa: E402
 from noisystudent.stages.modelfile import load_model  # noqa: E402
 from noisystudent.stages.evaluate import evaluate_source  # noqa: E402
@@ -88,6 +89,7 @@ def main(argv=None) -> int:
         pool = pool.subset(np.sort(np.random.default_rng(cfg.seed).choice(len(pool), args.pool_images, replace=False)))
     dev, workers = ctx.device, ctx.workers
     bs = inference_batch_size(cfg.label.batch_size, dev, meta["image_size"])
+    threshold = resolve_threshold(cfg.select.threshold, len(ctx.classes))
     rows = []
     for name, flip, shift in settings:
         t0 = time.perf_counter()
@@ -100,13 +102,13 @@ def main(argv=None) -> int:
                               shift_tta=shift, batch_size=bs, device=dev, workers=workers,
                               keep_true_labels=True)
         row.update(pool_scores(table.column("true_label").to_numpy(), table.column("pred").to_numpy(),
-                               table.column("confidence").to_numpy(), cfg.select.threshold))
+                               table.column("confidence").to_numpy(), threshold))
         row["seconds"] = time.perf_counter() - t0
         rows.append(row)
         print(f"{name}: {row}", file=sys.stderr, flush=True)
     lines = [f"`python benchmarks/tta.py {' '.join(argv if argv is not None else sys.argv[1:])}`", "",
              f"{meta['model_name']} ({path}), val {len(ctx.val) if ctx.val is not None else 0} images, "
-             f"pool {len(pool)} images, threshold {cfg.select.threshold}, torch {torch.__version__}", "",
+             f"pool {len(pool)} images, threshold {threshold:g}, torch {torch.__version__}", "",
              "| setting | views | val top-1 (%) | val NLL | pool argmax correct (%) | kept by the threshold | "
              "kept correct (%) | mean confidence | s |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

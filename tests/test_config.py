@@ -17,7 +17,7 @@ def test_defaults_and_yaml_and_overrides(tmp_path):
 def test_student_noise_defaults_match_paper():
     cfg = Config()
     assert cfg.student.noise.drop_path_rate == 0.2      # survival 0.8 at the last layer
-    assert cfg.select.threshold == 0.3 and cfg.student.soft is True and cfg.student.ratio == 3
+    assert cfg.select.threshold == "auto" and cfg.student.soft is True and cfg.student.ratio == 3
 
 
 @pytest.mark.parametrize("override, fragment", [
@@ -26,7 +26,8 @@ def test_student_noise_defaults_match_paper():
     ("teacher.epochs=abc", "config key 'teacher.epochs': expected an integer, got 'abc'"),
     ("teacher.optimizer=adamz", "config key 'teacher.optimizer': unknown optimizer 'adamz'; allowed: any of timm"),
     ("data.hflip=3", "config key 'data.hflip': expected true or false"),
-    ("select.threshold=1.5", "config key 'select.threshold': must be in [0, 1)"),
+    ("select.threshold=1.5", "config key 'select.threshold': must be in [0, 1) or 'auto'"),
+    ("select.threshold=high", "config key 'select.threshold': 'high' is not a valid float | 'auto'"),
     ("select.per_class=many", "config key 'select.per_class'"),
     ("data.labeled.kind=zip", "config key 'data.labeled.kind': unknown source 'zip'; choose one of digits, folder, idx, imagefolder, manifest, tar"),
     ("student.ratio=0", "config key 'student.ratio': must be >= 1"),

@@ -193,22 +193,28 @@ def test_needs_size_is_one_square_size_or_not(sizes, want, tmp_path):
 
 
 def test_few_classes_get_a_threshold_that_filters(tmp_path, capsys):
-    """With 2-3 classes the recipes' 0.3 is <= 1/K and keeps every pool image: `init --data` writes
-    FEW_CLASSES_THRESHOLD instead (template and recipe alike), says so, and leaves 4+ classes alone."""
+    """With 2-3 classes the paper's 0.3 is <= 1/K and keeps every pool image. The template and the
+    recipes say `auto`, which resolves to FEW_CLASSES_THRESHOLD there: `init --data` says so and
+    leaves the text; a number of a recipe of your own that filters nothing becomes `auto`."""
     import yaml
-    from noisystudent.starter import FEW_CLASSES_THRESHOLD, TEMPLATE, few_classes_threshold
+    from noisystudent.pseudo import resolve_threshold
+    from noisystudent.starter import TEMPLATE, few_classes_threshold
     from noisystudent.config import BUNDLED_DIR
     for text in (TEMPLATE.read_text(), (BUNDLED_DIR / "fashion-mnist-1k.yaml").read_text()):
+        assert yaml.safe_load(text)["select"]["threshold"] == "auto"
         assert few_classes_threshold(text, 4) == (text, None)
         for k in (2, 3):
-            out, note = few_classes_threshold(text, k)
-            sel = yaml.safe_load(out)["select"]
-            assert sel == {**yaml.safe_load(text)["select"], "threshold": FEW_CLASSES_THRESHOLD}
-            assert note == f"select.threshold 0.9 for {k} classes (0.3 is <= 1/{k} and would keep every pool image)"
-            assert "0.3 suits" not in out and len(out.splitlines()) <= len(text.splitlines())
+            assert few_classes_threshold(text, k) == (
+                text, f"select.threshold auto = 0.9 for {k} classes (0.3 is <= 1/{k} and would keep every pool image)")
+    own = (BUNDLED_DIR / "imagenet-efficientnet.yaml").read_text()            # says 0.3 (the paper's, 1,000 classes)
+    assert few_classes_threshold(own, 4) == (own, None)
+    out, note = few_classes_threshold(own, 2)
+    assert yaml.safe_load(out)["select"] == {**yaml.safe_load(own)["select"], "threshold": "auto"}
+    assert note == "select.threshold 0.3 -> auto = 0.9 for 2 classes (0.3 is <= 1/2 and would keep every pool image)"
+    assert len(out.splitlines()) == len(own.splitlines())
     kept = "select:\n  threshold: 0.4\n"                      # already above 1/3: the user's value stays
     assert few_classes_threshold(kept, 3) == (kept, None)
     make_own_data(tmp_path / "d", per_class=10, size=12)     # 3 classes
     assert main(["init", str(tmp_path / "p"), "--data", str(tmp_path / "d")]) == 0
-    assert "select.threshold 0.9 for 3 classes" in capsys.readouterr().out
-    assert load_config(tmp_path / "p" / "config.yaml").select.threshold == FEW_CLASSES_THRESHOLD
+    assert "select.threshold auto = 0.9 for 3 classes" in capsys.readouterr().out
+    assert resolve_threshold(load_config(tmp_path / "p" / "config.yaml").select.threshold, 3) == 0.9

@@ -64,6 +64,17 @@ def test_confidence_mask_keeps_at_or_above_threshold():
 # ---------------------------------------------------------------------------- balancing
 
 
+def test_resolve_threshold_auto_is_the_papers_but_above_chance():
+    """auto: the paper's 0.3 wherever it is above 1/K (4 classes on), FEW_CLASSES_THRESHOLD for 2 or
+    3 classes, where every pool image's top class is at least 0.3 sure; a number is kept as given."""
+    from noisystudent.pseudo import FEW_CLASSES_THRESHOLD, PAPER_THRESHOLD, resolve_threshold
+    assert [resolve_threshold("auto", k) for k in (2, 3, 4, 10, 1000)] == [0.9, 0.9, 0.3, 0.3, 0.3]
+    assert (PAPER_THRESHOLD, FEW_CLASSES_THRESHOLD) == (0.3, 0.9)
+    assert resolve_threshold("auto", 1) == 0.3                     # one class: nothing to be unsure between
+    assert resolve_threshold(0.3, 2) == 0.3 and resolve_threshold(0, 10) == 0.0     # yours, as given
+    assert isinstance(resolve_threshold(0, 10), float)
+
+
 def test_auto_per_class_scales_labeled_proportions():
     # 7 * [0.1, 0.3, 0.6] = [0.7, 2.1, 4.2]
     assert auto_per_class([10, 30, 60], 7).tolist() == [1, 2, 4]

@@ -24,6 +24,8 @@ def test_threshold_filters_nothing():
     assert rw.threshold_filters_nothing(0.34, 3) is None
     assert rw.threshold_filters_nothing(0.3, 10) is None
     assert rw.threshold_filters_nothing(0.0, 1000) is not None
+    for k in (2, 3, 4, 10):                                                  # auto never does
+        assert rw.threshold_filters_nothing("auto", k) is None
 
 
 @pytest.mark.parametrize("losses, rising", [
@@ -282,6 +284,27 @@ def test_no_pseudo_labels_is_a_kept_warning(tmp_path):
     assert main(["run", str(cfg), "--run-dir", str(run_dir), "--no-report"]) == 0
     assert RunLayout(run_dir).run_log.read_text().count("round 1: no pool image passed select.threshold=0.999") == 1
     assert f"no_pseudo_labels:{rel(REL.round_dir(1))}" in [w["key"] for w in rw.read_warnings(run_dir)]
+
+
+def test_auto_threshold_resolves_per_class_count_and_is_its_number(tmp_path):
+    """`select.threshold` left at its default, `auto`, on 3 classes: the selection filters at 0.9 (0.3
+    would keep every pool image), records the number, and warns of nothing; a rerun that says 0.9
+    explicitly is the same selection, so it is skipped, not redone."""
+    cfg = tmp_path / "c.yaml"
+    make_own_data(tmp_path)                                                  # 3 classes
+    cfg.write_text("data:\n  labeled: {kind: imagefolder, root: train}\n  unlabeled: {kind: folder, root: pool}\n"
+                   "  test: {kind: imagefolder, root: test}\nmodels: [ns_cnn_s]\ndevice: cpu\n"
+                   "teacher: {epochs: 1, batch_size: 8}\nvariants: []\n"
+                   "student: {epochs: 1, batch_size: 4, noise: {randaugment: false}}\n")
+    run_dir, lay = tmp_path / "r", RunLayout(tmp_path / "r")
+    assert main(["run", str(cfg), "--run-dir", str(run_dir), "--no-report"]) == 0
+    rec = json.loads((lay.selection(1) / "stage.json").read_text())
+    assert rec["config"]["select"]["threshold"] == 0.9
+    assert json.loads((lay.selection(1) / "selection.json").read_text())["threshold"] == 0.9
+    assert "select.threshold" not in [w["key"] for w in rw.read_warnings(run_dir)]
+    assert main(["run", str(cfg), "--run-dir", str(run_dir), "--no-report", "--set", "select.threshold=0.9"]) == 0
+    assert json.loads((lay.selection(1) / "stage.json").read_text())["time"] == rec["time"]
+    assert "round1/selection: done, skipping" in lay.run_log.read_text()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -156,7 +156,9 @@ class LabelConfig:
 
 @dataclass
 class SelectConfig:
-    threshold: float = 0.3
+    # auto: the paper's 0.3, but 0.9 for 2 or 3 classes, where 0.3 <= 1/K filters nothing
+    # (pseudo.resolve_threshold; chosen on val, docs/benchmarks/transfer.md)
+    threshold: Union[float, Literal["auto"]] = "auto"
     per_class: Union[int, Literal["auto", "none"]] = "auto"
 
 

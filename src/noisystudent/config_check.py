@@ -173,7 +173,7 @@ RULES: dict[str, Range] = {
     "label.temperature": GT0,
     "label.batch_size": Range(1, text="must be >= 1 or 'auto'"),
     "label.shard_size": GE1,
-    "select.threshold": UNIT,
+    "select.threshold": Range(0, 1, hi_open=True, text="must be in [0, 1) or 'auto'"),
     "select.per_class": Range(0, lo_open=True, text="must be > 0, 'auto' or 'none'"),
     "finetune.image_size": Range(4, 8192, also=(0,), text="must be 0 (the test set's native size) or in [4, 8192]"),
     "finetune.epochs": GE0,

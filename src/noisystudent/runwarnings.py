@@ -47,13 +47,16 @@ _SEEN: set[tuple[str, str, str]] = set()      # (run dir, key, message) this pro
 # ------------------------------------------------------------------------------------------------
 # the checks (pure)
 
-def threshold_filters_nothing(threshold: float, num_classes: int) -> str | None:
-    if num_classes < 2 or threshold > 1.0 / num_classes:
+def threshold_filters_nothing(threshold: float | str, num_classes: int) -> str | None:
+    """`select.threshold` (a number or 'auto', as in the config) keeps every pool image: <= 1/K."""
+    from .pseudo import resolve_threshold
+    t = resolve_threshold(threshold, num_classes)
+    if num_classes < 2 or t > 1.0 / num_classes:
         return None
-    return (f"select.threshold={threshold:g} is <= 1/{num_classes} classes = {1 / num_classes:.3g}: every pool "
+    return (f"select.threshold={t:g} is <= 1/{num_classes} classes = {1 / num_classes:.3g}: every pool "
             f"image's top class is at least that sure, so the threshold filters nothing; set it above "
-            f"{1 / num_classes:.3g} to drop the teacher's least confident pseudo-labels (`init --data` writes "
-            f"0.9 for 2 or 3 classes, chosen on val: docs/benchmarks/transfer.md)")
+            f"{1 / num_classes:.3g} to drop the teacher's least confident pseudo-labels, or to 'auto' "
+            f"(0.9 for 2 or 3 classes, chosen on val: docs/benchmarks/transfer.md)")
 
 
 def short_schedule(tag: str, steps: int, n_labeled: int, batch_size: int) -> str | None:

@@ -56,32 +56,36 @@ def template_text(sources: list[str] | None = None) -> str:
     return "\n".join(lines[:start] + sources + lines[end:]) + "\n"
 
 
-# With 2 or 3 classes the paper's 0.3 is at or below chance (1/K): every pool image's top class is at
-# least that sure, so the filter keeps everything. Measured on two classes (CIFAR-10 automobile vs
-# truck, 28 px grayscale, 3 seeds; docs/benchmarks/transfer.md): 0.3 / 0.7 / 0.9 kept 97 / 78 / 44% of
-# the pool, 88 / 93 / 98% correctly labeled, and the noisy student reached 87.33 / 88.53 / 89.40% val
-# (every seed better at 0.9), level on test (90.02 / 90.08 / 90.03). Three classes (+ ship): 0.3 / 0.9
-# level on val (88.31 / 88.36), 89.21 / 89.69 on test.
-FEW_CLASSES_THRESHOLD = 0.9
-
-
 def few_classes_threshold(text: str, num_classes: int) -> tuple[str, str | None]:
-    """(the config `text` with `select.threshold` raised to FEW_CLASSES_THRESHOLD, what was done)
-    when the threshold it has filters nothing for `num_classes` (<= 1/K); else (`text`, None)."""
+    """(the config `text`, what `init` tells the user) for `num_classes`. With 2 or 3 classes the
+    paper's 0.3 is <= 1/K and filters nothing, so `select.threshold: auto` (the bundled recipes' and
+    the template's) resolves to pseudo.FEW_CLASSES_THRESHOLD: the note says so. A number that filters
+    nothing (a recipe of your own) is replaced by `auto`. Else (`text`, None); a value that is not a
+    number is left to the config check of `run`."""
+    from .pseudo import PAPER_THRESHOLD, resolve_threshold
     from .runwarnings import threshold_filters_nothing     # the run's own test of "filters nothing"
-    threshold = ((yaml.safe_load(text) or {}).get("select") or {}).get("threshold")
-    if threshold is None or not threshold_filters_nothing(threshold, num_classes):
+    threshold = ((yaml.safe_load(text) or {}).get("select") or {}).get("threshold", "auto")
+    auto = resolve_threshold("auto", num_classes)
+    number = isinstance(threshold, (int, float)) and not isinstance(threshold, bool)
+    if threshold == "auto" and auto != PAPER_THRESHOLD:
+        was = PAPER_THRESHOLD
+    elif number and threshold_filters_nothing(threshold, num_classes):
+        was = threshold
+    else:
         return text, None
+    why = f"{was:g} is <= 1/{num_classes} and would keep every pool image"
+    note = f"select.threshold {f'{was:g} -> ' if number else ''}auto = {auto:g} for {num_classes} classes ({why})"
+    if not number:
+        return text, note
     lines = text.splitlines()
     start = lines.index("select:")
     i = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("  threshold:"))
     j = i + 1
     while j < len(lines) and lines[j].lstrip().startswith("#") and lines[j].startswith("    "):
         j += 1                      # the old value's comment, continued on its own lines
-    why = f"{threshold:g} is <= 1/{num_classes} and would keep every pool image"
-    lines[i:j] = [f"  threshold: {FEW_CLASSES_THRESHOLD:g}   # {num_classes} classes: {why}; "
+    lines[i:j] = [f"  threshold: auto   # {num_classes} classes: {why}; auto is {auto:g} here, "
                   "chosen on val (docs/benchmarks/transfer.md)"]
-    return "\n".join(lines) + "\n", f"select.threshold {FEW_CLASSES_THRESHOLD:g} for {num_classes} classes ({why})"
+    return "\n".join(lines) + "\n", note
 
 
 # `init --data ROOT`: find the folders, look at the images, pick a recipe ------------------------

@@ -7,6 +7,7 @@ import pyarrow.parquet as pq
 from ..artifacts import atomic_write, read_stage, write_json
 from ..config import config_to_dict
 from ..data import seed_for
+from ..pseudo import resolve_threshold
 from ..selection import select_from_labels
 from .common import RunContext, StageResult, class_counts, run_stage
 
@@ -16,12 +17,15 @@ __all__ = ["select_pseudo_labels"]
 def select_pseudo_labels(ctx: RunContext, k: int) -> StageResult:
     cfg = ctx.cfg
     label_dir = ctx.layout.labels(k)
-    config = {"select": config_to_dict(cfg.select), "soft": cfg.student.soft, "seed": cfg.seed,
-              "labeled_counts": class_counts(ctx.labeled.labels, len(ctx.classes))}
+    # the number, not 'auto': what the filter used is on record, and an explicit 0.3 and an 'auto'
+    # that resolves to it are one selection (a finished one is not redone)
+    threshold = resolve_threshold(cfg.select.threshold, len(ctx.classes))
+    config = {"select": {**config_to_dict(cfg.select), "threshold": threshold}, "soft": cfg.student.soft,
+              "seed": cfg.seed, "labeled_counts": class_counts(ctx.labeled.labels, len(ctx.classes))}
 
     def body(d):
         per_class = None if cfg.select.per_class == "none" else cfg.select.per_class
-        sel = select_from_labels(label_dir, num_classes=len(ctx.classes), threshold=cfg.select.threshold,
+        sel = select_from_labels(label_dir, num_classes=len(ctx.classes), threshold=threshold,
                                  per_class=per_class, labeled_class_counts=config["labeled_counts"],
                                  soft=cfg.student.soft, seed=seed_for(cfg.seed, "select", k))
         # undecodable pool images the label stage skipped (data.bad_images=skip), reported here too

@@ -16,7 +16,7 @@ from ..data import LabeledDataset, create_train_transform, seed_for
 from ..distributed import seed_everything
 from ..engine import fit
 from ..schedule import plan_steps
-from ..pseudo import pseudo_weight
+from ..pseudo import pseudo_weight, resolve_threshold
 from .. import runwarnings
 from ..variants import variant_config, variant_stage
 from ..errors import UserError
@@ -129,8 +129,9 @@ def train_student(ctx: RunContext, k: int, variant: str | None = None) -> StageR
         warns: dict = {}
         warn_collapse(tag, name, model, ctx, d, warns)
         if n_pseudo == 0 and ctx.rank == 0:       # one key per round: its variants share the selection
+            threshold = resolve_threshold(cfg.select.threshold, len(ctx.classes))
             runwarnings.emit(ctx.run_dir, f"no_pseudo_labels:round{k}", f"round {k}: no pool image passed "
-                             f"select.threshold={cfg.select.threshold}; the student trains on the labeled images "
+                             f"select.threshold={threshold:g}; the student trains on the labeled images "
                              "only (lower the threshold or train the teacher longer)", warns)
         warn_short_schedule(tag, total, n_lab, s.batch_size, ctx, d, warns)
         meta = ctx.model_meta(name, cfg.data.image_size, s.noise, "student")
