@@ -89,6 +89,15 @@ def test_student_worse():
     tv, sv = {"top1": 0.80, "val": {"top1": 0.70}}, {"top1": 0.75, "val": {"top1": 0.72}}
     assert rw.student_worse(2, tv, sv) is None
     assert "on val" in rw.student_worse(2, sv, tv) and "round 1's student" in rw.student_worse(2, sv, tv)
+    # with the count of images scored: the gap in images, and when it is too few to tell
+    t, s = {"top1": 0.3, "val": {"top1": 0.3, "num_images": 10}}, {"top1": 0.5, "val": {"top1": 0.2, "num_images": 10}}
+    assert rw.student_worse(1, t, s) == (
+        "round 1: the noisy student (20.00% on val) is worse than the round-0 teacher (30.00%; 1 of 10 images, "
+        "within noise: fewer than 6 images cannot tell two models apart); train the teacher longer, raise "
+        "select.threshold, or give the student more steps")
+    t, s = {"top1": 0.80, "num_images": 10000}, {"top1": 0.7994, "num_images": 10000}
+    assert "(80.00%; 6 of 10,000 images); train" in rw.student_worse(1, t, s)          # 6: a gap that can tell
+    assert "5 of 10,000 images, within noise" in rw.student_worse(1, t, {"top1": 0.7995})
 
 
 def test_emit_once_and_collect(tmp_path, caplog):
@@ -360,6 +369,8 @@ def test_baseline_better_names_the_baseline_and_what_to_do(tmp_path):
     assert rw.baseline_better(1, "supervised", sup, s) is None and rw.baseline_better(1, "supervised", s, dict(s)) is None
     assert rw.baseline_better(1, "two_step", s, sup) is None
     assert "on test" in rw.baseline_better(1, "supervised", {"top1": 0.8}, {"top1": 0.85, "val": {"top1": 0.1}})
+    assert "(85.00%; 50 of 1,000 images): the pseudo-labels" in rw.baseline_better(
+        1, "supervised", {"top1": 0.8, "num_images": 1000}, {"top1": 0.85})
     lay = RunLayout(tmp_path)
     write_json(lay.eval(0, "teacher") / "eval.json", {"top1": 0.7})
     write_json(lay.eval(1, "student") / "eval.json", s)

@@ -99,20 +99,39 @@ def loss_rising(tag: str, losses: list[float]) -> str | None:
             f"{len(vals)} epochs; lower {section}.lr or set {section}.grad_clip")
 
 
-def _scores(a: dict, b: dict) -> tuple[str, float | None, float | None]:
-    """(where, a's top-1, b's top-1) of two eval.json contents: on val when both have it, else test."""
+def _scores(a: dict, b: dict) -> tuple[str, float | None, float | None, int | None]:
+    """(where, a's top-1, b's top-1, images scored) of two eval.json contents: on val when both have
+    it, else test."""
     av, bv = (a.get("val") or {}).get("top1"), (b.get("val") or {}).get("top1")
-    return ("val", av, bv) if av is not None and bv is not None else ("test", a.get("top1"), b.get("top1"))
+    if av is not None and bv is not None:
+        return "val", av, bv, (a.get("val") or {}).get("num_images")
+    return "test", a.get("top1"), b.get("top1"), a.get("num_images")
+
+
+# A two-sided exact sign test (McNemar's) at 5% needs the two models' disagreements to split at least
+# 6 to 0 (2 x 0.5^6 = 0.031): a gap of fewer than 6 images is noise whatever the set's size.
+MIN_TELLING_GAP = 6
+
+
+def _gap(x: float, y: float, n: int | None) -> str:
+    """'; D of N images' for two top-1s on N images, saying when D is too few to mean anything."""
+    if not n:
+        return ""
+    d = round(abs(x - y) * n)
+    noise = f", within noise: fewer than {MIN_TELLING_GAP} images cannot tell two models apart" \
+        if d < MIN_TELLING_GAP else ""
+    return f"; {d} of {n:,} images{noise}"
 
 
 def student_worse(k: int, teacher: dict, student: dict) -> str | None:
-    """`teacher`/`student`: eval.json contents (top1, and val.top1 when there is a validation set)."""
-    where, t, s = _scores(teacher, student)
+    """`teacher`/`student`: eval.json contents (top1, and val.top1 when there is a validation set;
+    num_images of each)."""
+    where, t, s, n = _scores(teacher, student)
     if t is None or s is None or s >= t:
         return None
     who = "the round-0 teacher" if k == 1 else f"its teacher (round {k - 1}'s student)"
-    return (f"round {k}: the noisy student ({100 * s:.2f}% on {where}) is worse than {who} ({100 * t:.2f}%); "
-            "train the teacher longer, raise select.threshold, or give the student more steps")
+    return (f"round {k}: the noisy student ({100 * s:.2f}% on {where}) is worse than {who} ({100 * t:.2f}%"
+            f"{_gap(s, t, n)}); train the teacher longer, raise select.threshold, or give the student more steps")
 
 
 # the variants whose lead over the noisy student means something to act on, and what
@@ -127,12 +146,12 @@ BASELINES = {
 
 def baseline_better(k: int, name: str, student: dict, baseline: dict) -> str | None:
     """The noisy student of round k below the variant `name` (a key of BASELINES) trained beside it."""
-    where, s, b = _scores(student, baseline)
+    where, s, b, n = _scores(student, baseline)
     if name not in BASELINES or s is None or b is None or s >= b:
         return None
     who, advice = BASELINES[name]
-    return (f"round {k}: the noisy student ({100 * s:.2f}% on {where}) is below {who} ({100 * b:.2f}%): "
-            f"{advice}")
+    return (f"round {k}: the noisy student ({100 * s:.2f}% on {where}) is below {who} ({100 * b:.2f}%"
+            f"{_gap(s, b, n)}): {advice}")
 
 
 # ------------------------------------------------------------------------------------------------
