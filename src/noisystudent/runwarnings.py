@@ -49,14 +49,14 @@ _SEEN: set[tuple[str, str, str]] = set()      # (run dir, key, message) this pro
 
 def threshold_filters_nothing(threshold: float | str, num_classes: int) -> str | None:
     """`select.threshold` (a number or 'auto', as in the config) keeps every pool image: <= 1/K."""
-    from .pseudo import resolve_threshold
+    from .pseudo import FEW_CLASSES_THRESHOLD, resolve_threshold
     t = resolve_threshold(threshold, num_classes)
     if num_classes < 2 or t > 1.0 / num_classes:
         return None
     return (f"select.threshold={t:g} is <= 1/{num_classes} classes = {1 / num_classes:.3g}: every pool "
             f"image's top class is at least that sure, so the threshold filters nothing; set it above "
             f"{1 / num_classes:.3g} to drop the teacher's least confident pseudo-labels, or to 'auto' "
-            f"(0.9 for 2 or 3 classes, chosen on val: docs/benchmarks/transfer.md)")
+            f"({FEW_CLASSES_THRESHOLD:g} for 2 or 3 classes, chosen on val: docs/benchmarks/transfer.md)")
 
 
 def short_schedule(tag: str, steps: int, n_labeled: int, batch_size: int) -> str | None:
@@ -102,10 +102,10 @@ def loss_rising(tag: str, losses: list[float]) -> str | None:
 def _scores(a: dict, b: dict) -> tuple[str, float | None, float | None, int | None]:
     """(where, a's top-1, b's top-1, images scored) of two eval.json contents: on val when both have
     it, else test."""
-    av, bv = (a.get("val") or {}).get("top1"), (b.get("val") or {}).get("top1")
-    if av is not None and bv is not None:
-        return "val", av, bv, (a.get("val") or {}).get("num_images")
-    return "test", a.get("top1"), b.get("top1"), a.get("num_images")
+    va, vb = a.get("val") or {}, b.get("val") or {}
+    on_val = va.get("top1") is not None and vb.get("top1") is not None
+    a, b = (va, vb) if on_val else (a, b)
+    return ("val" if on_val else "test"), a.get("top1"), b.get("top1"), a.get("num_images")
 
 
 # A two-sided exact sign test (McNemar's) at 5% needs the two models' disagreements to split at least
