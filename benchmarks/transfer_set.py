@@ -1,4 +1,4 @@
-"""Build a data set no bundled recipe was chosen on, in the folder layout `noisystudent init --data`
+r"""Build a data set no bundled recipe was chosen on, in the folder layout `noisystudent init --data`
 reads: ROOT/train/<class>/, ROOT/val/<class>/, ROOT/unlabeled/ (flat, no labels) and ROOT/test/<class>/.
 
 From an ImageFolder tree: e.g. CIFAR-10 in grayscale at 28 px (`--gray --size 28`), a harder task
