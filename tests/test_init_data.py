@@ -100,6 +100,27 @@ def test_init_data_says_what_is_missing(tmp_path, capsys):
     assert not (tmp_path / "p").exists()                    # nothing written when it stops
 
 
+def test_init_data_takes_a_pool_kept_elsewhere(tmp_path, capsys):
+    """--unlabeled DIR: the pool need not live under ROOT (a large one rarely does); the message for a
+    ROOT without one names the option; a pool over train/ or test/, or --unlabeled alone, is refused."""
+    make_own_data(tmp_path / "d", per_class=4)
+    (tmp_path / "d" / "pool").rename(tmp_path / "big-pool")
+    assert main(["init", str(tmp_path / "p"), "--data", str(tmp_path / "d")]) == 2
+    assert "(or --unlabeled DIR for a pool kept elsewhere)" in _err(capsys)
+    for bad, why in ((tmp_path / "d", "overlaps"), (tmp_path / "d" / "test", "overlaps"),
+                     (tmp_path / "d" / "train" / "cat", "overlaps"), (tmp_path / "nowhere", "not a folder")):
+        assert main(["init", str(tmp_path / "p"), "--data", str(tmp_path / "d"), "--unlabeled", str(bad)]) == 2
+        assert why in _err(capsys)
+    assert main(["init", str(tmp_path / "p"), "--unlabeled", str(tmp_path / "big-pool")]) == 2
+    assert "--unlabeled needs --data ROOT" in _err(capsys)
+    assert not (tmp_path / "p").exists()
+    assert main(["init", str(tmp_path / "p"), "--data", str(tmp_path / "d"), "--unlabeled",
+                 str(tmp_path / "big-pool")]) == 0
+    assert "18 unlabeled" in capsys.readouterr().out
+    cfg = load_config(tmp_path / "p" / "config.yaml")
+    assert cfg.data.unlabeled.root == str((tmp_path / "big-pool").resolve()) and cfg.data.unlabeled.kind == "folder"
+
+
 @pytest.mark.parametrize("side,colour,want", [(28, False, "fashion-mnist-1k"), (32, True, "cifar10-4k-fast"),
                                               (40, True, "cifar10-4k-fast"), (41, True, None), (224, False, None)])
 def test_choose_recipe_by_size_and_colour(side, colour, want, tmp_path):

@@ -145,8 +145,10 @@ def cmd_evaluate(args):
 def cmd_init(args):
     from .starter import choose_recipe, inspect_data_root, write_starter
     data, recipe = None, args.recipe
+    if args.unlabeled and not args.data:
+        raise UserError("--unlabeled needs --data ROOT (the labeled train/ and test/ folders)")
     if args.data:
-        data = inspect_data_root(args.data)
+        data = inspect_data_root(args.data, args.unlabeled)
         print(f"{args.data}: {data.describe()}")
         if recipe is None:
             recipe, why = choose_recipe(data)
@@ -300,6 +302,8 @@ def _add_setup_commands(sub) -> None:
     sp.add_argument("--data", metavar="ROOT", help="your images: ROOT/train/<class>/*, ROOT/test/<class>/*, "
                     "ROOT/unlabeled/** (optionally ROOT/val/<class>/*); written into the config, and for "
                     "images of <= 40 px a bundled small-image recipe is picked unless --recipe says otherwise")
+    sp.add_argument("--unlabeled", metavar="DIR", help="with --data: the unlabeled pool (any tree of images) "
+                    "when it is not ROOT/unlabeled/")
     sp.set_defaults(fn=cmd_init)
 
     sp = sub.add_parser("config", help="print the resolved config (defaults filled in, paths resolved)")

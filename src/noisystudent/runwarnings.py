@@ -1,8 +1,10 @@
 """Warnings about a run that will likely disappoint, each said once and kept for the report.
 
-Six checks, each a pure function that returns a message or None:
+Seven checks, each a pure function that returns a message or None:
   - `threshold_filters_nothing`: select.threshold <= 1/num_classes keeps every pool image (the top
     class of a probability vector is always at least 1/num_classes sure);
+  - `pool_copies`: pool images that are copies of validation or test images (left out of the
+    selection by the select stage; data/overlap.py finds them);
   - `short_schedule`: too few optimizer steps to fit the labeled set (a tiny labeled set counted in
     epochs: 30 epochs of 100 images at batch 64 are 60 steps);
   - `feature_map_collapse`: a model that downsamples by more than the image size (resnet18's 32 on
@@ -28,7 +30,7 @@ from pathlib import Path
 
 from .layout import RunLayout
 
-__all__ = ["threshold_filters_nothing", "short_schedule", "feature_map_collapse", "loss_rising", "student_worse",
+__all__ = ["threshold_filters_nothing", "pool_copies", "short_schedule", "feature_map_collapse", "loss_rising", "student_worse",
            "baseline_better", "BASELINES", "emit", "collect", "write_warnings", "read_warnings", "compare_round",
            "compare_baselines", "WARNINGS_FILE"]
 
@@ -57,6 +59,17 @@ def threshold_filters_nothing(threshold: float | str, num_classes: int) -> str |
             f"image's top class is at least that sure, so the threshold filters nothing; set it above "
             f"{1 / num_classes:.3g} to drop the teacher's least confident pseudo-labels, or to 'auto' "
             f"({FEW_CLASSES_THRESHOLD:g} for 2 or 3 classes, chosen on val: docs/benchmarks/transfer.md)")
+
+
+def pool_copies(copies: dict[str, list[str]]) -> str | None:
+    """{'val' / 'test' / ...: pool ids that are copies of that set's images}: say how many, where."""
+    if not any(copies.values()):
+        return None
+    parts = [f"{len(ids):,} of {name}" for name, ids in copies.items() if ids]
+    example = next(ids[0] for ids in copies.values() if ids)
+    return (f"the unlabeled pool holds copies of evaluation images ({', '.join(parts)}; e.g. {example!r}): "
+            f"left out of the selection, so the student never trains on them; remove them from data.unlabeled "
+            f"so the teacher stops labeling them")
 
 
 def short_schedule(tag: str, steps: int, n_labeled: int, batch_size: int) -> str | None:

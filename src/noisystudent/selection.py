@@ -105,7 +105,16 @@ class _PoolStats:
     teachers: list[str]
 
 
-def _scan_pool(shards: list[Path], num_classes: int, threshold: float, batch_rows: int) -> _PoolStats:
+def _without(batch: pa.RecordBatch, excluded: pa.Array | None) -> pa.RecordBatch:
+    """`batch` less the rows whose sample_id is in `excluded` (pool images that are copies of
+    evaluation images: data/overlap.py); both passes drop them the same way, as if not in the pool."""
+    if excluded is None:
+        return batch
+    return batch.filter(pc.invert(pc.is_in(batch.column("sample_id").cast(pa.string()), value_set=excluded)))
+
+
+def _scan_pool(shards: list[Path], num_classes: int, threshold: float, batch_rows: int,
+               excluded: pa.Array | None = None) -> _PoolStats:
     rows = 0
     counts_before = torch.zeros(num_classes, dtype=torch.long)
     counts_after = torch.zeros(num_classes, dtype=torch.long)
@@ -116,8 +125,9 @@ def _scan_pool(shards: list[Path], num_classes: int, threshold: float, batch_row
     for path in shards:
         parquet = pq.ParquetFile(path)
         has_teacher = "teacher" in parquet.schema_arrow.names
-        columns = SCALAR_COLUMNS + (["teacher"] if has_teacher else [])
+        columns = SCALAR_COLUMNS + (["teacher"] if has_teacher else []) + (["sample_id"] if excluded is not None else [])
         for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
+            batch = _without(batch, excluded)
             pred, confidence, true_label = _scalars(batch, num_classes, path)
             rows += pred.numel()
             counts_before += torch.bincount(pred, minlength=num_classes)
@@ -138,7 +148,8 @@ def _scan_pool(shards: list[Path], num_classes: int, threshold: float, batch_row
 
 
 def _collect_candidates(
-    shards: list[Path], num_classes: int, thresholds: torch.Tensor, batch_rows: int, expected_rows: int
+    shards: list[Path], num_classes: int, thresholds: torch.Tensor, batch_rows: int, expected_rows: int,
+    excluded: pa.Array | None = None,
 ) -> pa.Table:
     """Rows with confidence >= the threshold of their predicted class, in pool order."""
     kept_schema = pa.schema(
@@ -155,6 +166,7 @@ def _collect_candidates(
     for path in shards:
         parquet = pq.ParquetFile(path)
         for batch in parquet.iter_batches(batch_size=batch_rows, columns=kept_schema.names):
+            batch = _without(batch, excluded)
             pred, confidence, _ = _scalars(batch, num_classes, path)
             rows += pred.numel()
             # The same float32 comparison the histogram bins use, so every row the histograms
@@ -327,6 +339,7 @@ def select_from_labels(
     soft: bool = True,
     seed: int = 0,
     batch_rows: int = 65536,
+    exclude_ids: Sequence[str] = (),
 ) -> Selection:
     """Filter and balance the teacher's pseudo-labels in `label_dir` into a training set.
 
@@ -338,11 +351,13 @@ def select_from_labels(
     soft          soft targets (probabilities) or hard one-hot targets of `pred`.
     seed          seeds the generator that picks which duplicated rows get an extra copy.
     batch_rows    rows per streamed batch; changes memory use only, never the result.
+    exclude_ids   sample ids left out as if not in the pool (copies of evaluation images).
 
     Raises LabelDirError (a ValueError) for a missing/empty directory or mismatched shards.
     """
     shards = _checked_shards(label_dir, num_classes, batch_rows)
-    stats = _scan_pool(shards, num_classes, threshold, batch_rows)
+    excluded = pa.array(sorted(set(exclude_ids)), pa.string()) if len(exclude_ids) else None
+    stats = _scan_pool(shards, num_classes, threshold, batch_rows, excluded)
     confident_pool = int(stats.counts_after_threshold.sum())
     targets = _class_targets(per_class, num_classes, labeled_class_counts, confident_pool)
     if targets is None:
@@ -350,7 +365,7 @@ def select_from_labels(
     else:
         thresholds = thresholds_from_histograms(stats.histograms, targets, threshold)
 
-    candidates = _collect_candidates(shards, num_classes, thresholds, batch_rows, stats.rows)
+    candidates = _collect_candidates(shards, num_classes, thresholds, batch_rows, stats.rows, excluded)
     pred = torch.from_numpy(_numpy(candidates.column("pred"), np.int64))
     indices, copies = _choose_rows(candidates, pred, targets, seed)
     chosen = candidates.take(pa.array(indices.numpy()))

@@ -172,9 +172,10 @@ class DataRoot:
         return lines
 
 
-def inspect_data_root(root: str | Path) -> DataRoot:
-    """ROOT/train/<class>/*, ROOT/test/<class>/*, an unlabeled tree (ROOT/unlabeled, unlabelled or
-    pool) and optionally ROOT/val/<class>/*: read (listing only, plus 16 labeled images) through the
+def inspect_data_root(root: str | Path, unlabeled: str | Path | None = None) -> DataRoot:
+    """ROOT/train/<class>/*, ROOT/test/<class>/*, an unlabeled tree (`unlabeled` when given, as a
+    large pool often lives apart from the labeled images; else ROOT/unlabeled, unlabelled or pool)
+    and optionally ROOT/val/<class>/*: read (listing only, plus 16 labeled images) through the
     sources a run uses, so an error here is the one the run would give."""
     from .data.infer import is_colour, sample_images
     from .data.sources import read_folder, read_imagefolder
@@ -183,11 +184,21 @@ def inspect_data_root(root: str | Path) -> DataRoot:
         raise UserError(f"--data {root}: not a folder")
     found = sorted(p.name for p in r.iterdir() if p.is_dir() and not p.name.startswith("."))
     layout = "ROOT/train/<class>/*, ROOT/test/<class>/*, ROOT/unlabeled/** (and optionally ROOT/val/<class>/*)"
-    pool = next((r / n for n in _POOL_NAMES if (r / n).is_dir()), None)
+    if unlabeled is not None:
+        pool = Path(unlabeled).expanduser().resolve()
+        if not pool.is_dir():
+            raise UserError(f"--unlabeled {unlabeled}: not a folder")
+    else:
+        pool = next((r / n for n in _POOL_NAMES if (r / n).is_dir()), None)
     for name, p in (("train", r / "train"), ("test", r / "test"), ("unlabeled", pool)):
         if p is None or not p.is_dir():
+            elsewhere = " (or --unlabeled DIR for a pool kept elsewhere)" if name == "unlabeled" else ""
             raise UserError(f"--data {r}: no {name}/ folder (found: {', '.join(found) or 'nothing'}); "
-                            f"expected {layout}; or write the config by hand (`noisystudent init DIR`)")
+                            f"expected {layout}{elsewhere}; or write the config by hand (`noisystudent init DIR`)")
+    if unlabeled is not None:     # a pool over the labeled or test images would pseudo-label them
+        for p in (r / "train", r / "test", r / "val"):
+            if pool == p or pool in p.parents or p in pool.parents:
+                raise UserError(f"--unlabeled {pool}: overlaps {p}; point it at a folder of unlabeled images only")
     train, test = read_imagefolder(str(r / "train"), "", 3), read_imagefolder(str(r / "test"), "", 3)
     missing = sorted(set(test.classes) - set(train.classes))
     if missing:

@@ -132,6 +132,16 @@ class RunContext:
         return [_create(sc, self.cfg.data.in_chans, f"data.extra_test[{i}]")
                 for i, sc in enumerate(self.cfg.data.extra_test)]
 
+    @functools.cached_property
+    def pool_copies(self) -> dict[str, list[str]]:
+        """{'val' / 'test' / 'extra_test[i]': ids of pool images that are copies of that set's images}
+        (`data.overlap`: the same file, or the same bytes), found once per command. The sources as
+        configured, not their decoded caches, so files compare as files."""
+        from ..data.overlap import pool_copies
+        others = {"val": self._build("val") if self.cfg.data.val is not None else None, "test": self._build("test")}
+        others.update({f"extra_test[{i}]": s for i, s in enumerate(self.extra_tests)})
+        return pool_copies(self.pool, others)
+
     def data_fingerprint(self, role: str) -> str | list[str] | None:
         """Contents of a data source (`Source.fingerprint`), for the stages that read it: 'labeled',
         'test', 'val', 'unlabeled' or 'extra_test' (a list). Computed once per command; called by

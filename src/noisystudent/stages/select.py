@@ -2,7 +2,11 @@
 `selection.py`/`pseudo.py`; this only reads the labels folder and writes the selection)."""
 from __future__ import annotations
 
+import hashlib
+
 import pyarrow.parquet as pq
+
+from .. import runwarnings
 
 from ..artifacts import atomic_write, read_stage, write_json
 from ..config import config_to_dict
@@ -22,21 +26,33 @@ def select_pseudo_labels(ctx: RunContext, k: int) -> StageResult:
     threshold = resolve_threshold(cfg.select.threshold, len(ctx.classes))
     config = {"select": {**config_to_dict(cfg.select), "threshold": threshold}, "soft": cfg.student.soft,
               "seed": cfg.seed, "labeled_counts": class_counts(ctx.labeled.labels, len(ctx.classes))}
+    # pool images that are copies of validation or test images are left out (data/overlap.py); only
+    # a pool that has some puts them in the fingerprint, so a run made before the check is not redone
+    copies = ctx.pool_copies
+    dropped = sorted(set().union(*copies.values()))
+    if dropped:
+        config["pool_copies"] = {"counts": {n: len(v) for n, v in copies.items()},
+                                 "ids": hashlib.sha256("\0".join(dropped).encode("utf-8", "surrogateescape")).hexdigest()[:16]}
 
     def body(d):
         per_class = None if cfg.select.per_class == "none" else cfg.select.per_class
         sel = select_from_labels(label_dir, num_classes=len(ctx.classes), threshold=threshold,
                                  per_class=per_class, labeled_class_counts=config["labeled_counts"],
-                                 soft=cfg.student.soft, seed=seed_for(cfg.seed, "select", k))
+                                 soft=cfg.student.soft, seed=seed_for(cfg.seed, "select", k), exclude_ids=dropped)
         # undecodable pool images the label stage skipped (data.bad_images=skip), reported here too
         skipped = (read_stage(label_dir) or {}).get("info", {}).get("skipped_images", 0)
         report = dict(sel.report, classes=list(ctx.classes), pool_skipped_images=skipped)
+        warnings: dict = {}
+        if dropped:
+            report["pool_copies"] = {n: {"count": len(v), "examples": v[:5]} for n, v in copies.items()}
+            runwarnings.emit(ctx.run_dir, "pool_copies", runwarnings.pool_copies(copies), into=warnings)
         if ctx.rank == 0:
             with atomic_write(d / "selection.parquet") as f:
                 pq.write_table(sel.table, f)
             write_json(d / "selection.json", report)
         return ["selection.parquet", "selection.json"], {
             "selected_unique": sel.table.num_rows, "selected_with_copies": int(sum(report["counts_selected_with_copies"])),
-            "pseudo_label_accuracy": report.get("pseudo_label_accuracy")}
+            "pseudo_label_accuracy": report.get("pseudo_label_accuracy"),
+            **({"pool_copies_dropped": len(dropped), "warnings": warnings} if dropped else {})}
 
     return run_stage(ctx, ctx.layout.selection(k), config, {"labels": label_dir}, body, rank0_only=True)

@@ -1,0 +1,182 @@
+"""Pool images that are copies of evaluation images (validation, test): the same file reached by two
+paths (an unlabeled root over the test folder, hard or symbolic links) or a file with the same bytes
+(a copy), so that the `select` stage can leave them out.
+
+Why: the student trains on the teacher's pseudo-label of every selected pool image. If the pool holds
+test images, the test score is partly a score on images the student was trained on, and a validation
+image in the pool biases every choice made on val. `check_disjoint` catches this for sections of one
+source (the same ids); this catches it across sources, where ids differ (`unlabeled: {kind: folder,
+root: data}` beside `test: {kind: imagefolder, root: data/test}`, or test files copied into the pool).
+
+How, and what it costs: one `stat` per file (the default stat fingerprint already pays one); bytes
+are read only for pool files whose size equals an evaluation file's: their first 4 KiB, and the
+whole file only where those agree too. Tar members compare the same way (their offsets in the shard
+tell a member from itself); in-memory arrays (digits, idx, npz) by their pixels. Only exact copies are
+found: a re-encoded or resized copy has other bytes (that needs a perceptual hash), and a file source
+is not compared with an in-memory one (encoded bytes against pixels).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .sources import ArraySource, FileSource, Source, _SubsetSource
+from .streaming import TarSource
+
+__all__ = ["pool_copies", "copies_of"]
+
+HEAD_BYTES = 4096      # enough to tell two encoded images of one size apart (entropy-coded data starts early)
+
+
+@dataclass
+class _Rows:
+    """What the comparison needs of a source, row by row."""
+    ident: list            # a hashable identity of the stored bytes ((device, inode[, offset])), or None
+    size: np.ndarray       # int64 bytes; -1 = unreadable (never a copy)
+    read: Callable[[int, int | None], bytes]    # (row, first n bytes or None for all) -> bytes
+    kind: str              # "encoded" (file or tar member bytes) or "pixels" (decoded arrays)
+
+
+def _file_rows(paths: list[str]) -> _Rows:
+    ident, size = [], np.full(len(paths), -1, dtype=np.int64)
+    for i, p in enumerate(paths):
+        try:
+            st = os.stat(p)       # follows links: a symlink and its target are one file
+        except OSError:
+            ident.append(None)
+            continue
+        ident.append((st.st_dev, st.st_ino))
+        size[i] = st.st_size
+
+    def read(i: int, n: int | None) -> bytes:
+        # os-level reads: a file object costs more than reading a small image's head (contenthash.py)
+        fd = os.open(paths[i], os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        try:
+            if n is not None:
+                return os.read(fd, n)
+            chunks = []
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+    return _Rows(ident, size, read, "encoded")
+
+
+def _tar_rows(src: TarSource, rows: np.ndarray) -> _Rows:
+    shard_id = {}
+    for s, p in enumerate(src.shard_paths):
+        try:
+            st = os.stat(p)
+            shard_id[s] = (st.st_dev, st.st_ino)
+        except OSError:
+            shard_id[s] = None
+    ident = [(shard_id[int(src.shard[r])], int(src.offset[r])) if shard_id[int(src.shard[r])] else None
+             for r in rows]
+    size = np.asarray(src.size, dtype=np.int64)[rows]
+
+    def read(i: int, n: int | None) -> bytes:
+        data = src.read_bytes(int(rows[i]))
+        return data if n is None else data[:n]
+    return _Rows(ident, size, read, "encoded")
+
+
+def _array_rows(src: ArraySource, rows: np.ndarray) -> _Rows:
+    def pixels(i: int) -> bytes:
+        a = np.ascontiguousarray(src.images[int(rows[i])])
+        return repr(a.shape).encode() + a.tobytes()      # the shape too: 4x8 and 8x4 share their bytes
+    size = np.asarray([np.asarray(src.images[int(r)]).nbytes for r in rows], dtype=np.int64)
+    return _Rows([None] * len(rows), size, lambda i, n: pixels(i) if n is None else pixels(i)[:n], "pixels")
+
+
+def _rows_of(src: Source) -> _Rows | None:
+    """The source's rows for comparison, or None for a kind this module cannot read bytes of."""
+    rows = np.arange(len(src), dtype=np.int64)
+    while isinstance(src, _SubsetSource):      # a subset reads its parent's rows
+        rows, src = np.asarray(src.index, dtype=np.int64)[rows], src.parent
+    if isinstance(src, FileSource):
+        root = str(src.root)
+        return _file_rows([os.path.join(root, src.ids[int(r)]) for r in rows])
+    if isinstance(src, TarSource):
+        return _tar_rows(src, rows)
+    if isinstance(src, ArraySource) and src.images is not None:
+        return _array_rows(src, rows)
+    return None
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def _safe(fn, *args):
+    try:
+        return fn(*args)
+    except (OSError, ValueError):      # gone or unreadable since the stat: not a copy
+        return None
+
+
+def copies_of(pool: _Rows, other: _Rows) -> np.ndarray:
+    """Rows of `pool` that are the same stored image as a row of `other` (see the module docstring)."""
+    if pool.kind != other.kind:
+        return np.zeros(0, dtype=np.int64)
+    idents = {i for i in other.ident if i is not None}
+    by_size: dict[int, list[int]] = defaultdict(list)
+    for j, s in enumerate(other.size.tolist()):
+        if s >= 0:
+            by_size[s].append(j)
+    heads: dict[int, dict] = {}                     # size -> {head digest: other's rows}, built on first need
+    fulls: dict[int, bytes | None] = {}             # other's row -> digest of all its bytes
+    found = []
+    for i, s in enumerate(pool.size.tolist()):
+        if pool.ident[i] is not None and pool.ident[i] in idents:
+            found.append(i)
+            continue
+        if s < 0 or s not in by_size:
+            continue
+        if s not in heads:
+            heads[s] = defaultdict(list)
+            for j in by_size[s]:
+                h = _safe(other.read, j, HEAD_BYTES)
+                if h is not None:
+                    heads[s][_digest(h)].append(j)
+        head = _safe(pool.read, i, HEAD_BYTES)
+        hits = heads[s].get(_digest(head)) if head is not None else None
+        if not hits:
+            continue
+        if s <= HEAD_BYTES and pool.kind == "encoded":      # the head was the whole file
+            found.append(i)
+            continue
+        whole = _safe(pool.read, i, None)
+        if whole is None:
+            continue
+        d = _digest(whole)
+        for j in hits:
+            if j not in fulls:
+                b = _safe(other.read, j, None)
+                fulls[j] = _digest(b) if b is not None else None
+            if fulls[j] == d:
+                found.append(i)
+                break
+    return np.asarray(found, dtype=np.int64)
+
+
+def pool_copies(pool: Source, others: dict[str, Source | None]) -> dict[str, list[str]]:
+    """{name: ids of `pool` images that are copies of an image of `others[name]`, sorted} for each
+    source given (None entries and names without copies are left out)."""
+    p = _rows_of(pool)
+    if p is None:
+        return {}
+    out = {}
+    for name, src in others.items():
+        o = _rows_of(src) if src is not None else None
+        if o is None:
+            continue
+        rows = copies_of(p, o)
+        if len(rows):
+            out[name] = sorted(pool.ids[int(i)] for i in rows)
+    return out
