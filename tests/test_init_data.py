@@ -100,6 +100,27 @@ def test_init_data_says_what_is_missing(tmp_path, capsys):
     assert not (tmp_path / "p").exists()                    # nothing written when it stops
 
 
+def test_init_data_imagenet_layout_val_is_the_test_set(tmp_path, capsys):
+    """train/ and val/ without test/ (ImageNet's layout): val/ is the test set, read once, and the
+    validation set is drawn from train/ (a held-out minival); a run works from it."""
+    make_own_data(tmp_path / "in", per_class=10)
+    (tmp_path / "in" / "test").rename(tmp_path / "in" / "val")
+    assert main(["init", str(tmp_path / "p"), "--data", str(tmp_path / "in")]) == 0
+    assert "12 test (val/, as there is no test/)" in capsys.readouterr().out
+    text = (tmp_path / "p" / "config.yaml").read_text()
+    assert "# no test/: ROOT/val/ is the test set, read once" in text
+    cfg = load_config(tmp_path / "p" / "config.yaml")
+    d = cfg.data
+    assert d.test.root.endswith("in/val") and d.val.root.endswith("in/train") and d.val.per_class == 2
+    assert d.labeled.exclude == ["val"]
+    assert main(["run", str(tmp_path / "p" / "config.yaml"), "--run-dir", str(tmp_path / "run"), "--no-report",
+                 *TINY]) == 0, capsys.readouterr().err
+    shutil.rmtree(tmp_path / "in" / "val")           # neither test/ nor val/: the message names both
+    assert main(["init", str(tmp_path / "p2"), "--data", str(tmp_path / "in")]) == 2
+    err = _err(capsys)
+    assert "no test/ folder (found: pool, train); expected" in err and "(or ROOT/val/<class>/*, then the test set)" in err
+
+
 def test_init_data_takes_a_pool_kept_elsewhere(tmp_path, capsys):
     """--unlabeled DIR: the pool need not live under ROOT (a large one rarely does); the message for a
     ROOT without one names the option; a pool over train/ or test/, or --unlabeled alone, is refused."""

@@ -300,7 +300,8 @@ def _add_setup_commands(sub) -> None:
     sp.add_argument("--recipe", metavar="NAME", help="start from a bundled recipe (fashion-mnist-1k, "
                     "cifar10-4k-fast, ...: its steps, noise and schedule) with your folders as its data")
     sp.add_argument("--data", metavar="ROOT", help="your images: ROOT/train/<class>/*, ROOT/test/<class>/*, "
-                    "ROOT/unlabeled/** (optionally ROOT/val/<class>/*); written into the config, and for "
+                    "ROOT/unlabeled/** (optionally ROOT/val/<class>/*; without test/, val/ is the test set and "
+                    "validation is drawn from train/); written into the config, and for "
                     "images of <= 40 px a bundled small-image recipe is picked unless --recipe says otherwise")
     sp.add_argument("--unlabeled", metavar="DIR", help="with --data: the unlabeled pool (any tree of images) "
                     "when it is not ROOT/unlabeled/")

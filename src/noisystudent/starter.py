@@ -109,6 +109,7 @@ class DataRoot:
     tests: int
     sizes: list[tuple[int, int]]    # (height, width) of the sampled labeled images
     colour: bool
+    test_is_val: bool = False   # no ROOT/test/: ROOT/val/ is the test set (ImageNet's layout)
 
     @property
     def max_side(self) -> int:
@@ -140,8 +141,9 @@ class DataRoot:
         size = f"{sizes[0][1]}x{sizes[0][0]}" if len(sizes) == 1 else f"{len(sizes)} sizes up to {self.max_side} px"
         lo, hi = min(self.per_class), max(self.per_class)
         counts = f"{lo} a class" if lo == hi else f"{lo}-{hi} a class"
+        test = f"{self.tests:,} test" + (" (val/, as there is no test/)" if self.test_is_val else "")
         return (f"{len(self.classes)} classes, {sum(self.per_class):,} labeled images ({counts}), "
-                f"{self.pool:,} unlabeled, {self.tests:,} test; {size}, {'colour' if self.colour else 'grayscale'}")
+                f"{self.pool:,} unlabeled, {test}; {size}, {'colour' if self.colour else 'grayscale'}")
 
     def source_lines(self, image_size: int | None = None) -> list[str]:
         """The config's data sections for these folders; with `image_size` (images of mixed or
@@ -160,9 +162,11 @@ class DataRoot:
         else:
             lines += [f"  labeled:   {src(kind='imagefolder', root=str(self.train))}",
                       f"  # no validation set: the smallest class has {min(self.per_class)} labeled images "
-                      f"(a draw needs {_MIN_VAL_CLASS}); add ROOT/val/<class>/ to have one"]
+                      f"(a draw needs {_MIN_VAL_CLASS}); add ROOT/val/<class>/ to have one"
+                      + (" (with ROOT/test/<class>/: your val/ is the test set now)" if self.test_is_val else "")]
+        test_note = "   # no test/: ROOT/val/ is the test set, read once" if self.test_is_val else ""
         lines += [f"  unlabeled: {src(kind='folder', root=str(self.unlabeled))}",
-                  f"  test:      {src(kind='imagefolder', root=str(self.test))}"]
+                  f"  test:      {src(kind='imagefolder', root=str(self.test))}{test_note}"]
         if image_size:
             sizes = sorted(set(self.sizes))
             seen = (f"{sizes[0][1]}x{sizes[0][0]}" if len(sizes) == 1 else
@@ -175,7 +179,7 @@ class DataRoot:
 def inspect_data_root(root: str | Path, unlabeled: str | Path | None = None) -> DataRoot:
     """ROOT/train/<class>/*, ROOT/test/<class>/*, an unlabeled tree (`unlabeled` when given, as a
     large pool often lives apart from the labeled images; else ROOT/unlabeled, unlabelled or pool)
-    and optionally ROOT/val/<class>/*: read (listing only, plus 16 labeled images) through the
+    and optionally ROOT/val/<class>/* (without test/, val/ is the test set): read (listing only, plus 16 labeled images) through the
     sources a run uses, so an error here is the one the run would give."""
     from .data.infer import is_colour, sample_images
     from .data.sources import read_folder, read_imagefolder
@@ -190,29 +194,35 @@ def inspect_data_root(root: str | Path, unlabeled: str | Path | None = None) -> 
             raise UserError(f"--unlabeled {unlabeled}: not a folder")
     else:
         pool = next((r / n for n in _POOL_NAMES if (r / n).is_dir()), None)
-    for name, p in (("train", r / "train"), ("test", r / "test"), ("unlabeled", pool)):
+    # ImageNet's layout (train/ and val/, no test/): its val/ is what papers report, so it is the test
+    # set here, and validation is drawn from train/ (the usual held-out "minival" of ImageNet work)
+    test_is_val = not (r / "test").is_dir() and (r / "val").is_dir()
+    test_dir = r / "val" if test_is_val else r / "test"
+    for name, p in (("train", r / "train"), ("test", test_dir), ("unlabeled", pool)):
         if p is None or not p.is_dir():
-            elsewhere = " (or --unlabeled DIR for a pool kept elsewhere)" if name == "unlabeled" else ""
+            elsewhere = {"unlabeled": " (or --unlabeled DIR for a pool kept elsewhere)",
+                         "test": " (or ROOT/val/<class>/*, then the test set)"}.get(name, "")
             raise UserError(f"--data {r}: no {name}/ folder (found: {', '.join(found) or 'nothing'}); "
                             f"expected {layout}{elsewhere}; or write the config by hand (`noisystudent init DIR`)")
     if unlabeled is not None:     # a pool over the labeled or test images would pseudo-label them
         for p in (r / "train", r / "test", r / "val"):
             if pool == p or pool in p.parents or p in pool.parents:
                 raise UserError(f"--unlabeled {pool}: overlaps {p}; point it at a folder of unlabeled images only")
-    train, test = read_imagefolder(str(r / "train"), "", 3), read_imagefolder(str(r / "test"), "", 3)
+    train, test = read_imagefolder(str(r / "train"), "", 3), read_imagefolder(str(test_dir), "", 3)
     missing = sorted(set(test.classes) - set(train.classes))
     if missing:
-        raise UserError(f"--data {r}: test/ has classes train/ has not: {', '.join(missing[:5])}")
-    val = r / "val" if (r / "val").is_dir() else None
+        raise UserError(f"--data {r}: {test_dir.name}/ has classes train/ has not: {', '.join(missing[:5])}")
+    val = r / "val" if (r / "val").is_dir() and not test_is_val else None
     if val is not None and read_imagefolder(str(val), "", 3).classes != train.classes:
         raise UserError(f"--data {r}: val/ and train/ have different class folders")
     imgs = sample_images(train)
     if not imgs:
         raise UserError(f"--data {r}: none of the sampled train/ images could be decoded")
-    return DataRoot(train=r / "train", unlabeled=pool, test=r / "test", val=val, classes=list(train.classes),
+    return DataRoot(train=r / "train", unlabeled=pool, test=test_dir, val=val, classes=list(train.classes),
                     per_class=np.bincount(train.labels, minlength=len(train.classes)).tolist(),
                     pool=len(read_folder(str(pool), "", 3)), tests=len(test),
-                    sizes=[(im.shape[0], im.shape[1]) for _, im in imgs], colour=any(is_colour(im) for _, im in imgs))
+                    sizes=[(im.shape[0], im.shape[1]) for _, im in imgs], colour=any(is_colour(im) for _, im in imgs),
+                    test_is_val=test_is_val)
 
 
 def choose_recipe(data: DataRoot) -> tuple[str | None, str]:
