@@ -101,7 +101,8 @@ FEW_CLASSES_THRESHOLD = 0.9
 def resolve_threshold(threshold: float | str, num_classes: int) -> float:
     """`select.threshold` as the number the filter uses: a number is kept as given; "auto" is the
     paper's 0.3, or FEW_CLASSES_THRESHOLD where 0.3 <= 1/num_classes (2 or 3 classes), where 0.3
-    would keep every pool image."""
+    would keep every pool image. At four classes (0.3 just above chance) 0.9 was measured level with
+    0.3 on val, so 0.3 stays there (docs/benchmarks/transfer.md, "Four classes")."""
     if threshold != "auto":
         return float(threshold)
     few = num_classes >= 2 and PAPER_THRESHOLD <= 1.0 / num_classes

@@ -179,8 +179,9 @@ class DataRoot:
 def inspect_data_root(root: str | Path, unlabeled: str | Path | None = None) -> DataRoot:
     """ROOT/train/<class>/*, ROOT/test/<class>/*, an unlabeled tree (`unlabeled` when given, as a
     large pool often lives apart from the labeled images; else ROOT/unlabeled, unlabelled or pool)
-    and optionally ROOT/val/<class>/* (without test/, val/ is the test set): read (listing only, plus 16 labeled images) through the
-    sources a run uses, so an error here is the one the run would give."""
+    and optionally ROOT/val/<class>/* (without test/, val/ is the test set): read (listing only,
+    plus 16 labeled images) through the sources a run uses, so an error here is the one the run
+    would give."""
     from .data.infer import is_colour, sample_images
     from .data.sources import read_folder, read_imagefolder
     r = Path(root).expanduser().resolve()

@@ -7,7 +7,6 @@ import hashlib
 import pyarrow.parquet as pq
 
 from .. import runwarnings
-
 from ..artifacts import atomic_write, read_stage, write_json
 from ..config import config_to_dict
 from ..data import seed_for
