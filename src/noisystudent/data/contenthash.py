@@ -31,7 +31,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["ContentHashes", "RACY_NS", "DIGEST_BYTES"]
+__all__ = ["ContentHashes", "RACY_NS", "DIGEST_BYTES", "file_digest"]
 
 log = logging.getLogger("noisystudent")
 
@@ -48,7 +48,8 @@ def _path_keys(paths: Sequence[str]) -> np.ndarray:
     return np.frombuffer(blob, dtype="<u8").astype(np.uint64)
 
 
-def _file_digest(path: str, size: int) -> bytes:
+def file_digest(path: str, size: int) -> bytes:
+    """A digest (DIGEST_BYTES of sha256) of the bytes of the file at `path`, of stat size `size`."""
     # os-level reads: an image of up to 1 MB is one read (asking for a byte more than its stat size
     # sees the end in the same call); a file object costs more than the read itself
     h = hashlib.sha256()
@@ -125,7 +126,7 @@ class ContentHashes:
             out[hit, 1:] = self._digest[pos[hit]]
         for i in np.flatnonzero(regular & ~hit):
             try:
-                d = _file_digest(paths[i], int(meta[i, 0]))
+                d = file_digest(paths[i], int(meta[i, 0]))
             except (OSError, ValueError):
                 out[i, 0] = UNREADABLE
                 continue

@@ -25,6 +25,7 @@ from typing import Callable
 
 import numpy as np
 
+from .contenthash import file_digest
 from .sources import ArraySource, FileSource, Source, _SubsetSource
 from .streaming import TarSource
 
@@ -38,8 +39,14 @@ class _Rows:
     """What the comparison needs of a source, row by row."""
     ident: list            # a hashable identity of the stored bytes ((device, inode[, offset])), or None
     size: np.ndarray       # int64 bytes; -1 = unreadable (never a copy)
-    read: Callable[[int, int | None], bytes]    # (row, first n bytes or None for all) -> bytes
+    head: Callable[[int], bytes]     # row -> digest of its first HEAD_BYTES bytes
+    whole: Callable[[int], bytes]    # row -> digest of all its bytes
+    head_is_whole: int     # rows up to this size are told apart by `head` alone
     kind: str              # "encoded" (file or tar member bytes) or "pixels" (decoded arrays)
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 def _file_rows(paths: list[str]) -> _Rows:
@@ -53,19 +60,14 @@ def _file_rows(paths: list[str]) -> _Rows:
         ident.append((st.st_dev, st.st_ino))
         size[i] = st.st_size
 
-    def read(i: int, n: int | None) -> bytes:
-        # os-level reads: a file object costs more than reading a small image's head (contenthash.py)
+    def head(i: int) -> bytes:
+        # os-level read: a file object costs more than reading a small image's head (contenthash.py)
         fd = os.open(paths[i], os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
         try:
-            if n is not None:
-                return os.read(fd, n)
-            chunks = []
-            while chunk := os.read(fd, 1 << 20):
-                chunks.append(chunk)
-            return b"".join(chunks)
+            return _digest(os.read(fd, HEAD_BYTES))
         finally:
             os.close(fd)
-    return _Rows(ident, size, read, "encoded")
+    return _Rows(ident, size, head, lambda i: file_digest(paths[i], int(size[i])), HEAD_BYTES, "encoded")
 
 
 def _tar_rows(src: TarSource, rows: np.ndarray) -> _Rows:
@@ -79,19 +81,16 @@ def _tar_rows(src: TarSource, rows: np.ndarray) -> _Rows:
     ident = [(shard_id[int(src.shard[r])], int(src.offset[r])) if shard_id[int(src.shard[r])] else None
              for r in rows]
     size = np.asarray(src.size, dtype=np.int64)[rows]
-
-    def read(i: int, n: int | None) -> bytes:
-        data = src.read_bytes(int(rows[i]))
-        return data if n is None else data[:n]
-    return _Rows(ident, size, read, "encoded")
+    return _Rows(ident, size, lambda i: _digest(src.read_bytes(int(rows[i]))[:HEAD_BYTES]),
+                 lambda i: _digest(src.read_bytes(int(rows[i]))), HEAD_BYTES, "encoded")
 
 
 def _array_rows(src: ArraySource, rows: np.ndarray) -> _Rows:
-    def pixels(i: int) -> bytes:
+    def pixels(i: int) -> bytes:       # in memory, so the head is the whole image
         a = np.ascontiguousarray(src.images[int(rows[i])])
-        return repr(a.shape).encode() + a.tobytes()      # the shape too: 4x8 and 8x4 share their bytes
+        return _digest(repr(a.shape).encode() + a.tobytes())      # the shape too: 4x8 and 8x4 share their bytes
     size = np.asarray([np.asarray(src.images[int(r)]).nbytes for r in rows], dtype=np.int64)
-    return _Rows([None] * len(rows), size, lambda i, n: pixels(i) if n is None else pixels(i)[:n], "pixels")
+    return _Rows([None] * len(rows), size, pixels, pixels, np.iinfo(np.int64).max, "pixels")
 
 
 def _rows_of(src: Source) -> _Rows | None:
@@ -109,13 +108,9 @@ def _rows_of(src: Source) -> _Rows | None:
     return None
 
 
-def _digest(data: bytes) -> bytes:
-    return hashlib.blake2b(data, digest_size=16).digest()
-
-
-def _safe(fn, *args):
+def _safe(fn, i: int) -> bytes | None:
     try:
-        return fn(*args)
+        return fn(i)
     except (OSError, ValueError):      # gone or unreadable since the stat: not a copy
         return None
 
@@ -130,7 +125,7 @@ def copies_of(pool: _Rows, other: _Rows) -> np.ndarray:
         if s >= 0:
             by_size[s].append(j)
     heads: dict[int, dict] = {}                     # size -> {head digest: other's rows}, built on first need
-    fulls: dict[int, bytes | None] = {}             # other's row -> digest of all its bytes
+    wholes: dict[int, bytes | None] = {}            # other's row -> digest of all its bytes
     found = []
     for i, s in enumerate(pool.size.tolist()):
         if pool.ident[i] is not None and pool.ident[i] in idents:
@@ -141,25 +136,20 @@ def copies_of(pool: _Rows, other: _Rows) -> np.ndarray:
         if s not in heads:
             heads[s] = defaultdict(list)
             for j in by_size[s]:
-                h = _safe(other.read, j, HEAD_BYTES)
-                if h is not None:
-                    heads[s][_digest(h)].append(j)
-        head = _safe(pool.read, i, HEAD_BYTES)
-        hits = heads[s].get(_digest(head)) if head is not None else None
+                if (h := _safe(other.head, j)) is not None:
+                    heads[s][h].append(j)
+        head = _safe(pool.head, i)
+        hits = heads[s].get(head) if head is not None else None
         if not hits:
             continue
-        if s <= HEAD_BYTES and pool.kind == "encoded":      # the head was the whole file
+        if s <= pool.head_is_whole:
             found.append(i)
             continue
-        whole = _safe(pool.read, i, None)
-        if whole is None:
-            continue
-        d = _digest(whole)
+        whole = _safe(pool.whole, i)
         for j in hits:
-            if j not in fulls:
-                b = _safe(other.read, j, None)
-                fulls[j] = _digest(b) if b is not None else None
-            if fulls[j] == d:
+            if j not in wholes:
+                wholes[j] = _safe(other.whole, j)
+            if whole is not None and wholes[j] == whole:
                 found.append(i)
                 break
     return np.asarray(found, dtype=np.int64)

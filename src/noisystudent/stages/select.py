@@ -2,13 +2,11 @@
 `selection.py`/`pseudo.py`; this only reads the labels folder and writes the selection)."""
 from __future__ import annotations
 
-import hashlib
-
 import pyarrow.parquet as pq
 
 from .. import runwarnings
 from ..artifacts import atomic_write, read_stage, write_json
-from ..config import config_to_dict
+from ..config import config_hash, config_to_dict
 from ..data import seed_for
 from ..pseudo import resolve_threshold
 from ..selection import select_from_labels
@@ -30,8 +28,7 @@ def select_pseudo_labels(ctx: RunContext, k: int) -> StageResult:
     copies = ctx.pool_copies
     dropped = sorted(set().union(*copies.values()))
     if dropped:
-        config["pool_copies"] = {"counts": {n: len(v) for n, v in copies.items()},
-                                 "ids": hashlib.sha256("\0".join(dropped).encode("utf-8", "surrogateescape")).hexdigest()[:16]}
+        config["pool_copies"] = {"counts": {n: len(v) for n, v in copies.items()}, "ids": config_hash(dropped)}
 
     def body(d):
         per_class = None if cfg.select.per_class == "none" else cfg.select.per_class
