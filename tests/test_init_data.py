@@ -65,9 +65,9 @@ def test_init_data_grayscale_small_images_get_the_fashion_recipe(tmp_path, capsy
 
 
 def test_init_data_large_images_get_the_plain_starter_in_steps(tmp_path, capsys):
-    """Above 40 px: the plain starter (resnet18), its roots replaced, lengths in optimizer steps; a
+    """Above 48 px: the plain starter (resnet18), its roots replaced, lengths in optimizer steps; a
     ROOT/val/ folder is the validation set as it is. --recipe still wins over the pick."""
-    make_own_data(tmp_path / "big", per_class=12, size=48)
+    make_own_data(tmp_path / "big", per_class=12, size=56)
     shutil.copytree(tmp_path / "big" / "test", tmp_path / "big" / "val")
     assert main(["init", str(tmp_path / "proj"), "--data", str(tmp_path / "big")]) == 0
     assert "the plain starter" in capsys.readouterr().out
@@ -79,6 +79,22 @@ def test_init_data_large_images_get_the_plain_starter_in_steps(tmp_path, capsys)
     assert cfg.data.labeled.exclude == [] and cfg.data.labeled.root.endswith("big/train")
     assert main(["init", str(tmp_path / "p2"), "--data", str(tmp_path / "big"), "--recipe", "fashion-mnist-1k"]) == 0
     assert load_config(tmp_path / "p2" / "config.yaml").models == ["ns_cnn_s", "ns_cnn_s"]
+
+
+def test_init_data_colour_48px_gets_the_fast_recipe_at_its_size(tmp_path, capsys):
+    """Colour images of 41-48 px: the CIFAR-10 recipe with `image_size: 32` written (not commented),
+    saying why and how to keep the images' own size; `--recipe` named by hand keeps the images' size."""
+    make_own_data(tmp_path / "c", per_class=10, size=44)
+    assert main(["init", str(tmp_path / "p"), "--data", str(tmp_path / "c")]) == 0
+    assert "the images resized to its 32 px" in capsys.readouterr().out
+    text = (tmp_path / "p" / "config.yaml").read_text()
+    assert "image_size: 32   # every image is resized to this square (yours: 44x44); the size of the recipe 'cifar10-4k-fast'" in text
+    assert "# image_size: 32" not in text
+    cfg = load_config(tmp_path / "p" / "config.yaml")
+    assert cfg.models == ["ns_air_s", "ns_air_s"] and cfg.data.image_size == 32
+    assert main(["init", str(tmp_path / "q"), "--data", str(tmp_path / "c"), "--recipe", "cifar10-4k-fast"]) == 0
+    assert "  # image_size: 32" in (tmp_path / "q" / "config.yaml").read_text()
+    assert load_config(tmp_path / "q" / "config.yaml").data.image_size is None     # read from the images: 44
 
 
 def test_init_data_says_what_is_missing(tmp_path, capsys):
@@ -142,12 +158,16 @@ def test_init_data_takes_a_pool_kept_elsewhere(tmp_path, capsys):
     assert cfg.data.unlabeled.root == str((tmp_path / "big-pool").resolve()) and cfg.data.unlabeled.kind == "folder"
 
 
-@pytest.mark.parametrize("side,colour,want", [(28, False, "fashion-mnist-1k"), (32, True, "cifar10-4k-fast"),
-                                              (40, True, "cifar10-4k-fast"), (41, True, None), (224, False, None)])
-def test_choose_recipe_by_size_and_colour(side, colour, want, tmp_path):
+@pytest.mark.parametrize("side,colour,want,resize", [
+    (28, False, "fashion-mnist-1k", False), (32, True, "cifar10-4k-fast", False), (40, True, "cifar10-4k-fast", False),
+    (40, False, "fashion-mnist-1k", False), (41, True, "cifar10-4k-fast", True), (48, True, "cifar10-4k-fast", True),
+    (41, False, None, False), (49, True, None, False), (224, False, None, False)])
+def test_choose_recipe_by_size_and_colour(side, colour, want, resize, tmp_path):
+    """<= 40 px: the recipe at the images' size; colour 41-48 px: the CIFAR-10 recipe at its own 32 px
+    (F48 measured it against the plain starter there; grayscale that large was not measured)."""
     data = DataRoot(train=tmp_path, unlabeled=tmp_path, test=tmp_path, val=None, classes=["a", "b"],
                     per_class=[50, 40], pool=100, tests=10, sizes=[(side, side), (side - 2, side)], colour=colour)
-    assert choose_recipe(data)[0] == want
+    assert tuple(choose_recipe(data))[::2] == (want, resize)
     assert data.val_per_class == 8                          # a fifth of the smallest class, at most 20
 
 

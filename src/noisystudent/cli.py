@@ -144,16 +144,16 @@ def cmd_evaluate(args):
 
 def cmd_init(args):
     from .starter import choose_recipe, inspect_data_root, write_starter
-    data, recipe = None, args.recipe
+    data, recipe, resize = None, args.recipe, False
     if args.unlabeled and not args.data:
         raise UserError("--unlabeled needs --data ROOT (the labeled train/ and test/ folders)")
     if args.data:
         data = inspect_data_root(args.data, args.unlabeled)
         print(f"{args.data}: {data.describe()}")
         if recipe is None:
-            recipe, why = choose_recipe(data)
+            recipe, why, resize = choose_recipe(data)
             print(f"starting from {why}; --recipe NAME to choose another")
-    out, notes = write_starter(args.dir, args.force, resolve_config_path(recipe) if recipe else None, data)
+    out, notes = write_starter(args.dir, args.force, resolve_config_path(recipe) if recipe else None, data, resize)
     for note in notes:
         print(note)
     todo = (f"check it (`noisystudent config {out}` shows every value)" if data else
@@ -302,7 +302,8 @@ def _add_setup_commands(sub) -> None:
     sp.add_argument("--data", metavar="ROOT", help="your images: ROOT/train/<class>/*, ROOT/test/<class>/*, "
                     "ROOT/unlabeled/** (optionally ROOT/val/<class>/*; without test/, val/ is the test set and "
                     "validation is drawn from train/); written into the config, and for "
-                    "images of <= 40 px a bundled small-image recipe is picked unless --recipe says otherwise")
+                    "images of <= 40 px (colour: <= 48 px, resized to 32) a bundled small-image recipe is "
+                    "picked unless --recipe says otherwise")
     sp.add_argument("--unlabeled", metavar="DIR", help="with --data: the unlabeled pool (any tree of images) "
                     "when it is not ROOT/unlabeled/")
     sp.set_defaults(fn=cmd_init)

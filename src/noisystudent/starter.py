@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import yaml
@@ -13,7 +14,7 @@ import yaml
 from .errors import UserError
 
 __all__ = ["TEMPLATE", "write_starter", "recipe_starter_text", "resolved_config_text", "DataRoot",
-           "inspect_data_root", "choose_recipe", "few_classes_threshold"]
+           "inspect_data_root", "choose_recipe", "RecipePick", "few_classes_threshold"]
 
 TEMPLATE = Path(__file__).parent / "templates" / "own-data.yaml"
 # the template's block of data sections that `--data` replaces (first and last line)
@@ -22,11 +23,12 @@ _TEMPLATE_LAST = "  # labeled: {kind: imagefolder, root: train, exclude: [val]}"
 
 
 def write_starter(directory: str | Path, force: bool = False, recipe: Path | None = None,
-                  data: "DataRoot | None" = None) -> tuple[Path, list[str]]:
+                  data: "DataRoot | None" = None, resize: bool = False) -> tuple[Path, list[str]]:
     """Write DIR/config.yaml from the template, or from the recipe at `recipe` (a bundled config)
     (refusing to overwrite unless `force`); with `data` (`inspect_data_root`) its folders are the
-    config's data sections, so nothing is left to edit. Returns the path and what was changed for
-    the data (lines for the user)."""
+    config's data sections, so nothing is left to edit; with `resize` (`choose_recipe`'s pick) the
+    images train at the recipe's own size even when they are all one square size. Returns the path
+    and what was changed for the data (lines for the user)."""
     d = Path(directory)
     if d.exists() and not d.is_dir():
         raise UserError(f"{d} exists and is not a directory")
@@ -36,7 +38,9 @@ def write_starter(directory: str | Path, force: bool = False, recipe: Path | Non
     sources = None
     if data:
         recipe_size = _recipe_data(recipe.read_text()).get("image_size") if recipe else None
-        sources = data.source_lines(data.training_size(recipe_size) if data.needs_size else None)
+        resize = bool(resize and recipe_size)
+        size = data.training_size(recipe_size) if data.needs_size or resize else None
+        sources = data.source_lines(size, recipe=recipe.stem if resize else None)
     text = recipe_starter_text(recipe, sources) if recipe else template_text(sources)
     text, note = few_classes_threshold(text, len(data.classes)) if data else (text, None)
     d.mkdir(parents=True, exist_ok=True)
@@ -92,6 +96,7 @@ def few_classes_threshold(text: str, num_classes: int) -> tuple[str, str | None]
 
 _POOL_NAMES = ("unlabeled", "unlabelled", "pool")
 _SMALL_SIDE = 40          # images at most this large train with a bundled small-image recipe
+_RESIZE_SIDE = 48         # colour images up to this size train with it too, resized to its 32 px (F48, transfer.md)
 _MIN_VAL_CLASS = 10       # a validation draw needs this many images in the smallest class
 _MAX_STARTER_SIZE = 224   # the plain starter's largest training size for mixed sizes (timm resnet18's own)
 
@@ -145,9 +150,10 @@ class DataRoot:
         return (f"{len(self.classes)} classes, {sum(self.per_class):,} labeled images ({counts}), "
                 f"{self.pool:,} unlabeled, {test}; {size}, {'colour' if self.colour else 'grayscale'}")
 
-    def source_lines(self, image_size: int | None = None) -> list[str]:
+    def source_lines(self, image_size: int | None = None, recipe: str | None = None) -> list[str]:
         """The config's data sections for these folders; with `image_size` (images of mixed or
-        non-square sizes) the training size line too, since a run stops without one."""
+        non-square sizes, since a run stops without one, or `recipe`'s own size) the training size
+        line too."""
         def src(**kw) -> str:
             return yaml.safe_dump(kw, default_flow_style=True, sort_keys=False, width=1000).strip()
         k = self.val_per_class
@@ -171,8 +177,9 @@ class DataRoot:
             sizes = sorted(set(self.sizes))
             seen = (f"{sizes[0][1]}x{sizes[0][0]}" if len(sizes) == 1 else
                     f"{len(sizes)} sizes, {sizes[0][1]}x{sizes[0][0]} to {sizes[-1][1]}x{sizes[-1][0]}")
-            lines.append(f"  image_size: {image_size}   # every image is resized to this square (yours: {seen}); "
-                         "larger costs compute, smaller loses detail")
+            why = (f"the size of the recipe '{recipe}', which beat the plain starter on 48 px images; "
+                   "delete this line to train at yours" if recipe else "larger costs compute, smaller loses detail")
+            lines.append(f"  image_size: {image_size}   # every image is resized to this square (yours: {seen}); {why}")
         return lines
 
 
@@ -226,17 +233,29 @@ def inspect_data_root(root: str | Path, unlabeled: str | Path | None = None) -> 
                     test_is_val=test_is_val)
 
 
-def choose_recipe(data: DataRoot) -> tuple[str | None, str]:
-    """(bundled recipe or None for the plain starter, why). Small images train with the recipes
-    chosen on small images (colour: the CIFAR-10 one, grayscale: the Fashion-MNIST one); larger ones
-    with the plain starter (a timm resnet18, lengths in steps)."""
+class RecipePick(NamedTuple):
+    recipe: str | None      # a bundled recipe's name, or None for the plain starter
+    why: str                # for the user
+    resize: bool = False    # train at the recipe's own size, not the images'
+
+
+def choose_recipe(data: DataRoot) -> RecipePick:
+    """Small images train with the recipes chosen on small images (colour: the CIFAR-10 one,
+    grayscale: the Fashion-MNIST one), and colour images up to 48 px with the CIFAR-10 one resized
+    to its 32 px (measured against the plain starter: F48 in docs/benchmarks/transfer.md); larger
+    ones with the plain starter (a timm resnet18, lengths in steps)."""
+    kind = "colour" if data.colour else "grayscale"
     if data.max_side <= _SMALL_SIDE:
         name = "cifar10-4k-fast" if data.colour else "fashion-mnist-1k"
-        kind = "colour" if data.colour else "grayscale"
-        return name, (f"images of at most {data.max_side} px in {kind}: the bundled recipe '{name}' "
-                      f"(chosen on {'32 px colour' if data.colour else '28 px grayscale'} images; its steps, noise and schedule)")
-    return None, (f"images up to {data.max_side} px: the plain starter (a timm resnet18, lengths in optimizer "
-                  f"steps); for <= {_SMALL_SIDE} px images the bundled small-image recipes are picked instead")
+        return RecipePick(name, f"images of at most {data.max_side} px in {kind}: the bundled recipe '{name}' "
+                          f"(chosen on {'32 px colour' if data.colour else '28 px grayscale'} images; its steps, noise and schedule)")
+    if data.colour and data.max_side <= _RESIZE_SIDE:
+        return RecipePick("cifar10-4k-fast", f"colour images of at most {data.max_side} px: the bundled recipe "
+                          "'cifar10-4k-fast' with the images resized to its 32 px (on CIFAR-10 enlarged to 48 px its "
+                          "student beat the plain starter's by 5-8 points on val, 3 seeds)", resize=True)
+    return RecipePick(None, f"images up to {data.max_side} px: the plain starter (a timm resnet18, lengths in optimizer "
+                      f"steps); for <= {_SMALL_SIDE} px images (colour: <= {_RESIZE_SIDE} px) the bundled "
+                      "small-image recipes are picked instead")
 
 
 def resolved_config_text(cfg, check_data: bool = True) -> tuple[str, str | None]:
