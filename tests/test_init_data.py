@@ -95,6 +95,10 @@ def test_init_data_colour_48px_gets_the_fast_recipe_at_its_size(tmp_path, capsys
     assert main(["init", str(tmp_path / "q"), "--data", str(tmp_path / "c"), "--recipe", "cifar10-4k-fast"]) == 0
     assert "  # image_size: 32" in (tmp_path / "q" / "config.yaml").read_text()
     assert load_config(tmp_path / "q" / "config.yaml").data.image_size is None     # read from the images: 44
+    _resize_some(tmp_path / "c", [(40, 44)])              # mixed sizes: the line is needed, so no "delete it"
+    assert main(["init", str(tmp_path / "m"), "--data", str(tmp_path / "c")]) == 0
+    text = (tmp_path / "m" / "config.yaml").read_text()
+    assert "which beat the plain starter on 48 px images\n" in text and "delete this line" not in text
 
 
 def test_init_data_says_what_is_missing(tmp_path, capsys):

@@ -177,8 +177,9 @@ class DataRoot:
             sizes = sorted(set(self.sizes))
             seen = (f"{sizes[0][1]}x{sizes[0][0]}" if len(sizes) == 1 else
                     f"{len(sizes)} sizes, {sizes[0][1]}x{sizes[0][0]} to {sizes[-1][1]}x{sizes[-1][0]}")
-            why = (f"the size of the recipe '{recipe}', which beat the plain starter on 48 px images; "
-                   "delete this line to train at yours" if recipe else "larger costs compute, smaller loses detail")
+            why = (f"the size of the recipe '{recipe}', which beat the plain starter on 48 px images"
+                   + ("" if self.needs_size else "; delete this line to train at yours") if recipe
+                   else "larger costs compute, smaller loses detail")
             lines.append(f"  image_size: {image_size}   # every image is resized to this square (yours: {seen}); {why}")
         return lines
 
