@@ -82,6 +82,20 @@ def test_tar_members_and_in_memory_arrays(tmp_path):
             tf.addfile(ti, io.BytesIO(data))
     tar = create_source(SourceConfig(kind="tar", root=str(tmp_path / "tars")), 3)
     assert pool_copies(tar, {"test": _imagefolder(tmp_path / "d" / "test")}) == {"test": ["pool-000/a"]}
+    # over HEAD_BYTES a member is compared whole: its digest must be the one a file's bytes get
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "big.png")
+    (tmp_path / "bt" / "a").mkdir(parents=True)
+    shutil.copy(tmp_path / "big.png", tmp_path / "bt" / "a" / "x.png")
+    data = (tmp_path / "big.png").read_bytes()
+    assert len(data) > HEAD_BYTES
+    (tmp_path / "bigtar").mkdir()
+    with tarfile.open(tmp_path / "bigtar" / "pool-000.tar", "w") as tf:
+        ti = tarfile.TarInfo("c.png")
+        ti.size = len(data)
+        tf.addfile(ti, io.BytesIO(data))
+    big = create_source(SourceConfig(kind="tar", root=str(tmp_path / "bigtar")), 3)
+    assert pool_copies(big, {"test": _imagefolder(tmp_path / "bt")}) == {"test": ["pool-000/c"]}
 
     rng = np.random.default_rng(1)
     imgs = rng.integers(0, 256, (6, 4, 8, 3), dtype=np.uint8)

@@ -31,7 +31,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["ContentHashes", "RACY_NS", "DIGEST_BYTES", "file_digest"]
+__all__ = ["ContentHashes", "RACY_NS", "DIGEST_BYTES", "file_digest", "bytes_digest"]
 
 log = logging.getLogger("noisystudent")
 
@@ -46,6 +46,11 @@ def _path_keys(paths: Sequence[str]) -> np.ndarray:
     b2 = hashlib.blake2b
     blob = b"".join(b2(os.fsencode(p), digest_size=8).digest() for p in paths)
     return np.frombuffer(blob, dtype="<u8").astype(np.uint64)
+
+
+def bytes_digest(data: bytes) -> bytes:
+    """`file_digest` of bytes in memory (a tar member's): equal bytes, equal digests, wherever they are."""
+    return hashlib.sha256(data).digest()[:DIGEST_BYTES]
 
 
 def file_digest(path: str, size: int) -> bytes:

@@ -25,7 +25,7 @@ from typing import Callable
 
 import numpy as np
 
-from .contenthash import file_digest
+from .contenthash import bytes_digest, file_digest
 from .sources import ArraySource, FileSource, Source, _SubsetSource
 from .streaming import TarSource
 
@@ -81,8 +81,9 @@ def _tar_rows(src: TarSource, rows: np.ndarray) -> _Rows:
     ident = [(shard_id[int(src.shard[r])], int(src.offset[r])) if shard_id[int(src.shard[r])] else None
              for r in rows]
     size = np.asarray(src.size, dtype=np.int64)[rows]
+    # the whole digest is a file's (`file_digest`), so a member and a file with its bytes match
     return _Rows(ident, size, lambda i: _digest(src.read_bytes(int(rows[i]))[:HEAD_BYTES]),
-                 lambda i: _digest(src.read_bytes(int(rows[i]))), HEAD_BYTES, "encoded")
+                 lambda i: bytes_digest(src.read_bytes(int(rows[i]))), HEAD_BYTES, "encoded")
 
 
 def _array_rows(src: ArraySource, rows: np.ndarray) -> _Rows:
@@ -146,10 +147,12 @@ def copies_of(pool: _Rows, other: _Rows) -> np.ndarray:
             found.append(i)
             continue
         whole = _safe(pool.whole, i)
+        if whole is None:
+            continue
         for j in hits:
             if j not in wholes:
                 wholes[j] = _safe(other.whole, j)
-            if whole is not None and wholes[j] == whole:
+            if wholes[j] == whole:
                 found.append(i)
                 break
     return np.asarray(found, dtype=np.int64)
