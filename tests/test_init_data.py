@@ -210,9 +210,9 @@ def test_the_transfer_set_is_what_init_data_reads(tmp_path, capsys):
         ts.build(tmp_path / "src", tmp_path / "none", gray=False, size=0, train=2, val=1, unlabeled=3, test=0,
                  classes=["nope"])
     # --src digits: scikit-learn's 8 px digits, test/ the rest of each class, the draw seeded
-    counts = ts.build_digits(tmp_path / "dg", train=2, val=1, unlabeled=3, seed=1)
+    counts = ts.build_arrays(tmp_path / "dg", *ts.load_digits_u8(), train=2, val=1, unlabeled=3, seed=1)
     assert counts == {"train": 20, "val": 10, "unlabeled": 30, "test": 1797 - 60}
-    again = ts.build_digits(tmp_path / "dg2", train=2, val=1, unlabeled=3, seed=1)
+    again = ts.build_arrays(tmp_path / "dg2", *ts.load_digits_u8(), train=2, val=1, unlabeled=3, seed=1)
     assert counts == again and sorted(p.name for p in (tmp_path / "dg" / "train" / "3").iterdir()) == \
         sorted(p.name for p in (tmp_path / "dg2" / "train" / "3").iterdir())
     data = inspect_data_root(tmp_path / "dg")
