@@ -1,12 +1,14 @@
 """Warnings about a run that will likely disappoint, each said once and kept for the report.
 
-Seven checks, each a pure function that returns a message or None:
+Eight checks, each a pure function that returns a message or None:
   - `threshold_filters_nothing`: select.threshold <= 1/num_classes keeps every pool image (the top
     class of a probability vector is always at least 1/num_classes sure);
   - `pool_copies`: pool images that are copies of validation or test images (left out of the
     selection by the select stage; data/overlap.py finds them);
   - `short_schedule`: too few optimizer steps to fit the labeled set (a tiny labeled set counted in
     epochs: 30 epochs of 100 images at batch 64 are 60 steps);
+  - `mirror_changes_class`: a random mirror or flip test-time augmentation on images whose class a
+    mirror changes (digits, letters; data/mirror.py asks the labeled images);
   - `feature_map_collapse`: a model that downsamples by more than the image size (resnet18's 32 on
     12 px images) ends in 1x1 maps, where BatchNorm normalises a handful of values and the
     gradients can grow without bound (a NaN a few steps in, run to run);
@@ -30,7 +32,7 @@ from pathlib import Path
 
 from .layout import RunLayout
 
-__all__ = ["threshold_filters_nothing", "pool_copies", "short_schedule", "feature_map_collapse", "loss_rising", "student_worse",
+__all__ = ["threshold_filters_nothing", "pool_copies", "short_schedule", "mirror_changes_class", "feature_map_collapse", "loss_rising", "student_worse",
            "baseline_better", "BASELINES", "emit", "collect", "write_warnings", "read_warnings", "compare_round",
            "compare_baselines", "WARNINGS_FILE"]
 
@@ -81,6 +83,16 @@ def short_schedule(tag: str, steps: int, n_labeled: int, batch_size: int) -> str
     section = "teacher" if tag.startswith("teacher") else "student"
     return (f"{tag}: only {steps} optimizer steps ({passes:.0f} passes over {n_labeled} labeled images); "
             f"small-data recipes need >= {MIN_STEPS} steps and >= {MIN_PASSES} passes to fit — raise {section}.steps")
+
+
+def mirror_changes_class(check, mirrored_keys: list[str]) -> str | None:
+    """`check` (data.mirror.MirrorCheck of the labeled images, or None), `mirrored_keys` the config
+    keys that mirror images (data.hflip, label.flip_tta, evaluate.flip_tta) set true."""
+    if check is None or check.keeps_class or not mirrored_keys:
+        return None
+    return (f"{', '.join(mirrored_keys)}: a mirror changes the class of these images ({check.describe()}; "
+            f"digits, letters); set {' and '.join(k + '=false' for k in mirrored_keys)} (on MNIST the mirror "
+            f"cost the noisy student about 1.5 points: docs/benchmarks/transfer.md, TM)")
 
 
 def feature_map_collapse(tag: str, model_name: str, image_size: int | None, reduction: int | None) -> str | None:

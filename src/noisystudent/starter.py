@@ -6,15 +6,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import yaml
 
 from .errors import UserError
 
+if TYPE_CHECKING:
+    from .data.mirror import MirrorCheck
+
 __all__ = ["TEMPLATE", "write_starter", "recipe_starter_text", "resolved_config_text", "DataRoot",
-           "inspect_data_root", "choose_recipe", "RecipePick", "few_classes_threshold"]
+           "inspect_data_root", "choose_recipe", "RecipePick", "few_classes_threshold", "mirror_setting"]
 
 TEMPLATE = Path(__file__).parent / "templates" / "own-data.yaml"
 # the template's block of data sections that `--data` replaces (first and last line)
@@ -43,9 +46,10 @@ def write_starter(directory: str | Path, force: bool = False, recipe: Path | Non
         sources = data.source_lines(size, recipe=recipe.stem if resize else None)
     text = recipe_starter_text(recipe, sources) if recipe else template_text(sources)
     text, note = few_classes_threshold(text, len(data.classes)) if data else (text, None)
+    text, mirror = mirror_setting(text, data.mirror) if data else (text, None)
     d.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
-    return out, [note] if note else []
+    return out, [n for n in (note, mirror) if n]
 
 
 def template_text(sources: list[str] | None = None) -> str:
@@ -92,6 +96,28 @@ def few_classes_threshold(text: str, num_classes: int) -> tuple[str, str | None]
     return "\n".join(lines) + "\n", note
 
 
+def mirror_setting(text: str, check) -> tuple[str, str | None]:
+    """(the config `text`, what `init` tells the user) for the labeled images' mirror check
+    (`data.mirror.MirrorCheck`, or None when it could not run). When the mirror changes the class
+    (digits, letters) a random mirror (`data.hflip: true`) and flip test-time augmentation
+    (`label.flip_tta`, `evaluate.flip_tta`) are turned off; else the text is the config's own."""
+    cfg = yaml.safe_load(text) or {}
+    if check is None or check.keeps_class or not (cfg.get("data") or {}).get("hflip"):
+        return text, None
+    lines, section = text.splitlines(), None
+    for i, line in enumerate(lines):
+        if line[:1] not in ("", " ", "#"):
+            section = line.split(":")[0]
+        if section == "data" and line.startswith("  hflip:"):
+            lines[i] = (f"  hflip: false   # a mirror changes the class here ({check.describe()}); "
+                        "set by `init --data`: docs/benchmarks/transfer.md, TM")
+        elif section in ("label", "evaluate") and line.startswith("  flip_tta:"):
+            lines[i] = "  flip_tta: false   # no mirror: see data.hflip"
+    note = (f"mirror off (data.hflip, label/evaluate.flip_tta: false): it changes the class of these images "
+            f"({check.describe()})")
+    return "\n".join(lines) + "\n", note
+
+
 # `init --data ROOT`: find the folders, look at the images, pick a recipe ------------------------
 
 _POOL_NAMES = ("unlabeled", "unlabelled", "pool")
@@ -115,6 +141,7 @@ class DataRoot:
     sizes: list[tuple[int, int]]    # (height, width) of the sampled labeled images
     colour: bool
     test_is_val: bool = False   # no ROOT/test/: ROOT/val/ is the test set (ImageNet's layout)
+    mirror: "MirrorCheck | None" = None     # does a mirror keep the class? (data.mirror; None: not asked)
 
     @property
     def max_side(self) -> int:
@@ -191,6 +218,7 @@ def inspect_data_root(root: str | Path, unlabeled: str | Path | None = None) -> 
     plus 16 labeled images) through the sources a run uses, so an error here is the one the run
     would give."""
     from .data.infer import is_colour, sample_images
+    from .data.mirror import mirror_check_source
     from .data.sources import read_folder, read_imagefolder
     r = Path(root).expanduser().resolve()
     if not r.is_dir():
@@ -231,7 +259,7 @@ def inspect_data_root(root: str | Path, unlabeled: str | Path | None = None) -> 
                     per_class=np.bincount(train.labels, minlength=len(train.classes)).tolist(),
                     pool=len(read_folder(str(pool), "", 3)), tests=len(test),
                     sizes=[(im.shape[0], im.shape[1]) for _, im in imgs], colour=any(is_colour(im) for _, im in imgs),
-                    test_is_val=test_is_val)
+                    test_is_val=test_is_val, mirror=mirror_check_source(train))
 
 
 class RecipePick(NamedTuple):

@@ -85,6 +85,7 @@ def train_teacher(ctx: RunContext) -> StageResult:
         meta = ctx.model_meta(name, cfg.data.image_size, t.noise, "teacher")
         warns: dict = {}
         warn_collapse("teacher", name, model, ctx, d, warns)
+        warn_mirror(ctx, d, warns)
         warn_short_schedule("teacher", plan_steps(t, source.steps_per_epoch(ctx.world))[0], n_lab, t.batch_size,
                             ctx, d, warns)
         res = fit(model, t, source, out_dir=d, seed=seed_for(cfg.seed, "teacher"), meta=meta,
@@ -225,6 +226,19 @@ def warn_collapse(tag: str, name: str, model, ctx: RunContext, stage_dir, into: 
     reduction = info[-1].get("reduction") if isinstance(info, list) and info and isinstance(info[-1], dict) else None
     msg = runwarnings.feature_map_collapse(tag, name, ctx.cfg.data.image_size, reduction)
     _emit(ctx, stage_dir, "feature_map_collapse", msg, into)
+
+
+def warn_mirror(ctx: RunContext, stage_dir, into: dict) -> None:
+    """Warn when the config mirrors images whose class a mirror changes (runwarnings.mirror_changes_class;
+    the labeled images asked by data.mirror, at most 2,000 of them, on rank 0 only)."""
+    cfg = ctx.cfg
+    keys = [k for k, on in (("data.hflip", cfg.data.hflip), ("label.flip_tta", cfg.label.flip_tta),
+                            ("evaluate.flip_tta", cfg.evaluate.flip_tta)) if on]
+    if not keys or ctx.rank != 0:
+        return
+    from ..data.mirror import mirror_check_source
+    _emit(ctx, stage_dir, "mirror_changes_class",
+          runwarnings.mirror_changes_class(mirror_check_source(ctx.labeled, seed=cfg.seed), keys), into)
 
 
 def _warn_loss(ctx: RunContext, stage_dir, tag: str, history: list, into: dict) -> None:
