@@ -113,3 +113,22 @@ def test_predict_counts_are_a_number_or_auto(args, fragment, capsys):
         main(["predict", "--checkpoint", "m.pt", "--data", "d", "--out", "p.csv", *args])
     err = capsys.readouterr().err
     assert e.value.code == 2 and fragment in err and "Traceback" not in err
+
+
+def test_a_reader_that_stops_early_is_no_internal_error(tmp_path, monkeypatch, capsys):
+    """`noisystudent init DIR | head -1`: the pipe closes while the CLI still prints; the config is
+    written whole, the exit is 141 (SIGPIPE's), and no 'internal error' is reported."""
+    import sys
+    from noisystudent.cli import main
+
+    class ClosedPipe:
+        def write(self, s):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["init", str(tmp_path / "p")]) == 141
+    assert "internal error" not in capsys.readouterr().err
+    assert (tmp_path / "p" / "config.yaml").read_text().startswith("#")

@@ -44,21 +44,66 @@ def _blobs(n_per_class: int, seed: int = 0, size: int = 12) -> tuple[np.ndarray,
 
 def test_a_mirror_that_swaps_classes_turns_the_mirror_off():
     check = mirror_check(*_arrows(10))
-    assert check.accuracy == 1.0 and check.informative
-    assert check.mirrored < 0.5 and check.ratio < MAX_RATIO and not check.keeps_class
+    assert [o.feature for o in check.opinions] == ["pixels", "gradients"]
+    for o in check.opinions:
+        assert o.accuracy == 1.0 and o.informative and o.mirrored < 0.5 and o.ratio < MAX_RATIO
+    assert not check.keeps_class
 
 
 def test_a_mirror_that_keeps_classes_keeps_it():
     check = mirror_check(*_blobs(10))
-    assert check.accuracy == 1.0 and check.mirrored == 1.0 and check.ratio == 1.0 and check.keeps_class
+    assert all(o.accuracy == 1.0 and o.mirrored == 1.0 and o.ratio == 1.0 for o in check.opinions)
+    assert check.keeps_class
 
 
 def test_near_chance_pixels_cannot_tell_so_the_mirror_stays():
-    """Labels unrelated to the pixels (1-NN at chance): nothing can be read, the setting stays."""
+    """Labels unrelated to the images (1-NN at chance): nothing can be read, the setting stays."""
     imgs, _ = _arrows(10)
     labels = np.random.default_rng(1).permutation(np.repeat(np.arange(3), 10))
     check = mirror_check(imgs, labels)
-    assert not check.informative and check.keeps_class
+    assert not any(o.informative for o in check.opinions) and check.keeps_class
+
+
+def test_every_feature_that_can_tell_must_agree():
+    """One informative opinion below MAX_RATIO turns the mirror off only when no other informative
+    one says it keeps the class; an opinion near chance has no say."""
+    from noisystudent.data.mirror import MirrorCheck, Opinion, keeps_class
+    off, on = Opinion("pixels", 0.9, 0.2, 0.1, True), Opinion("gradients", 0.9, 0.8, 0.9, True)
+    silent = Opinion("pixels", 0.12, 0.1, float("nan"), False)
+    assert keeps_class((off, silent)) is False and keeps_class((silent, off)) is False
+    assert keeps_class((off, on)) is True and keeps_class((silent, silent)) is True
+    assert keeps_class((Opinion("pixels", 0.9, 0.5, MAX_RATIO, True),)) is True      # at the bound: kept
+    assert MirrorCheck(30, (silent, on), True).describe().endswith("1-NN on gradients: 90% right, mirrored 80%, ratio 0.90")
+
+
+def _strokes(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Three classes of one stroke each (horizontal, vertical, diagonal), moved up to 3 px, on random
+    texture, darker or lighter than it at random (as MNIST-M's |background - digit| makes them): a
+    zero-mean pixel match needs the same place and polarity, an unsigned gradient orientation in a
+    4x4 grid of cells does not."""
+    rng = np.random.default_rng(seed)
+    imgs = []
+    for c in range(3):
+        for _ in range(12):
+            m, o = np.zeros((16, 16), bool), int(rng.integers(-3, 4))
+            if c == 0:
+                m[7 + o:9 + o, 2:14] = True
+            elif c == 1:
+                m[2:14, 7 + o:9 + o] = True
+            else:
+                np.fill_diagonal(m[max(o, 0):, max(-o, 0):], True)
+            bg = 128 + rng.uniform(-40, 40, m.shape)
+            imgs.append(np.where(m, bg + rng.choice([-110, 110]), bg))
+    return np.clip(np.stack(imgs), 0, 255).astype(np.uint8), np.repeat(np.arange(3), 12)
+
+
+def test_gradient_histograms_see_strokes_through_a_texture():
+    from noisystudent.data.mirror import _gradient_histograms
+    imgs, ys = _strokes()
+    h = _gradient_histograms(imgs)
+    assert h.shape == (36, 4 * 4 * 9) and (h >= 0).all()
+    pixels, gradients = mirror_check(imgs, ys).opinions
+    assert gradients.accuracy > pixels.accuracy and gradients.informative
 
 
 def test_an_image_and_its_own_mirror_are_never_neighbours():
@@ -68,7 +113,7 @@ def test_an_image_and_its_own_mirror_are_never_neighbours():
     a[0, :, 1:3] = 200          # symmetric: its mirror is itself
     a[1, 1:3, :] = 200
     check = mirror_check(a, np.array([0, 1]))
-    assert check.accuracy == 0.0 and check.mirrored == 0.0
+    assert all(o.accuracy == 0.0 and o.mirrored == 0.0 for o in check.opinions)
 
 
 def test_mirror_check_refuses_mismatched_inputs():
@@ -93,7 +138,7 @@ def test_init_data_turns_the_mirror_off_for_classes_a_mirror_swaps(tmp_path, cap
         _save(tmp_path / "d", *_arrows(n, seed, size), split)
     assert main(["init", str(tmp_path / "p"), "--data", str(tmp_path / "d")]) == 0
     out = capsys.readouterr().out
-    assert starter in out and "mirror off" in out and "their mirrors" in out
+    assert starter in out and "mirror off" in out and "1-NN on pixels" in out
     cfg = yaml.safe_load((tmp_path / "p" / "config.yaml").read_text())
     assert cfg["data"]["hflip"] is False
     assert cfg.get("label", {}).get("flip_tta", False) is False and cfg.get("evaluate", {}).get("flip_tta", False) is False

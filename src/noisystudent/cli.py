@@ -3,6 +3,7 @@ exit code 2; an interrupt says how to resume; an internal error says it is a bug
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import os
 import sys
@@ -382,6 +383,15 @@ def main(argv: list[str] | None = None) -> int:
         msg = f"{what}: finished work is kept; rerun the same command to resume"
         _say(msg)
         return 143 if isinstance(e, Terminated) else 130
+    except BrokenPipeError:
+        # stdout piped into a reader that has stopped (`noisystudent init ... | head`): what was left to
+        # print has nowhere to go, which is no bug; files already written are complete (each atomic).
+        # stdout goes to devnull so the interpreter's own flush at exit does not fail a second time.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            pass                                # not a real file (a notebook, tests)
+        return 141                              # 128 + SIGPIPE, as a shell tool killed by it
     except Exception as e:  # noqa: BLE001 - last line of defence, keep it to one line for users
         if os.environ.get("NOISYSTUDENT_DEBUG"):
             raise
