@@ -119,8 +119,8 @@ def keeps_class(opinions) -> bool:
 
 def mirror_check_source(source, seed: int = 0, per_class: int = _PER_CLASS) -> MirrorCheck | None:
     """`mirror_check` on up to `per_class` images a class of a labeled source (a seeded draw; at most
-    `_MAX_IMAGES` in all), each resized to one square of at most `_SIDE` px; None when a class has
-    fewer than 2 images."""
+    `_MAX_IMAGES` in all), each read once and resized to one square of at most `_SIDE` px; None when
+    a class has fewer than 2 images or fewer than 2 could be read (unreadable ones are skipped)."""
     from PIL import Image
     from .decode import BadImage
     rng = np.random.default_rng(seed)
@@ -130,15 +130,16 @@ def mirror_check_source(source, seed: int = 0, per_class: int = _PER_CLASS) -> M
         return None
     per_class = max(2, min(per_class, _MAX_IMAGES // len(counts)))
     picked = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in range(len(counts))])
-    first = source.load(int(picked[0]))
-    side = min(_SIDE, max(first.shape[:2]))
-    imgs, ys = [], []
+    arrays, ys = [], []
     for i in picked:
         try:
             a = source.load(int(i))
         except BadImage:            # an unreadable image is the run's to report, not this check's
             continue
-        im = Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a)
-        imgs.append(np.asarray(im.resize((side, side), Image.BILINEAR), dtype=np.uint8))
+        arrays.append(a[..., 0] if a.shape[-1] == 1 else a)
         ys.append(labels[i])
-    return mirror_check(np.stack(imgs), np.array(ys)) if len(imgs) >= 2 else None
+    if len(arrays) < 2:
+        return None
+    side = min(_SIDE, max(arrays[0].shape[:2]))     # one square for all (1-NN compares whole images)
+    imgs = [np.asarray(Image.fromarray(a).resize((side, side), Image.BILINEAR), dtype=np.uint8) for a in arrays]
+    return mirror_check(np.stack(imgs), np.array(ys))
