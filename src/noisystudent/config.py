@@ -160,6 +160,9 @@ class SelectConfig:
     # (pseudo.resolve_threshold; chosen on val, docs/benchmarks/transfer.md)
     threshold: Union[float, Literal["auto"]] = "auto"
     per_class: Union[int, Literal["auto", "none"]] = "auto"
+    # leave out pool images that are near copies of validation or test images too (re-encoded,
+    # resized, recoloured, moved a pixel: data/nearcopy.py), not only exact copies (always left out)
+    near_copies: bool = True
 
 
 @dataclass

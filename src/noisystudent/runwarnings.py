@@ -1,10 +1,12 @@
 """Warnings about a run that will likely disappoint, each said once and kept for the report.
 
-Eight checks, each a pure function that returns a message or None:
+Nine checks, each a pure function that returns a message or None:
   - `threshold_filters_nothing`: select.threshold <= 1/num_classes keeps every pool image (the top
     class of a probability vector is always at least 1/num_classes sure);
   - `pool_copies`: pool images that are copies of validation or test images (left out of the
     selection by the select stage; data/overlap.py finds them);
+  - `pool_near_copies`: pool images that are near copies of them (re-encoded, resized, recoloured;
+    left out too; data/nearcopy.py finds them);
   - `short_schedule`: too few optimizer steps to fit the labeled set (a tiny labeled set counted in
     epochs: 30 epochs of 100 images at batch 64 are 60 steps);
   - `mirror_changes_class`: a random mirror or flip test-time augmentation on images whose class a
@@ -32,7 +34,7 @@ from pathlib import Path
 
 from .layout import RunLayout
 
-__all__ = ["threshold_filters_nothing", "pool_copies", "short_schedule", "mirror_changes_class", "feature_map_collapse", "loss_rising", "student_worse",
+__all__ = ["threshold_filters_nothing", "pool_copies", "pool_near_copies", "short_schedule", "mirror_changes_class", "feature_map_collapse", "loss_rising", "student_worse",
            "baseline_better", "BASELINES", "emit", "collect", "write_warnings", "read_warnings", "compare_round",
            "compare_baselines", "WARNINGS_FILE"]
 
@@ -72,6 +74,19 @@ def pool_copies(copies: dict[str, list[str]]) -> str | None:
     return (f"the unlabeled pool holds copies of evaluation images ({', '.join(parts)}; e.g. {example!r}): "
             f"left out of the selection, so the student never trains on them; remove them from data.unlabeled "
             f"so the teacher stops labeling them")
+
+
+def pool_near_copies(near: dict[str, dict]) -> str | None:
+    """{'val' / 'test' / ...: {pool id: [that set's id, score]}} of near copies (data/nearcopy.py):
+    say how many, and one pair."""
+    if not any(near.values()):
+        return None
+    parts = [f"{len(d):,} of {name}" for name, d in near.items() if d]
+    name, d = next((n, d) for n, d in near.items() if d)
+    pool_id = sorted(d)[0]
+    return (f"the unlabeled pool holds near copies of evaluation images, re-encoded, resized or recoloured "
+            f"({', '.join(parts)}; e.g. {pool_id!r} ~ {name} {d[pool_id][0]!r}): left out of the selection "
+            f"(pairs in cache/near-copies.json; select.near_copies: false keeps them)")
 
 
 def short_schedule(tag: str, steps: int, n_labeled: int, batch_size: int) -> str | None:

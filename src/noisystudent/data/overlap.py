@@ -12,8 +12,8 @@ How, and what it costs: one `stat` per file (the default stat fingerprint alread
 are read only for pool files whose size equals an evaluation file's: their first 4 KiB, and the
 whole file only where those agree too. Tar members compare the same way (their offsets in the shard
 tell a member from itself); in-memory arrays (digits, idx, npz) by their pixels. Only exact copies are
-found: a re-encoded or resized copy has other bytes (that needs a perceptual hash), and a file source
-is not compared with an in-memory one (encoded bytes against pixels).
+found here: a re-encoded or resized copy has other bytes (`nearcopy.py` compares pixels for those, and
+so also a file source with an in-memory one, which this module does not).
 """
 from __future__ import annotations
 

@@ -142,6 +142,25 @@ class RunContext:
         others.update({f"extra_test[{i}]": s for i, s in enumerate(self.extra_tests)})
         return pool_copies(self.pool, others)
 
+    @functools.cached_property
+    def pool_near_copies(self) -> dict:
+        """{'found': {'val' / 'test' / 'extra_test[i]': {pool id: [that set's id, score]}}, 'thresholds':
+        {set: [score threshold or None (not searched), share of its images alike among themselves]}}
+        (`data.nearcopy`: re-encoded, resized, recoloured or moved copies). Rank 0 computes it once a
+        run, kept in cache/near-copies.json under the sources' fingerprints; other ranks receive it."""
+        from ..data.nearcopy import cached_near_copies
+        from ..distributed import progress_enabled
+        others = {"val": self._build("val") if self.cfg.data.val is not None else None, "test": self._build("test")}
+        others.update({f"extra_test[{i}]": s for i, s in enumerate(self.extra_tests)})
+        prints = {"val": self.data_fingerprint("val"), "test": self.data_fingerprint("test"),
+                  "unlabeled": self.data_fingerprint("unlabeled")}
+        prints.update({f"extra_test[{i}]": fp for i, fp in enumerate(self.data_fingerprint("extra_test") or [])})
+        result = None
+        if self.rank == 0:
+            result = cached_near_copies(self.pool, others, prints, self.layout.cache("near-copies.json"),
+                                        self.decode_workers, progress_enabled())
+        return _same_on_all_ranks(self, result)
+
     def data_fingerprint(self, role: str) -> str | list[str] | None:
         """Contents of a data source (`Source.fingerprint`), for the stages that read it: 'labeled',
         'test', 'val', 'unlabeled' or 'extra_test' (a list). Computed once per command; called by

@@ -19,7 +19,7 @@ from ..config import config_hash
 
 __all__ = ["ADDED_LATER", "SPEED_ONLY", "fingerprinted", "stage_fingerprint"]
 
-ADDED_LATER = {"shift_tta": 0}
+ADDED_LATER = {"shift_tta": 0, "near_copies": True}
 SPEED_ONLY = (("label", "batch_size"), ("evaluate", "batch_size"))   # paths in the config a stage hands to `run_stage`
 
 

@@ -1,5 +1,6 @@
 """The `select` stage: filter low-confidence pseudo-labels and balance classes (pure logic lives in
-`selection.py`/`pseudo.py`; this only reads the labels folder and writes the selection)."""
+`selection.py`/`pseudo.py`; this only reads the labels folder and writes the selection), leaving out
+pool images that are copies or near copies of evaluation images (`data/overlap.py`, `data/nearcopy.py`)."""
 from __future__ import annotations
 
 import pyarrow.parquet as pq
@@ -26,9 +27,19 @@ def select_pseudo_labels(ctx: RunContext, k: int) -> StageResult:
     # pool images that are copies of validation or test images are left out (data/overlap.py); only
     # a pool that has some puts them in the fingerprint, so a run made before the check is not redone
     copies = ctx.pool_copies
-    dropped = sorted(set().union(*copies.values()))
+    exact = set().union(*copies.values())
+    # ... and near copies (re-encoded, resized, recoloured: data/nearcopy.py) unless select.near_copies
+    # is off; an exact copy is counted as such only
+    near, thresholds = {}, {}
+    if cfg.select.near_copies:
+        nc = ctx.pool_near_copies
+        near = {n: {p: v for p, v in d.items() if p not in exact} for n, d in nc["found"].items()}
+        near, thresholds = {n: d for n, d in near.items() if d}, nc["thresholds"]
+    dropped = sorted(exact.union(*near.values()))
     if dropped:
         config["pool_copies"] = {"counts": {n: len(v) for n, v in copies.items()}, "ids": config_hash(dropped)}
+        if near:
+            config["pool_copies"]["near_counts"] = {n: len(d) for n, d in near.items()}
 
     def body(d):
         per_class = None if cfg.select.per_class == "none" else cfg.select.per_class
@@ -39,9 +50,16 @@ def select_pseudo_labels(ctx: RunContext, k: int) -> StageResult:
         skipped = (read_stage(label_dir) or {}).get("info", {}).get("skipped_images", 0)
         report = dict(sel.report, classes=list(ctx.classes), pool_skipped_images=skipped)
         warnings: dict = {}
-        if dropped:
+        if copies:
             report["pool_copies"] = {n: {"count": len(v), "examples": v[:5]} for n, v in copies.items()}
             runwarnings.emit(ctx.run_dir, "pool_copies", runwarnings.pool_copies(copies), into=warnings)
+        if near:      # every pair is in the run's cache/near-copies.json
+            report["pool_near_copies"] = {n: {"count": len(d), "threshold": thresholds[n][0],
+                                              "examples": [[p, *d[p]] for p in sorted(d)[:5]]} for n, d in near.items()}
+            runwarnings.emit(ctx.run_dir, "pool_near_copies", runwarnings.pool_near_copies(near), into=warnings)
+        unsearched = {n: share for n, (t, share) in thresholds.items() if t is None}
+        if unsearched:     # images alike by nature (nearcopy.copy_threshold): only exact copies were looked for
+            report["near_copies_not_searched"] = {n: {"share_alike": v} for n, v in unsearched.items()}
         if ctx.rank == 0:
             with atomic_write(d / "selection.parquet") as f:
                 pq.write_table(sel.table, f)

@@ -1,0 +1,168 @@
+"""Near copies of evaluation images in the pool (data/nearcopy.py): what is found, what is not, and
+how a run leaves them out."""
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+from PIL import Image, ImageEnhance
+from sklearn.datasets import load_sample_images
+
+from noisystudent.cli import main
+from noisystudent.data import ArraySource
+from noisystudent.data.nearcopy import (DETAIL_MIN, THUMB, best_matches, copy_threshold, describe, near_copies_of,
+                                        near_copy_pairs, source_thumbnails, thumbnail)
+from noisystudent.data.sources import read_folder
+from noisystudent.layout import RunLayout
+from own_data import make_own_data
+from test_init_data import TINY
+
+
+def _photos() -> np.ndarray:
+    """Distinct real photos (uint8 NHWC, 32 px): the 96 px tiles of scikit-learn's two sample photos
+    that have detail at 32 px (smooth sky and petals left out), each tile a photo of its own."""
+    tiles = []
+    for im in load_sample_images().images:
+        for y in range(0, im.shape[0] - 96, 96):
+            for x in range(0, im.shape[1] - 96, 96):
+                tiles.append(np.asarray(Image.fromarray(im[y:y + 96, x:x + 96]).resize((32, 32), Image.BILINEAR)))
+    tiles = np.stack(tiles)
+    return tiles[~_desc(tiles).flat.numpy()]
+
+
+def _desc(images) -> "object":
+    return describe(np.stack([thumbnail(a) for a in images]))
+
+
+def _jpeg(a: np.ndarray, q: int) -> np.ndarray:
+    b = io.BytesIO()
+    Image.fromarray(a).save(b, "JPEG", quality=q)
+    return np.asarray(Image.open(io.BytesIO(b.getvalue())).convert("RGB"))
+
+
+def _altered(a: np.ndarray) -> list[np.ndarray]:
+    im = Image.fromarray(a)
+    return [_jpeg(a, 75),                                                                     # re-saved
+            np.asarray(im.resize((96, 96), Image.BICUBIC)),                                 # enlarged
+            np.asarray(ImageEnhance.Brightness(im).enhance(1.3)),                            # brighter
+            np.repeat(np.asarray(im.convert("L"))[:, :, None], 3, axis=2),                   # gray
+            np.pad(a, ((1, 0), (1, 0), (0, 0)), mode="edge")[:32, :32]]                      # moved 1 px
+
+
+def test_thumbnail_is_a_gray_square_of_any_image():
+    assert thumbnail(np.zeros((7, 50, 3), np.uint8)).shape == (THUMB, THUMB)
+    gray = thumbnail(np.full((40, 40, 1), 90, np.uint8))
+    assert gray.dtype == np.float32 and np.allclose(gray, 90)
+    rgb = thumbnail(np.full((40, 40, 3), (90, 90, 90), np.uint8))
+    assert np.allclose(rgb, gray)
+
+
+def test_altered_copies_are_found_and_other_photos_are_not():
+    photos = _photos()
+    assert len(photos) >= 24
+    test, others = photos[0::2], photos[1::2]        # the odd tiles: photos of their own, none a copy
+    kinds = ["re-saved", "enlarged", "brighter", "gray", "moved"]
+    altered = [_altered(a) for a in test]
+    for k, kind in enumerate(kinds):
+        pool = [alt[k] for alt in altered] + list(others)
+        rows, match, score = near_copy_pairs(_desc(pool), _desc(test))
+        assert (rows < len(test)).all(), kind                   # no other photo is taken for a copy
+        assert (match == rows).all(), kind                      # a copy is matched to its own original
+        assert len(rows) >= 0.8 * len(test), (kind, len(rows)) # and most copies are found
+        assert ((score >= DETAIL_MIN) & (score <= 1.0001)).all()
+
+
+def test_flat_images_never_match_and_a_row_never_matches_itself():
+    flat = [np.full((32, 32, 3), v, np.uint8) for v in (0, 128, 255)]
+    test = _desc(flat)
+    assert bool(test.flat.all())
+    assert near_copy_pairs(_desc(flat), test)[0].size == 0      # blank pool vs blank test: nothing to tell
+    photos = _photos()[:10]
+    d = _desc(np.concatenate([photos, photos[4:5]]))              # row 10 is a copy of row 4
+    score, match = best_matches(d, d, same=True)
+    assert match[10] == 4 and match[4] == 10 and score[10] > 0.99
+    assert (match[:10][np.arange(10) != 4] != np.arange(10)[np.arange(10) != 4]).all()
+
+
+def test_sets_alike_by_nature_are_not_searched():
+    photos = _desc(_photos())
+    assert copy_threshold(photos) == (DETAIL_MIN, 0.0)
+    rng = np.random.default_rng(0)             # 60 pale silhouettes on black, as in Fashion-MNIST
+    yy, xx = np.mgrid[0:28, 0:28]
+    alike = []
+    for _ in range(60):
+        ry, rx = rng.uniform(9, 12), rng.uniform(5, 8)
+        shape = (((yy - 14) / ry) ** 2 + ((xx - 14) / rx) ** 2 < 1) * rng.uniform(150, 230)
+        alike.append(np.clip(shape + rng.normal(0, 2, shape.shape), 0, 255).astype(np.uint8)[:, :, None])
+    t, share = copy_threshold(_desc(alike))
+    assert share > 0.5 and t is None
+
+
+def test_sources_stream_in_blocks_skip_bad_files_and_name_pairs_by_id(tmp_path):
+    photos = _photos()[:12]
+    pool_dir = tmp_path / "pool"
+    pool_dir.mkdir()
+    for i, a in enumerate(photos[:6]):
+        Image.fromarray(a).save(pool_dir / f"p{i}.png")
+    Image.fromarray(np.asarray(Image.fromarray(photos[8]).resize((400, 400), Image.BICUBIC))).save(pool_dir / "big.jpg", quality=90)
+    (pool_dir / "broken.png").write_bytes(b"not an image")
+    pool = read_folder(str(pool_dir), "", 3)
+    blocks = list(source_thumbnails(pool, block=3))
+    assert [len(r) for r, _ in blocks] == [3, 3, 1]                    # 8 files, the broken one left out
+    assert all(t.shape[1:] == (THUMB, THUMB) and t.dtype == np.uint8 for _, t in blocks)
+    test = ArraySource("test", [f"t{i}" for i in range(6, 12)], np.zeros(6, np.int64), None, 3, images=photos[6:])
+    found, thresholds = near_copies_of(pool, {"test": test, "val": None})
+    assert list(found) == ["test"] and {k: v[0] for k, v in found["test"].items()} == {"big.jpg": "t8"}
+    assert thresholds == {"test": (DETAIL_MIN, 0.0)}
+    again, _ = near_copies_of(pool, {"test": test})
+    assert again == found                                                 # deterministic
+
+
+def test_a_run_leaves_near_copies_out_keeps_them_when_asked_and_reuses_its_search(tmp_path, capsys):
+    """A pool holding an enlarged, re-encoded test image: left out of the selection, said once, the
+    pairs kept in cache/near-copies.json (a rerun reads them back); select.near_copies=false keeps it."""
+    make_own_data(tmp_path / "d", per_class=6, test_per_class=2)
+    test_img = sorted((tmp_path / "d" / "test").rglob("*.png"))[0]
+    Image.open(test_img).resize((36, 36), Image.BICUBIC).save(tmp_path / "d" / "pool" / "zz_near.jpg", quality=95)
+    assert main(["init", str(tmp_path / "p"), "--data", str(tmp_path / "d")]) == 0
+    cfg = str(tmp_path / "p" / "config.yaml")
+    over = [*TINY, "--set", "select.threshold=0.0", "--set", "select.per_class=none", "--no-report"]
+    run = tmp_path / "run"
+    assert main(["run", cfg, "--run-dir", str(run), *over]) == 0, capsys.readouterr().err
+    log = (run / "run.log").read_text()
+    assert "the unlabeled pool holds near copies of evaluation images" in log and "'zz_near.jpg'" in log
+    sel_dir = RunLayout(run).selection(1)
+    report = json.loads((sel_dir / "selection.json").read_text())
+    near = report["pool_near_copies"]["test"]
+    assert near["count"] == 1 and near["examples"][0][:2] == ["zz_near.jpg", test_img.relative_to(tmp_path / "d" / "test").as_posix()]
+    chosen = set(pq.read_table(sel_dir / "selection.parquet").column("sample_id").to_pylist())
+    assert "zz_near.jpg" not in chosen and len(chosen) == 18
+    cache = json.loads((run / "cache" / "near-copies.json").read_text())
+    assert list(cache["found"]["test"]) == ["zz_near.jpg"]
+    # a rerun: every stage done, the search read back from the cache (no second log line)
+    assert main(["run", cfg, "--run-dir", str(run), *over]) == 0
+    assert (run / "run.log").read_text().count("near copies: ") == 1
+    keep = tmp_path / "keep"
+    assert main(["run", cfg, "--run-dir", str(keep), *over, "--set", "select.near_copies=false"]) == 0
+    chosen = set(pq.read_table(RunLayout(keep).selection(1) / "selection.parquet").column("sample_id").to_pylist())
+    assert "zz_near.jpg" in chosen and len(chosen) == 19
+
+
+def test_the_search_is_kept_under_the_sources_fingerprints(tmp_path):
+    """Read back for the same fingerprints; computed again for other ones or a damaged file."""
+    from noisystudent.data.nearcopy import cached_near_copies
+    photos = _photos()[:8]
+    test = ArraySource("test", [f"t{i}" for i in range(8)], np.zeros(8, np.int64), None, 3, images=photos)
+    pool = ArraySource("pool", ["a", "b"], np.zeros(2, np.int64), None, 3, images=[_jpeg(photos[2], 75), photos[0][::-1]])
+    path = tmp_path / "cache" / "near-copies.json"
+    first = cached_near_copies(pool, {"test": test}, {"test": "x", "unlabeled": "y"}, path)
+    assert list(first["found"]["test"]) == ["a"] and first["thresholds"] == {"test": [DETAIL_MIN, 0.0]}
+    fake = json.loads(path.read_text())
+    fake["found"] = {"test": {"zz": ["t0", 1.0]}}          # what a stale result would look like
+    path.write_text(json.dumps(fake))
+    assert cached_near_copies(pool, {"test": test}, {"test": "x", "unlabeled": "y"}, path)["found"] == fake["found"]
+    assert cached_near_copies(pool, {"test": test}, {"test": "x", "unlabeled": "z"}, path) == first   # pool changed
+    path.write_text("{not json")
+    assert cached_near_copies(pool, {"test": test}, {"test": "x", "unlabeled": "z"}, path) == first
