@@ -166,3 +166,29 @@ def test_the_search_is_kept_under_the_sources_fingerprints(tmp_path):
     assert cached_near_copies(pool, {"test": test}, {"test": "x", "unlabeled": "z"}, path) == first   # pool changed
     path.write_text("{not json")
     assert cached_near_copies(pool, {"test": test}, {"test": "x", "unlabeled": "z"}, path) == first
+
+
+def test_tar_shards_and_a_subset_pool_read_through_two_decode_processes(tmp_path):
+    """A pool of webdataset-style shards, read by 2 DataLoader processes (the run's decode workers),
+    and a subset of it (a source with `exclude`): the same near copy is found, by its member id."""
+    import tarfile
+    from noisystudent.config import SourceConfig
+    from noisystudent.data import create_source
+    photos = _photos()[:30]
+    test = ArraySource("test", [f"t{i}" for i in range(15)], np.zeros(15, np.int64), None, 3, images=photos[:15])
+    (tmp_path / "tars").mkdir()
+    with tarfile.open(tmp_path / "tars" / "pool-000.tar", "w") as tf:
+        members = [(f"p{i:03d}.png", photos[15 + i % 15]) for i in range(300)] + [("zz.jpg", photos[7])]
+        for name, a in members:
+            b = io.BytesIO()
+            im = Image.fromarray(a) if name.endswith(".png") else Image.fromarray(a).resize((80, 80), Image.BICUBIC)
+            im.save(b, "PNG" if name.endswith(".png") else "JPEG", quality=90)
+            ti = tarfile.TarInfo(name)
+            ti.size = b.tell()
+            tf.addfile(ti, io.BytesIO(b.getvalue()))
+    tar = create_source(SourceConfig(kind="tar", root=str(tmp_path / "tars")), 3)
+    found, _ = near_copies_of(tar, {"test": test}, workers=2)
+    assert {k: v[0] for k, v in found["test"].items()} == {"pool-000/zz": "t7"}
+    part = tar.subset(np.arange(250, len(tar)))
+    found, _ = near_copies_of(part, {"test": test}, workers=2)
+    assert {k: v[0] for k, v in found["test"].items()} == {"pool-000/zz": "t7"}
