@@ -143,7 +143,9 @@ def test_a_run_leaves_near_copies_out_keeps_them_when_asked_and_reuses_its_searc
     assert list(cache["found"]["test"]) == ["zz_near.jpg"]
     # a rerun: every stage done, the search read back from the cache (no second log line)
     assert main(["run", cfg, "--run-dir", str(run), *over]) == 0
-    assert (run / "run.log").read_text().count("near copies: ") == 1
+    text = (run / "run.log").read_text()
+    assert text.count("pool images checked") == 1 and text.count("labeled images checked") == 1
+    assert "labeled_near_copies" not in (run / "warnings.json").read_text()     # none among the labeled
     keep = tmp_path / "keep"
     assert main(["run", cfg, "--run-dir", str(keep), *over, "--set", "select.near_copies=false"]) == 0
     chosen = set(pq.read_table(RunLayout(keep).selection(1) / "selection.parquet").column("sample_id").to_pylist())
@@ -192,3 +194,19 @@ def test_tar_shards_and_a_subset_pool_read_through_two_decode_processes(tmp_path
     part = tar.subset(np.arange(250, len(tar)))
     found, _ = near_copies_of(part, {"test": test}, workers=2)
     assert {k: v[0] for k, v in found["test"].items()} == {"pool-000/zz": "t7"}
+
+
+def test_labeled_near_copies_of_test_images_are_said_at_the_teacher_stage(tmp_path, capsys):
+    """A labeled image that is a re-saved, enlarged test image: one warning (run.log, warnings.json),
+    the pair in cache/labeled-near-copies.json; the sets themselves are left as the user made them."""
+    make_own_data(tmp_path / "d", per_class=6, test_per_class=2)
+    test_img = sorted((tmp_path / "d" / "test" / "dog").glob("*.png"))[0]
+    Image.open(test_img).resize((30, 30), Image.BICUBIC).save(tmp_path / "d" / "train" / "dog" / "zz_leak.jpg", quality=95)
+    assert main(["init", str(tmp_path / "p"), "--data", str(tmp_path / "d")]) == 0
+    run = tmp_path / "run"
+    assert main(["train", str(tmp_path / "p" / "config.yaml"), "--run-dir", str(run), *TINY]) == 0, capsys.readouterr().err
+    assert ("labeled images are copies or near copies of evaluation images (1 test image; e.g. labeled "
+            f"'dog/zz_leak.jpg' ~ test 'dog/{test_img.name}')") in (run / "run.log").read_text()
+    assert any(w["key"].startswith("labeled_near_copies") for w in json.loads((run / "warnings.json").read_text()))
+    cache = json.loads((run / "cache" / "labeled-near-copies.json").read_text())
+    assert {k: v[0] for k, v in cache["found"]["test"].items()} == {"dog/zz_leak.jpg": f"dog/{test_img.name}"}

@@ -1,12 +1,14 @@
 """Warnings about a run that will likely disappoint, each said once and kept for the report.
 
-Nine checks, each a pure function that returns a message or None:
+Ten checks, each a pure function that returns a message or None:
   - `threshold_filters_nothing`: select.threshold <= 1/num_classes keeps every pool image (the top
     class of a probability vector is always at least 1/num_classes sure);
   - `pool_copies`: pool images that are copies of validation or test images (left out of the
     selection by the select stage; data/overlap.py finds them);
   - `pool_near_copies`: pool images that are near copies of them (re-encoded, resized, recoloured;
     left out too; data/nearcopy.py finds them);
+  - `labeled_near_copies`: labeled images that are copies or near copies of validation or test
+    images (said at the teacher stage; the user's labeled and evaluation sets are left as they are);
   - `short_schedule`: too few optimizer steps to fit the labeled set (a tiny labeled set counted in
     epochs: 30 epochs of 100 images at batch 64 are 60 steps);
   - `mirror_changes_class`: a random mirror or flip test-time augmentation on images whose class a
@@ -34,7 +36,7 @@ from pathlib import Path
 
 from .layout import RunLayout
 
-__all__ = ["threshold_filters_nothing", "pool_copies", "pool_near_copies", "short_schedule", "mirror_changes_class", "feature_map_collapse", "loss_rising", "student_worse",
+__all__ = ["threshold_filters_nothing", "pool_copies", "pool_near_copies", "labeled_near_copies", "short_schedule", "mirror_changes_class", "feature_map_collapse", "loss_rising", "student_worse",
            "baseline_better", "BASELINES", "emit", "collect", "write_warnings", "read_warnings", "compare_round",
            "compare_baselines", "WARNINGS_FILE"]
 
@@ -87,6 +89,21 @@ def pool_near_copies(near: dict[str, dict]) -> str | None:
     return (f"the unlabeled pool holds near copies of evaluation images, re-encoded, resized or recoloured "
             f"({', '.join(parts)}; e.g. {pool_id!r} ~ {name} {d[pool_id][0]!r}): left out of the selection "
             f"(pairs in cache/near-copies.json; select.near_copies: false keeps them)")
+
+
+def labeled_near_copies(near: dict[str, dict]) -> str | None:
+    """{'val' / 'test' / ...: {labeled id: [that set's id, score]}} (data/nearcopy.py): labeled images
+    that are copies or near copies of evaluation images, so the score on that set counts images the
+    models were trained on, with their labels. Say how many, one pair, and what to do."""
+    if not any(near.values()):
+        return None
+    counts = {name: len({v[0] for v in d.values()}) for name, d in near.items() if d}
+    parts = [f"{n:,} {name} image{'s' if n != 1 else ''}" for name, n in counts.items()]
+    name, d = next((n, d) for n, d in near.items() if d)
+    lab_id = sorted(d)[0]
+    return (f"labeled images are copies or near copies of evaluation images ({', '.join(parts)}; e.g. labeled "
+            f"{lab_id!r} ~ {name} {d[lab_id][0]!r}): scores on those sets count images the models were trained "
+            f"on, labels and all; take them out of the evaluation sets (pairs in cache/labeled-near-copies.json)")
 
 
 def short_schedule(tag: str, steps: int, n_labeled: int, batch_size: int) -> str | None:

@@ -213,11 +213,11 @@ def near_copies_of(pool, others: dict, workers: int = 0, progress=None) -> tuple
 
 
 def cached_near_copies(pool, others: dict, fingerprints: dict, path: Path, workers: int = 0,
-                       progress: bool = False) -> dict:
+                       progress: bool = False, what: str = "pool") -> dict:
     """`near_copies_of` as JSON ({'found': {set: {pool id: [id, score]}}, 'thresholds': {set: [t, share]}}),
     read back from `path` when it was computed for the same `fingerprints` (of the pool and the
-    evaluation sources) and method; else computed, logged and saved there (derived data: a damaged
-    or stale file is computed again)."""
+    evaluation sources) and method; else computed, logged (`what` names the searched images) and saved
+    there (derived data: a damaged or stale file is computed again)."""
     from tqdm import tqdm
     from ..artifacts import read_json, write_json
     from ..config import config_hash
@@ -230,7 +230,7 @@ def cached_near_copies(pool, others: dict, fingerprints: dict, path: Path, worke
     if isinstance(saved, dict) and saved.get("key") == key:
         return {"found": saved["found"], "thresholds": saved["thresholds"]}
     t0 = time.time()
-    bar = tqdm(total=len(pool), desc="near copies", unit="img", disable=not progress, leave=False)
+    bar = tqdm(total=len(pool), desc=f"near copies ({what})", unit="img", disable=not progress, leave=False)
 
     def counted(rows):
         for row in rows:
@@ -244,11 +244,11 @@ def cached_near_copies(pool, others: dict, fingerprints: dict, path: Path, worke
     write_json(path, {"key": key, **result})
     searched = [n for n, (t, _) in thresholds.items() if t is not None]
     if searched:
-        log.info("near copies: %s pool images checked against %s in %.0f s", f"{len(pool):,}",
+        log.info("near copies: %s %s images checked against %s in %.0f s", f"{len(pool):,}", what,
                  ", ".join(f"{n} ({len(others[n]):,})" for n in searched), time.time() - t0)
     for n, (t, share) in thresholds.items():
         if t is None:
-            log.info("near copies: %s not searched: %.0f%% of its images are as alike as copies to another of them "
-                     "(items on a plain background, digits), so a copy cannot be told from a look-alike; exact "
-                     "copies are still left out", n, 100 * share)
+            log.info("near copies of %s images: %s not searched: %.0f%% of its images are as alike as copies to "
+                     "another of them (items on a plain background, digits), so a copy cannot be told from a "
+                     "look-alike", what, n, 100 * share)
     return result

@@ -138,9 +138,18 @@ class RunContext:
         (`data.overlap`: the same file, or the same bytes), found once per command. The sources as
         configured, not their decoded caches, so files compare as files."""
         from ..data.overlap import pool_copies
+        return pool_copies(self.pool, self.evaluation_sources())
+
+    def as_configured(self, section: str) -> Source:
+        """A data section's source as configured ('labeled', 'val', 'test', 'pool'): its files, not the
+        decoded cache the training reads, for the checks that compare files or decode them small."""
+        return self._build(section)
+
+    def evaluation_sources(self) -> dict:
+        """{'val': source or None, 'test': source, 'extra_test[i]': source} as configured."""
         others = {"val": self._build("val") if self.cfg.data.val is not None else None, "test": self._build("test")}
         others.update({f"extra_test[{i}]": s for i, s in enumerate(self.extra_tests)})
-        return pool_copies(self.pool, others)
+        return others
 
     @functools.cached_property
     def pool_near_copies(self) -> dict:
@@ -150,16 +159,18 @@ class RunContext:
         run, kept in cache/near-copies.json under the sources' fingerprints; other ranks receive it."""
         from ..data.nearcopy import cached_near_copies
         from ..distributed import progress_enabled
-        others = {"val": self._build("val") if self.cfg.data.val is not None else None, "test": self._build("test")}
-        others.update({f"extra_test[{i}]": s for i, s in enumerate(self.extra_tests)})
-        prints = {"val": self.data_fingerprint("val"), "test": self.data_fingerprint("test"),
-                  "unlabeled": self.data_fingerprint("unlabeled")}
-        prints.update({f"extra_test[{i}]": fp for i, fp in enumerate(self.data_fingerprint("extra_test") or [])})
         result = None
         if self.rank == 0:
-            result = cached_near_copies(self.pool, others, prints, self.layout.cache("near-copies.json"),
-                                        self.decode_workers, progress_enabled())
+            result = cached_near_copies(self.pool, self.evaluation_sources(), self.evaluation_fingerprints("unlabeled"),
+                                        self.layout.cache("near-copies.json"), self.decode_workers, progress_enabled())
         return _same_on_all_ranks(self, result)
+
+    def evaluation_fingerprints(self, role: str) -> dict:
+        """`data_fingerprint` of `role` ('unlabeled', 'labeled') and of every evaluation set."""
+        prints = {role: self.data_fingerprint(role), "val": self.data_fingerprint("val"),
+                  "test": self.data_fingerprint("test")}
+        prints.update({f"extra_test[{i}]": fp for i, fp in enumerate(self.data_fingerprint("extra_test") or [])})
+        return prints
 
     def data_fingerprint(self, role: str) -> str | list[str] | None:
         """Contents of a data source (`Source.fingerprint`), for the stages that read it: 'labeled',

@@ -86,6 +86,7 @@ def train_teacher(ctx: RunContext) -> StageResult:
         warns: dict = {}
         warn_collapse("teacher", name, model, ctx, d, warns)
         warn_mirror(ctx, d, warns)
+        warn_labeled_near_copies(ctx, d, warns)
         warn_short_schedule("teacher", plan_steps(t, source.steps_per_epoch(ctx.world))[0], n_lab, t.batch_size,
                             ctx, d, warns)
         res = fit(model, t, source, out_dir=d, seed=seed_for(cfg.seed, "teacher"), meta=meta,
@@ -239,6 +240,21 @@ def warn_mirror(ctx: RunContext, stage_dir, into: dict) -> None:
     from ..data.mirror import mirror_check_source
     _emit(ctx, stage_dir, "mirror_changes_class",
           runwarnings.mirror_changes_class(mirror_check_source(ctx.labeled, seed=cfg.seed), keys), into)
+
+
+def warn_labeled_near_copies(ctx: RunContext, stage_dir, into: dict) -> None:
+    """Warn when labeled images are copies or near copies of validation or test images
+    (runwarnings.labeled_near_copies; data/nearcopy.py on the sources as configured, rank 0 only,
+    once a run: kept in cache/labeled-near-copies.json). Off with select.near_copies: false."""
+    cfg = ctx.cfg
+    if not cfg.select.near_copies or ctx.rank != 0:
+        return
+    from ..data.nearcopy import cached_near_copies
+    from ..distributed import progress_enabled
+    found = cached_near_copies(ctx.as_configured("labeled"), ctx.evaluation_sources(),
+                               ctx.evaluation_fingerprints("labeled"), ctx.layout.cache("labeled-near-copies.json"),
+                               ctx.decode_workers, progress_enabled(), what="labeled")["found"]
+    _emit(ctx, stage_dir, "labeled_near_copies", runwarnings.labeled_near_copies(found), into)
 
 
 def _warn_loss(ctx: RunContext, stage_dir, tag: str, history: list, into: dict) -> None:
