@@ -137,9 +137,9 @@ def copy_threshold(other: Descriptors) -> tuple[float | None, float]:
     """(the detail score that makes a pool image a copy of one of `other`, or None: not searched; the
     share of `other`'s images that score >= DETAIL_MIN against another of them). Above SELF_SIMILAR
     the images are alike by nature: 53% of Fashion-MNIST's test images and 96% of the digits' pair up
-    at 0.6, and at the threshold where only 1 in 1,000 of them still pairs (0.93-0.98) different
-    digits written alike are taken for copies and a copy re-saved as JPEG is missed
-    (benchmarks/near_copies.py). A hash does no better there (pHash flags 4% of Fashion-MNIST's
+    at 0.6; at the threshold where only 1 in 1,000 of them still pairs (0.93-0.98), digits written
+    alike were taken for copies and 98% of Fashion-MNIST copies re-saved as JPEG at quality 30 were
+    missed (benchmarks/near_copies.py, tried before this rule). A hash does no better there (pHash flags 4% of Fashion-MNIST's
     training images at 2 bits, 90% of them of one class). So such a set is not searched."""
     best, _ = best_matches(other, other, same=True)
     share = float((best >= DETAIL_MIN).mean()) if len(best) else 0.0
