@@ -210,3 +210,20 @@ def test_labeled_near_copies_of_test_images_are_said_at_the_teacher_stage(tmp_pa
     assert any(w["key"].startswith("labeled_near_copies") for w in json.loads((run / "warnings.json").read_text()))
     cache = json.loads((run / "cache" / "labeled-near-copies.json").read_text())
     assert {k: v[0] for k, v in cache["found"]["test"].items()} == {"dog/zz_leak.jpg": f"dog/{test_img.name}"}
+
+
+def test_evaluation_thumbnails_are_decoded_once_a_fingerprint(tmp_path, monkeypatch):
+    """The labeled check and the pool check share the evaluation sets' thumbnails (kept under the
+    source's fingerprint): the second search decodes only the searched images."""
+    import noisystudent.data.nearcopy as nc
+    photos = _photos()[:8]
+    test = ArraySource("test", [f"t{i}" for i in range(8)], np.zeros(8, np.int64), None, 3, images=photos)
+    first = nc.evaluation_set(test, cache=tmp_path / "near-copies-test.npz", fingerprint="fp1")
+    decoded = []
+    real = nc.source_thumbnails
+    monkeypatch.setattr(nc, "source_thumbnails", lambda src, *a, **k: (decoded.append(src.name), real(src, *a, **k))[1])
+    again = nc.evaluation_set(test, cache=tmp_path / "near-copies-test.npz", fingerprint="fp1")
+    assert decoded == [] and np.array_equal(first[0], again[0]) and first[2] == again[2]
+    assert bool((first[1].detail == again[1].detail).all())
+    nc.evaluation_set(test, cache=tmp_path / "near-copies-test.npz", fingerprint="fp2")    # other images
+    assert decoded == ["test"]

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 __all__ = ["THUMB", "thumbnail", "Descriptors", "describe", "best_matches", "copy_threshold",
-           "near_copy_pairs", "source_thumbnails", "near_copies_of", "cached_near_copies"]
+           "near_copy_pairs", "source_thumbnails", "evaluation_set", "near_copies_of", "cached_near_copies"]
 
 log = logging.getLogger("noisystudent")
 
@@ -184,20 +184,52 @@ def source_thumbnails(src, workers: int = 0, progress=None, block: int = 4096):
         yield np.asarray(rows, dtype=np.int64), np.stack(thumbs)
 
 
-def near_copies_of(pool, others: dict, workers: int = 0, progress=None) -> tuple[dict, dict]:
+_METHOD = [THUMB, CANDIDATES, LAYOUT_MIN, DETAIL_MIN, MARGIN, SHIFT, FLAT, SELF_SIMILAR]   # in every cache key
+
+
+def evaluation_set(src, workers: int = 0, cache: Path | None = None, fingerprint: str | None = None):
+    """(rows, Descriptors, (threshold, share alike)) of an evaluation source: its thumbnails described
+    and its `copy_threshold`. With `cache` and the source's `fingerprint` the thumbnails are kept there
+    (uint8, 1 KB an image) and read back while the fingerprint holds, so the labeled check (teacher
+    stage) and the pool check (select stage) decode the evaluation images once between them."""
+    from ..artifacts import atomic_write
+    from ..config import config_hash
+    key = config_hash({"source": fingerprint, "method": _METHOD}) if cache is not None and fingerprint else None
+    thumbs = None
+    if key is not None and cache.exists():
+        try:
+            with np.load(cache) as z:
+                if str(z["key"]) == key:
+                    rows, thumbs = z["rows"], z["thumbs"]
+        except (OSError, ValueError, KeyError):
+            thumbs = None           # derived data: a damaged file is computed again
+    if thumbs is None:
+        parts = list(source_thumbnails(src, workers))
+        rows = np.concatenate([r for r, _ in parts]) if parts else np.zeros(0, np.int64)
+        thumbs = np.concatenate([t for _, t in parts]) if parts else np.zeros((0, THUMB, THUMB), np.uint8)
+        if key is not None:
+            with atomic_write(cache) as f:
+                np.savez(f, key=key, rows=rows, thumbs=thumbs)
+    desc = describe(thumbs)
+    return rows, desc, copy_threshold(desc)
+
+
+def near_copies_of(pool, others: dict, workers: int = 0, progress=None, cache_dir: Path | None = None,
+                   fingerprints: dict | None = None) -> tuple[dict, dict]:
     """({name: {pool id: (id in others[name], score)}}, {name: (threshold, share alike)}) for the pool
     images that are near copies of an image of each source of `others` (None entries skipped), and
     each set's `copy_threshold` (None: alike by nature, not searched, its dict empty). The evaluation
-    sets are held as descriptors (5 KB an image); the pool streams through in blocks."""
+    sets are held as descriptors (5 KB an image; their thumbnails kept in `cache_dir` under
+    `fingerprints[name]`, `evaluation_set`); the pool streams through in blocks."""
     sets = {}
     for name, src in others.items():
         if src is None or not len(src):
             continue
-        parts = list(source_thumbnails(src, workers))
-        if parts:
-            rows = np.concatenate([r for r, _ in parts])
-            desc = describe(np.concatenate([t for _, t in parts]))
-            sets[name] = (rows, desc, src, copy_threshold(desc))
+        fp = (fingerprints or {}).get(name)
+        cache = cache_dir / f"near-copies-{name}.npz" if cache_dir is not None else None
+        rows, desc, threshold = evaluation_set(src, workers, cache, fp)
+        if len(rows):
+            sets[name] = (rows, desc, src, threshold)
     found: dict[str, dict] = {name: {} for name in sets}
     thresholds = {name: v[3] for name, v in sets.items()}
     sets = {name: v for name, v in sets.items() if v[3][0] is not None}
@@ -217,12 +249,12 @@ def cached_near_copies(pool, others: dict, fingerprints: dict, path: Path, worke
     """`near_copies_of` as JSON ({'found': {set: {pool id: [id, score]}}, 'thresholds': {set: [t, share]}}),
     read back from `path` when it was computed for the same `fingerprints` (of the pool and the
     evaluation sources) and method; else computed, logged (`what` names the searched images) and saved
-    there (derived data: a damaged or stale file is computed again)."""
+    there (derived data: a damaged or stale file is computed again). The evaluation sets' thumbnails
+    are kept beside it, shared by every search of the run."""
     from tqdm import tqdm
     from ..artifacts import read_json, write_json
     from ..config import config_hash
-    key = config_hash({"sources": fingerprints, "method": [THUMB, CANDIDATES, LAYOUT_MIN, DETAIL_MIN, MARGIN,
-                                                            SHIFT, FLAT, SELF_SIMILAR]})
+    key = config_hash({"sources": fingerprints, "method": _METHOD})
     try:
         saved = read_json(path) if path.exists() else None
     except (OSError, ValueError):
@@ -236,7 +268,7 @@ def cached_near_copies(pool, others: dict, fingerprints: dict, path: Path, worke
         for row in rows:
             bar.update(1)
             yield row
-    found, thresholds = near_copies_of(pool, others, workers, counted)
+    found, thresholds = near_copies_of(pool, others, workers, counted, path.parent, fingerprints)
     bar.close()
     result = {"found": {n: {p: list(v) for p, v in sorted(d.items())} for n, d in found.items()},
               "thresholds": {n: [t, round(f, 4)] for n, (t, f) in thresholds.items()}}

@@ -30,11 +30,9 @@ def select_pseudo_labels(ctx: RunContext, k: int) -> StageResult:
     exact = set().union(*copies.values())
     # ... and near copies (re-encoded, resized, recoloured: data/nearcopy.py) unless select.near_copies
     # is off; an exact copy is counted as such only
-    near, thresholds = {}, {}
-    if cfg.select.near_copies:
-        nc = ctx.pool_near_copies
-        near = {n: {p: v for p, v in d.items() if p not in exact} for n, d in nc["found"].items()}
-        near, thresholds = {n: d for n, d in near.items() if d}, nc["thresholds"]
+    nc = ctx.pool_near_copies if cfg.select.near_copies else {"found": {}, "thresholds": {}}
+    near = {n: {p: v for p, v in d.items() if p not in exact} for n, d in nc["found"].items()}
+    near, thresholds = {n: d for n, d in near.items() if d}, nc["thresholds"]
     dropped = sorted(exact.union(*near.values()))
     if dropped:
         config["pool_copies"] = {"counts": {n: len(v) for n, v in copies.items()}, "ids": config_hash(dropped)}
