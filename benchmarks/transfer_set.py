@@ -15,6 +15,12 @@ test/ is what is left of each class after train, val and unlabeled. The draw of 
         --train 20 --val 30 --unlabeled 250 --seed 0
     python benchmarks/transfer_set.py --src data/cifar10 --out data/car-truck --gray --size 28 \
         --classes automobile,truck --train 100 --val 100 --unlabeled 2500
+    python benchmarks/transfer_set.py --src data/cifar10 --out data/animals-mix/s0 --seed 0 \
+        --classes bird,cat,deer,dog,frog,horse --train 100 --val 50 --unlabeled 500 --test 200 \
+        --other-classes airplane,automobile,ship,truck --other-unlabeled 750
+
+`--other-classes` puts images of classes the labeled set does not have into the pool only (a pool
+that holds other things too, as a crawled one does: Oliver et al. 2018's class mismatch).
 """
 from __future__ import annotations
 
@@ -46,9 +52,10 @@ def _dest(out: Path, split: str, cls: str, stem: str) -> Path:
 
 
 def build(src: Path, out: Path, gray: bool, size: int, train: int, val: int, unlabeled: int, test: int,
-          seed: int = 0, classes: list[str] | None = None) -> dict:
+          seed: int = 0, classes: list[str] | None = None, other_classes: list[str] | None = None,
+          other_unlabeled: int = 0) -> dict:
     rng = np.random.default_rng(seed)
-    counts = {"train": 0, "val": 0, "unlabeled": 0, "test": 0}
+    counts = {"train": 0, "val": 0, "unlabeled": 0, "test": 0, "unlabeled of other classes": 0}
 
     def save(f: Path, dest: Path) -> None:
         im = Image.open(f)
@@ -59,8 +66,12 @@ def build(src: Path, out: Path, gray: bool, size: int, train: int, val: int, unl
         im.save(dest)
 
     found = sorted(p.name for p in (src / "train").iterdir() if p.is_dir())
-    if classes and (missing := sorted(set(classes) - set(found))):
-        sys.exit(f"{src}/train has no class {', '.join(missing)}; it has {', '.join(found)}")
+    for names in (classes, other_classes):
+        if names and (missing := sorted(set(names) - set(found))):
+            sys.exit(f"{src}/train has no class {', '.join(missing)}; it has {', '.join(found)}")
+    other_classes = other_classes or []
+    if both := sorted(set(other_classes) & set(classes or found)):
+        sys.exit(f"--other-classes {', '.join(both)} also labeled: name the labeled ones with --classes")
     for c in [c for c in found if not classes or c in classes]:
         files = sorted((src / "train" / c).iterdir())
         parts = _parts(rng.permutation(len(files)), train, val, unlabeled, f"{src}/train/{c}")
@@ -72,6 +83,12 @@ def build(src: Path, out: Path, gray: bool, size: int, train: int, val: int, unl
         for f in tests[: test or None]:
             save(f, out / "test" / c / f"{f.stem}.png")
             counts["test"] += 1
+    # after the labeled classes: their draws stay those of the same seed without --other-classes
+    for c in other_classes:
+        files = sorted((src / "train" / c).iterdir())
+        for i in _parts(rng.permutation(len(files)), 0, 0, other_unlabeled, f"{src}/train/{c}")["unlabeled"]:
+            save(files[i], _dest(out, "unlabeled", c, files[i].stem))
+            counts["unlabeled of other classes"] += 1
     return counts
 
 
@@ -145,6 +162,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--backgrounds", type=Path, default=None, help="--src mnistm5k: a tree of background images")
     ap.add_argument("--classes", default="", help="comma-separated class folders to keep (default: all)")
+    ap.add_argument("--other-classes", default="", help="comma-separated class folders whose images go to "
+                    "unlabeled/ only (classes the labeled set does not have)")
+    ap.add_argument("--other-unlabeled", type=int, default=0, help="pool images per class of --other-classes")
     a = ap.parse_args()
     if a.out.exists():
         sys.exit(f"{a.out} exists: remove it first")
@@ -155,9 +175,12 @@ def main() -> None:
                            else load_mnistm5k(a.backgrounds, a.seed))
         counts = build_arrays(a.out, images, targets, a.train, a.val, a.unlabeled, a.seed, f"{a.src} class")
     else:
+        other = [c for c in a.other_classes.split(",") if c]
+        if bool(other) != (a.other_unlabeled > 0):
+            sys.exit("--other-classes and --other-unlabeled go together")
         counts = build(Path(a.src), a.out, a.gray, a.size, a.train, a.val, a.unlabeled, a.test, a.seed,
-                       [c for c in a.classes.split(",") if c])
-    print(f"{a.out}: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+                       [c for c in a.classes.split(",") if c], other, a.other_unlabeled)
+    print(f"{a.out}: " + ", ".join(f"{k} {v:,}" for k, v in counts.items() if v or "other" not in k))
 
 
 if __name__ == "__main__":
