@@ -55,7 +55,7 @@ def build(src: Path, out: Path, gray: bool, size: int, train: int, val: int, unl
           seed: int = 0, classes: list[str] | None = None, other_classes: list[str] | None = None,
           other_unlabeled: int = 0) -> dict:
     rng = np.random.default_rng(seed)
-    counts = {"train": 0, "val": 0, "unlabeled": 0, "test": 0, "unlabeled of other classes": 0}
+    counts = {"train": 0, "val": 0, "unlabeled": 0, "test": 0}
 
     def save(f: Path, dest: Path) -> None:
         im = Image.open(f)
@@ -70,6 +70,8 @@ def build(src: Path, out: Path, gray: bool, size: int, train: int, val: int, unl
         if names and (missing := sorted(set(names) - set(found))):
             sys.exit(f"{src}/train has no class {', '.join(missing)}; it has {', '.join(found)}")
     other_classes = other_classes or []
+    if other_classes:
+        counts["unlabeled of other classes"] = 0
     if both := sorted(set(other_classes) & set(classes or found)):
         sys.exit(f"--other-classes {', '.join(both)} also labeled: name the labeled ones with --classes")
     for c in [c for c in found if not classes or c in classes]:
@@ -180,7 +182,7 @@ def main() -> None:
             sys.exit("--other-classes and --other-unlabeled go together")
         counts = build(Path(a.src), a.out, a.gray, a.size, a.train, a.val, a.unlabeled, a.test, a.seed,
                        [c for c in a.classes.split(",") if c], other, a.other_unlabeled)
-    print(f"{a.out}: " + ", ".join(f"{k} {v:,}" for k, v in counts.items() if v or "other" not in k))
+    print(f"{a.out}: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
 
 
 if __name__ == "__main__":

@@ -209,6 +209,19 @@ def test_the_transfer_set_is_what_init_data_reads(tmp_path, capsys):
     with pytest.raises(SystemExit, match="no class nope"):
         ts.build(tmp_path / "src", tmp_path / "none", gray=False, size=0, train=2, val=1, unlabeled=3, test=0,
                  classes=["nope"])
+    # --other-classes: their images go to the flat pool only, after the labeled classes' draws (unchanged)
+    counts = ts.build(tmp_path / "src", tmp_path / "mix", gray=False, size=0, train=2, val=1, unlabeled=3, test=0,
+                      classes=CLASSES[:2], other_classes=CLASSES[2:], other_unlabeled=4)
+    assert counts == {"train": 4, "val": 2, "unlabeled": 6, "test": 8, "unlabeled of other classes": 4 * (len(CLASSES) - 2)}
+    mix = inspect_data_root(tmp_path / "mix")
+    assert mix.classes == sorted(CLASSES[:2]) and mix.pool == 6 + 4 * (len(CLASSES) - 2)
+    for split in ("train", "val", "unlabeled"):
+        two = sorted(p.name for p in (tmp_path / "two" / split).rglob("*.png"))
+        assert two == sorted(p.name for p in (tmp_path / "mix" / split).rglob("*.png")
+                             if p.name.split("_")[0] in CLASSES[:2] or split != "unlabeled")
+    with pytest.raises(SystemExit, match="also labeled"):
+        ts.build(tmp_path / "src", tmp_path / "both", gray=False, size=0, train=2, val=1, unlabeled=3, test=0,
+                 classes=CLASSES[:2], other_classes=CLASSES[1:2], other_unlabeled=1)
     # --src digits: scikit-learn's 8 px digits, test/ the rest of each class, the draw seeded
     counts = ts.build_arrays(tmp_path / "dg", *ts.load_digits_u8(), train=2, val=1, unlabeled=3, seed=1)
     assert counts == {"train": 20, "val": 10, "unlabeled": 30, "test": 1797 - 60}
