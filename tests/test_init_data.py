@@ -232,6 +232,36 @@ def test_the_transfer_set_is_what_init_data_reads(tmp_path, capsys):
     assert data.sizes[0] == (8, 8) and not data.colour and choose_recipe(data)[0] == "fashion-mnist-1k"
 
 
+def test_pool_classes_counts_what_the_selection_kept_of_other_classes(tmp_path):
+    """benchmarks/pool_classes.py (the class-mismatch check's table): classes read off the pool's file
+    names, kept shares unique and with copies, pseudo-labels right among the labeled classes."""
+    import importlib.util
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from conftest import ROOT
+    spec = importlib.util.spec_from_file_location("pool_classes", ROOT / "benchmarks" / "pool_classes.py")
+    pc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pc)
+    assert pc.class_of("cat_0001.png") == "cat" and pc.class_of("truck/0001.jpg") == "truck"
+    (tmp_path / "round1" / "labels").mkdir(parents=True)
+    (tmp_path / "round1" / "selection").mkdir()
+    ids = ["cat_1.png", "cat_2.png", "dog_1.png", "truck_1.png", "truck_2.png", "ship_1.png"]
+    pq.write_table(pa.table({"sample_id": ids, "confidence": [0.9, 0.2, 0.8, 0.7, 0.1, 0.3]}),
+                   tmp_path / "round1" / "labels" / "part-00000.parquet")
+    pq.write_table(pa.table({"sample_id": ["cat_1.png", "dog_1.png", "truck_1.png", "ship_1.png"],
+                             "copies": pa.array([1, 2, 3, 1], pa.int32()), "pred": pa.array([0, 0, 1, 1], pa.int32())}),
+                   tmp_path / "round1" / "selection" / "selection.parquet")
+    (tmp_path / "round1" / "selection" / "selection.json").write_text(json.dumps({"classes": ["cat", "dog"]}))
+    r = pc.pool_classes(tmp_path, {"truck", "ship"})
+    assert (r["pool"], r["pool_other"], r["kept"], r["kept_other"]) == (6, 3, 4, 2)
+    assert (r["kept_with_copies"], r["kept_other_with_copies"]) == (7, 4)
+    assert r["confidence_other"] == pytest.approx(1.1 / 3) and r["confidence_labeled_classes"] == pytest.approx(1.9 / 3)
+    assert r["right_of_labeled_classes"] == 0.5         # cat_1 labeled cat, dog_1 labeled cat
+    assert "2 of 4 (50.0%)" in pc.table([r]) and "mean" in pc.table([r, r])
+    with pytest.raises(FileNotFoundError, match="round 2"):
+        pc.pool_classes(tmp_path, {"truck"}, k=2)
+
+
 def _resize_some(root, sizes):
     """Resize train/ images in turn to each (width, height) of `sizes`."""
     for f, wh in zip(sorted(root.rglob("train/*/*.png")), sizes * 100):
