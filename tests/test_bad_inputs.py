@@ -216,6 +216,50 @@ def test_sixteen_bit_grayscale_is_scaled_not_clipped(tmp_path):
         np.testing.assert_array_equal(out[:, :, 0], np.rint(a / 257.0).astype(np.uint8))
 
 
+def test_transparent_pixels_are_laid_over_white_whatever_colour_they_hold(tmp_path):
+    """Two icons alike to the eye, one saved with black under its transparent pixels and one with
+    white (PIL's convert("RGB") would keep those colours), decode the same: over white."""
+    from noisystudent.data import open_image
+    rgb = np.zeros((6, 6, 4), np.uint8)
+    rgb[..., 0], rgb[..., 3] = 200, 0
+    rgb[2:4, 2:4, 3] = 255                          # an opaque red square on a transparent field
+    black, white = rgb.copy(), rgb.copy()
+    black[rgb[..., 3] == 0, :3] = 0
+    white[rgb[..., 3] == 0, :3] = 255
+    half = white.copy()
+    half[0, 0] = (0, 0, 0, 128)                     # half see-through black over white: mid gray
+    for name, a in (("black", black), ("white", white), ("half", half)):
+        Image.fromarray(a, "RGBA").save(tmp_path / f"{name}.png")
+    Image.fromarray(black[..., [0, 3]], "LA").save(tmp_path / "la.png")
+    a, b = open_image(tmp_path / "black.png", 3), open_image(tmp_path / "white.png", 3)
+    np.testing.assert_array_equal(a, b)
+    assert (a[0, 0] == 255).all() and tuple(a[2, 2]) == (200, 0, 0)
+    assert abs(int(open_image(tmp_path / "half.png", 3)[0, 0, 0]) - 127) <= 1
+    la = open_image(tmp_path / "la.png", 1)
+    assert la[0, 0, 0] == 255 and la[2, 2, 0] == 200 and open_image(tmp_path / "black.png", 1)[0, 0, 0] == 255
+    # a palette image with a transparent colour (GIF-style) too: index 0 (black) is see-through
+    pal = Image.fromarray((rgb[..., 3] == 255).astype(np.uint8), "P")
+    pal.putpalette([0, 0, 0, 200, 0, 0])
+    pal.save(tmp_path / "p.gif", transparency=0)
+    g = open_image(tmp_path / "p.gif", 3)
+    assert (g[0, 0] == 255).all() and tuple(g[2, 2]) == (200, 0, 0)
+    # an opaque RGBA image decodes as its RGB
+    opaque = black.copy()
+    opaque[..., 3] = 255
+    Image.fromarray(opaque, "RGBA").save(tmp_path / "opaque.png")
+    np.testing.assert_array_equal(open_image(tmp_path / "opaque.png", 3), opaque[..., :3])
+    # an array decodes as its file would (predict on arrays): every mode, to either channel count
+    from noisystudent.data.decode import from_array
+    from noisystudent.errors import UserError
+    for f, a in (("black.png", black), ("half.png", half), ("la.png", black[..., [0, 3]]), ("opaque.png", opaque)):
+        for chans in (1, 3):
+            np.testing.assert_array_equal(from_array(a, chans), open_image(tmp_path / f, chans))
+    with pytest.raises(UserError, match=r"transpose\(1, 2, 0\)"):
+        from_array(black[..., :3].transpose(2, 0, 1), 3)
+    with pytest.raises(UserError, match="float32"):
+        from_array(black.astype(np.float32), 3)
+
+
 def test_grayscale_rgb_and_palette_images_mix(data, tmp_path):
     for i, mode in enumerate(["L", "RGBA", "P", "LA", "1", "I;16"]):
         for split in ("train", "test"):

@@ -162,6 +162,22 @@ def test_own_data_start_to_finish(tmp_path, capsys):
     assert "top3_prob" in rows[0] and "top4_prob" not in rows[0]
     from noisystudent import predict
     assert len(predict(model, f"imagefolder:{data['test']}")) == 12
+    # arrays: as their files would decode (RGBA over white, gray to RGB); a torch layout or floats stop
+    import numpy as np
+    from PIL import Image
+    from noisystudent.errors import UserError
+    rgba = np.zeros((2, 32, 32, 4), np.uint8)
+    rgba[:, 8:24, 8:24] = (200, 30, 30, 255)
+    for i, a in enumerate(rgba):
+        Image.fromarray(a, "RGBA").save(tmp_path / f"rgba{i}.png")
+    by_file = predict(model, [str(tmp_path / f"rgba{i}.png") for i in range(2)])
+    by_array = predict(model, rgba)
+    assert [r["confidence"] for r in by_array] == pytest.approx([r["confidence"] for r in by_file], abs=1e-5)
+    assert len(predict(model, rgba[..., 0])) == 2 and len(predict(model, list(rgba[..., :3]))) == 2
+    with pytest.raises(UserError, match="channels-first"):
+        predict(model, rgba[..., :3].transpose(0, 3, 1, 2))
+    with pytest.raises(UserError, match="uint8"):
+        predict(model, rgba[..., :3] / 255.0)
     # batch size and decode processes change the speed, not the predictions (auto: 256 and none on a CPU)
     other = tmp_path / "preds-b3-w2.csv"
     assert main(["predict", "--checkpoint", str(model), "--data", str(data["pool"]), "--out", str(other),

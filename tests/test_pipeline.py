@@ -1,5 +1,6 @@
 """End-to-end: the whole loop on tiny digits, as a user runs it (CLI subprocesses)."""
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -53,6 +54,12 @@ def test_run_writes_every_artifact(reference_run):
     assert len(table) == 305 and len(set(table.column("sample_id").to_pylist())) == 305
     sel = json.loads((lay.selection(1) / "selection.json").read_text())
     assert sel["threshold"] == 0.3 and sum(sel["counts_selected_with_copies"]) > 0
+    # each stage's done line says what it did: steps, score on val, images labeled, images kept
+    log_text = (run_dir / "run.log").read_text()
+    assert re.search(r"round0/teacher: done in \d+:\d\d: [\d,]+ steps, [\d,]+ img/s", log_text)
+    assert re.search(r"round0/eval_teacher: done in \d+:\d\d: val top-1 \d+\.\d\d%", log_text)
+    assert "round1/labels: done in" in log_text and ": 305 pool images labeled" in log_text
+    assert re.search(rf"round1/selection: done in .*: kept {sel['selected_unique']} of 305 pool images", log_text)
     s = _summary(run_dir)
     assert [m["which"] for m in s["models"]] == ["teacher", "student", "student"]
     assert [m["model"] for m in s["models"]] == ["ns_cnn_s", "ns_cnn_s", "ns_cnn_m"]

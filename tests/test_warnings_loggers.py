@@ -381,3 +381,20 @@ def test_baseline_better_names_the_baseline_and_what_to_do(tmp_path):
     assert list(rw.collect(tmp_path, cfg, 3)) == ["below_supervised:round1"]
     # a variant the config no longer trains (its old folder still there) is not compared
     assert rw.collect(tmp_path, SimpleNamespace(**{**cfg.__dict__, "variants": ["no_noise"]}), 3) == {}
+
+
+def test_stage_summary_says_what_a_stage_did():
+    from noisystudent.runlog import stage_summary
+    assert stage_summary({"steps": 4000, "images_per_s": 502.2, "epochs": 2000}) == "4,000 steps, 502 img/s"
+    assert stage_summary({"top1": 0.5065, "val_top1": 0.5144}) == "val top-1 51.44%"
+    assert stage_summary({"top1": 0.5065}) == "test top-1 50.65%"          # no val set
+    assert stage_summary({"rows": 44750, "pool_size": 44750, "skipped_images": 2}) == \
+        "44,750 pool images labeled, 2 undecodable skipped"
+    sel = {"selected_unique": 22037, "selected_with_copies": 24990, "pool_rows": 44750,
+           "pseudo_label_accuracy": {"after": {"overall": 0.6569}}}
+    assert stage_summary(sel) == ("kept 22,037 of 44,750 pool images (49.2%), 24,990 with the balancing copies; "
+                                  "65.7% of their pseudo-labels right (the pool's own labels)")
+    assert stage_summary({"selected_unique": 5, "selected_with_copies": 5, "pseudo_label_accuracy": None}) == \
+        "kept 5 pool images"
+    assert stage_summary({"stage_s": 3.0}) == ""
+    assert stage_summary({"steps": 0, "images_per_s": None, "top1": None, "val_top1": None}) == "0 steps"

@@ -31,9 +31,7 @@ def as_source(images: Any, in_chans: int, key: str = "images"):
     if isinstance(images, SourceConfig):
         return create_source(images, in_chans, key)
     if isinstance(images, np.ndarray) or (isinstance(images, list) and images and isinstance(images[0], np.ndarray)):
-        arr = images if isinstance(images, np.ndarray) else list(images)
-        if isinstance(arr, np.ndarray) and arr.ndim == 3:
-            arr = arr[..., None]
+        arr = _arrays(images, in_chans, key)
         n = len(arr)
         return ArraySource("array", [str(i) for i in range(n)], np.full(n, -1, dtype=np.int64), None,
                            in_chans, images=arr)
@@ -52,6 +50,27 @@ def as_source(images: Any, in_chans: int, key: str = "images"):
     if not p.is_dir():
         raise UserError(f"{key}: not a directory, source spec (KIND:PATH) or list of images: {text}")
     return create_source(SourceConfig(kind="folder", root=str(p)), in_chans, key)
+
+
+def _arrays(images, in_chans: int, key: str):
+    """A uint8 NHWC batch (or a list of HW / HWC images) as the model's `in_chans` channels, each image
+    as `open_image` would decode its file (`data.decode.from_array`); a batch whose channels already
+    match is used as it is."""
+    from .data.decode import from_array
+    if isinstance(images, np.ndarray):
+        if images.dtype != np.uint8:
+            from_array(images, in_chans, key)                       # stops with the dtype's line
+        if images.ndim == 3:                                        # (N, H, W): grayscale
+            images = images[..., None]
+        if images.ndim == 4 and images.shape[3] == in_chans:
+            return images
+        if images.ndim not in (3, 4):
+            raise UserError(f"{key}: a batch must be (N, H, W) or (N, H, W, C), got shape {tuple(images.shape)}")
+        if images.ndim == 4 and not 1 <= images.shape[3] <= 4 and 1 <= images.shape[1] <= 4:
+            raise UserError(f"{key}: shape {tuple(images.shape)} looks channels-first (N, C, H, W), a torch "
+                            "tensor's layout; pass images.transpose(0, 2, 3, 1)")
+        return np.stack([from_array(a, in_chans, f"{key}[{i}]") for i, a in enumerate(images)])
+    return [from_array(a, in_chans, f"{key}[{i}]") for i, a in enumerate(images)]
 
 
 def _load(model_or_path, device):

@@ -22,7 +22,7 @@ from .errors import UserError
 from .layout import RunLayout
 
 __all__ = ["attach_run_log", "detach_run_log", "note", "epoch_line", "on_epoch", "RunPlan", "set_plan",
-           "plan_skip", "fmt_duration", "env_number", "env_seconds", "env_flag", "log_interval_s", "interval_due", "line_due"]
+           "plan_skip", "fmt_duration", "stage_summary", "env_number", "env_seconds", "env_flag", "log_interval_s", "interval_due", "line_due"]
 
 log = logging.getLogger("noisystudent")
 _HANDLER: logging.Handler | None = None
@@ -99,6 +99,35 @@ def fmt_duration(s: float) -> str:
     h, rem = divmod(s, 3600)
     m, sec = divmod(rem, 60)
     return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
+
+
+def stage_summary(info: dict) -> str:
+    """What a finished stage did, for its `done` line in run.log, from the `info` its stage.json
+    keeps: a training stage's steps and speed, an evaluation's top-1 (on val when the run has one,
+    as every comparison the run makes; test otherwise: the results table shows both at the end),
+    how many pool images were labeled, and how many the select stage kept. Unknown keys are left out."""
+    parts = []
+    if isinstance(info.get("steps"), (int, float)):     # a stage given 0 steps has no speed
+        speed = info.get("images_per_s")
+        parts.append(f"{int(info['steps']):,} steps" + (f", {speed:,.0f} img/s" if isinstance(speed, (int, float)) else ""))
+    if info.get("val_top1") is not None:
+        parts.append(f"val top-1 {100 * info['val_top1']:.2f}%")
+    elif info.get("top1") is not None:
+        parts.append(f"test top-1 {100 * info['top1']:.2f}%")
+    if isinstance(info.get("rows"), int) and "pool_size" in info:
+        skipped = info.get("skipped_images") or 0
+        parts.append(f"{int(info['rows']):,} pool images labeled" + (f", {skipped:,} undecodable skipped" if skipped else ""))
+    if isinstance(info.get("selected_unique"), int):
+        pool = info.get("pool_rows")
+        kept = f"kept {info['selected_unique']:,}" + (f" of {pool:,} pool images ({100 * info['selected_unique'] / pool:.1f}%)"
+                                                       if pool else " pool images")
+        if info.get("selected_with_copies") not in (None, info["selected_unique"]):
+            kept += f", {info['selected_with_copies']:,} with the balancing copies"
+        acc = info.get("pseudo_label_accuracy")
+        if isinstance(acc, dict) and isinstance(acc.get("after"), dict) and acc["after"].get("overall") is not None:
+            kept += f"; {100 * acc['after']['overall']:.1f}% of their pseudo-labels right (the pool's own labels)"
+        parts.append(kept)
+    return "; ".join(parts)
 
 
 class RunPlan:

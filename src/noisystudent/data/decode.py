@@ -18,7 +18,7 @@ from PIL import Image
 
 from ..errors import UserError
 
-__all__ = ["MAX_PIXELS", "BadImage", "open_image", "upright", "shrink"]
+__all__ = ["MAX_PIXELS", "BadImage", "open_image", "flatten_alpha", "from_array", "upright", "shrink"]
 
 # Larger images are refused as undecodable (skipped in the pool): decoding one costs ~3 bytes a pixel
 # several times over. Smaller ones larger than a source's `max_side` are shrunk as they are loaded.
@@ -67,6 +67,7 @@ def open_image(path_or_file, in_chans: int, name: str = "", max_side: int | None
                 if im.mode != "I" or a.max() > 255:
                     a = a / 257.0
                 im = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))
+            im = flatten_alpha(im)
             mode = "L" if in_chans == 1 else "RGB"
             if im.mode != mode:         # convert() to the same mode would copy the whole image
                 im = im.convert(mode)
@@ -76,6 +77,47 @@ def open_image(path_or_file, in_chans: int, name: str = "", max_side: int | None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, zlib.error) as e:
         raise BadImage(f"{name or path_or_file}: cannot decode image ({e})") from None
     return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def flatten_alpha(im: Image.Image) -> Image.Image:
+    """An image with transparency (RGBA, LA, a palette or PNG with a transparent colour) laid over
+    white, as a browser or viewer on a white page shows it; others unchanged. PIL's convert("RGB"),
+    which torchvision's and timm's loaders use, drops the alpha channel and keeps whatever colour the
+    transparent pixels hold: black in one icon, white or leftover paint in the next, a background
+    the model would learn from although nobody sees it. Opaque RGBA images are returned as they are
+    (the check reads the alpha band's extrema only)."""
+    if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        if rgba.getextrema()[3][0] < 255:
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(white, rgba).convert("L" if im.mode in ("L", "LA") else "RGB")
+    return im
+
+
+_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+
+
+def from_array(a, in_chans: int, name: str = "image") -> np.ndarray:
+    """A user's image array as `open_image` would decode the same pixels from a file: uint8 HW or HWC
+    with 1-4 channels (L, LA, RGB, RGBA), transparency laid over white, converted to `in_chans`
+    channels (PIL's luma for colour to gray). Anything else stops with one line naming the fix: a
+    float array (0-1 values would all become 0 or 1), or a CHW image (a torch tensor's layout)."""
+    a = np.asarray(a)
+    if a.dtype != np.uint8:
+        raise UserError(f"{name}: a uint8 array of 0-255 pixels is needed, got {a.dtype}; values 0-1: "
+                        "(a * 255).round().astype(np.uint8)")
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.ndim != 3 or not 1 <= a.shape[2] <= 4:
+        hint = (f"; it looks channels-first (C, H, W): pass a.transpose(1, 2, 0) (a batch: (0, 2, 3, 1))"
+                if a.ndim == 3 and 1 <= a.shape[0] <= 4 else "")
+        raise UserError(f"{name}: an image must be (H, W) or (H, W, C) with C = 1, 2, 3 or 4, got shape "
+                        f"{tuple(a.shape)}{hint}")
+    if a.shape[2] == in_chans:
+        return a
+    im = flatten_alpha(Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a, _MODES[a.shape[2]]))
+    out = np.asarray(im.convert("L" if in_chans == 1 else "RGB"), dtype=np.uint8)
+    return out[:, :, None] if out.ndim == 2 else out
 
 
 # EXIF orientation (tag 0x0112) -> the transposition that shows the image as it was shot (the EXIF

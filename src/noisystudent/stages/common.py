@@ -308,6 +308,8 @@ def run_stage(ctx: RunContext, stage_dir: Path, config: dict, inputs: dict[str, 
         info = dict(info or {}, stage_s=round(time.perf_counter() - t0, 2))
         write_stage(stage_dir, status="done", fingerprint=fp, config=config, inputs=upstream,
                     outputs={o: True for o in outputs}, info=info, input_dirs=input_dirs)
+        summary = runlog.stage_summary(info)
+        log.info("%s: done in %s%s", label, runlog.fmt_duration(info["stage_s"]), f": {summary}" if summary else "")
         # Resume state is dead weight once the stage is done (written last, so a kill before this
         # line at worst leaves a redundant file).
         for f in cleanup:

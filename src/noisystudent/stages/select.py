@@ -64,6 +64,7 @@ def select_pseudo_labels(ctx: RunContext, k: int) -> StageResult:
             write_json(d / "selection.json", report)
         return ["selection.parquet", "selection.json"], {
             "selected_unique": sel.table.num_rows, "selected_with_copies": int(sum(report["counts_selected_with_copies"])),
+            "pool_rows": report.get("rows"),
             "pseudo_label_accuracy": report.get("pseudo_label_accuracy"),
             **({"pool_copies_dropped": len(dropped), "warnings": warnings} if dropped else {})}
 
