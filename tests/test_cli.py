@@ -67,6 +67,11 @@ def test_train_then_evaluate_checkpoint(tmp_path):
     stage_eval = json.loads((lay.eval(0, "teacher") / "eval.json").read_text())
     assert ev["top1"] == stage_eval["top1"] and ev["num_images"] == 297
     assert len(ev["confusion_matrix"]) == 10 and set(ev["per_class_accuracy"]) == {str(i) for i in range(10)}
+    assert ev["data"] == "digits:test" and ev["checkpoint"] == str(ck)
+    # without --out: a file named after the data beside the checkpoint (two sets, two files)
+    r = cli("evaluate", "--checkpoint", str(ck), "--data", "digits:train")
+    assert r.returncode == 0, r.stderr
+    assert (ck.parent / "eval-digits-train.json").is_file() and "eval-digits-train.json" in r.stdout
     # --resume with a finished teacher is fine; --resume on an empty dir is a clear error
     r = cli("train", "digits-demo", "--run-dir", str(tmp_path / "empty"), "--resume", *sets)
     assert r.returncode == 2 and "nothing to resume" in r.stderr

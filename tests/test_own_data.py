@@ -178,6 +178,9 @@ def test_own_data_start_to_finish(tmp_path, capsys):
         predict(model, rgba[..., :3].transpose(0, 3, 1, 2))
     with pytest.raises(UserError, match="uint8"):
         predict(model, rgba[..., :3] / 255.0)
+    with pytest.raises(UserError, match="one image"):
+        predict(model, rgba[0, ..., :3])
+    assert len(predict(model, rgba[0, ..., :3][None])) == 1
     # batch size and decode processes change the speed, not the predictions (auto: 256 and none on a CPU)
     other = tmp_path / "preds-b3-w2.csv"
     assert main(["predict", "--checkpoint", str(model), "--data", str(data["pool"]), "--out", str(other),

@@ -136,11 +136,24 @@ def cmd_evaluate(args):
     if args.robustness:
         ecfg = EvalConfig(max_images=args.max_images)
         report["robustness"] = run_robustness(model, meta, src, ecfg, Path(args.checkpoint).parent / "cache", device)
-    out = args.out or str(Path(args.checkpoint).parent / "eval.json")
+    report["data"], report["checkpoint"] = args.data, str(args.checkpoint)
+    out = args.out or str(Path(args.checkpoint).parent / f"eval-{_data_slug(args.data)}.json")
     write_json(out, report)
     brief = {k: report[k] for k in ("num_images", "top1", "top5", "ece")}
     print(json.dumps(brief, indent=2))
     print(f"written: {out}")
+
+
+def _data_slug(spec: str) -> str:
+    """A file-name part for `evaluate`'s default output, from its --data: the last two parts of the
+    path and the split (`data/cifar10/test` -> `cifar10-test`, `digits:test` -> `digits-test`), so
+    evaluating one model on two sets writes two files, not one over the other."""
+    import re
+    kind, _, rest = spec.partition(":") if ":" in spec and not Path(spec).exists() else ("", "", spec)
+    parts = [q for q in re.split(r"[/\\:]+", rest or kind) if q not in ("", ".", "..")][-2:]
+    if rest and len(parts) < 2 and kind:
+        parts = [kind, *parts]
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(parts))[:80] or "data"
 
 
 def cmd_init(args):
@@ -271,7 +284,8 @@ def _add_model_commands(sub) -> None:
     sp.add_argument("--batch-size", type=_batch_size, default="auto",
                     help="images per forward pass: N, or auto (default: 1,024 for images <= 64 px on a GPU, else 256)")
     sp.add_argument("--device", default=None)
-    sp.add_argument("--out", default=None, help="where to write eval.json (default: beside the checkpoint)")
+    sp.add_argument("--out", default=None, help="where to write the report (default: eval-<data>.json beside the checkpoint, "
+                    "e.g. eval-cifar10-test.json)")
     sp.set_defaults(fn=cmd_evaluate)
 
     sp = sub.add_parser("predict", help="top-k classes and probabilities for every image of a folder or source")

@@ -60,6 +60,10 @@ def _arrays(images, in_chans: int, key: str):
     if isinstance(images, np.ndarray):
         if images.dtype != np.uint8:
             from_array(images, in_chans, key)                       # stops with the dtype's line
+        if images.ndim == 3 and images.shape[2] in (3, 4) and images.shape[1] > 4:
+            # read as (N, H, W) it would be N gray images 3 or 4 px wide: it is one colour image
+            raise UserError(f"{key}: shape {tuple(images.shape)} is one image (H, W, C); pass a batch: "
+                            "images[None], or a list [image]")
         if images.ndim == 3:                                        # (N, H, W): grayscale
             images = images[..., None]
         if images.ndim == 4 and images.shape[3] == in_chans:
