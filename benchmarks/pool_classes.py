@@ -55,6 +55,8 @@ def pool_classes(run_dir: Path, other: set[str], k: int = 1) -> dict:
         "confidence_other": float(conf[is_other].mean()) if is_other.any() else None,
         "confidence_labeled_classes": float(conf[~is_other].mean()) if (~is_other).any() else None,
         "right_of_labeled_classes": float(right[inside].mean()) if inside.any() else None,
+        # which labeled class the kept images of other classes were given (unique images)
+        "other_as": {classes[c]: int(n) for c, n in zip(*np.unique(pred[kept_other], return_counts=True))},
     }
 
 
@@ -64,14 +66,17 @@ def _pct(a: int, b: int) -> str:
 
 def table(rows: list[dict]) -> str:
     out = ["| run | other classes in the pool | kept (unique): other classes | kept with copies: other classes "
-           "| teacher's mean confidence: other / labeled classes | kept labeled-class images labeled right |",
-           "|---|---|---|---|---|---|"]
+           "| teacher's mean confidence: other / labeled classes | kept labeled-class images labeled right "
+           "| kept other-class images labeled as |",
+           "|---|---|---|---|---|---|---|"]
     for r in rows:
         conf = (f"{r['confidence_other']:.3f} / {r['confidence_labeled_classes']:.3f}"
                 if r["confidence_other"] is not None and r["confidence_labeled_classes"] is not None else "-")
         right = f"{100 * r['right_of_labeled_classes']:.1f}%" if r["right_of_labeled_classes"] is not None else "-"
+        total = sum(r["other_as"].values())
+        as_ = ", ".join(f"{c} {100 * n / total:.0f}%" for c, n in sorted(r["other_as"].items(), key=lambda x: -x[1])) or "-"
         out.append(f"| {r['run']} | {_pct(r['pool_other'], r['pool'])} | {_pct(r['kept_other'], r['kept'])} "
-                   f"| {_pct(r['kept_other_with_copies'], r['kept_with_copies'])} | {conf} | {right} |")
+                   f"| {_pct(r['kept_other_with_copies'], r['kept_with_copies'])} | {conf} | {right} | {as_} |")
     if len(rows) > 1:
         def ms(vals):
             v = np.array(vals, dtype=float)
@@ -79,7 +84,7 @@ def table(rows: list[dict]) -> str:
         out.append(f"| mean ± std | {ms([100 * r['pool_other'] / r['pool'] for r in rows])} "
                    f"| {ms([100 * r['kept_other'] / r['kept'] for r in rows])} "
                    f"| {ms([100 * r['kept_other_with_copies'] / r['kept_with_copies'] for r in rows])} | "
-                   f"| {ms([100 * r['right_of_labeled_classes'] for r in rows if r['right_of_labeled_classes'] is not None])} |")
+                   f"| {ms([100 * r['right_of_labeled_classes'] for r in rows if r['right_of_labeled_classes'] is not None])} | |")
     return "\n".join(out)
 
 

@@ -257,6 +257,7 @@ def test_pool_classes_counts_what_the_selection_kept_of_other_classes(tmp_path):
     assert (r["kept_with_copies"], r["kept_other_with_copies"]) == (7, 4)
     assert r["confidence_other"] == pytest.approx(1.1 / 3) and r["confidence_labeled_classes"] == pytest.approx(1.9 / 3)
     assert r["right_of_labeled_classes"] == 0.5         # cat_1 labeled cat, dog_1 labeled cat
+    assert r["other_as"] == {"dog": 2}                  # truck_1 and ship_1 both given dog
     assert "2 of 4 (50.0%)" in pc.table([r]) and "mean" in pc.table([r, r])
     with pytest.raises(FileNotFoundError, match="round 2"):
         pc.pool_classes(tmp_path, {"truck"}, k=2)
