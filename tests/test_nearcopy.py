@@ -12,8 +12,8 @@ from sklearn.datasets import load_sample_images
 
 from noisystudent.cli import main
 from noisystudent.data import ArraySource
-from noisystudent.data.nearcopy import (DETAIL_MIN, THUMB, best_matches, copy_threshold, describe, near_copies_of,
-                                        near_copy_pairs, source_thumbnails, thumbnail)
+from noisystudent.data.nearcopy import (DETAIL_MIN, THUMB, best_matches, cached_near_copies, copy_threshold, describe,
+                                        near_copies_of, near_copy_pairs, source_thumbnails, thumbnail)
 from noisystudent.data.sources import read_folder
 from noisystudent.layout import RunLayout
 from own_data import make_own_data
@@ -154,7 +154,6 @@ def test_a_run_leaves_near_copies_out_keeps_them_when_asked_and_reuses_its_searc
 
 def test_the_search_is_kept_under_the_sources_fingerprints(tmp_path):
     """Read back for the same fingerprints; computed again for other ones or a damaged file."""
-    from noisystudent.data.nearcopy import cached_near_copies
     photos = _photos()[:8]
     test = ArraySource("test", [f"t{i}" for i in range(8)], np.zeros(8, np.int64), None, 3, images=photos)
     pool = ArraySource("pool", ["a", "b"], np.zeros(2, np.int64), None, 3, images=[_jpeg(photos[2], 75), photos[0][::-1]])
@@ -227,3 +226,66 @@ def test_evaluation_thumbnails_are_decoded_once_a_fingerprint(tmp_path, monkeypa
     assert bool((first[1].detail == again[1].detail).all())
     nc.evaluation_set(test, cache=tmp_path / "near-copies-test.npz", fingerprint="fp2")    # other images
     assert decoded == ["test"]
+
+
+def test_a_new_decoder_version_recomputes_the_cached_thumbnails_and_search(tmp_path, monkeypatch):
+    """Cached near-copy data were computed from decoded pixels: when `open_image` changes what a file
+    gives (DECODE_VERSION), both caches are recomputed instead of compared with new pixels."""
+    import noisystudent.data.nearcopy as nc
+    photos = _photos()[:8]
+    test = ArraySource("test", [f"t{i}" for i in range(8)], np.zeros(8, np.int64), None, 3, images=photos)
+    pool = ArraySource("pool", ["a"], np.zeros(1, np.int64), None, 3, images=[_jpeg(photos[2], 75)])
+    nc.evaluation_set(test, cache=tmp_path / "near-copies-test.npz", fingerprint="fp1")
+    path = tmp_path / "near-copies.json"
+    nc.cached_near_copies(pool, {"test": test}, {"test": "x", "unlabeled": "y"}, path)
+    fake = json.loads(path.read_text())
+    fake["found"] = {"test": {}}
+    path.write_text(json.dumps(fake))
+    decoded = []
+    real = nc.source_thumbnails
+    monkeypatch.setattr(nc, "source_thumbnails", lambda src, *a, **k: (decoded.append(src.name), real(src, *a, **k))[1])
+    assert nc._METHOD[-1] == nc.DECODE_VERSION
+    monkeypatch.setattr(nc, "_METHOD", nc._METHOD[:-1] + [nc.DECODE_VERSION + 1])
+    nc.evaluation_set(test, cache=tmp_path / "near-copies-test.npz", fingerprint="fp1")
+    assert decoded == ["test"]
+    assert list(nc.cached_near_copies(pool, {"test": test}, {"test": "x", "unlabeled": "y"}, path)["found"]["test"]) == ["a"]
+
+
+def test_under_torchrun_each_rank_searches_a_share_of_the_pool(tmp_path):
+    """Two ranks (torchrun, gloo): each decodes half of the pool (rank 0 the test set too, which the
+    other reads from the cache), and both return what one process finds, near copies in either half
+    included; the second call reads it back on both ranks without decoding."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    from noisystudent.config import SourceConfig
+    from noisystudent.data import create_source
+    from test_distributed import _free_port
+    photos = _photos()
+    (tmp_path / "test").mkdir()
+    (tmp_path / "pool").mkdir()
+    for i in range(10):
+        Image.fromarray(photos[i]).save(tmp_path / "test" / f"t{i}.png")
+    for i in range(20):
+        Image.fromarray(photos[10 + i]).save(tmp_path / "pool" / f"p{i:02d}.png")
+    Image.fromarray(_jpeg(photos[2], 75)).save(tmp_path / "pool" / "a_copy.png")        # first half
+    Image.fromarray(_altered(photos[7])[1]).save(tmp_path / "pool" / "z_copy.png")      # second half
+    one = cached_near_copies(
+        create_source(SourceConfig(kind="folder", root=str(tmp_path / "pool")), 3),
+        {"test": create_source(SourceConfig(kind="folder", root=str(tmp_path / "test")), 3)},
+        {"test": "t", "unlabeled": "u"}, tmp_path / "one" / "near-copies.json")
+    assert {p: v[0] for p, v in one["found"]["test"].items()} == {"a_copy.png": "t2.png", "z_copy.png": "t7.png"}
+    env = {k: v for k, v in os.environ.items() if k != "WORLD_SIZE"}
+    root = Path(__file__).resolve().parent
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                        "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(root / "_ddp_near_copies.py"),
+                        str(tmp_path / "pool"), str(tmp_path / "test"), str(tmp_path / "out")],
+                       capture_output=True, text=True, env=dict(env, OMP_NUM_THREADS="1"), timeout=180)
+    assert p.returncode == 0, p.stderr[-3000:]
+    ranks = [json.loads((tmp_path / "out" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for r in ranks:
+        assert r["first"] == one == r["again"] and r["decoded_again"] == []
+    assert ranks[0]["decoded"] == [10, 11] and ranks[1]["decoded"] == [11]     # test set once; 22 pool images split
+    saved = json.loads((tmp_path / "out" / "cache" / "near-copies.json").read_text())
+    assert saved["found"] == one["found"]

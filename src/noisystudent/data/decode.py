@@ -18,11 +18,16 @@ from PIL import Image
 
 from ..errors import UserError
 
-__all__ = ["MAX_PIXELS", "BadImage", "open_image", "flatten_alpha", "from_array", "upright", "shrink"]
+__all__ = ["MAX_PIXELS", "DECODE_VERSION", "BadImage", "open_image", "flatten_alpha", "from_array", "upright", "shrink"]
 
 # Larger images are refused as undecodable (skipped in the pool): decoding one costs ~3 bytes a pixel
 # several times over. Smaller ones larger than a source's `max_side` are shrunk as they are loaded.
 MAX_PIXELS = 64_000_000
+
+# Raised whenever `open_image` returns other pixels for some file (2: transparency laid over white).
+# It is in the key of every cache of pixels derived from decoded files (the near-copy thumbnails), so
+# an upgrade recomputes them instead of comparing old pixels with new.
+DECODE_VERSION = 2
 
 
 class BadImage(UserError):

@@ -44,6 +44,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .decode import DECODE_VERSION
+
 __all__ = ["THUMB", "thumbnail", "Descriptors", "describe", "best_matches", "copy_threshold",
            "near_copy_pairs", "source_thumbnails", "evaluation_set", "near_copies_of", "cached_near_copies"]
 
@@ -184,7 +186,8 @@ def source_thumbnails(src, workers: int = 0, progress=None, block: int = 4096):
         yield np.asarray(rows, dtype=np.int64), np.stack(thumbs)
 
 
-_METHOD = [THUMB, CANDIDATES, LAYOUT_MIN, DETAIL_MIN, MARGIN, SHIFT, FLAT, SELF_SIMILAR]   # in every cache key
+# in every cache key: the method's constants and the decoder's version (what pixels the files gave)
+_METHOD = [THUMB, CANDIDATES, LAYOUT_MIN, DETAIL_MIN, MARGIN, SHIFT, FLAT, SELF_SIMILAR, DECODE_VERSION]
 
 
 def evaluation_set(src, workers: int = 0, cache: Path | None = None, fingerprint: str | None = None):
@@ -214,13 +217,8 @@ def evaluation_set(src, workers: int = 0, cache: Path | None = None, fingerprint
     return rows, desc, copy_threshold(desc)
 
 
-def near_copies_of(pool, others: dict, workers: int = 0, progress=None, cache_dir: Path | None = None,
-                   fingerprints: dict | None = None) -> tuple[dict, dict]:
-    """({name: {pool id: (id in others[name], score)}}, {name: (threshold, share alike)}) for the pool
-    images that are near copies of an image of each source of `others` (None entries skipped), and
-    each set's `copy_threshold` (None: alike by nature, not searched, its dict empty). The evaluation
-    sets are held as descriptors (5 KB an image; their thumbnails kept in `cache_dir` under
-    `fingerprints[name]`, `evaluation_set`); the pool streams through in blocks."""
+def _evaluation_sets(others: dict, workers: int, cache_dir: Path | None, fingerprints: dict | None) -> dict:
+    """{name: (rows, Descriptors, source, (threshold, share alike))} of the non-empty `others`."""
     sets = {}
     for name, src in others.items():
         if src is None or not len(src):
@@ -230,6 +228,17 @@ def near_copies_of(pool, others: dict, workers: int = 0, progress=None, cache_di
         rows, desc, threshold = evaluation_set(src, workers, cache, fp)
         if len(rows):
             sets[name] = (rows, desc, src, threshold)
+    return sets
+
+
+def near_copies_of(pool, others: dict, workers: int = 0, progress=None, cache_dir: Path | None = None,
+                   fingerprints: dict | None = None) -> tuple[dict, dict]:
+    """({name: {pool id: (id in others[name], score)}}, {name: (threshold, share alike)}) for the pool
+    images that are near copies of an image of each source of `others` (None entries skipped), and
+    each set's `copy_threshold` (None: alike by nature, not searched, its dict empty). The evaluation
+    sets are held as descriptors (5 KB an image; their thumbnails kept in `cache_dir` under
+    `fingerprints[name]`, `evaluation_set`); the pool streams through in blocks."""
+    sets = _evaluation_sets(others, workers, cache_dir, fingerprints)
     found: dict[str, dict] = {name: {} for name in sets}
     thresholds = {name: v[3] for name, v in sets.items()}
     sets = {name: v for name, v in sets.items() if v[3][0] is not None}
@@ -250,37 +259,68 @@ def cached_near_copies(pool, others: dict, fingerprints: dict, path: Path, worke
     read back from `path` when it was computed for the same `fingerprints` (of the pool and the
     evaluation sources) and method; else computed, logged (`what` names the searched images) and saved
     there (derived data: a damaged or stale file is computed again). The evaluation sets' thumbnails
-    are kept beside it, shared by every search of the run."""
+    are kept beside it, shared by every search of the run.
+
+    Under torchrun every rank calls it (it is a collective): each searches a contiguous share of
+    `pool`, rank 0 gathers the shares and saves the result, and every rank returns all of it. So the
+    search takes 1/N of the time on N ranks, and no rank sits at a barrier while rank 0 decodes a
+    pool of millions of images alone (which could outlast the process group's timeout)."""
     from tqdm import tqdm
     from ..artifacts import read_json, write_json
     from ..config import config_hash
+    from ..distributed import world_info
+    rank, world = world_info()
     key = config_hash({"sources": fingerprints, "method": _METHOD})
-    try:
-        saved = read_json(path) if path.exists() else None
-    except (OSError, ValueError):
-        saved = None
+    saved = None
+    if rank == 0:
+        try:
+            saved = read_json(path) if path.exists() else None
+        except (OSError, ValueError):
+            saved = None
+    if world > 1:
+        saved = _from_rank0(saved)
     if isinstance(saved, dict) and saved.get("key") == key:
         return {"found": saved["found"], "thresholds": saved["thresholds"]}
     t0 = time.time()
-    bar = tqdm(total=len(pool), desc=f"near copies ({what})", unit="img", disable=not progress, leave=False)
+    share = pool
+    if world > 1:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if rank == 0:       # the evaluation sets decoded once, kept in the cache; the other ranks read them
+            _evaluation_sets(others, workers, path.parent, fingerprints)
+        torch.distributed.barrier()
+        share = pool.subset(np.array_split(np.arange(len(pool)), world)[rank])
+    bar = tqdm(total=len(share), desc=f"near copies ({what})", unit="img", disable=not progress, leave=False)
 
     def counted(rows):
         for row in rows:
             bar.update(1)
             yield row
-    found, thresholds = near_copies_of(pool, others, workers, counted, path.parent, fingerprints)
+    found, thresholds = near_copies_of(share, others, workers, counted, path.parent, fingerprints)
     bar.close()
+    if world > 1:
+        parts: list = [None] * world
+        torch.distributed.all_gather_object(parts, found)
+        found = {n: {p: v for part in parts for p, v in part.get(n, {}).items()} for n in found}
     result = {"found": {n: {p: list(v) for p, v in sorted(d.items())} for n, d in found.items()},
               "thresholds": {n: [t, round(f, 4)] for n, (t, f) in thresholds.items()}}
+    if rank != 0:
+        return result
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, {"key": key, **result})
     searched = [n for n, (t, _) in thresholds.items() if t is not None]
     if searched:
-        log.info("near copies: %s %s images checked against %s in %.0f s", f"{len(pool):,}", what,
-                 ", ".join(f"{n} ({len(others[n]):,})" for n in searched), time.time() - t0)
+        log.info("near copies: %s %s images checked against %s in %.0f s%s", f"{len(pool):,}", what,
+                 ", ".join(f"{n} ({len(others[n]):,})" for n in searched), time.time() - t0,
+                 f" ({world} ranks, a share each)" if world > 1 else "")
     for n, (t, share) in thresholds.items():
         if t is None:
             log.info("near copies of %s images: %s not searched: %.0f%% of its images are as alike as copies to "
                      "another of them (items on a plain background, digits), so a copy cannot be told from a "
                      "look-alike", what, n, 100 * share)
     return result
+
+
+def _from_rank0(obj):
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]

@@ -155,15 +155,13 @@ class RunContext:
     def pool_near_copies(self) -> dict:
         """{'found': {'val' / 'test' / 'extra_test[i]': {pool id: [that set's id, score]}}, 'thresholds':
         {set: [score threshold or None (not searched), share of its images alike among themselves]}}
-        (`data.nearcopy`: re-encoded, resized, recoloured or moved copies). Rank 0 computes it once a
-        run, kept in cache/near-copies.json under the sources' fingerprints; other ranks receive it."""
+        (`data.nearcopy`: re-encoded, resized, recoloured or moved copies). Computed once a run (under
+        torchrun every rank searches a share of the pool), kept in cache/near-copies.json under the
+        sources' fingerprints."""
         from ..data.nearcopy import cached_near_copies
         from ..distributed import progress_enabled
-        result = None
-        if self.rank == 0:
-            result = cached_near_copies(self.pool, self.evaluation_sources(), self.evaluation_fingerprints("unlabeled"),
-                                        self.layout.cache("near-copies.json"), self.decode_workers, progress_enabled())
-        return _same_on_all_ranks(self, result)
+        return cached_near_copies(self.pool, self.evaluation_sources(), self.evaluation_fingerprints("unlabeled"),
+                                  self.layout.cache("near-copies.json"), self.decode_workers, progress_enabled())
 
     def evaluation_fingerprints(self, role: str) -> dict:
         """`data_fingerprint` of `role` ('unlabeled', 'labeled') and of every evaluation set."""

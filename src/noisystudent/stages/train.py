@@ -244,10 +244,11 @@ def warn_mirror(ctx: RunContext, stage_dir, into: dict) -> None:
 
 def warn_labeled_near_copies(ctx: RunContext, stage_dir, into: dict) -> None:
     """Warn when labeled images are copies or near copies of validation or test images
-    (runwarnings.labeled_near_copies; data/nearcopy.py on the sources as configured, rank 0 only,
-    once a run: kept in cache/labeled-near-copies.json). Off with select.near_copies: false."""
+    (runwarnings.labeled_near_copies; data/nearcopy.py on the sources as configured, once a run, a
+    share of the labeled images a rank under torchrun: kept in cache/labeled-near-copies.json). Off
+    with select.near_copies: false."""
     cfg = ctx.cfg
-    if not cfg.select.near_copies or ctx.rank != 0:
+    if not cfg.select.near_copies:
         return
     from ..data.nearcopy import cached_near_copies
     from ..distributed import progress_enabled
