@@ -135,6 +135,10 @@ def test_own_data_start_to_finish(tmp_path, capsys):
     assert main(["config", str(cfg)]) == 0
     shown = capsys.readouterr().out
     assert "in_chans: 3" in shown and "image_size: 32" in shown and str(data["pool"]) in shown
+    # a misspelt model is named by `config`, before any run (the config is still printed)
+    assert main(["config", str(cfg), "--no-data", "--set", "models=[resnet18,resnet19]"]) == 2
+    out, err = capsys.readouterr()
+    assert "models: [resnet18, resnet19]" in out and "config key 'models[1]': unknown model 'resnet19'" in err
     assert main(["run", str(cfg), "--run-dir", str(run_dir), *fast]) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     assert "student" in out and lay.report_html.is_file()

@@ -22,7 +22,7 @@ from .stages.select import select_pseudo_labels
 from .stages.train import finetune, train_student, train_teacher
 from .variants import variant_names, variant_stage
 
-__all__ = ["run", "build_summary", "format_table", "claim_run_dir", "check_inputs", "read_run_config"]
+__all__ = ["run", "build_summary", "format_table", "claim_run_dir", "check_inputs", "check_model_names", "read_run_config"]
 
 log = logging.getLogger("noisystudent")
 
@@ -31,12 +31,9 @@ log = logging.getLogger("noisystudent")
 IDENTITY_KEYS = ("labeled", "test", "in_chans")
 
 
-def check_inputs(ctx: RunContext) -> None:
-    """Find bad input before anything is written: every model name, the labeled and test sets (decoded
-    now when data.cache, so a corrupt file or a class missing from the test set is reported before
-    hours of training, not after) and the unlabeled pool's listing."""
+def check_model_names(cfg: Config) -> None:
+    """UserError naming the config key of the first model name that is neither timm's nor ours."""
     from .models import check_model_name
-    cfg = ctx.cfg
     for k in range(cfg.rounds + 1):
         try:
             check_model_name(cfg.model_for_round(k))
@@ -44,6 +41,14 @@ def check_inputs(ctx: RunContext) -> None:
             key = (f"models[{min(k, len(cfg.models) - 1)}]" if cfg.models
                    else "teacher.model" if k == 0 else "student.model")
             raise UserError(f"config key '{key}': {e}") from None
+
+
+def check_inputs(ctx: RunContext) -> None:
+    """Find bad input before anything is written: every model name, the labeled and test sets (decoded
+    now when data.cache, so a corrupt file or a class missing from the test set is reported before
+    hours of training, not after) and the unlabeled pool's listing."""
+    cfg = ctx.cfg
+    check_model_names(cfg)
     ctx.labeled, ctx.test, ctx.val       # noqa: B018 - built (and cached) for their checks
     if cfg.rounds > 0:
         ctx.pool                # noqa: B018

@@ -289,10 +289,16 @@ def choose_recipe(data: DataRoot) -> RecipePick:
 
 def resolved_config_text(cfg, check_data: bool = True) -> tuple[str, str | None]:
     """(YAML of the resolved config, the problem that stops it from running or None). With
-    `check_data`, in_chans/image_size are read from the labeled images, as a run would."""
+    `check_data`, in_chans/image_size are read from the labeled images, as a run would. A model name
+    that is neither timm's nor ours is a problem too (a run would stop on it before any work)."""
     from .config import config_to_dict
+    from .pipeline import check_model_names
     problem = None
-    if check_data:
+    try:
+        check_model_names(cfg)
+    except UserError as e:
+        problem = str(e)
+    if check_data and problem is None:
         from .data.infer import resolve_data_config
         try:
             cfg = resolve_data_config(cfg)
