@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pyarrow.parquet as pq
+import torch
 from PIL import Image, ImageEnhance
 from sklearn.datasets import load_sample_images
 
@@ -48,7 +49,8 @@ def _altered(a: np.ndarray) -> list[np.ndarray]:
             np.asarray(im.resize((96, 96), Image.BICUBIC)),                                 # enlarged
             np.asarray(ImageEnhance.Brightness(im).enhance(1.3)),                            # brighter
             np.repeat(np.asarray(im.convert("L"))[:, :, None], 3, axis=2),                   # gray
-            np.pad(a, ((1, 0), (1, 0), (0, 0)), mode="edge")[:32, :32]]                      # moved 1 px
+            np.pad(a, ((1, 0), (1, 0), (0, 0)), mode="edge")[:32, :32],                      # moved 1 px
+            _jpeg(np.ascontiguousarray(a[:, ::-1]), 75)]                                      # mirrored, re-saved
 
 
 def test_thumbnail_is_a_gray_square_of_any_image():
@@ -63,7 +65,7 @@ def test_altered_copies_are_found_and_other_photos_are_not():
     photos = _photos()
     assert len(photos) >= 24
     test, others = photos[0::2], photos[1::2]        # the odd tiles: photos of their own, none a copy
-    kinds = ["re-saved", "enlarged", "brighter", "gray", "moved"]
+    kinds = ["re-saved", "enlarged", "brighter", "gray", "moved", "mirrored"]
     altered = [_altered(a) for a in test]
     for k, kind in enumerate(kinds):
         pool = [alt[k] for alt in altered] + list(others)
@@ -72,6 +74,19 @@ def test_altered_copies_are_found_and_other_photos_are_not():
         assert (match == rows).all(), kind                      # a copy is matched to its own original
         assert len(rows) >= 0.8 * len(test), (kind, len(rows)) # and most copies are found
         assert ((score >= DETAIL_MIN) & (score <= 1.0001)).all()
+
+
+def test_mirrored_descriptors_are_those_of_the_mirrored_images():
+    """`mirrored` flips the descriptors without decoding: the same as describing the mirrored images;
+    an image never matches its own mirror when a set is compared with itself."""
+    from noisystudent.data.nearcopy import mirrored
+    photos = _photos()[:6]
+    a, b = mirrored(_desc(photos)), _desc(np.ascontiguousarray(photos[:, :, ::-1]))
+    assert torch.allclose(a.layout, b.layout, atol=1e-5) and torch.allclose(a.detail, b.detail, atol=1e-3)
+    assert bool((a.flat == b.flat).all())
+    d = _desc(photos)
+    score, _ = best_matches(mirrored(d), d, same=True)
+    assert (score < DETAIL_MIN).all()
 
 
 def test_flat_images_never_match_and_a_row_never_matches_itself():

@@ -20,15 +20,18 @@ fewer CIFAR-10 pairs and few copies moved by a pixel):
    Re-encoding, resizing, brightness, contrast and colour keep the detail; another photo does not.
 4. Images with almost no detail (`FLAT`: blank, nearly uniform) are never matched: there is nothing
    to tell a copy from another such image.
-5. Where the evaluation images are alike by nature (items on a plain background, digits), 0.6 pairs
+5. Each pool image is also compared mirrored left to right (`MIRROR`; the descriptors flip, no second
+   decode): a model trained with random flips sees a mirrored copy as the same image.
+6. Where the evaluation images are alike by nature (items on a plain background, digits), 0.6 pairs
    different images, and no threshold tells a copy from a look-alike: such a set is not searched
    (`copy_threshold`; exact copies are still found by `overlap.py`).
 
 Thresholds, read off CIFAR-10 train vs test by eye (`benchmarks/near_copies.py` prints the tables and
 writes montages): at `DETAIL_MIN` 0.6, 337 training images are flagged as near copies of 242 test
-images, 99.4% of the pairs of one class; of 1,000 test images re-saved as JPEG at quality 30, enlarged
-4x, recoloured or turned gray 99.4-100% are found again, moved by 1 px 94%. Not found: crops of more
-than a pixel or two a side, flips, rotations, heavy edits.
+images, 99.4% of the pairs of one class, and 30 more mirrored (all 30 the same photo, by eye); of
+1,000 test images re-saved as JPEG at quality 30, enlarged 4x, recoloured, turned gray or mirrored
+99.4-100% are found again, moved by 1 px 94%. Not found: crops of more than a pixel or two a side,
+rotations, heavy edits.
 Cost: one decode of every pool and evaluation image at reduced size (JPEGs at 1/2-1/8 scale) and a
 matrix product; the select stage keeps the result in the run directory, so it is paid once a run.
 """
@@ -46,7 +49,7 @@ from PIL import Image
 
 from .decode import DECODE_VERSION
 
-__all__ = ["THUMB", "thumbnail", "Descriptors", "describe", "best_matches", "copy_threshold",
+__all__ = ["THUMB", "thumbnail", "Descriptors", "describe", "mirrored", "best_matches", "copy_threshold",
            "near_copy_pairs", "source_thumbnails", "evaluation_set", "near_copies_of", "cached_near_copies"]
 
 log = logging.getLogger("noisystudent")
@@ -59,6 +62,7 @@ MARGIN = 3            # border pixels left out of the detail comparison
 SHIFT = 2             # largest shift (pixels at 32 px) searched
 FLAT = 1.0            # detail below this RMS (gray levels) is no detail
 SELF_SIMILAR = 0.05   # evaluation sets whose own images match each other more often are alike by nature
+MIRROR = True         # search each pool image mirrored left to right as well
 
 
 def thumbnail(image: np.ndarray) -> np.ndarray:
@@ -144,14 +148,29 @@ def copy_threshold(other: Descriptors) -> tuple[float | None, float]:
     missed (benchmarks/near_copies.py, tried before this rule). A hash does no better there (pHash flags 4% of Fashion-MNIST's
     training images at 2 bits, 90% of them of one class). So such a set is not searched."""
     best, _ = best_matches(other, other, same=True)
+    if MIRROR:      # alike as mirror images counts too (a row never matches its own mirror: `same`)
+        best = np.maximum(best, best_matches(mirrored(other), other, same=True)[0])
     share = float((best >= DETAIL_MIN).mean()) if len(best) else 0.0
     return (DETAIL_MIN if share <= SELF_SIMILAR else None), share
 
 
+def mirrored(d: Descriptors) -> Descriptors:
+    """The descriptors of the images mirrored left to right (no decode: both parts flip in place)."""
+    side = THUMB // 2
+    layout = d.layout.reshape(-1, side, side).flip(-1).reshape(-1, side * side)
+    return Descriptors(layout, d.detail.flip(-1), d.flat)
+
+
 def near_copy_pairs(pool: Descriptors, other: Descriptors, detail_min: float = DETAIL_MIN,
                     block: int = 4096) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(pool rows, `other` rows, scores) of the pool images whose best match scores >= `detail_min`."""
+    """(pool rows, `other` rows, scores) of the pool images whose best match, as they are or mirrored,
+    scores >= `detail_min`. A mirrored copy is searched too: to a model trained with random flips
+    (data.hflip, the default) it is the same image."""
     score, match = best_matches(pool, other, block=block)
+    if MIRROR:
+        m_score, m_match = best_matches(mirrored(pool), other, block=block)
+        better = m_score > score
+        score, match = np.where(better, m_score, score), np.where(better, m_match, match)
     rows = np.flatnonzero(score >= detail_min)
     return rows.astype(np.int64), match[rows], score[rows]
 
@@ -187,7 +206,7 @@ def source_thumbnails(src, workers: int = 0, progress=None, block: int = 4096):
 
 
 # in every cache key: the method's constants and the decoder's version (what pixels the files gave)
-_METHOD = [THUMB, CANDIDATES, LAYOUT_MIN, DETAIL_MIN, MARGIN, SHIFT, FLAT, SELF_SIMILAR, DECODE_VERSION]
+_METHOD = [THUMB, CANDIDATES, LAYOUT_MIN, DETAIL_MIN, MARGIN, SHIFT, FLAT, SELF_SIMILAR, MIRROR, DECODE_VERSION]
 
 
 def evaluation_set(src, workers: int = 0, cache: Path | None = None, fingerprint: str | None = None):
