@@ -161,7 +161,7 @@ class SelectConfig:
     threshold: Union[float, Literal["auto"]] = "auto"
     per_class: Union[int, Literal["auto", "none"]] = "auto"
     # leave out pool images that are near copies of validation or test images too (re-encoded,
-    # resized, recoloured, moved a pixel: data/nearcopy.py), not only exact copies (always left out),
+    # resized, recoloured, moved a pixel, mirrored: data/nearcopy.py), not only exact copies (always left out),
     # and warn of labeled images that are (the teacher stage; those sets are left as they are)
     near_copies: bool = True
 

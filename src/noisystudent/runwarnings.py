@@ -86,7 +86,7 @@ def pool_near_copies(near: dict[str, dict]) -> str | None:
     parts = [f"{len(d):,} of {name}" for name, d in near.items() if d]
     name, d = next((n, d) for n, d in near.items() if d)
     pool_id = sorted(d)[0]
-    return (f"the unlabeled pool holds near copies of evaluation images, re-encoded, resized or recoloured "
+    return (f"the unlabeled pool holds near copies of evaluation images, re-encoded, resized, recoloured or mirrored "
             f"({', '.join(parts)}; e.g. {pool_id!r} ~ {name} {d[pool_id][0]!r}): left out of the selection "
             f"(pairs in cache/near-copies.json; select.near_copies: false keeps them)")
 

@@ -1,5 +1,5 @@
 """Pool images that are near copies of evaluation images: the same photo re-encoded, resized,
-recoloured, turned gray or moved by a pixel or two, which `overlap.py` (same file, same bytes) cannot
+recoloured, turned gray, mirrored or moved by a pixel or two, which `overlap.py` (same file, same bytes) cannot
 see because the bytes differ.
 
 Why: such pairs are common wherever images are collected twice: Barz & Denzler ("Do we train on

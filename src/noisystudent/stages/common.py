@@ -155,7 +155,7 @@ class RunContext:
     def pool_near_copies(self) -> dict:
         """{'found': {'val' / 'test' / 'extra_test[i]': {pool id: [that set's id, score]}}, 'thresholds':
         {set: [score threshold or None (not searched), share of its images alike among themselves]}}
-        (`data.nearcopy`: re-encoded, resized, recoloured or moved copies). Computed once a run (under
+        (`data.nearcopy`: re-encoded, resized, recoloured, moved or mirrored copies). Computed once a run (under
         torchrun every rank searches a share of the pool), kept in cache/near-copies.json under the
         sources' fingerprints."""
         from ..data.nearcopy import cached_near_copies
