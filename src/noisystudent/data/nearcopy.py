@@ -301,20 +301,20 @@ def cached_near_copies(pool, others: dict, fingerprints: dict, path: Path, worke
     if isinstance(saved, dict) and saved.get("key") == key:
         return {"found": saved["found"], "thresholds": saved["thresholds"]}
     t0 = time.time()
-    share = pool
+    mine = pool         # the images this process searches: all of them, or its rank's share
     if world > 1:
         path.parent.mkdir(parents=True, exist_ok=True)
         if rank == 0:       # the evaluation sets decoded once, kept in the cache; the other ranks read them
             _evaluation_sets(others, workers, path.parent, fingerprints)
         torch.distributed.barrier()
-        share = pool.subset(np.array_split(np.arange(len(pool)), world)[rank])
-    bar = tqdm(total=len(share), desc=f"near copies ({what})", unit="img", disable=not progress, leave=False)
+        mine = pool.subset(np.array_split(np.arange(len(pool)), world)[rank])
+    bar = tqdm(total=len(mine), desc=f"near copies ({what})", unit="img", disable=not progress, leave=False)
 
     def counted(rows):
         for row in rows:
             bar.update(1)
             yield row
-    found, thresholds = near_copies_of(share, others, workers, counted, path.parent, fingerprints)
+    found, thresholds = near_copies_of(mine, others, workers, counted, path.parent, fingerprints)
     bar.close()
     if world > 1:
         parts: list = [None] * world
