@@ -21,7 +21,7 @@ from .errors import UserError
 
 __all__ = ["maybe_init_distributed", "shutdown_distributed", "is_main_process", "resolve_device", "device_name_error",
            "cpu_has_native_bf16", "cuda_capability", "autocast_dtype", "seed_everything", "world_info", "progress_enabled",
-           "broadcast_", "any_rank", "all_ranks", "local_world_size"]
+           "broadcast_", "from_rank0", "any_rank", "all_ranks", "local_world_size"]
 
 log = logging.getLogger("noisystudent")
 
@@ -177,6 +177,13 @@ def broadcast_(tensors) -> None:
     """Overwrite each tensor in place with rank 0's value."""
     for t in tensors:
         dist.broadcast(t.data, 0)
+
+
+def from_rank0(obj):
+    """Rank 0's `obj` (any picklable value) on every rank. A collective: every rank must call it."""
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:

@@ -147,9 +147,7 @@ def copy_threshold(other: Descriptors) -> tuple[float | None, float]:
     alike were taken for copies and 98% of Fashion-MNIST copies re-saved as JPEG at quality 30 were
     missed (benchmarks/near_copies.py, tried before this rule). A hash does no better there (pHash flags 4% of Fashion-MNIST's
     training images at 2 bits, 90% of them of one class). So such a set is not searched."""
-    best, _ = best_matches(other, other, same=True)
-    if MIRROR:      # alike as mirror images counts too (a row never matches its own mirror: `same`)
-        best = np.maximum(best, best_matches(mirrored(other), other, same=True)[0])
+    best, _ = _best_either_way(other, other, same=True)    # a row never matches its own mirror: `same`
     share = float((best >= DETAIL_MIN).mean()) if len(best) else 0.0
     return (DETAIL_MIN if share <= SELF_SIMILAR else None), share
 
@@ -161,16 +159,23 @@ def mirrored(d: Descriptors) -> Descriptors:
     return Descriptors(layout, d.detail.flip(-1), d.flat)
 
 
+def _best_either_way(pool: Descriptors, other: Descriptors, same: bool = False,
+                     block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """`best_matches` of the pool images as they are or, with MIRROR, mirrored: whichever scores higher."""
+    score, match = best_matches(pool, other, same=same, block=block)
+    if MIRROR:
+        m_score, m_match = best_matches(mirrored(pool), other, same=same, block=block)
+        better = m_score > score
+        score, match = np.where(better, m_score, score), np.where(better, m_match, match)
+    return score, match
+
+
 def near_copy_pairs(pool: Descriptors, other: Descriptors, detail_min: float = DETAIL_MIN,
                     block: int = 4096) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(pool rows, `other` rows, scores) of the pool images whose best match, as they are or mirrored,
     scores >= `detail_min`. A mirrored copy is searched too: to a model trained with random flips
     (data.hflip, the default) it is the same image."""
-    score, match = best_matches(pool, other, block=block)
-    if MIRROR:
-        m_score, m_match = best_matches(mirrored(pool), other, block=block)
-        better = m_score > score
-        score, match = np.where(better, m_score, score), np.where(better, m_match, match)
+    score, match = _best_either_way(pool, other, block=block)
     rows = np.flatnonzero(score >= detail_min)
     return rows.astype(np.int64), match[rows], score[rows]
 
@@ -257,7 +262,11 @@ def near_copies_of(pool, others: dict, workers: int = 0, progress=None, cache_di
     each set's `copy_threshold` (None: alike by nature, not searched, its dict empty). The evaluation
     sets are held as descriptors (5 KB an image; their thumbnails kept in `cache_dir` under
     `fingerprints[name]`, `evaluation_set`); the pool streams through in blocks."""
-    sets = _evaluation_sets(others, workers, cache_dir, fingerprints)
+    return _search(pool, _evaluation_sets(others, workers, cache_dir, fingerprints), workers, progress)
+
+
+def _search(pool, sets: dict, workers: int = 0, progress=None) -> tuple[dict, dict]:
+    """`near_copies_of` against evaluation sets already described (`_evaluation_sets`)."""
     found: dict[str, dict] = {name: {} for name in sets}
     thresholds = {name: v[3] for name, v in sets.items()}
     sets = {name: v for name, v in sets.items() if v[3][0] is not None}
@@ -287,7 +296,7 @@ def cached_near_copies(pool, others: dict, fingerprints: dict, path: Path, worke
     from tqdm import tqdm
     from ..artifacts import read_json, write_json
     from ..config import config_hash
-    from ..distributed import world_info
+    from ..distributed import from_rank0, world_info
     rank, world = world_info()
     key = config_hash({"sources": fingerprints, "method": _METHOD})
     saved = None
@@ -297,16 +306,21 @@ def cached_near_copies(pool, others: dict, fingerprints: dict, path: Path, worke
         except (OSError, ValueError):
             saved = None
     if world > 1:
-        saved = _from_rank0(saved)
+        saved = from_rank0(saved)
     if isinstance(saved, dict) and saved.get("key") == key:
         return {"found": saved["found"], "thresholds": saved["thresholds"]}
     t0 = time.time()
+    # The evaluation sets are decoded once, by rank 0, into the cache beside `path`; the other ranks
+    # read them from there.
+    if rank == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sets = _evaluation_sets(others, workers, path.parent, fingerprints)
+    if world > 1:
+        torch.distributed.barrier()
+    if rank != 0:
+        sets = _evaluation_sets(others, workers, path.parent, fingerprints)
     mine = pool         # the images this process searches: all of them, or its rank's share
     if world > 1:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if rank == 0:       # the evaluation sets decoded once, kept in the cache; the other ranks read them
-            _evaluation_sets(others, workers, path.parent, fingerprints)
-        torch.distributed.barrier()
         mine = pool.subset(np.array_split(np.arange(len(pool)), world)[rank])
     bar = tqdm(total=len(mine), desc=f"near copies ({what})", unit="img", disable=not progress, leave=False)
 
@@ -314,7 +328,7 @@ def cached_near_copies(pool, others: dict, fingerprints: dict, path: Path, worke
         for row in rows:
             bar.update(1)
             yield row
-    found, thresholds = near_copies_of(mine, others, workers, counted, path.parent, fingerprints)
+    found, thresholds = _search(mine, sets, workers, counted)
     bar.close()
     if world > 1:
         parts: list = [None] * world
@@ -324,7 +338,6 @@ def cached_near_copies(pool, others: dict, fingerprints: dict, path: Path, worke
               "thresholds": {n: [t, round(f, 4)] for n, (t, f) in thresholds.items()}}
     if rank != 0:
         return result
-    path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, {"key": key, **result})
     searched = [n for n, (t, _) in thresholds.items() if t is not None]
     if searched:
@@ -337,9 +350,3 @@ def cached_near_copies(pool, others: dict, fingerprints: dict, path: Path, worke
                      "another of them (items on a plain background, digits), so a copy cannot be told from a "
                      "look-alike", what, n, 100 * share)
     return result
-
-
-def _from_rank0(obj):
-    box = [obj]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]

@@ -25,7 +25,7 @@ from ..config import Config, config_to_dict
 from ..data import ArraySource, Source, cache_if_fits, default_mean_std, max_side_for
 from ..data.loaders import resolve_decode_workers, resolve_workers
 from ..data.infer import create_source_noted as _create
-from ..distributed import all_ranks, resolve_device, world_info
+from ..distributed import all_ranks, from_rank0, resolve_device, world_info
 from ..errors import UserError
 from ..layout import RunLayout
 from .. import runlog
@@ -332,9 +332,7 @@ def _same_on_all_ranks(ctx: RunContext, action):
     """Rank 0's decision, on every rank: a rank that skipped while another redoes the stage would
     leave the other waiting at a barrier."""
     if ctx.world > 1:
-        box = [action]
-        torch.distributed.broadcast_object_list(box, src=0)
-        action = box[0]
+        action = from_rank0(action)
     return action
 
 
