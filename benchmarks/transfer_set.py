@@ -19,8 +19,15 @@ test/ is what is left of each class after train, val and unlabeled. The draw of 
         --classes bird,cat,deer,dog,frog,horse --train 100 --val 50 --unlabeled 500 --test 200 \
         --other-classes airplane,automobile,ship,truck --other-unlabeled 750
 
+    python benchmarks/transfer_set.py --src data/cifar10 --out data/cifar10-lt/s0 --gray --size 28 --seed 0 \
+        --train 250 --val 50 --unlabeled 1250 --imbalance 10
+
 `--other-classes` puts images of classes the labeled set does not have into the pool only (a pool
 that holds other things too, as a crawled one does: Oliver et al. 2018's class mismatch).
+`--imbalance R` makes the labeled set and the pool long-tailed as CIFAR-10-LT is (Cui et al. 2019,
+and the imbalanced semi-supervised work after it, DARP, CReST): class c of the C (in folder order)
+gets round(N * R ** (-c / (C - 1))) of the N asked, so the first class has N and the last N / R;
+val/ and test/ stay balanced, so a score on them weighs every class alike.
 """
 from __future__ import annotations
 
@@ -51,9 +58,14 @@ def _dest(out: Path, split: str, cls: str, stem: str) -> Path:
     return out / split / f"{cls}_{stem}.png" if split == "unlabeled" else out / split / cls / f"{stem}.png"
 
 
+def long_tail(n: int, c: int, num_classes: int, ratio: float) -> int:
+    """Class `c`'s share of `n` in a long tail from n (c = 0) down to n / `ratio` (the last class)."""
+    return n if num_classes < 2 or ratio == 1 else int(round(n * ratio ** (-c / (num_classes - 1))))
+
+
 def build(src: Path, out: Path, gray: bool, size: int, train: int, val: int, unlabeled: int, test: int,
           seed: int = 0, classes: list[str] | None = None, other_classes: list[str] | None = None,
-          other_unlabeled: int = 0) -> dict:
+          other_unlabeled: int = 0, imbalance: float = 1.0) -> dict:
     rng = np.random.default_rng(seed)
     counts = {"train": 0, "val": 0, "unlabeled": 0, "test": 0}
 
@@ -74,9 +86,11 @@ def build(src: Path, out: Path, gray: bool, size: int, train: int, val: int, unl
         counts["unlabeled of other classes"] = 0
     if both := sorted(set(other_classes) & set(classes or found)):
         sys.exit(f"--other-classes {', '.join(both)} also labeled: name the labeled ones with --classes")
-    for c in [c for c in found if not classes or c in classes]:
+    labeled = [c for c in found if not classes or c in classes]
+    for k, c in enumerate(labeled):
         files = sorted((src / "train" / c).iterdir())
-        parts = _parts(rng.permutation(len(files)), train, val, unlabeled, f"{src}/train/{c}")
+        parts = _parts(rng.permutation(len(files)), long_tail(train, k, len(labeled), imbalance), val,
+                       long_tail(unlabeled, k, len(labeled), imbalance), f"{src}/train/{c}")
         for split, idx in parts.items():
             for i in idx:
                 save(files[i], _dest(out, split, c, files[i].stem))
@@ -167,12 +181,18 @@ def main() -> None:
     ap.add_argument("--other-classes", default="", help="comma-separated class folders whose images go to "
                     "unlabeled/ only (classes the labeled set does not have)")
     ap.add_argument("--other-unlabeled", type=int, default=0, help="pool images per class of --other-classes")
+    ap.add_argument("--imbalance", type=float, default=1.0, help="long-tailed labeled set and pool: the first "
+                    "class gets --train/--unlabeled, the last 1/R of them (val and test stay balanced)")
     a = ap.parse_args()
+    if a.imbalance < 1:
+        sys.exit(f"--imbalance {a.imbalance:g}: must be >= 1 (the first class's count over the last's)")
     if a.out.exists():
         sys.exit(f"{a.out} exists: remove it first")
     if a.src in ("digits", "mnist5k", "mnistm5k"):
         if a.src == "mnistm5k" and a.backgrounds is None:
             sys.exit("--src mnistm5k needs --backgrounds DIR (a tree of images, e.g. data/cifar10/train)")
+        if a.imbalance != 1:
+            sys.exit("--imbalance works with an ImageFolder --src only")
         images, targets = (load_digits_u8() if a.src == "digits" else load_mnist5k() if a.src == "mnist5k"
                            else load_mnistm5k(a.backgrounds, a.seed))
         counts = build_arrays(a.out, images, targets, a.train, a.val, a.unlabeled, a.seed, f"{a.src} class")
@@ -181,7 +201,7 @@ def main() -> None:
         if bool(other) != (a.other_unlabeled > 0):
             sys.exit("--other-classes and --other-unlabeled go together")
         counts = build(Path(a.src), a.out, a.gray, a.size, a.train, a.val, a.unlabeled, a.test, a.seed,
-                       [c for c in a.classes.split(",") if c], other, a.other_unlabeled)
+                       [c for c in a.classes.split(",") if c], other, a.other_unlabeled, a.imbalance)
     print(f"{a.out}: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
 
 

@@ -219,6 +219,13 @@ def test_the_transfer_set_is_what_init_data_reads(tmp_path, capsys):
         two = sorted(p.name for p in (tmp_path / "two" / split).rglob("*.png"))
         assert two == sorted(p.name for p in (tmp_path / "mix" / split).rglob("*.png")
                              if p.name.split("_")[0] in CLASSES[:2] or split != "unlabeled")
+    # --imbalance R: a long tail over the labeled classes in folder order (first N, last N / R), for
+    # train/ and unlabeled/ only; val/ and test/ stay balanced
+    assert [ts.long_tail(250, c, 10, 10) for c in range(10)] == [250, 194, 150, 116, 90, 70, 54, 42, 32, 25]
+    counts = ts.build(tmp_path / "src", tmp_path / "lt", gray=False, size=0, train=3, val=1, unlabeled=2, test=0,
+                      classes=CLASSES[:3], imbalance=3)
+    lt = inspect_data_root(tmp_path / "lt")
+    assert lt.per_class == [3, 2, 1] and counts == {"train": 6, "val": 3, "unlabeled": 2 + 1 + 1, "test": 12}
     with pytest.raises(SystemExit, match="also labeled"):
         ts.build(tmp_path / "src", tmp_path / "both", gray=False, size=0, train=2, val=1, unlabeled=3, test=0,
                  classes=CLASSES[:2], other_classes=CLASSES[1:2], other_unlabeled=1)
