@@ -128,7 +128,7 @@ def test_select_from_labels_without_the_excluded_ids_is_as_if_they_were_not_ther
     ids = [f"img{i:02d}" for i in range(40)]
     drop = {"img03", "img07", "img11", "img30", "nowhere"}
     keep = [i for i, s in enumerate(ids) if s not in drop]
-    kw = dict(num_classes=3, threshold=0.4, per_class="auto", labeled_class_counts=[5, 5, 5], seed=3, batch_rows=7)
+    kw = dict(num_classes=3, threshold=0.4, per_class="auto", class_counts=[5, 5, 5], seed=3, batch_rows=7)
     a = select_from_labels(_shards(tmp_path, ids, probs, "all"), exclude_ids=sorted(drop), **kw)
     b = select_from_labels(_shards(tmp_path, [ids[i] for i in keep], probs[keep], "less"), **kw)
     assert a.table.equals(b.table) and a.report == b.report and a.report["rows"] == 36

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from noisystudent.pseudo import (
+    auto_proportions,
     auto_per_class,
     balance,
     class_histograms,
@@ -83,6 +84,21 @@ def test_auto_per_class_scales_labeled_proportions():
     assert auto_per_class([5, 0], 10).tolist() == [10, 0]
     with pytest.raises(ValueError):
         auto_per_class([0, 0], 10)
+
+
+def test_auto_proportions_follow_val_where_its_mix_differs():
+    # no val: the labeled set's; a val in the same proportions: the labeled set's (same targets, the
+    # fingerprint of before); a balanced val under a long-tailed labeled set: val's
+    assert auto_proportions([250, 90, 25]) == ([250, 90, 25], "labeled")
+    assert auto_proportions([100, 100], [20, 20]) == ([100, 100], "labeled")
+    assert auto_proportions([200, 100], [40, 20]) == ([200, 100], "labeled")
+    assert auto_proportions([250, 90, 25], [50, 50, 50]) == ([50, 50, 50], "val")
+    assert auto_per_class([50, 50, 50], 300).tolist() == [100, 100, 100]
+    # a class val lacks would lose all its pseudo-labels: the labeled set's mix instead
+    assert auto_proportions([250, 90, 25], [50, 50, 0]) == ([250, 90, 25], "labeled")
+    assert auto_proportions([5, 0], [3, 0]) == ([5, 0], "labeled")
+    with pytest.raises(ValueError, match="classes"):
+        auto_proportions([1, 2], [1, 2, 3])
 
 
 def test_balance_hand_example():

@@ -151,7 +151,7 @@ def test_seed_determinism(tmp_path):
 def test_auto_per_class_and_hard_targets(tmp_path):
     label_dir = write_shards(RunLayout(tmp_path).labels(1), [23])
     # 19 rows pass 0.3; labeled proportions [0.5, 0.25, 0.25, 0] -> K = [9.5, 4.75, 4.75, 0] rounded
-    selection = select_from_labels(label_dir, num_classes=C, labeled_class_counts=[2, 1, 1, 0], soft=False)
+    selection = select_from_labels(label_dir, num_classes=C, class_counts=[2, 1, 1, 0], soft=False)
     report = selection.report
     assert report["per_class_target"] == [10, 5, 5, 0]
     assert report["counts_selected_with_copies"] == [10, 5, 5, 0]
@@ -179,7 +179,7 @@ def test_errors(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         select_from_labels(tmp_path / "missing", num_classes=C)
     label_dir = write_shards(RunLayout(tmp_path).labels(1), [23])
-    with pytest.raises(ValueError, match="labeled_class_counts"):
+    with pytest.raises(ValueError, match="class_counts"):
         select_from_labels(label_dir, num_classes=C, per_class="auto")
     with pytest.raises(ValueError, match="num_classes=5"):
         select_from_labels(label_dir, num_classes=5, per_class=4)

@@ -31,6 +31,7 @@ __all__ = [
     "PAPER_THRESHOLD",
     "FEW_CLASSES_THRESHOLD",
     "auto_per_class",
+    "auto_proportions",
     "balance",
     "class_histograms",
     "thresholds_from_histograms",
@@ -114,17 +115,43 @@ def resolve_threshold(threshold: float | str, num_classes: int) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def auto_per_class(labeled_class_counts: Sequence[int] | torch.Tensor, pool_size: int) -> torch.Tensor:
-    """Per-class targets K_c that give the pool the labeled set's class proportions.
+def auto_proportions(labeled_counts: Sequence[int], val_counts: Sequence[int] | None = None) -> tuple[list[int], str]:
+    """The images per class whose proportions `per_class: auto` gives the confident pool, and whose
+    they are: ("val" or "labeled").
 
-    Definition: K_c = round(pool_size * n_c / N_labeled), where n_c is the number of labeled
+    The validation set's when the run has one: settings are chosen on it, so its class mix is the one
+    the user cares about. On a long-tailed labeled set with a balanced val, the paper's fixed count
+    per class (what a balanced val gives) beat the labeled set's proportions on val on every seed
+    (docs/benchmarks/transfer.md, TI). The labeled set's when there is no val; when val has no image
+    of a class the labeled set has (that class's pseudo-labels would all be dropped); and when val's
+    counts are proportional to the labeled set's (the same targets, so a run made before this rule,
+    on balanced sets, keeps its selection and is not redone)."""
+    labeled = [int(n) for n in labeled_counts]
+    if val_counts is None:
+        return labeled, "labeled"
+    val = [int(n) for n in val_counts]
+    if len(val) != len(labeled):
+        raise ValueError(f"val_counts has {len(val)} classes, labeled_counts {len(labeled)}")
+    if any(v == 0 and n > 0 for v, n in zip(val, labeled)):
+        return labeled, "labeled"
+    total_l, total_v = sum(labeled), sum(val)
+    if all(n * total_v == v * total_l for n, v in zip(labeled, val)):
+        return labeled, "labeled"
+    return val, "val"
+
+
+def auto_per_class(labeled_class_counts: Sequence[int] | torch.Tensor, pool_size: int) -> torch.Tensor:
+    """Per-class targets K_c that give the pool the class proportions of `labeled_class_counts`
+    (the select stage passes `auto_proportions`'s: the validation set's when it differs).
+
+    Definition: K_c = round(pool_size * n_c / N_labeled), where n_c is the number of
     images of class c and N_labeled their total; rounding is half-up (floor(x + 1/2)), done in
     exact integer arithmetic so the result never depends on float rounding. Because each class
     is rounded separately, sum(K_c) can differ from pool_size by up to C/2.
 
     On a balanced labeled set this is the paper's "same number of images per class"
     (ImageNet: 1.3M labeled / 1000 classes -> equal K for all classes); on an imbalanced one it
-    keeps the imbalance the student will be evaluated under.
+    keeps that imbalance.
     """
     counts = torch.as_tensor(labeled_class_counts, dtype=torch.long)
     if counts.dim() != 1 or counts.numel() == 0:

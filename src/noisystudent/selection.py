@@ -192,7 +192,7 @@ def _collect_candidates(
 def _class_targets(
     per_class: str | int | Sequence[int] | None,
     num_classes: int,
-    labeled_class_counts: Sequence[int] | torch.Tensor | None,
+    class_counts: Sequence[int] | torch.Tensor | None,
     pool_size: int,
 ) -> torch.Tensor | None:
     """K_c per class, or None for "no balancing"."""
@@ -201,13 +201,13 @@ def _class_targets(
     if isinstance(per_class, str):
         if per_class != "auto":
             raise ValueError(f'per_class must be "auto", an int, a per-class list or None, got {per_class!r}')
-        if labeled_class_counts is None:
-            raise ValueError('per_class="auto" needs labeled_class_counts (images per labeled class)')
-        if len(labeled_class_counts) != num_classes:
+        if class_counts is None:
+            raise ValueError('per_class="auto" needs class_counts (images per class, whose proportions it gives the pool)')
+        if len(class_counts) != num_classes:
             raise ValueError(
-                f"labeled_class_counts has {len(labeled_class_counts)} entries, expected {num_classes}"
+                f"class_counts has {len(class_counts)} entries, expected {num_classes}"
             )
-        return auto_per_class(labeled_class_counts, pool_size)
+        return auto_per_class(class_counts, pool_size)
     if isinstance(per_class, bool):  # bool is an int subclass; True almost surely means a mistake
         raise ValueError(f"per_class must be an int, not {per_class!r}")
     return per_class_targets(per_class, num_classes)
@@ -335,7 +335,7 @@ def select_from_labels(
     num_classes: int,
     threshold: float = 0.3,
     per_class: str | int | Sequence[int] | None = "auto",
-    labeled_class_counts: Sequence[int] | torch.Tensor | None = None,
+    class_counts: Sequence[int] | torch.Tensor | None = None,
     soft: bool = True,
     seed: int = 0,
     batch_rows: int = 65536,
@@ -344,9 +344,9 @@ def select_from_labels(
     """Filter and balance the teacher's pseudo-labels in `label_dir` into a training set.
 
     threshold     global confidence threshold (paper: 0.3); rows below it are never used.
-    per_class     "auto": K_c = auto_per_class(labeled_class_counts, pool_size) where pool_size is
-                  the number of rows that pass `threshold` - the confident pool takes the labeled
-                  set's class proportions. int: the same K for every class. sequence: K_c per
+    per_class     "auto": K_c = auto_per_class(class_counts, pool_size) where pool_size is
+                  the number of rows that pass `threshold` - the confident pool takes the class
+                  proportions of `class_counts` (the stage's: pseudo.auto_proportions). int: the same K for every class. sequence: K_c per
                   class. None: no balancing, every row above threshold once.
     soft          soft targets (probabilities) or hard one-hot targets of `pred`.
     seed          seeds the generator that picks which duplicated rows get an extra copy.
@@ -359,7 +359,7 @@ def select_from_labels(
     excluded = pa.array(sorted(set(exclude_ids)), pa.string()) if len(exclude_ids) else None
     stats = _scan_pool(shards, num_classes, threshold, batch_rows, excluded)
     confident_pool = int(stats.counts_after_threshold.sum())
-    targets = _class_targets(per_class, num_classes, labeled_class_counts, confident_pool)
+    targets = _class_targets(per_class, num_classes, class_counts, confident_pool)
     if targets is None:
         thresholds = torch.full((num_classes,), threshold, dtype=torch.float32)
     else:

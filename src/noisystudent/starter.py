@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from .data.mirror import MirrorCheck
 
 __all__ = ["TEMPLATE", "write_starter", "recipe_starter_text", "resolved_config_text", "DataRoot",
-           "inspect_data_root", "choose_recipe", "RecipePick", "few_classes_threshold", "mirror_setting"]
+           "inspect_data_root", "choose_recipe", "RecipePick", "few_classes_threshold", "mirror_setting",
+           "class_mix_note"]
 
 TEMPLATE = Path(__file__).parent / "templates" / "own-data.yaml"
 # the template's block of data sections that `--data` replaces (first and last line)
@@ -47,9 +48,10 @@ def write_starter(directory: str | Path, force: bool = False, recipe: Path | Non
     text = recipe_starter_text(recipe, sources) if recipe else template_text(sources)
     text, note = few_classes_threshold(text, len(data.classes)) if data else (text, None)
     text, mirror = mirror_setting(text, data.mirror) if data else (text, None)
+    mix = class_mix_note(data) if data else None
     d.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
-    return out, [n for n in (note, mirror) if n]
+    return out, [n for n in (note, mirror, mix) if n]
 
 
 def template_text(sources: list[str] | None = None) -> str:
@@ -116,6 +118,19 @@ def mirror_setting(text: str, check) -> tuple[str, str | None]:
     note = (f"mirror off (data.hflip, label/evaluate.flip_tta: false): it changes the class of these images "
             f"({check.describe()})")
     return "\n".join(lines) + "\n", note
+
+
+def class_mix_note(data: "DataRoot") -> str | None:
+    """What `init` tells the user of a long-tailed labeled set (the largest class at least twice the
+    smallest): whose class mix `select.per_class: auto` gives the pseudo-labels (pseudo.auto_proportions)."""
+    lo, hi = min(data.per_class), max(data.per_class)
+    if hi < 2 * max(lo, 1):
+        return None
+    whose = ("the class mix of your val/" if data.val is not None else
+             f"the class mix of the val draw ({data.val_per_class} a class: the same count for every class, as the paper)"
+             if data.val_per_class else "the labeled set's class mix (there is no validation set)")
+    return (f"labeled set long-tailed ({lo}-{hi} a class): select.per_class auto gives the pseudo-labels {whose}"
+            " (docs/benchmarks/transfer.md, TI)")
 
 
 # `init --data ROOT`: find the folders, look at the images, pick a recipe ------------------------

@@ -9,7 +9,7 @@ from .. import runwarnings
 from ..artifacts import atomic_write, read_stage, write_json
 from ..config import config_hash, config_to_dict
 from ..data import seed_for
-from ..pseudo import resolve_threshold
+from ..pseudo import auto_proportions, resolve_threshold
 from ..selection import select_from_labels
 from .common import RunContext, StageResult, class_counts, run_stage
 
@@ -24,6 +24,13 @@ def select_pseudo_labels(ctx: RunContext, k: int) -> StageResult:
     threshold = resolve_threshold(cfg.select.threshold, len(ctx.classes))
     config = {"select": {**config_to_dict(cfg.select), "threshold": threshold}, "soft": cfg.student.soft,
               "seed": cfg.seed, "labeled_counts": class_counts(ctx.labeled.labels, len(ctx.classes))}
+    # per_class auto gives the pool the validation set's class mix (a balanced val: the paper's fixed
+    # count per class), else the labeled set's; only a val mix that differs is in the fingerprint
+    val = ctx.val
+    proportions, basis = auto_proportions(
+        config["labeled_counts"], class_counts(val.labels, len(ctx.classes)) if val is not None else None)
+    if cfg.select.per_class == "auto" and basis == "val":
+        config["val_counts"] = proportions
     # pool images that are copies of validation or test images are left out (data/overlap.py); only
     # a pool that has some puts them in the fingerprint, so a run made before the check is not redone
     copies = ctx.pool_copies
@@ -42,11 +49,13 @@ def select_pseudo_labels(ctx: RunContext, k: int) -> StageResult:
     def body(d):
         per_class = None if cfg.select.per_class == "none" else cfg.select.per_class
         sel = select_from_labels(label_dir, num_classes=len(ctx.classes), threshold=threshold,
-                                 per_class=per_class, labeled_class_counts=config["labeled_counts"],
+                                 per_class=per_class, class_counts=proportions,
                                  soft=cfg.student.soft, seed=seed_for(cfg.seed, "select", k), exclude_ids=dropped)
         # undecodable pool images the label stage skipped (data.bad_images=skip), reported here too
         skipped = (read_stage(label_dir) or {}).get("info", {}).get("skipped_images", 0)
         report = dict(sel.report, classes=list(ctx.classes), pool_skipped_images=skipped)
+        if report["per_class_mode"] == "auto":
+            report["per_class_proportions"] = basis        # "val" or "labeled": whose class mix
         warnings: dict = {}
         if copies:
             report["pool_copies"] = {n: {"count": len(v), "examples": v[:5]} for n, v in copies.items()}
