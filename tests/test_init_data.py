@@ -55,31 +55,32 @@ def test_init_data_writes_the_folders_and_picks_the_small_colour_recipe(tmp_path
 
 
 def test_a_long_tailed_labeled_set_gets_the_class_mix_of_its_balanced_val(tmp_path, capsys):
-    """Labeled 6 / 4 / 2 images a class with a balanced val/ (2 a class): `select.per_class: auto`
-    gives the pool val's class mix (the paper's fixed count per class, TI in transfer.md), not the
-    labeled set's; the stage's fingerprint and selection.json say so."""
-    make_own_data(tmp_path / "d", per_class=6, size=12)
-    make_own_data(tmp_path / "v", per_class=2, size=12, seed=1)
+    """Labeled 12 / 4 / 1 images a class with a balanced val/ (4 a class, not what a draw from the
+    labeled mix would give): `select.per_class: auto` gives the pool val's class mix (the paper's fixed
+    count per class, TI in transfer.md), not the labeled set's; the stage's fingerprint and
+    selection.json say so."""
+    make_own_data(tmp_path / "d", per_class=12, size=12)
+    make_own_data(tmp_path / "v", per_class=4, size=12, seed=1)
     shutil.move(str(tmp_path / "v" / "train"), str(tmp_path / "d" / "val"))
-    for c, keep in zip(CLASSES, (6, 4, 2)):
+    for c, keep in zip(CLASSES, (12, 4, 1)):
         for f in sorted((tmp_path / "d" / "train" / c).iterdir())[keep:]:
             f.unlink()
     assert main(["init", str(tmp_path / "p"), "--data", str(tmp_path / "d")]) == 0
-    assert "labeled set long-tailed (2-6 a class): select.per_class auto gives the pseudo-labels the class mix of your val/" \
+    assert "labeled set long-tailed (1-12 a class): select.per_class auto gives the pseudo-labels the class mix of your val/" \
         in capsys.readouterr().out
     run = ["run", str(tmp_path / "p" / "config.yaml"), "--no-report", *TINY, "--set", "select.threshold=0.0"]
     assert main([*run, "--run-dir", str(tmp_path / "r")]) == 0, capsys.readouterr().err
     sel = RunLayout(tmp_path / "r").selection(1)
     report = json.loads((sel / "selection.json").read_text())
     assert report["per_class_proportions"] == "val" and report["per_class_target"] == [6, 6, 6]
-    assert json.loads((sel / "stage.json").read_text())["config"]["val_counts"] == [2, 2, 2]
-    # without val/ the labeled set's mix, as before (18 pool images: 9 / 6 / 3)
+    assert json.loads((sel / "stage.json").read_text())["config"]["val_counts"] == [4, 4, 4]
+    # without val/ the labeled set's mix, as before (18 pool images: 13 / 4 / 1)
     shutil.rmtree(tmp_path / "d" / "val")
     assert main(["init", str(tmp_path / "p"), "--data", str(tmp_path / "d"), "--force"]) == 0
     assert "the labeled set's class mix (there is no validation set)" in capsys.readouterr().out
     assert main([*run, "--run-dir", str(tmp_path / "r2")]) == 0, capsys.readouterr().err
     report = json.loads((RunLayout(tmp_path / "r2").selection(1) / "selection.json").read_text())
-    assert report["per_class_proportions"] == "labeled" and report["per_class_target"] == [9, 6, 3]
+    assert report["per_class_proportions"] == "labeled" and report["per_class_target"] == [13, 4, 1]
 
 
 def test_init_data_grayscale_small_images_get_the_fashion_recipe(tmp_path, capsys):

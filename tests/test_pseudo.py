@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from noisystudent.pseudo import (
     auto_proportions,
+    mix_test_p,
     auto_per_class,
     balance,
     class_histograms,
@@ -94,6 +95,18 @@ def test_auto_proportions_follow_val_where_its_mix_differs():
     assert auto_proportions([200, 100], [40, 20]) == ([200, 100], "labeled")
     assert auto_proportions([250, 90, 25], [50, 50, 50]) == ([50, 50, 50], "val")
     assert auto_per_class([50, 50, 50], 300).tolist() == [100, 100, 100]
+    # a val that a random draw from the labeled mix could give: the labeled set's, the larger sample
+    # (chi-square p = 0.51 here: scipy.stats.chisquare([2, 2, 2], [3, 2, 1]) gives the same)
+    assert mix_test_p([6, 4, 2], [2, 2, 2]) == pytest.approx(0.513417, abs=1e-6)
+    assert auto_proportions([6, 4, 2], [2, 2, 2]) == ([6, 4, 2], "labeled")
+    assert auto_proportions([12, 4, 1], [4, 4, 4]) == ([4, 4, 4], "val")       # p = 1.1e-4
+    assert mix_test_p([3, 0], [1, 1]) == 0.0          # a val class the labeled set lacks
+    # random val draws from a long-tailed mix are taken as chosen at about the test's level (1%)
+    g = torch.Generator().manual_seed(0)
+    mix = torch.tensor([250, 194, 150, 116, 90, 70, 54, 42, 32, 25], dtype=torch.float64)
+    chosen = sum(auto_proportions(mix.long().tolist(), torch.bincount(torch.multinomial(
+        mix, 200, replacement=True, generator=g), minlength=10).tolist())[1] == "val" for _ in range(400))
+    assert chosen <= 12
     # a class val lacks would lose all its pseudo-labels: the labeled set's mix instead
     assert auto_proportions([250, 90, 25], [50, 50, 0]) == ([250, 90, 25], "labeled")
     assert auto_proportions([5, 0], [3, 0]) == ([5, 0], "labeled")

@@ -159,8 +159,9 @@ class SelectConfig:
     # auto: the paper's 0.3, but 0.9 for 2 or 3 classes, where 0.3 <= 1/K filters nothing
     # (pseudo.resolve_threshold; chosen on val, docs/benchmarks/transfer.md)
     threshold: Union[float, Literal["auto"]] = "auto"
-    # auto: the confident pool in the validation set's class mix, else the labeled set's (a balanced
-    # val is the paper's fixed count per class: pseudo.auto_proportions); an int: that many a class
+    # auto: the confident pool in the validation set's class mix where it was chosen, not drawn, else
+    # the labeled set's (a balanced val is the paper's fixed count per class: pseudo.auto_proportions);
+    # an int: that many a class
     per_class: Union[int, Literal["auto", "none"]] = "auto"
     # leave out pool images that are near copies of validation or test images too (re-encoded,
     # resized, recoloured, moved a pixel, mirrored: data/nearcopy.py), not only exact copies (always left out),

@@ -32,6 +32,8 @@ __all__ = [
     "FEW_CLASSES_THRESHOLD",
     "auto_per_class",
     "auto_proportions",
+    "mix_test_p",
+    "MIX_TEST_P",
     "balance",
     "class_histograms",
     "thresholds_from_histograms",
@@ -115,17 +117,22 @@ def resolve_threshold(threshold: float | str, num_classes: int) -> float:
 # --------------------------------------------------------------------------------------------
 
 
+MIX_TEST_P = 0.01     # auto_proportions: below this p-value val's class mix is taken as chosen, not drawn
+
+
 def auto_proportions(labeled_counts: Sequence[int], val_counts: Sequence[int] | None = None) -> tuple[list[int], str]:
     """The images per class whose proportions `per_class: auto` gives the confident pool, and whose
     they are: ("val" or "labeled").
 
-    The validation set's when the run has one: settings are chosen on it, so its class mix is the one
-    the user cares about. On a long-tailed labeled set with a balanced val, the paper's fixed count
-    per class (what a balanced val gives) beat the labeled set's proportions on val on every seed
-    (docs/benchmarks/transfer.md, TI). The labeled set's when there is no val; when val has no image
-    of a class the labeled set has (that class's pseudo-labels would all be dropped); and when val's
-    counts are proportional to the labeled set's (the same targets, so a run made before this rule,
-    on balanced sets, keeps its selection and is not redone)."""
+    The validation set's when its class mix was chosen, not drawn: settings are chosen on val, so its
+    mix is the one the user cares about. On a long-tailed labeled set with a balanced val, the paper's
+    fixed count per class (what that val gives) beat the labeled set's mix on val on every seed
+    (docs/benchmarks/transfer.md, TI). "Chosen" means that a random draw from the labeled set's mix
+    would rarely look like it: Pearson's chi-square test of val's counts against that mix gives p <
+    MIX_TEST_P. Otherwise (val drawn at random from data like the labeled set's) both estimate one mix
+    and the labeled set's, the larger sample, is the better guess. The labeled set's too when there is
+    no val, when val has no image of a class the labeled set has (that class's pseudo-labels would all
+    be dropped), and when the mixes are the same (so balanced runs keep their selection)."""
     labeled = [int(n) for n in labeled_counts]
     if val_counts is None:
         return labeled, "labeled"
@@ -137,7 +144,28 @@ def auto_proportions(labeled_counts: Sequence[int], val_counts: Sequence[int] | 
     total_l, total_v = sum(labeled), sum(val)
     if all(n * total_v == v * total_l for n, v in zip(labeled, val)):
         return labeled, "labeled"
-    return val, "val"
+    return (val, "val") if mix_test_p(labeled, val) < MIX_TEST_P else (labeled, "labeled")
+
+
+def mix_test_p(labeled_counts: Sequence[int], val_counts: Sequence[int]) -> float:
+    """p-value of Pearson's chi-square test that `val_counts` were drawn from the class mix of
+    `labeled_counts` (K - 1 degrees of freedom over the K classes the labeled set has; a val image of
+    a class the labeled set lacks gives 0). The survival function of chi-square is the regularised
+    upper incomplete gamma function Q(df / 2, x / 2), torch.special.gammaincc."""
+    total_l, total_v = sum(labeled_counts), sum(val_counts)
+    stat, df = 0.0, -1
+    for n, v in zip(labeled_counts, val_counts):
+        if n == 0:
+            if v > 0:
+                return 0.0
+            continue
+        expected = total_v * n / total_l
+        stat += (v - expected) ** 2 / expected
+        df += 1
+    if df < 1:
+        return 1.0
+    x = torch.tensor([df / 2, stat / 2], dtype=torch.float64)
+    return float(torch.special.gammaincc(x[0], x[1]))
 
 
 def auto_per_class(labeled_class_counts: Sequence[int] | torch.Tensor, pool_size: int) -> torch.Tensor:

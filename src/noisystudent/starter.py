@@ -122,13 +122,21 @@ def mirror_setting(text: str, check) -> tuple[str, str | None]:
 
 def class_mix_note(data: "DataRoot") -> str | None:
     """What `init` tells the user of a long-tailed labeled set (the largest class at least twice the
-    smallest): whose class mix `select.per_class: auto` gives the pseudo-labels (pseudo.auto_proportions)."""
+    smallest): whose class mix `select.per_class: auto` gives the pseudo-labels (pseudo.auto_proportions,
+    on the counts the run will have: the labeled images less a val draw)."""
+    from .pseudo import auto_proportions
     lo, hi = min(data.per_class), max(data.per_class)
     if hi < 2 * max(lo, 1):
         return None
-    whose = ("the class mix of your val/" if data.val is not None else
-             f"the class mix of the val draw ({data.val_per_class} a class: the same count for every class, as the paper)"
-             if data.val_per_class else "the labeled set's class mix (there is no validation set)")
+    k = data.val_per_class
+    val = data.val_counts if data.val is not None else [k] * len(data.per_class) if k else None
+    _, whose = auto_proportions([n - k for n in data.per_class], val)
+    if whose == "val":
+        whose = ("the class mix of your val/" if data.val is not None else
+                 f"the class mix of the val draw ({k} a class: the same count for every class, as the paper)")
+    else:
+        whose = ("the labeled set's class mix (there is no validation set)" if val is None else
+                 "the labeled set's class mix (val's differs from it no more than a random draw would)")
     return (f"labeled set long-tailed ({lo}-{hi} a class): select.per_class auto gives the pseudo-labels {whose}"
             " (docs/benchmarks/transfer.md, TI)")
 
@@ -157,6 +165,7 @@ class DataRoot:
     colour: bool
     test_is_val: bool = False   # no ROOT/test/: ROOT/val/ is the test set (ImageNet's layout)
     mirror: "MirrorCheck | None" = None     # does a mirror keep the class? (data.mirror; None: not asked)
+    val_counts: list[int] | None = None     # images per class in ROOT/val/ when there is one
 
     @property
     def max_side(self) -> int:
@@ -265,7 +274,8 @@ def inspect_data_root(root: str | Path, unlabeled: str | Path | None = None) -> 
     if missing:
         raise UserError(f"--data {r}: {test_dir.name}/ has classes train/ has not: {', '.join(missing[:5])}")
     val = r / "val" if (r / "val").is_dir() and not test_is_val else None
-    if val is not None and read_imagefolder(str(val), "", 3).classes != train.classes:
+    val_src = read_imagefolder(str(val), "", 3) if val is not None else None
+    if val_src is not None and val_src.classes != train.classes:
         raise UserError(f"--data {r}: val/ and train/ have different class folders")
     imgs = sample_images(train)
     if not imgs:
@@ -274,7 +284,8 @@ def inspect_data_root(root: str | Path, unlabeled: str | Path | None = None) -> 
                     per_class=np.bincount(train.labels, minlength=len(train.classes)).tolist(),
                     pool=len(read_folder(str(pool), "", 3)), tests=len(test),
                     sizes=[(im.shape[0], im.shape[1]) for _, im in imgs], colour=any(is_colour(im) for _, im in imgs),
-                    test_is_val=test_is_val, mirror=mirror_check_source(train))
+                    test_is_val=test_is_val, mirror=mirror_check_source(train),
+                    val_counts=None if val_src is None else np.bincount(val_src.labels, minlength=len(train.classes)).tolist())
 
 
 class RecipePick(NamedTuple):
