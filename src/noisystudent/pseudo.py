@@ -164,13 +164,13 @@ def mix_test_p(labeled_counts: Sequence[int], val_counts: Sequence[int]) -> floa
         df += 1
     if df < 1:
         return 1.0
-    x = torch.tensor([df / 2, stat / 2], dtype=torch.float64)
-    return float(torch.special.gammaincc(x[0], x[1]))
+    return float(torch.special.gammaincc(torch.tensor(df / 2, dtype=torch.float64),
+                                         torch.tensor(stat / 2, dtype=torch.float64)))
 
 
 def auto_per_class(labeled_class_counts: Sequence[int] | torch.Tensor, pool_size: int) -> torch.Tensor:
     """Per-class targets K_c that give the pool the class proportions of `labeled_class_counts`
-    (the select stage passes `auto_proportions`'s: the validation set's when it differs).
+    (the select stage passes `auto_proportions`'s: the validation set's where it was chosen).
 
     Definition: K_c = round(pool_size * n_c / N_labeled), where n_c is the number of
     images of class c and N_labeled their total; rounding is half-up (floor(x + 1/2)), done in

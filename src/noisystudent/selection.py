@@ -346,8 +346,9 @@ def select_from_labels(
     threshold     global confidence threshold (paper: 0.3); rows below it are never used.
     per_class     "auto": K_c = auto_per_class(class_counts, pool_size) where pool_size is
                   the number of rows that pass `threshold` - the confident pool takes the class
-                  proportions of `class_counts` (the stage's: pseudo.auto_proportions). int: the same K for every class. sequence: K_c per
-                  class. None: no balancing, every row above threshold once.
+                  proportions of `class_counts` (the stage's: pseudo.auto_proportions). int: the
+                  same K for every class. sequence: K_c per class. None: no balancing, every row
+                  above threshold once.
     soft          soft targets (probabilities) or hard one-hot targets of `pred`.
     seed          seeds the generator that picks which duplicated rows get an extra copy.
     batch_rows    rows per streamed batch; changes memory use only, never the result.

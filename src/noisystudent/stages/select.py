@@ -24,13 +24,14 @@ def select_pseudo_labels(ctx: RunContext, k: int) -> StageResult:
     threshold = resolve_threshold(cfg.select.threshold, len(ctx.classes))
     config = {"select": {**config_to_dict(cfg.select), "threshold": threshold}, "soft": cfg.student.soft,
               "seed": cfg.seed, "labeled_counts": class_counts(ctx.labeled.labels, len(ctx.classes))}
-    # per_class auto gives the pool the validation set's class mix (a balanced val: the paper's fixed
-    # count per class), else the labeled set's; only a val mix that differs is in the fingerprint
-    val = ctx.val
-    proportions, basis = auto_proportions(
-        config["labeled_counts"], class_counts(val.labels, len(ctx.classes)) if val is not None else None)
-    if cfg.select.per_class == "auto" and basis == "val":
-        config["val_counts"] = proportions
+    # per_class auto gives the pool the validation set's class mix where it was chosen, not drawn (a
+    # balanced val under a long-tailed labeled set: the paper's fixed count per class), else the
+    # labeled set's (pseudo.auto_proportions); only a val mix that is used is in the fingerprint
+    proportions, basis = config["labeled_counts"], "labeled"
+    if cfg.select.per_class == "auto" and ctx.val is not None:
+        proportions, basis = auto_proportions(proportions, class_counts(ctx.val.labels, len(ctx.classes)))
+        if basis == "val":
+            config["val_counts"] = proportions
     # pool images that are copies of validation or test images are left out (data/overlap.py); only
     # a pool that has some puts them in the fingerprint, so a run made before the check is not redone
     copies = ctx.pool_copies
