@@ -142,3 +142,15 @@ def test_report_names_the_teacher_as_the_supervised_baseline_only_when_it_is(tmp
         write_report(d)
         md = RunLayout(d).report_md.read_text()
         assert ("is trained as the compute-matched supervised baseline" in md) == expected
+
+
+def test_per_class_change_shows_the_largest_moves_not_classes_that_did_not_move():
+    """With more classes than a bar chart holds, the largest drops and gains only: a class whose
+    accuracy did not change is not among them (100 classes, 2 moved down, 3 up)."""
+    from noisystudent.report.plots import largest_moves
+    deltas = [(f"c{i}", 0.0) for i in range(95)] + [("a", -100.0), ("b", -25.0), ("x", 10.0), ("y", 50.0), ("z", 5.0)]
+    kept, note = largest_moves(deltas, 25)
+    assert kept == [("a", -100.0), ("b", -25.0), ("z", 5.0), ("x", 10.0), ("y", 50.0)]
+    assert note == "the 5 of 100 classes that moved"
+    kept, note = largest_moves([(f"c{i}", float(i - 50)) for i in range(101)], 2)
+    assert [v for _, v in kept] == [-50.0, -49.0, 49.0, 50.0] and note == "largest drops and gains of 101 classes"

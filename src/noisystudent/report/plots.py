@@ -14,7 +14,7 @@ from ..labels import LabelDirError, list_label_shards
 from ..layout import role_label
 from .rundata import MAX_BAR_CLASSES, RunData, is_num, read_jsonl, training_stages
 
-__all__ = ["PLOTS"]
+__all__ = ["PLOTS", "largest_moves"]
 
 
 def _axes(w: float = 6.4, h: float = 3.8):
@@ -57,6 +57,17 @@ def _accuracy(run: RunData):
     return fig
 
 
+def largest_moves(deltas: list[tuple[str, float]], half: int) -> tuple[list[tuple[str, float]], str]:
+    """The `half` largest drops (most negative first) and `half` largest gains (largest last) of
+    (class, change) pairs, and what the title says of them; classes that did not move are not moves."""
+    ranked = sorted(deltas, key=lambda d: d[1])
+    down, up = [d for d in ranked if d[1] < 0], [d for d in ranked if d[1] > 0]
+    drops, gains = down[:half], up[-half:] if half else []
+    if len(drops) == len(down) and len(gains) == len(up):
+        return drops + gains, f"the {len(drops) + len(gains)} of {len(deltas)} classes that moved"
+    return drops + gains, f"largest drops and gains of {len(deltas)} classes"
+
+
 def _per_class_delta(run: RunData):
     final = run.final_student()
     teacher = run.json(run.layout.eval(0, "teacher"), "eval.json")
@@ -69,10 +80,10 @@ def _per_class_delta(run: RunData):
         return None
     title = f"Per-class test accuracy change, teacher → round {final['round']} student"
     if len(deltas) > MAX_BAR_CLASSES:     # 1000 bars are unreadable: show the largest moves
-        deltas.sort(key=lambda d: d[1])
-        half = MAX_BAR_CLASSES // 2
-        deltas = deltas[:half] + deltas[-half:]
-        title += f" ({half} largest drops and gains)"
+        deltas, note = largest_moves(deltas, MAX_BAR_CLASSES // 2)
+        title += f" ({note})"
+        if not deltas:
+            return None
     names, vals = zip(*deltas)
     fig, ax = _axes(min(12, max(5, 0.3 * len(vals) + 1.5)), 3.6)
     ax.bar(range(len(vals)), vals, color=["C2" if v >= 0 else "C3" for v in vals])
