@@ -74,6 +74,13 @@ def test_a_long_tailed_labeled_set_gets_the_class_mix_of_its_balanced_val(tmp_pa
     report = json.loads((sel / "selection.json").read_text())
     assert report["per_class_proportions"] == "val" and report["per_class_target"] == [6, 6, 6]
     assert json.loads((sel / "stage.json").read_text())["config"]["val_counts"] == [4, 4, 4]
+    # a val/ without an image of one class: the labeled set's mix, and init says why
+    from noisystudent.starter import class_mix_note
+    data = inspect_data_root(tmp_path / "d")
+    data.val_counts = [4, 4, 0]
+    assert "the labeled set's class mix (val/ has no image of some class)" in class_mix_note(data)
+    data.val_counts = [24, 8, 2]
+    assert "the labeled set's class mix (val's differs from it no more than a random draw would)" in class_mix_note(data)
     # without val/ the labeled set's mix, as before (18 pool images: 13 / 4 / 1)
     shutil.rmtree(tmp_path / "d" / "val")
     assert main(["init", str(tmp_path / "p"), "--data", str(tmp_path / "d"), "--force"]) == 0

@@ -130,13 +130,17 @@ def class_mix_note(data: "DataRoot") -> str | None:
         return None
     k = data.val_per_class
     val = data.val_counts if data.val is not None else [k] * len(data.per_class) if k else None
-    _, whose = auto_proportions([n - k for n in data.per_class], val)
+    labeled = [n - k for n in data.per_class]
+    _, whose = auto_proportions(labeled, val)
     if whose == "val":
         whose = ("the class mix of your val/" if data.val is not None else
                  f"the class mix of the val draw ({k} a class: the same count for every class, as the paper)")
+    elif val is None:
+        whose = "the labeled set's class mix (there is no validation set)"
+    elif any(v == 0 < n for v, n in zip(val, labeled)):
+        whose = "the labeled set's class mix (val/ has no image of some class)"
     else:
-        whose = ("the labeled set's class mix (there is no validation set)" if val is None else
-                 "the labeled set's class mix (val's differs from it no more than a random draw would)")
+        whose = "the labeled set's class mix (val's differs from it no more than a random draw would)"
     return (f"labeled set long-tailed ({lo}-{hi} a class): select.per_class auto gives the pseudo-labels {whose}"
             " (docs/benchmarks/transfer.md, TI)")
 
