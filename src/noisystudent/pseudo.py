@@ -132,7 +132,7 @@ def auto_proportions(labeled_counts: Sequence[int], val_counts: Sequence[int] | 
     MIX_TEST_P. Otherwise (val drawn at random from data like the labeled set's) both estimate one mix
     and the labeled set's, the larger sample, is the better guess. The labeled set's too when there is
     no val, when val has no image of a class the labeled set has (that class's pseudo-labels would all
-    be dropped), and when the mixes are the same (so balanced runs keep their selection)."""
+    be dropped), and so when the mixes are the same (balanced runs keep their selection)."""
     labeled = [int(n) for n in labeled_counts]
     if val_counts is None:
         return labeled, "labeled"
@@ -141,9 +141,7 @@ def auto_proportions(labeled_counts: Sequence[int], val_counts: Sequence[int] | 
         raise ValueError(f"val_counts has {len(val)} classes, labeled_counts {len(labeled)}")
     if any(v == 0 and n > 0 for v, n in zip(val, labeled)):
         return labeled, "labeled"
-    total_l, total_v = sum(labeled), sum(val)
-    if all(n * total_v == v * total_l for n, v in zip(labeled, val)):
-        return labeled, "labeled"
+    # the same mix gives chi-square 0, p = 1: the labeled set's, so balanced runs keep their selection
     return (val, "val") if mix_test_p(labeled, val) < MIX_TEST_P else (labeled, "labeled")
 
 
