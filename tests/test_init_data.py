@@ -277,6 +277,17 @@ def test_the_transfer_set_is_what_init_data_reads(tmp_path, capsys):
         sorted(p.name for p in (tmp_path / "dg2" / "train" / "3").iterdir())
     data = inspect_data_root(tmp_path / "dg")
     assert data.sizes[0] == (8, 8) and not data.colour and choose_recipe(data)[0] == "fashion-mnist-1k"
+    # --prefix/--add: sources built one after another into one set keep their classes apart (a set of
+    # many classes of several kinds); --test caps each class's test images of an array source
+    ts.build(tmp_path / "src", tmp_path / "many", gray=True, size=8, train=2, val=1, unlabeled=3, test=2,
+             classes=CLASSES[:2], prefix="img-")
+    counts = ts.build_arrays(tmp_path / "many", *ts.load_digits_u8(), train=2, val=1, unlabeled=3, seed=1, test=5,
+                             prefix="digit-")
+    assert counts == {"train": 20, "val": 10, "unlabeled": 30, "test": 50}
+    many = inspect_data_root(tmp_path / "many")
+    assert many.classes == sorted([f"img-{c}" for c in CLASSES[:2]] + [f"digit-{d}" for d in range(10)])
+    assert many.pool == 2 * 3 + 30 and many.per_class == [2] * 12
+    assert sorted({p.name.split("_")[0] for p in (tmp_path / "many" / "unlabeled").iterdir()}) == many.classes
 
 
 def test_pool_classes_counts_what_the_selection_kept_of_other_classes(tmp_path):
