@@ -97,6 +97,22 @@ def test_seed_table_reads_eval_files_of_every_seed(tmp_path):
     assert len(out) == 4
     assert out[2].startswith("| 0 | teacher | m | 81.00 ± 1.41 | 80.00 ± 1.41 | 80.00 / 79.00, 82.00 / 81.00")
     assert out[3].startswith("| 1 | noisy student | m | 85.00 ± 1.41 | 84.00 ± 1.41 |")
+    # --group: test top-1 over a group's classes (the mean of their per-class accuracies), per row
+    for seed, run in enumerate(runs):
+        for k, role, acc in ((0, "teacher", [0.5, 0.7, 0.9]), (1, "student", [0.6, 0.8, 0.9 + 0.02 * seed])):
+            f = RunLayout(run).eval(k, role) / "eval.json"
+            e = json.loads(f.read_text())
+            f.write_text(json.dumps(e | {"per_class_accuracy": dict(zip(["a-cat", "a-dog", "b-one"], acc))}))
+    groups = mod.parse_groups(["a=a-*", "b=b-one,nothing"])
+    out = mod.group_table(runs, groups).splitlines()
+    assert out[0] == "| round | role | a (2 classes) test top-1 (%) | b (1 classes) test top-1 (%) |"
+    assert out[2] == "| 0 | teacher | 60.00 ± 0.00 | 90.00 ± 0.00 |"
+    assert out[3] == "| 1 | noisy student | 70.00 ± 0.00 | 91.00 ± 1.41 |"
+    with pytest.raises(SystemExit, match="--group c: no class matches; classes: a-cat, a-dog, b-one"):
+        mod.group_table(runs, mod.parse_groups(["c=c-*"]))
+    for bad in (["a"], ["a="], ["a=x", "a=y"]):
+        with pytest.raises(SystemExit, match="--group"):
+            mod.parse_groups(bad)
 
 
 def test_seed_table_vs_pairs_one_role_with_every_other_row(tmp_path):

@@ -57,21 +57,28 @@ def test_train_then_evaluate_checkpoint(tmp_path):
     run_dir = tmp_path / "r"
     lay = RunLayout(run_dir)
     sets = [x for o in TINY for x in ("--set", o)]
-    r = cli("train", "digits-demo", "--run-dir", str(run_dir), *sets)
+    r = cli("train", "digits-demo", "--run-dir", str(run_dir), *sets, "--set", "evaluate.flip_tta=true",
+            "--set", "evaluate.shift_tta=1")
     assert r.returncode == 0, r.stderr
     assert "teacher ns_cnn_s: top-1" in r.stdout
     ck = lay.model(0, "teacher") / "model.pt"
-    r = cli("evaluate", "--checkpoint", str(ck), "--data", "digits:test", "--out", str(tmp_path / "e.json"))
+    # the stage's test-time views (mirror, +-1 px shifts) given as flags: the stage's numbers exactly
+    r = cli("evaluate", "--checkpoint", str(ck), "--data", "digits:test", "--out", str(tmp_path / "e.json"),
+            "--flip-tta", "--shift-tta", "1")
     assert r.returncode == 0, r.stderr
     ev = json.loads((tmp_path / "e.json").read_text())
     stage_eval = json.loads((lay.eval(0, "teacher") / "eval.json").read_text())
-    assert ev["top1"] == stage_eval["top1"] and ev["num_images"] == 297
+    assert (stage_eval["flip_tta"], stage_eval["shift_tta"]) == (ev["flip_tta"], ev["shift_tta"]) == (True, 1)
+    assert ev["top1"] == stage_eval["top1"] and ev["nll"] == stage_eval["nll"] and ev["num_images"] == 297
     assert len(ev["confusion_matrix"]) == 10 and set(ev["per_class_accuracy"]) == {str(i) for i in range(10)}
     assert ev["data"] == "digits:test" and ev["checkpoint"] == str(ck)
     # without --out: a file named after the data beside the checkpoint (two sets, two files)
     r = cli("evaluate", "--checkpoint", str(ck), "--data", "digits:train")
     assert r.returncode == 0, r.stderr
     assert (ck.parent / "eval-digits-train.json").is_file() and "eval-digits-train.json" in r.stdout
+    assert json.loads((ck.parent / "eval-digits-train.json").read_text())["flip_tta"] is False    # one view by default
+    r = cli("evaluate", "--checkpoint", str(ck), "--data", "digits:test", "--shift-tta", "-1")
+    assert r.returncode == 2 and "--shift-tta -1: must be >= 0" in r.stderr
     # --resume with a finished teacher is fine; --resume on an empty dir is a clear error
     r = cli("train", "digits-demo", "--run-dir", str(tmp_path / "empty"), "--resume", *sets)
     assert r.returncode == 2 and "nothing to resume" in r.stderr

@@ -319,6 +319,15 @@ def test_pool_classes_counts_what_the_selection_kept_of_other_classes(tmp_path):
     assert "2 of 4 (50.0%)" in pc.table([r]) and "mean" in pc.table([r, r])
     with pytest.raises(FileNotFoundError, match="round 2"):
         pc.pool_classes(tmp_path, {"truck"}, k=2)
+    # --group: per group of classes (the class in the file name), what became of its pool images
+    g = pc.pool_groups(tmp_path, pc.parse_groups(["pets=cat,dog", "cars=truck"]))["groups"]
+    assert g["pets"] == {"pool": 3, "kept": 2, "kept_with_copies": 3, "right_with_copies": 1,
+                         "confidence": pytest.approx(1.9 / 3)}          # cat_1 (1 copy) right, dog_1 (2) wrong
+    assert g["cars"] == {"pool": 2, "kept": 1, "kept_with_copies": 3, "right_with_copies": 0,
+                         "confidence": pytest.approx(0.4)}
+    rows = pc.group_table([pc.pool_groups(tmp_path, pc.parse_groups(["pets=cat,dog", "cars=truck"]))]).splitlines()
+    assert rows[2] == "| pets | 66.7 | 42.9 | 1.50 | 33.3 | 0.633 |"    # 3 of the 7 selected with copies
+    assert pc.group_of("ship", pc.parse_groups(["pets=cat,dog"])) is None
 
 
 def _resize_some(root, sizes):

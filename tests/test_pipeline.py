@@ -58,6 +58,8 @@ def test_run_writes_every_artifact(reference_run):
     log_text = (run_dir / "run.log").read_text()
     assert re.search(r"round0/teacher: done in \d+:\d\d: [\d,]+ steps, [\d,]+ img/s", log_text)
     assert re.search(r"round0/eval_teacher: done in \d+:\d\d: val top-1 \d+\.\d\d%", log_text)
+    ev = json.loads((lay.eval(0, "teacher") / "eval.json").read_text())      # per class on val too: choices are made there
+    assert ev["val"]["num_images"] == 200 and set(ev["val"]["per_class_accuracy"]) == set(ev["per_class_accuracy"])
     assert "round1/labels: done in" in log_text and ": 305 pool images labeled" in log_text
     assert re.search(rf"round1/selection: done in .*: kept {sel['selected_unique']} of 305 pool images", log_text)
     s = _summary(run_dir)
@@ -68,6 +70,28 @@ def test_run_writes_every_artifact(reference_run):
     plots = ("accuracy", "confidence", "selection")                              # plot names
     for f in (lay.report_md, lay.report_html, *(lay.plots / f"{p}.png" for p in plots)):
         assert f.is_file(), f
+
+
+def test_seed_table_labeled_mix_reweights_and_fills_in_val_per_class(reference_run):
+    """benchmarks/seed_table.py --labeled-mix: the labeled set's class shares as weights; a val per-class
+    accuracy an older eval.json lacks is computed from the model, the same as the stage wrote."""
+    import importlib.util
+    from conftest import ROOT
+    spec = importlib.util.spec_from_file_location("seed_table_mix", ROOT / "benchmarks" / "seed_table.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    run_dir, _ = reference_run
+    mix = mod._Mix(run_dir)
+    assert sum(mix.weights.values()) == pytest.approx(1.0) and len(mix.weights) == 10
+    ev = json.loads((RunLayout(run_dir).eval(0, "teacher") / "eval.json").read_text())
+    old = dict(ev, val={k: v for k, v in ev["val"].items() if k != "per_class_accuracy"})
+    computed = mix.val_per_class(0, "teacher", old)
+    assert computed == pytest.approx(ev["val"]["per_class_accuracy"])
+    r = mix.reweighted(0, "teacher", old)
+    assert r["val"]["top1"] == pytest.approx(sum(mix.weights[c] * a for c, a in computed.items()))
+    assert r["top1"] == pytest.approx(mod.weighted_top1(ev["per_class_accuracy"], mix.weights))
+    # a class without a per-class accuracy (no image of it) drops out and the rest is renormalised
+    assert mod.weighted_top1({"a": 1.0, "b": None}, {"a": 0.25, "b": 0.75}) == 1.0
 
 
 def test_rerun_skips_everything(reference_run, tmp_path):

@@ -130,9 +130,11 @@ def cmd_evaluate(args):
     src = create_source(parse_source_spec(args.data), meta["in_chans"], "--data")
     src.max_side = model_max_side(meta, args.image_size or 0)      # images kept as large as the run kept them
     size = args.image_size or meta["image_size"]
+    if args.shift_tta < 0:
+        raise UserError(f"--shift-tta {args.shift_tta}: must be >= 0 pixels (0 = off)")
     report = evaluate_source(model, meta, src, inference_batch_size(args.batch_size, device, size), device,
-                             image_size=args.image_size)
-    report["image_size"] = size
+                             image_size=args.image_size, flip_tta=args.flip_tta, shift_tta=args.shift_tta)
+    report.update(image_size=size, flip_tta=args.flip_tta, shift_tta=args.shift_tta)
     if args.robustness:
         ecfg = EvalConfig(max_images=args.max_images)
         report["robustness"] = run_robustness(model, meta, src, ecfg, Path(args.checkpoint).parent / "cache", device)
@@ -283,6 +285,10 @@ def _add_model_commands(sub) -> None:
                     help="evaluate at this resolution instead of the model's training one")
     sp.add_argument("--batch-size", type=_batch_size, default="auto",
                     help="images per forward pass: N, or auto (default: 1,024 for images <= 64 px on a GPU, else 256)")
+    sp.add_argument("--flip-tta", action="store_true", help="score the mean probability over each image and its "
+                    "mirror, as the run's evaluate stage does with evaluate.flip_tta (its eval.json says which it used)")
+    sp.add_argument("--shift-tta", type=int, default=0, metavar="N",
+                    help="also average over each view moved +-N pixels diagonally (evaluate.shift_tta; 0 = off)")
     sp.add_argument("--device", default=None)
     sp.add_argument("--out", default=None, help="where to write the report (default: eval-<data>.json beside the checkpoint, "
                     "e.g. eval-cifar10-test.json)")

@@ -99,7 +99,7 @@ def evaluate_stage(ctx: RunContext, k: int, which: str) -> StageResult:
         report["extra"] = {}
         if ctx.val is not None:
             rep = evaluate_source(model, meta, ctx.val, batch, ctx.device, ctx.workers, "val", **tta)
-            report["val"] = {k2: rep[k2] for k2 in ("num_images", "top1", "top5", "ece")}
+            report["val"] = {k2: rep[k2] for k2 in ("num_images", "top1", "top5", "ece", "per_class_accuracy")}
         for sc, src in zip(cfg.data.extra_test, ctx.extra_tests):
             sc: SourceConfig
             name = sc.name or f"{sc.kind}:{sc.root}"
