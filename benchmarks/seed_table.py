@@ -105,7 +105,7 @@ class _Mix:
         """`e` with test and val top-1 under the labeled set's class mix."""
         out = dict(e, top1=weighted_top1(e["per_class_accuracy"], self.weights))
         val = self.val_per_class(k, role, e)
-        out["val"] = dict(e["val"], top1=weighted_top1(val, self.weights)) if val is not None else None
+        out["val"] = dict(e.get("val") or {}, top1=weighted_top1(val, self.weights)) if val is not None else None
         return out
 
 
