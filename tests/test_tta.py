@@ -157,3 +157,23 @@ def test_tta_benchmark_scores_a_trained_teacher(tmp_path, tiny_overrides, capsys
     assert all(0 <= float(r.split(" | ")[4]) <= 100 for r in rows)       # pool argmax correct (%)
     assert _bench_tta().main(["digits-demo", "--run-dir", str(tmp_path / "empty")]) == 2
     assert "no trained model there" in capsys.readouterr().err
+
+
+def test_predict_with_views_gives_the_label_stages_probabilities():
+    """`predict(..., flip_tta, shift_tta)` (and `noisystudent predict --flip-tta --shift-tta`) averages
+    the views' probabilities as the label stage does, so a run's pseudo-labels can be reproduced from
+    its model file; without views it is the plain forward pass."""
+    from noisystudent.prediction import predict
+    torch.manual_seed(2)
+    model = create_model("ns_cnn_s", 10, 1).eval()
+    src = _digits(24)
+    meta = {"image_size": 8, "in_chans": 1, "classes": [str(c) for c in range(10)], "mean": [0.5], "std": [0.5]}
+    images = np.stack([src.load(i) for i in range(len(src))])
+    label_kw = dict(image_size=8, mean=[0.5], std=[0.5], temperature=1.0, batch_size=10, device="cpu")
+    for flip, shift in ((False, 0), (True, 0), (True, 2)):
+        rows = predict((model, meta), images, top_k=10, batch_size=7, workers=0, flip_tta=flip, shift_tta=shift)
+        got = np.array([[dict(zip(r["top_classes"], r["top_probs"]))[str(c)] for c in range(10)] for r in rows])
+        want = predict_shard(model, src, 0, len(src), flip_tta=flip, shift_tta=shift, **label_kw)
+        np.testing.assert_allclose(got, np.asarray(want.column("probs").to_pylist()), atol=2e-3)   # float16 there
+    with pytest.raises(UserError, match="shift_tta -1 must be >= 0"):
+        predict((model, meta), images, shift_tta=-1)

@@ -190,7 +190,7 @@ def cmd_predict(args):
     from .distributed import resolve_device
     device = str(resolve_device(args.device or "auto"))
     rows = predict(args.checkpoint, args.data, top_k=args.top_k, batch_size=args.batch_size, device=device,
-                   workers=args.workers)
+                   workers=args.workers, flip_tta=args.flip_tta, shift_tta=args.shift_tta)
     out = write_predictions(rows, args.out)
     print(f"{len(rows)} images -> {out}")
 
@@ -273,6 +273,14 @@ def _workers(text: str):
     return _count(text, 0)
 
 
+def _add_tta_args(sp, stage: str) -> None:
+    """--flip-tta / --shift-tta: the test-time views of a run's `evaluate` or `label` stage."""
+    sp.add_argument("--flip-tta", action="store_true", help="average the probabilities of each image and its mirror, "
+                    f"as a run's {stage} stage does with {stage}.flip_tta")
+    sp.add_argument("--shift-tta", type=int, default=0, metavar="N",
+                    help=f"also average over each view moved +-N pixels diagonally ({stage}.shift_tta; 0 = off)")
+
+
 def _add_model_commands(sub) -> None:
     """Commands on one model file: evaluate, predict, export."""
     sp = sub.add_parser("evaluate", help="evaluate a model file on a labeled set")
@@ -285,10 +293,7 @@ def _add_model_commands(sub) -> None:
                     help="evaluate at this resolution instead of the model's training one")
     sp.add_argument("--batch-size", type=_batch_size, default="auto",
                     help="images per forward pass: N, or auto (default: 1,024 for images <= 64 px on a GPU, else 256)")
-    sp.add_argument("--flip-tta", action="store_true", help="score the mean probability over each image and its "
-                    "mirror, as the run's evaluate stage does with evaluate.flip_tta (its eval.json says which it used)")
-    sp.add_argument("--shift-tta", type=int, default=0, metavar="N",
-                    help="also average over each view moved +-N pixels diagonally (evaluate.shift_tta; 0 = off)")
+    _add_tta_args(sp, "evaluate")
     sp.add_argument("--device", default=None)
     sp.add_argument("--out", default=None, help="where to write the report (default: eval-<data>.json beside the checkpoint, "
                     "e.g. eval-cifar10-test.json)")
@@ -303,6 +308,7 @@ def _add_model_commands(sub) -> None:
                     help="images per forward pass: N, or auto (default: 1,024 for images <= 64 px on a GPU, else 256)")
     sp.add_argument("--workers", type=_workers, default="auto",
                     help="decode processes: N, or auto (default: none on a CPU, the cores less one, at most 8, on a GPU)")
+    _add_tta_args(sp, "label")
     sp.add_argument("--device", default=None)
     sp.set_defaults(fn=cmd_predict)
 

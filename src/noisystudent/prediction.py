@@ -91,16 +91,22 @@ def _load(model_or_path, device):
 
 @torch.no_grad()
 def predict(model_or_path, images, *, top_k: int = 5, batch_size: int | str = "auto", device: str = "cpu",
-            workers: int | str = "auto", skip_bad: bool = True) -> list[dict]:
+            workers: int | str = "auto", skip_bad: bool = True, flip_tta: bool = False,
+            shift_tta: int = 0) -> list[dict]:
     """One row per decodable image: sample_id, pred (index), pred_class, confidence, top_classes,
     top_probs (top_k of them), and label/label_class when the source has labels. `workers`: decode
     processes, or `auto` (none on a CPU, the cores less one on a GPU: `data.loaders.resolve_workers`);
     `batch_size` `auto`: as the label stage (`inference.inference_batch_size`). `device`: as in a
-    config (`auto`, `cpu`, `cuda`, `cuda:N`); one this machine lacks is a UserError."""
+    config (`auto`, `cpu`, `cuda`, `cuda:N`); one this machine lacks is a UserError. `flip_tta` /
+    `shift_tta`: the probabilities averaged over each image's mirror / +-N pixel shifts as the label
+    and evaluate stages do with theirs (a run's `label.flip_tta` gives its pseudo-labels this way)."""
     from .data.loaders import resolve_workers
+    from .pseudo import probs_from_logits
     from .distributed import resolve_device
     from .inference import inference_batch_size, iter_logits
     from .stages.modelfile import model_max_side
+    if shift_tta < 0:
+        raise UserError(f"predict: shift_tta {shift_tta} must be >= 0 pixels (0 = off)")
     dev = resolve_device(str(device))
     model, meta = _load(model_or_path, dev)
     src = as_source(images, meta["in_chans"])
@@ -110,8 +116,9 @@ def predict(model_or_path, images, *, top_k: int = 5, batch_size: int | str = "a
     rows = []
     batch_size = inference_batch_size(batch_size, dev, meta["image_size"])
     for views, idx in iter_logits(model, src, meta["image_size"], meta["mean"], meta["std"], batch_size=batch_size,
-                                  device=dev, workers=resolve_workers(workers, dev), skip_bad=skip_bad):
-        probs = torch.softmax(views[0], dim=1)
+                                  device=dev, workers=resolve_workers(workers, dev), skip_bad=skip_bad,
+                                  hflip=flip_tta, shift=shift_tta):
+        probs = torch.stack([probs_from_logits(v) for v in views]).mean(0)     # as labels.py averages views
         p, c = probs.topk(k, dim=1)
         for j, i in enumerate(idx.tolist()):
             row = {"sample_id": src.ids[i], "pred": int(c[j, 0]), "pred_class": classes[int(c[j, 0])],
