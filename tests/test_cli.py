@@ -76,7 +76,16 @@ def test_train_then_evaluate_checkpoint(tmp_path):
     r = cli("evaluate", "--checkpoint", str(ck), "--data", "digits:train")
     assert r.returncode == 0, r.stderr
     assert (ck.parent / "eval-digits-train.json").is_file() and "eval-digits-train.json" in r.stdout
-    assert json.loads((ck.parent / "eval-digits-train.json").read_text())["flip_tta"] is False    # one view by default
+    # by default the views the run evaluated with (its config, saved in the model file); --no-flip-tta
+    # --shift-tta 0 asks for the image alone
+    assert (json.loads((ck.parent / "eval-digits-train.json").read_text())["flip_tta"]) is True
+    r = cli("evaluate", "--checkpoint", str(ck), "--data", "digits:test", "--out", str(tmp_path / "d.json"))
+    assert r.returncode == 0 and json.loads((tmp_path / "d.json").read_text())["top1"] == stage_eval["top1"]
+    r = cli("evaluate", "--checkpoint", str(ck), "--data", "digits:test", "--out", str(tmp_path / "one.json"),
+            "--no-flip-tta", "--shift-tta", "0")
+    assert r.returncode == 0, r.stderr
+    one = json.loads((tmp_path / "one.json").read_text())
+    assert (one["flip_tta"], one["shift_tta"]) == (False, 0) and one["nll"] != stage_eval["nll"]
     r = cli("evaluate", "--checkpoint", str(ck), "--data", "digits:test", "--shift-tta", "-1")
     assert r.returncode == 2 and "--shift-tta -1: must be >= 0" in r.stderr
     # --resume with a finished teacher is fine; --resume on an empty dir is a clear error

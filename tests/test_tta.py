@@ -177,3 +177,7 @@ def test_predict_with_views_gives_the_label_stages_probabilities():
         np.testing.assert_allclose(got, np.asarray(want.column("probs").to_pylist()), atol=2e-3)   # float16 there
     with pytest.raises(UserError, match="shift_tta -1 must be >= 0"):
         predict((model, meta), images, shift_tta=-1)
+    # unasked, the views of the run that wrote the model (its evaluate config, kept in the model file)
+    run_meta = dict(meta, config={"evaluate": {"flip_tta": True, "shift_tta": 2}})
+    assert predict((model, run_meta), images, workers=0) == predict((model, meta), images, workers=0, flip_tta=True, shift_tta=2)
+    assert predict((model, run_meta), images, workers=0, flip_tta=False, shift_tta=0) == predict((model, meta), images, workers=0)

@@ -121,7 +121,7 @@ def cmd_evaluate(args):
     from .data import create_source
     from .distributed import resolve_device
     from .inference import inference_batch_size
-    from .stages.modelfile import load_model, model_max_side
+    from .stages.modelfile import load_model, model_max_side, run_views
     from .stages.evaluate import evaluate_source, run_robustness
     if not args.checkpoint or not args.data:
         raise UserError("evaluate needs --checkpoint MODEL.pt and --data DIR|KIND:PATH[:SPLIT]")
@@ -130,18 +130,19 @@ def cmd_evaluate(args):
     src = create_source(parse_source_spec(args.data), meta["in_chans"], "--data")
     src.max_side = model_max_side(meta, args.image_size or 0)      # images kept as large as the run kept them
     size = args.image_size or meta["image_size"]
-    if args.shift_tta < 0:
+    if args.shift_tta is not None and args.shift_tta < 0:
         raise UserError(f"--shift-tta {args.shift_tta}: must be >= 0 pixels (0 = off)")
+    flip, shift = run_views(meta, args.flip_tta, args.shift_tta)
     report = evaluate_source(model, meta, src, inference_batch_size(args.batch_size, device, size), device,
-                             image_size=args.image_size, flip_tta=args.flip_tta, shift_tta=args.shift_tta)
-    report.update(image_size=size, flip_tta=args.flip_tta, shift_tta=args.shift_tta)
+                             image_size=args.image_size, flip_tta=flip, shift_tta=shift)
+    report.update(image_size=size, flip_tta=flip, shift_tta=shift)
     if args.robustness:
         ecfg = EvalConfig(max_images=args.max_images)
         report["robustness"] = run_robustness(model, meta, src, ecfg, Path(args.checkpoint).parent / "cache", device)
     report["data"], report["checkpoint"] = args.data, str(args.checkpoint)
     out = args.out or str(Path(args.checkpoint).parent / f"eval-{_data_slug(args.data)}.json")
     write_json(out, report)
-    brief = {k: report[k] for k in ("num_images", "top1", "top5", "ece")}
+    brief = {k: report[k] for k in ("num_images", "top1", "top5", "ece", "flip_tta", "shift_tta")}
     print(json.dumps(brief, indent=2))
     print(f"written: {out}")
 
@@ -273,12 +274,15 @@ def _workers(text: str):
     return _count(text, 0)
 
 
-def _add_tta_args(sp, stage: str) -> None:
-    """--flip-tta / --shift-tta: the test-time views of a run's `evaluate` or `label` stage."""
-    sp.add_argument("--flip-tta", action="store_true", help="average the probabilities of each image and its mirror, "
-                    f"as a run's {stage} stage does with {stage}.flip_tta")
-    sp.add_argument("--shift-tta", type=int, default=0, metavar="N",
-                    help=f"also average over each view moved +-N pixels diagonally ({stage}.shift_tta; 0 = off)")
+def _add_tta_args(sp) -> None:
+    """--flip-tta / --no-flip-tta / --shift-tta N: test-time views; by default those the run that wrote
+    the model evaluated with (`stages.modelfile.run_views`)."""
+    sp.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=None,
+                    help="average the probabilities of each image and its mirror (default: as the run that wrote "
+                         "the model evaluated, its evaluate.flip_tta)")
+    sp.add_argument("--shift-tta", type=int, default=None, metavar="N",
+                    help="also average over each view moved +-N pixels diagonally (0 = off; default: the run's "
+                         "evaluate.shift_tta)")
 
 
 def _add_model_commands(sub) -> None:
@@ -293,7 +297,7 @@ def _add_model_commands(sub) -> None:
                     help="evaluate at this resolution instead of the model's training one")
     sp.add_argument("--batch-size", type=_batch_size, default="auto",
                     help="images per forward pass: N, or auto (default: 1,024 for images <= 64 px on a GPU, else 256)")
-    _add_tta_args(sp, "evaluate")
+    _add_tta_args(sp)
     sp.add_argument("--device", default=None)
     sp.add_argument("--out", default=None, help="where to write the report (default: eval-<data>.json beside the checkpoint, "
                     "e.g. eval-cifar10-test.json)")
@@ -308,7 +312,7 @@ def _add_model_commands(sub) -> None:
                     help="images per forward pass: N, or auto (default: 1,024 for images <= 64 px on a GPU, else 256)")
     sp.add_argument("--workers", type=_workers, default="auto",
                     help="decode processes: N, or auto (default: none on a CPU, the cores less one, at most 8, on a GPU)")
-    _add_tta_args(sp, "label")
+    _add_tta_args(sp)
     sp.add_argument("--device", default=None)
     sp.set_defaults(fn=cmd_predict)
 

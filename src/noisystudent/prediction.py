@@ -91,24 +91,26 @@ def _load(model_or_path, device):
 
 @torch.no_grad()
 def predict(model_or_path, images, *, top_k: int = 5, batch_size: int | str = "auto", device: str = "cpu",
-            workers: int | str = "auto", skip_bad: bool = True, flip_tta: bool = False,
-            shift_tta: int = 0) -> list[dict]:
+            workers: int | str = "auto", skip_bad: bool = True, flip_tta: bool | None = None,
+            shift_tta: int | None = None) -> list[dict]:
     """One row per decodable image: sample_id, pred (index), pred_class, confidence, top_classes,
     top_probs (top_k of them), and label/label_class when the source has labels. `workers`: decode
     processes, or `auto` (none on a CPU, the cores less one on a GPU: `data.loaders.resolve_workers`);
     `batch_size` `auto`: as the label stage (`inference.inference_batch_size`). `device`: as in a
     config (`auto`, `cpu`, `cuda`, `cuda:N`); one this machine lacks is a UserError. `flip_tta` /
     `shift_tta`: the probabilities averaged over each image's mirror / +-N pixel shifts as the label
-    and evaluate stages do with theirs (a run's `label.flip_tta` gives its pseudo-labels this way)."""
+    and evaluate stages do with theirs; None (the default): the views the run that wrote the model
+    evaluated with (`stages.modelfile.run_views`), so predictions score as its eval.json says."""
     from .data.loaders import resolve_workers
     from .pseudo import probs_from_logits
     from .distributed import resolve_device
     from .inference import inference_batch_size, iter_logits
-    from .stages.modelfile import model_max_side
-    if shift_tta < 0:
+    from .stages.modelfile import model_max_side, run_views
+    if shift_tta is not None and shift_tta < 0:
         raise UserError(f"predict: shift_tta {shift_tta} must be >= 0 pixels (0 = off)")
     dev = resolve_device(str(device))
     model, meta = _load(model_or_path, dev)
+    flip_tta, shift_tta = run_views(meta, flip_tta, shift_tta)
     src = as_source(images, meta["in_chans"])
     src.max_side = model_max_side(meta)          # the pixels the run's evaluation saw (and photos decode faster)
     classes = list(meta["classes"])

@@ -107,6 +107,15 @@ def model_max_side(meta: dict, *sizes: int) -> int:
                         (ft.get("image_size") or 0) if ft.get("enabled") else 0, *sizes)
 
 
+def run_views(meta: dict, flip_tta: bool | None = None, shift_tta: int | None = None) -> tuple[bool, int]:
+    """The test-time views a command on a model file uses: those given, else the ones the run that
+    wrote it evaluated with (`evaluate.flip_tta` / `shift_tta` of the config saved in its metadata;
+    none for a model without one), so `evaluate` and `predict` reproduce the run's eval.json."""
+    ecfg = (meta.get("config") or {}).get("evaluate") or {}
+    return (bool(ecfg.get("flip_tta", False)) if flip_tta is None else bool(flip_tta),
+            int(ecfg.get("shift_tta", 0) or 0) if shift_tta is None else int(shift_tta))
+
+
 def load_model(path: str | Path, device: torch.device | str = "cpu", *, expect_classes: list | None = None,
                noised: bool = False, channels_last: bool = False) -> tuple[torch.nn.Module, dict]:
     """Rebuild the architecture named in the file and load its weights (strictly). `noised` builds it
