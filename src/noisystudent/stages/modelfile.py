@@ -15,7 +15,7 @@ from ..data import max_side_for
 from ..errors import UserError
 from ..models import create_model
 
-__all__ = ["save_model", "load_model", "check_model_file", "model_max_side", "MAX_CLASSES"]
+__all__ = ["save_model", "load_model", "check_model_file", "model_max_side", "run_views", "MAX_CLASSES"]
 
 
 
