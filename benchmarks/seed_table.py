@@ -35,6 +35,7 @@ test-time views.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -69,9 +70,6 @@ def weighted_top1(per_class: dict, weights: dict[str, float]) -> float:
     return sum(w * per_class[c] for c, w in have.items()) / sum(have.values())
 
 
-_VAL_PER_CLASS: dict = {}
-
-
 class _Mix:
     """Per run directory: its labeled set's class shares, and per-class val accuracy where eval.json
     lacks it (the stage's model evaluated on the run's val set, with the evaluation's own views)."""
@@ -84,6 +82,7 @@ class _Mix:
         labeled = self.ctx.labeled
         counts = np.bincount(labeled.labels[labeled.labels >= 0], minlength=len(labeled.classes))
         self.weights = {c: n / counts.sum() for c, n in zip(labeled.classes, counts)}
+        self._val: dict = {}          # (round, role, views) -> computed per-class val accuracy
 
     def val_per_class(self, k: int, role: str, e: dict) -> dict | None:
         if (e.get("val") or {}).get("per_class_accuracy") is not None:
@@ -92,14 +91,13 @@ class _Mix:
             return None
         from noisystudent.stages.evaluate import evaluate_source
         from noisystudent.stages.modelfile import load_model
-        path = RunLayout(self.run_dir).model(k, role) / "model.pt"
         views = dict(flip_tta=e.get("flip_tta", False), shift_tta=e.get("shift_tta", 0))
-        key = (str(path.resolve()), path.stat().st_mtime_ns, tuple(sorted(views.items())))
-        if key not in _VAL_PER_CLASS:        # the table and --vs read the same runs: evaluate a model once
-            model, meta = load_model(path, "cpu")
-            _VAL_PER_CLASS[key] = evaluate_source(model, meta, self.ctx.val, 256, "cpu", 0, "val",
-                                                  **views)["per_class_accuracy"]
-        return _VAL_PER_CLASS[key]
+        key = (k, role, tuple(views.items()))
+        if key not in self._val:        # the table and --vs read the same runs: evaluate a model once
+            model, meta = load_model(RunLayout(self.run_dir).model(k, role) / "model.pt", "cpu")
+            self._val[key] = evaluate_source(model, meta, self.ctx.val, 256, "cpu", 0, "val",
+                                             **views)["per_class_accuracy"]
+        return self._val[key]
 
     def reweighted(self, k: int, role: str, e: dict) -> dict:
         """`e` with test and val top-1 under the labeled set's class mix."""
@@ -109,11 +107,16 @@ class _Mix:
         return out
 
 
+@functools.lru_cache(maxsize=None)      # one per run directory for the table and --vs together
+def _mix_of(run_dir: Path) -> _Mix:
+    return _Mix(run_dir)
+
+
 def _evals(run_dir: Path, labeled_mix: bool) -> dict[tuple[int, str], dict]:
     found = evals(run_dir)
     if not labeled_mix:
         return found
-    mix = _Mix(run_dir)
+    mix = _mix_of(run_dir)
     return {(k, role): mix.reweighted(k, role, e) for (k, role), e in found.items()}
 
 

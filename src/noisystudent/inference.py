@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from .data import eval_batches
 
-__all__ = ["iter_logits", "tta_views", "tta_view_count", "inference_batch_size"]
+__all__ = ["iter_logits", "tta_views", "tta_view_count", "mean_view_probs", "inference_batch_size"]
 
 
 def inference_batch_size(batch_size: int | str, device, image_size: int) -> int:
@@ -53,6 +53,13 @@ def tta_views(x: torch.Tensor, hflip: bool = False, shift: int = 0) -> list[torc
         # output pixel (i, j) = v(i + s, j + s), then v(i - s, j - s)
         out += [v, p[..., 2 * shift:2 * shift + h, 2 * shift:2 * shift + w], p[..., :h, :w]]
     return out
+
+
+def mean_view_probs(views: list[torch.Tensor], temperature: float = 1.0) -> torch.Tensor:
+    """The probabilities of each image averaged over its test-time views' logits (`iter_logits`): what
+    labeling stores, evaluation scores and `predict` returns, so the three agree."""
+    from .pseudo import probs_from_logits
+    return torch.stack([probs_from_logits(v, temperature) for v in views]).mean(0)
 
 
 @torch.no_grad()

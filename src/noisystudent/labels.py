@@ -18,9 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from .inference import iter_logits
+from .inference import iter_logits, mean_view_probs
 from .errors import UserError
-from .pseudo import probs_from_logits
 
 __all__ = ["shard_schema", "shard_name", "list_label_shards", "check_shard_schema", "predict_shard",
            "predict_shards", "launch_shard", "finish_shard", "PendingShard",
@@ -109,7 +108,7 @@ def _shard_probs(model, source, ranges, *, image_size: int, mean, std, temperatu
                                   workers=workers, skip_bad=skip_bad, ranges=ranges, hflip=flip_tta,
                                   shift=shift_tta, on_device=True):
         # TTA averages the views' probabilities (after the temperature), not their logits
-        yield torch.stack([probs_from_logits(v, temperature) for v in views]).mean(0), idx
+        yield mean_view_probs(views, temperature), idx
 
 
 def _queue(model, batches, source, teacher_hash: str, keep_true_labels: bool) -> PendingShard:

@@ -102,9 +102,8 @@ def predict(model_or_path, images, *, top_k: int = 5, batch_size: int | str = "a
     and evaluate stages do with theirs; None (the default): the views the run that wrote the model
     evaluated with (`stages.modelfile.run_views`), so predictions score as its eval.json says."""
     from .data.loaders import resolve_workers
-    from .pseudo import probs_from_logits
     from .distributed import resolve_device
-    from .inference import inference_batch_size, iter_logits
+    from .inference import inference_batch_size, iter_logits, mean_view_probs
     from .stages.modelfile import model_max_side, run_views
     if shift_tta is not None and shift_tta < 0:
         raise UserError(f"predict: shift_tta {shift_tta} must be >= 0 pixels (0 = off)")
@@ -120,7 +119,7 @@ def predict(model_or_path, images, *, top_k: int = 5, batch_size: int | str = "a
     for views, idx in iter_logits(model, src, meta["image_size"], meta["mean"], meta["std"], batch_size=batch_size,
                                   device=dev, workers=resolve_workers(workers, dev), skip_bad=skip_bad,
                                   hflip=flip_tta, shift=shift_tta):
-        probs = torch.stack([probs_from_logits(v) for v in views]).mean(0)     # as labels.py averages views
+        probs = mean_view_probs(views)
         p, c = probs.topk(k, dim=1)
         for j, i in enumerate(idx.tolist()):
             row = {"sample_id": src.ids[i], "pred": int(c[j, 0]), "pred_class": classes[int(c[j, 0])],

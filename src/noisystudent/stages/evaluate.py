@@ -9,7 +9,7 @@ from ..artifacts import write_json
 from ..config import SourceConfig, config_to_dict
 from ..data import Source
 from ..errors import UserError
-from ..inference import inference_batch_size, iter_logits
+from ..inference import inference_batch_size, iter_logits, mean_view_probs
 from ..metrics import classification_report
 from .common import RunContext, StageResult, channels_last_of, run_stage
 from .modelfile import load_model
@@ -29,7 +29,7 @@ def predict_logits(model, source: Source, image_size: int, mean, std, batch_size
     for views, idx in iter_logits(model, source, image_size, mean, std, batch_size=batch_size, device=device,
                                   workers=workers, hflip=flip_tta, shift=shift_tta):
         if len(views) > 1:
-            out.append(torch.stack([v.softmax(1) for v in views]).mean(0).clamp_min(1e-12).log())
+            out.append(mean_view_probs(views).clamp_min(1e-12).log())
         else:
             out.append(views[0])
         labels.append(torch.from_numpy(source.labels[idx]))
