@@ -28,7 +28,7 @@ export NOISYSTUDENT_PROGRESS=0 PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPA
 mkdir -p "$OUT_DIR" "$RUNS"
 DEV=cuda; TP=(--steps 100 --batch 256 --amp bf16 --workers 8); GP=(--steps 100 --batch 256); SHRINK=(); T=1
 if [ -n "${DRY:-}" ]; then   # the same commands at toy size on the CPU
-  DEV=cpu; TP=(--steps 3 --batch 16 --amp off --workers 0); GP=(--steps 3 --batch 16 --model ns_cnn_m --workers 1); T=3
+  DEV=cpu; TP=(--steps 3 --batch 16 --amp off --workers 0); GP=(--steps 3 --batch 16 --model ns_cnn_m --workers 1 --amp off); T=3
   SHRINK=(--set teacher.steps=30 --set teacher.warmup_steps=3 --set student.steps=20 --set student.warmup_steps=2
           --set data.labeled.per_class=20 --set data.val.per_class=10 --set data.unlabeled.fraction=0.01
           --set data.test.per_class=10)

@@ -123,13 +123,16 @@ def main():
     ap.add_argument("--workers", type=int, default=8, help="decode workers of the JPEG-file labeling row")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats of each timing (median)")
     ap.add_argument("--profile", action="store_true", help="also print torch.profiler tables (at the end)")
+    ap.add_argument("--amp", default="bf16", choices=["bf16", "off"],
+                    help="off for a dry run on a CPU without native bf16 (there bf16 runs 13-19x slower)")
     args = ap.parse_args()
     tp.DEVICE = torch.device(args.device)
     B, S, M = args.batch, args.steps, args.model
     src = tp.cifar_images(min(50000, max(4100, B * S * 3)))   # CIFAR-10 train has 50,000
     name = torch.cuda.get_device_name(0) if tp.DEVICE.type == "cuda" else "CPU (a dry run of the script)"
-    say(f"# {name}, torch {torch.__version__}, {M}, batch {B}, bf16")
-    tp.bare_train(M, B, 5, "bf16")
+    A = args.amp
+    say(f"# {name}, torch {torch.__version__}, {M}, batch {B}, amp {A}")
+    tp.bare_train(M, B, 5, A)
     ra = NoiseConfig(True, drop_rate=0.0, drop_path_rate=0.0)
     noise = NoiseConfig(randaugment=True, drop_rate=0.3, drop_path_rate=0.2)
     # timings first, in one clean process: a torch.profiler session leaves the process slower
@@ -139,7 +142,7 @@ def main():
         (a GPU's clocks and a short timing vary by several percent from one measurement to the next)."""
         ms = {"bare": [], "1": [], "0": []}
         for _ in range(args.repeats):
-            ms["bare"].append(bare_ms(M, batch, steps, "bf16", drop))
+            ms["bare"].append(bare_ms(M, batch, steps, A, drop))
             say(f"{what:<40} bare          {ms['bare'][-1]:7.2f} ms/step")
             for pf in ("1", "0"):
                 ms[pf].append(trainer_epochs(what, setup, steps, pf, False))
@@ -150,8 +153,8 @@ def main():
                 f"(each: {', '.join(f'{x:.1f}' for x in r)})")
 
     S4 = max(3, S // 4)
-    teacher = lambda: tp.ours_setup(M, src, B, S, "bf16", 0, ra, on_device=True)  # noqa: E731
-    student = lambda: tp.ours_setup(M, src, B, S4, "bf16", 0, noise, ratio=3, on_device=True)  # noqa: E731
+    teacher = lambda: tp.ours_setup(M, src, B, S, A, 0, ra, on_device=True)  # noqa: E731
+    student = lambda: tp.ours_setup(M, src, B, S4, A, 0, noise, ratio=3, on_device=True)  # noqa: E731
     guarded(train_rows, "teacher (+RandAugment, device)", B, S, (0.0, 0.0), teacher)
     guarded(train_rows, "student joint (all noise, device)", 4 * B, S4, (0.3, 0.2), student)
     guarded(noise_alone, src, B, S)
