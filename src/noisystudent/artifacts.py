@@ -16,7 +16,9 @@ import os
 import platform
 import re
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ from .errors import UserError
 from .layout import WRITTEN_SUBDIRS, RunLayout
 
 __all__ = [
-    "atomic_write", "write_json", "read_json", "file_hash", "save_checkpoint", "load_checkpoint",
+    "atomic_write", "deferred_interrupts", "write_json", "read_json", "file_hash", "save_checkpoint", "load_checkpoint",
     "StageRecord", "read_stage", "write_stage", "remove_stale_temps", "software_versions", "version_drift",
     "lock_run_dir", "release_run_dirs", "is_run_dir", "is_our_temp", "RUN_RESULTS", "remove_run_results",
 ]
@@ -214,8 +216,32 @@ class _WriteErrorRecorder:
         self.f.flush()
 
 
+@contextlib.contextmanager
+def deferred_interrupts():
+    """Hold Ctrl-C and SIGTERM until the block ends, then deliver them to the handlers they would
+    have reached. For torch.save: an interrupt raised inside its Python write callbacks leaves its C++
+    zip writer half-finished, which either masks the interrupt with "unexpected pos" (the user reads a
+    RuntimeError, exit 1) or finishes the file from its destructor after the file was closed, which
+    aborts the process (C++ terminate, exit 134; seen on a SIGTERM during the demo). A checkpoint write
+    takes seconds at most, so the kill waits that long and keeps the checkpoint it was writing.
+    Signal handlers belong to the main thread: elsewhere the block runs unguarded."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    old = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in sigs}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+        for s in dict.fromkeys(held):
+            signal.raise_signal(s)      # the restored handler runs now (Terminated, KeyboardInterrupt)
+
+
 def save_checkpoint(path: str | Path, state: dict) -> None:
-    with atomic_write(path, "wb") as f:
+    with deferred_interrupts(), atomic_write(path, "wb") as f:
         w = _WriteErrorRecorder(f)
         try:
             torch.save(state, w)

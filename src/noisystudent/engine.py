@@ -30,7 +30,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
-from .artifacts import atomic_write, load_checkpoint, save_checkpoint
+from .artifacts import atomic_write, deferred_interrupts, load_checkpoint, save_checkpoint
 from .batches import Batch, StepLoss, joint_step_loss
 from .data.loaders import seed_for
 from .distributed import (any_rank, autocast_dtype, broadcast_, progress_enabled, resolve_device,
@@ -275,16 +275,18 @@ class Trainer:
             save_checkpoint(self.out_dir / "best.pt", {"model": self.weights().state_dict(), **self.best})
 
     def _checkpoint(self, epoch: int) -> None:
-        save_checkpoint(self.ckpt_path, {
-            "format": "noisystudent/checkpoint/1", "epoch": epoch + 1, "history": self.history,
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-            "best": self.best, "meta": self.meta})
-        # metrics.jsonl is rewritten whole from the checkpoint's history: it never disagrees after a kill
-        with atomic_write(self.out_dir / "metrics.jsonl", "w") as f:
-            for r in self.history:
-                f.write(json.dumps(r, sort_keys=True) + "\n")
+        # Ctrl-C/SIGTERM wait for both files: metrics.jsonl is rewritten whole from the checkpoint's
+        # history, so after an interrupt the two agree (after a kill -9 between them, the next checkpoint does)
+        with deferred_interrupts():
+            save_checkpoint(self.ckpt_path, {
+                "format": "noisystudent/checkpoint/1", "epoch": epoch + 1, "history": self.history,
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else None,
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+                "best": self.best, "meta": self.meta})
+            with atomic_write(self.out_dir / "metrics.jsonl", "w") as f:
+                for r in self.history:
+                    f.write(json.dumps(r, sort_keys=True) + "\n")
 
     def _last_good(self, epochs_done: int) -> str:
         """The end of a divergence message: what is kept on disk and what to do."""
