@@ -521,6 +521,22 @@ def _enospc(*a, **k):
     raise OSError(errno.ENOSPC, "No space left on device")
 
 
+class _WrappedFile:
+    """The file `os.fdopen` returns, with `write` replaced by a subclass (a fault injected there)."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
 def _assert_untouched(path: Path, before: bytes) -> None:
     assert path.read_bytes() == before
     assert [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")] == []
@@ -537,21 +553,9 @@ def test_disk_full_while_writing_keeps_the_previous_file(tmp_path, monkeypatch, 
     else:
         real_fdopen = os.fdopen
 
-        class Full:
-            def __init__(self, f):
-                self.f = f
-
+        class Full(_WrappedFile):
             def write(self, b):
                 _enospc()
-
-            def __getattr__(self, name):
-                return getattr(self.f, name)
-
-            def __enter__(self):
-                return self
-
-            def __exit__(self, *exc):
-                self.f.close()
 
         monkeypatch.setattr(artifacts.os, "fdopen", lambda *a, **k: Full(real_fdopen(*a, **k)))
     with pytest.raises(UserError) as e:
@@ -619,24 +623,12 @@ def test_an_interrupt_during_a_checkpoint_write_waits_for_it(tmp_path, monkeypat
     artifacts.save_checkpoint(ck, {"epoch": 1, "w": torch.zeros(3)})
     real_fdopen, writes = os.fdopen, []
 
-    class KilledMidWrite:           # the signal lands on the third write, inside torch.save
-        def __init__(self, f):
-            self.f = f
-
+    class KilledMidWrite(_WrappedFile):     # the signal lands on the third write, inside torch.save
         def write(self, b):
             writes.append(len(b))
             if len(writes) == 3:
                 signal.raise_signal(getattr(signal, sig))
             return self.f.write(b)
-
-        def __getattr__(self, name):
-            return getattr(self.f, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
 
     monkeypatch.setattr(artifacts.os, "fdopen", lambda *a, **k: KilledMidWrite(real_fdopen(*a, **k)))
     old = signal.signal(signal.SIGTERM, _on_sigterm)
