@@ -153,3 +153,21 @@ def test_a_reader_that_stops_early_is_no_internal_error(tmp_path, monkeypatch, c
     assert main(["init", str(tmp_path / "p")]) == 141
     assert "internal error" not in capsys.readouterr().err
     assert (tmp_path / "p" / "config.yaml").read_text().startswith("#")
+
+
+def test_every_data_file_of_the_package_ships_in_the_wheel():
+    """`pip install noisystudent` (a wheel, not this checkout) carries only the .py files and the
+    package-data globs of pyproject.toml: the bundled recipes and the starter template must match
+    one, or `init --recipe` / `run cifar10-4k-fast` fail after a non-editable install. Checked by
+    hand once: `pip wheel .` then `noisystudent init`, `config` and `demo` from that wheel."""
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+    import noisystudent
+    root = Path(__file__).resolve().parents[1]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["noisystudent"]
+    pkg = Path(noisystudent.__file__).parent
+    data = [p.relative_to(pkg).as_posix() for p in pkg.rglob("*")
+            if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts]
+    assert any(d.startswith("configs/") for d in data) and any(d.startswith("templates/") for d in data)
+    assert [d for d in data if not any(fnmatch.fnmatch(d, g) for g in globs)] == []
