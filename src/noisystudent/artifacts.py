@@ -30,8 +30,9 @@ from .layout import WRITTEN_SUBDIRS, RunLayout
 
 __all__ = [
     "atomic_write", "deferred_interrupts", "write_json", "read_json", "file_hash", "save_checkpoint",
-    "load_checkpoint", "StageRecord", "read_stage", "write_stage", "remove_stale_temps", "software_versions", "version_drift",
-    "lock_run_dir", "release_run_dirs", "is_run_dir", "is_our_temp", "RUN_RESULTS", "remove_run_results",
+    "load_checkpoint", "StageRecord", "read_stage", "write_stage", "remove_stale_temps", "software_versions",
+    "version_drift", "lock_run_dir", "release_run_dirs", "is_run_dir", "is_our_temp", "RUN_RESULTS",
+    "remove_run_results",
 ]
 
 
