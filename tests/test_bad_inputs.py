@@ -631,17 +631,21 @@ def test_an_interrupt_during_a_checkpoint_write_waits_for_it(tmp_path, monkeypat
             return self.f.write(b)
 
     monkeypatch.setattr(artifacts.os, "fdopen", lambda *a, **k: KilledMidWrite(real_fdopen(*a, **k)))
+    # the CLI's handlers (a shell's background job starts with SIGINT ignored, which the deferral keeps)
     old = signal.signal(signal.SIGTERM, _on_sigterm)
+    old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(Terminated if sig == "SIGTERM" else KeyboardInterrupt):
             artifacts.save_checkpoint(ck, {"epoch": 2, "w": torch.arange(100_000.0)})
+        assert signal.getsignal(signal.SIGTERM) is _on_sigterm              # handlers restored
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGTERM, old)
+        signal.signal(signal.SIGINT, old_int)
     assert len(writes) > 3                                  # torch.save went on to the end
     state = artifacts.load_checkpoint(ck)                   # the new checkpoint, whole
     assert state["epoch"] == 2 and torch.equal(state["w"], torch.arange(100_000.0))
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
-    assert signal.getsignal(signal.SIGTERM) is old          # handlers restored
 
 
 def test_deferred_interrupts_nest_and_leave_other_threads_alone():
@@ -649,14 +653,22 @@ def test_deferred_interrupts_nest_and_leave_other_threads_alone():
     import threading
     from noisystudent.artifacts import deferred_interrupts
     order = []
-    with pytest.raises(KeyboardInterrupt):
-        with deferred_interrupts():
+    old_int = signal.signal(signal.SIGINT, signal.default_int_handler)     # not ignored, as in a background job
+    try:
+        with pytest.raises(KeyboardInterrupt):
             with deferred_interrupts():
-                signal.raise_signal(signal.SIGINT)
-                order.append("inner")
-            order.append("outer")           # the inner block handed the interrupt to the outer one
+                with deferred_interrupts():
+                    signal.raise_signal(signal.SIGINT)
+                    order.append("inner")
+                order.append("outer")       # the inner block handed the interrupt to the outer one
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        signal.signal(signal.SIGINT, signal.SIG_IGN)    # an ignored signal stays ignored
+        with deferred_interrupts():
+            signal.raise_signal(signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, old_int)
     assert order == ["inner", "outer"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     ran = []
 
     def worker():                           # signal.signal would raise there: the block runs unguarded
