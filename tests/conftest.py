@@ -16,6 +16,9 @@ os.environ.setdefault("NOISYSTUDENT_PROGRESS", "0")
 os.environ.setdefault("NOISYSTUDENT_CHECKPOINT_S", "0")
 # log every epoch line (default: at most one every 10 s): tests read the lines of given epochs
 os.environ.setdefault("NOISYSTUDENT_LOG_S", "0")
+# no busy-CPU check at each training stage (0.3 s asleep each, hundreds of stages here; and a test
+# machine is busy by nature): tests/test_cpuload.py turns it on
+os.environ.setdefault("NOISYSTUDENT_CPU_CHECK", "0")
 
 TINY = [
     "rounds=2", "ablation_no_noise=false", "variants=[]", "models=[ns_cnn_s, ns_cnn_s, ns_cnn_m]",

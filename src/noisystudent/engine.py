@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from .artifacts import atomic_write, deferred_interrupts, load_checkpoint, save_checkpoint
 from .batches import Batch, StepLoss, joint_step_loss
+from .cpuload import check_busy_cpu
 from .data.loaders import seed_for
 from .distributed import (any_rank, autocast_dtype, broadcast_, progress_enabled, resolve_device,
                           seed_everything, world_info)
@@ -102,6 +103,10 @@ class Trainer:
         """Build the optimizer, schedule, EMA and grad scaler; resume; return the first epoch to run."""
         from timm.utils import ModelEmaV3
         cfg, model = self.cfg, self.model
+        if self.device.type == "cpu" and self.world == 1:   # ranks of one DDP run on a CPU share it by design
+            busy = check_busy_cpu(torch.get_num_threads())
+            if busy:
+                log.warning("%s: %s", self.desc, busy)
         model.to(self.device)
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
