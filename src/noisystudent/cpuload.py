@@ -53,9 +53,9 @@ def busy_message(others: float, cores: int, threads: int) -> str | None:
     if others < MIN_OTHERS or others + threads <= cores + 0.25:
         return None
     return (f"other processes are keeping {others:.1f} of this machine's {cores} CPU cores busy while this "
-            f"run trains with {threads} thread{'s' if threads > 1 else ''}: both will run slower than alone "
-            f"(two runs on 2 cores: 1.6-1.8x each; docs/benchmarks/cpu-sharing.md). Run one at a time, or "
-            f"give each run a share of the cores (OMP_NUM_THREADS=1 each on 2 cores)")
+            f"run trains with {threads} thread{'s' if threads > 1 else ''}: it will train slower than alone and "
+            f"slow them too (two runs on 2 cores: 1.6-1.8x each; docs/benchmarks/cpu-sharing.md). Run one at a "
+            f"time, or give each run its share of the cores (two runs here: OMP_NUM_THREADS={max(1, cores // 2)} each)")
 
 
 def sample_others(window_s: float = WINDOW_S) -> tuple[float, int] | None:
