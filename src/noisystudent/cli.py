@@ -13,8 +13,8 @@ from pathlib import Path
 # once, when torch is imported, so it is set here, before anything imports torch (the package's API
 # is imported lazily for that reason). A spinning thread holds the core another process needs: two
 # runs at once on 2 cores trained at 0.35-0.43x the img/s of one run alone, together, with libgomp's
-# default waits, and at 1.09-1.21x with sleeping ones, which cost a run alone 1% (medians of 3;
-# docs/benchmarks/cpu-sharing.md). A value the user set is kept.
+# default waits, and at 1.09-1.21x with sleeping ones, which cost a run alone 1% (the tiny digits
+# demo's teacher 11%; medians of 3, docs/benchmarks/cpu-sharing.md). A value the user set is kept.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .config import BUNDLED_DIR  # noqa: E402  (after the wait policy)
