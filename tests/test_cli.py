@@ -199,3 +199,14 @@ def test_importing_the_command_line_does_not_import_torch():
     code = "import sys, noisystudent.cli; assert 'torch' not in sys.modules, 'torch imported'"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+def test_every_public_name_of_the_package_resolves():
+    # the API is imported lazily (above): __all__, the lazy table and the modules must agree
+    import noisystudent
+    assert set(noisystudent.__all__) == set(noisystudent._API) | {"__version__"}
+    for name in noisystudent.__all__:
+        assert getattr(noisystudent, name) is not None, name
+    assert set(noisystudent.__all__) <= set(dir(noisystudent))
+    with pytest.raises(AttributeError, match="has no attribute 'nothing'"):
+        noisystudent.nothing
