@@ -57,7 +57,7 @@ def test_the_line_is_said_only_when_the_cores_do_not_suffice(others, cores, thre
 SPIN = "import time\nt = time.time()\nwhile time.time() - t < {s}: pass\n"
 
 
-@pytest.mark.skipif(not LINUX, reason="reads /proc/stat")
+@pytest.mark.skipif(not LINUX, reason="the check reads Linux's /proc/stat; elsewhere it is off (test_no_proc_stat_means_no_check)")
 def test_a_busy_process_beside_us_is_seen():
     spinner = subprocess.Popen([sys.executable, "-c", SPIN.format(s=20)])
     try:
@@ -69,7 +69,7 @@ def test_a_busy_process_beside_us_is_seen():
     assert cores >= 1
 
 
-@pytest.mark.skipif(not LINUX, reason="reads /proc/stat")
+@pytest.mark.skipif(not LINUX, reason="the check reads Linux's /proc/stat; elsewhere it is off (test_no_proc_stat_means_no_check)")
 def test_train_says_when_other_processes_keep_the_cpu_busy(tmp_path):
     import os
     cores = len(os.sched_getaffinity(0))
@@ -90,6 +90,15 @@ def test_train_says_when_other_processes_keep_the_cpu_busy(tmp_path):
     line = [x for x in said.stderr.splitlines() if "other processes are keeping" in x]
     assert len(line) == 1 and "teacher" in line[0] and "with 1 thread:" in line[0], said.stderr
     assert quiet.returncode == 0 and "other processes are keeping" not in quiet.stderr, quiet.stderr
+
+
+def test_no_proc_stat_means_no_check(tmp_path, monkeypatch):
+    # macOS, Windows, a sandbox without /proc: nothing is said, nothing fails
+    import noisystudent.cpuload as cpuload
+    monkeypatch.setattr(cpuload, "_STAT", tmp_path / "no-proc-stat")
+    monkeypatch.setenv("NOISYSTUDENT_CPU_CHECK", "1")
+    assert cpuload.sample_others(0.01) is None
+    assert cpuload.check_busy_cpu(2) is None
 
 
 def test_the_switch_takes_0_or_1_only(monkeypatch):

@@ -39,8 +39,7 @@ _API = {   # public name -> (module, name there)
 }
 
 __version__ = "0.1.0"
-__all__ = ["Config", "load_config", "UserError", "create_model", "run", "RunContext", "train_teacher",
-           "label", "select", "train_student", "finetune", "evaluate", "load_model", "predict", "write_predictions", "export_model", "__version__"]
+__all__ = [*_API, "__version__"]
 
 
 def __getattr__(name: str):

@@ -16,6 +16,8 @@ import os
 import time
 from pathlib import Path
 
+from .runlog import env_flag
+
 __all__ = ["busy_jiffies", "others_cores", "busy_message", "sample_others", "check_busy_cpu",
            "MIN_OTHERS", "WINDOW_S"]
 
@@ -76,7 +78,6 @@ def sample_others(window_s: float = WINDOW_S) -> tuple[float, int] | None:
 
 def check_busy_cpu(threads: int) -> str | None:
     """The busy-CPU line for a stage about to train with `threads` torch threads, or None."""
-    from .runlog import env_flag
     if not env_flag("NOISYSTUDENT_CPU_CHECK", True):
         return None
     sample = sample_others()
